@@ -1,0 +1,29 @@
+# kubestow developer tasks. `just` with no arguments lists them.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes.
+default:
+    @just --list
+
+# Install and build the real test servers (etcd, kube-apiserver, kube-controller-manager, Garage); cached under ~/.cache/kubestow.
+setup:
+    bash tests/env/setup.sh
+
+# Format check and clippy with warnings as errors.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --all-targets -- -D warnings
+
+# Set up, lint, then run every test (unit and integration against the real servers).
+test: setup lint
+    cargo test --all-targets
+
+# Start a real cluster and S3 server on loopback and run kubestow against them, end to end.
+demo: setup
+    cargo build --quiet
+    cargo run --quiet --example demo
+
+# Format the code.
+fmt:
+    cargo fmt --all

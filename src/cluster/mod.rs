@@ -1,0 +1,99 @@
+//! The Kubernetes side: connecting to the API server and classifying its errors.
+
+use std::time::Duration;
+
+use kube::Client;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(
+        "no Kubernetes configuration: {0} (set KUBECONFIG, or run in a pod with a service account)"
+    )]
+    NoConfig(String),
+    #[error("cannot reach the API server at {url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("{what}: the API server refused ({code} {reason}): {message}")]
+    Api {
+        what: String,
+        code: u16,
+        reason: String,
+        message: String,
+    },
+}
+
+impl ClusterError {
+    /// Wraps a kube error with what was being done (GVK/name, list of X, …).
+    pub fn from_kube(what: impl Into<String>, url: &str, e: kube::Error) -> Self {
+        match e {
+            kube::Error::Api(s) => ClusterError::Api {
+                what: what.into(),
+                code: s.code,
+                reason: s.reason.clone(),
+                message: s.message.clone(),
+            },
+            other => ClusterError::Unreachable {
+                url: url.to_string(),
+                message: format!("{}: {}", what.into(), error_chain(&other)),
+            },
+        }
+    }
+
+    /// Network failures, throttling and server errors can succeed later.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ClusterError::NoConfig(_) => false,
+            ClusterError::Unreachable { .. } => true,
+            ClusterError::Api { code, .. } => *code == 429 || *code >= 500,
+        }
+    }
+}
+
+/// "outer: inner: root" — hyper's top-level messages alone say too little.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let msg = inner.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+/// A connected client plus the URL, for error messages.
+#[derive(Clone)]
+pub struct Cluster {
+    pub client: Client,
+    pub url: String,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("url", &self.url).finish()
+    }
+}
+
+impl Cluster {
+    /// `KUBECONFIG` / `~/.kube/config`, else the in-cluster service account.
+    pub async fn connect() -> Result<Self, ClusterError> {
+        let mut config = kube::Config::infer()
+            .await
+            .map_err(|e| ClusterError::NoConfig(error_chain(&e)))?;
+        // Bounded so a dead API server fails a request instead of hanging it;
+        // the reconnect window retries above this.
+        config.connect_timeout = Some(Duration::from_secs(10));
+        config.read_timeout = Some(Duration::from_secs(60));
+        config.reset_reader_on_write = true;
+        let url = config.cluster_url.to_string();
+        let client =
+            Client::try_from(config).map_err(|e| ClusterError::NoConfig(error_chain(&e)))?;
+        Ok(Self { client, url })
+    }
+
+    pub fn err(&self, what: impl Into<String>, e: kube::Error) -> ClusterError {
+        ClusterError::from_kube(what, &self.url, e)
+    }
+}

@@ -1,0 +1,278 @@
+use super::*;
+
+fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+    Config::from_vars(
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        None,
+    )
+}
+
+const BASE: [(&str, &str); 3] = [
+    (v::MODE, "backup"),
+    (v::REPOSITORY, "s3://backups/prod"),
+    (v::PASSWORD, "correct-horse-battery"),
+];
+
+fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut all: Vec<_> = BASE.to_vec();
+    for (k, val) in extra {
+        all.retain(|(bk, _)| bk != k);
+        all.push((k, val));
+    }
+    all
+}
+
+#[test]
+fn defaults_are_applied() {
+    let c = cfg(&BASE).unwrap();
+    assert_eq!(c.mode, Mode::Backup);
+    assert_eq!(
+        c.repository,
+        Some(Location::S3 {
+            bucket: "backups".into(),
+            prefix: "prod".into()
+        })
+    );
+    assert_eq!(c.channels, 1);
+    assert_eq!(c.compression, Compression::FAST);
+    assert_eq!(c.reconnect_timeout, Duration::from_secs(300));
+    assert_eq!(c.resume_buffer, 10 * 1024 * 1024);
+    assert_eq!(c.restore.existing, Existing::Skip);
+    assert!(c.restore.volumes);
+    assert_eq!(c.plan, "default");
+    assert_eq!(c.selection.cluster_resources, Some(ClusterResources::Auto));
+}
+
+#[test]
+fn full_configuration_parses() {
+    let c = cfg(&with(&[
+        (v::CHANNELS, "255"),
+        (v::COMPRESSION, "19"),
+        (v::RATE_LIMIT, "mon-fri 09:00-18:00=10MiB,*=200MiB"),
+        (v::TIMEZONE, "Europe/Berlin"),
+        (v::RECONNECT_TIMEOUT, "90s"),
+        (v::NAMESPACE_MAP, "shop=shop-restored, billing=billing2"),
+        (v::STORAGE_CLASS_MAP, "fast.ssd=standard"),
+        (v::NAMESPACES, "shop-*,billing"),
+        (
+            v::LABEL_SELECTOR,
+            "app=shop,tier!=cache,env in (a, b),!legacy",
+        ),
+        (v::RESTORE_POINT, "2026-11-22T02:00:00+01:00"),
+        (v::CHECK_READ_DATA, "12.5%"),
+        (v::MOVER_RESOURCES, "requests.cpu=100m,limits.memory=512Mi"),
+        (v::MIN_INTERVAL, "3d"),
+        (v::KEEP_DAILY, "7"),
+        (v::TAGS, "nightly, team=payments"),
+    ]))
+    .unwrap();
+    assert_eq!(c.channels, 255);
+    assert_eq!(c.compression, Compression::Level(19));
+    assert_eq!(c.reconnect_timeout, Duration::from_secs(90));
+    assert_eq!(
+        c.restore.namespace_map.get("billing").map(String::as_str),
+        Some("billing2")
+    );
+    assert_eq!(c.restore.point.unwrap().to_string(), "2026-11-22T01:00:00Z");
+    assert_eq!(c.check_read_data, Some(ReadData::Percent(12.5)));
+    assert_eq!(c.min_interval, Some(Duration::from_secs(3 * 86400)));
+    assert_eq!(c.retention.daily, Some(7));
+    assert_eq!(c.tags, vec!["nightly", "team=payments"]);
+    assert_eq!(c.volume.mover_resources.len(), 2);
+}
+
+#[test]
+fn cli_argument_overrides_mode() {
+    let pairs: Vec<(String, String)> = BASE
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let c = Config::from_vars(pairs, Some("list")).unwrap();
+    assert_eq!(c.mode, Mode::List);
+}
+
+#[test]
+fn preflight_needs_no_repository_or_password() {
+    let c = cfg(&[(v::MODE, "preflight")]).unwrap();
+    assert!(c.repository.is_none() && c.password.is_none());
+}
+
+#[test]
+fn empty_values_count_as_unset() {
+    let c = cfg(&with(&[(v::CHANNELS, ""), (v::RATE_LIMIT, "")])).unwrap();
+    assert_eq!(c.channels, 1);
+    assert!(c.rate_limit.is_none());
+}
+
+#[test]
+fn unknown_variable_suggests_the_closest() {
+    let err = cfg(&with(&[("STOW_CHANELS", "4")])).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("unknown variable STOW_CHANELS; did you mean STOW_CHANNELS?"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn all_errors_are_reported_together() {
+    let err = cfg(&with(&[(v::CHANNELS, "0"), (v::EXISTING, "merge")])).unwrap_err();
+    let vars: Vec<&str> = err.0.iter().map(ConfigError::var).collect();
+    assert_eq!(vars, vec![v::CHANNELS, v::EXISTING]);
+}
+
+#[test]
+fn password_file_is_read_and_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pw");
+    std::fs::write(&path, "from-file\n").unwrap();
+    let p = path.to_str().unwrap();
+    let c = cfg(&[
+        (v::MODE, "check"),
+        (v::REPOSITORY, "file:///srv/repo"),
+        (v::PASSWORD_FILE, p),
+    ])
+    .unwrap();
+    assert_eq!(c.password.unwrap().expose(), "from-file");
+}
+
+#[test]
+fn secrets_never_appear_in_debug_or_errors() {
+    let c = cfg(&with(&[
+        (v::COPY_TO_PASSWORD, "second-secret-xyz"),
+        (v::COPY_TO_REPOSITORY, "file:///copy"),
+    ]))
+    .unwrap();
+    let dbg = format!("{c:?}");
+    assert!(
+        !dbg.contains("correct-horse-battery") && !dbg.contains("second-secret-xyz"),
+        "{dbg}"
+    );
+    // Both passwords and the file: a conflict error must not echo the value.
+    let err = cfg(&with(&[(v::PASSWORD_FILE, "/nonexistent")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(v::PASSWORD) && !err.contains("correct-horse-battery"),
+        "{err}"
+    );
+}
+
+#[test]
+fn reconnect_timeout_bounds() {
+    for ok in ["1", "60", "1m", "60m", "1h", "5m"] {
+        assert!(cfg(&with(&[(v::RECONNECT_TIMEOUT, ok)])).is_ok(), "{ok}");
+    }
+    for bad in ["0", "61", "59s", "61m", "2h", "-5m", "soon"] {
+        assert!(cfg(&with(&[(v::RECONNECT_TIMEOUT, bad)])).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn locations_parse() {
+    assert_eq!(
+        Location::parse("s3://b-1.x").unwrap(),
+        Location::S3 {
+            bucket: "b-1.x".into(),
+            prefix: String::new()
+        }
+    );
+    assert_eq!(
+        Location::parse("s3://bkt/a/b/").unwrap(),
+        Location::S3 {
+            bucket: "bkt".into(),
+            prefix: "a/b".into()
+        }
+    );
+    assert_eq!(
+        Location::parse("file:///srv/r").unwrap(),
+        Location::File {
+            path: "/srv/r".into()
+        }
+    );
+    for bad in [
+        "s3://B",
+        "s3://ab",
+        "s3://bkt/../x",
+        "file://relative",
+        "file:///",
+        "gs://x/y",
+        "/srv/r",
+    ] {
+        assert!(Location::parse(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn label_selectors() {
+    for ok in [
+        "app=shop",
+        "app==shop",
+        "a!=b",
+        "!legacy",
+        "tier in (a,b)",
+        "tier notin (a)",
+        "example.com/team=x",
+        "app",
+    ] {
+        assert!(label_selector(ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "app=sh op",
+        "=x",
+        "a in (b",
+        "a in b",
+        "-bad=1",
+        "a=b,,c",
+        "a)=(b",
+    ] {
+        assert!(label_selector(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn readme_lists_every_variable() {
+    // The README table is generated from vars::ALL; regenerate with
+    // `UPDATE_README=1 cargo test readme_lists_every_variable`.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+    let readme = std::fs::read_to_string(path).unwrap();
+    let (begin, end) = ("<!-- vars:begin -->\n", "<!-- vars:end -->");
+    let start = readme
+        .find(begin)
+        .expect("README lacks the vars:begin marker")
+        + begin.len();
+    let stop = readme.find(end).expect("README lacks the vars:end marker");
+    let table = vars::markdown_table();
+    if readme[start..stop] != table {
+        if std::env::var_os("UPDATE_README").is_some() {
+            let updated = format!("{}{}{}", &readme[..start], table, &readme[stop..]);
+            std::fs::write(path, updated).unwrap();
+        } else {
+            panic!(
+                "README variable table is stale; run UPDATE_README=1 cargo test readme_lists_every_variable"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_raw_field_has_a_documented_variable() {
+    // envy maps field `foo_bar` to STOW_FOO_BAR; a field without a catalogue
+    // entry would be unreachable because the loader rejects unknown names.
+    let dbg = format!("{:?}", RawConfig::default());
+    let inner = dbg.trim_start_matches("RawConfig {").trim_end_matches('}');
+    let fields: Vec<String> = inner
+        .split(", ")
+        .filter_map(|f| f.split(':').next())
+        .map(|f| f.trim().to_string())
+        .filter(|f| !f.is_empty())
+        .collect();
+    assert_eq!(fields.len(), vars::ALL.len());
+    for f in fields {
+        let name = format!("STOW_{}", f.to_uppercase());
+        assert!(
+            vars::find(&name).is_some(),
+            "field {f} has no variable {name}"
+        );
+    }
+}

@@ -1,0 +1,164 @@
+//! Every environment variable kubestow reads, as documented constants.
+//!
+//! This is the single catalogue: the config loader rejects any `STOW_*`
+//! variable missing from [`ALL`], and the README table is checked against it
+//! by a test (`readme_lists_every_variable`).
+
+/// How a variable is documented in the README table.
+#[derive(Debug, Clone, Copy)]
+pub struct Var {
+    pub name: &'static str,
+    /// Default shown to users; empty when the variable has none.
+    pub default: &'static str,
+    pub doc: &'static str,
+    /// Secret values are never echoed, not even in error messages.
+    pub secret: bool,
+}
+
+macro_rules! vars {
+    ($( $(#[doc = $doc:literal])* $ident:ident = $name:literal, default $default:literal $(, $secret:ident)? ;)*) => {
+        $(
+            $(#[doc = $doc])*
+            pub const $ident: &str = $name;
+        )*
+        /// All variables, in README order.
+        pub const ALL: &[Var] = &[
+            $( Var { name: $name, default: $default, doc: concat!($($doc),*), secret: vars!(@secret $($secret)?) }, )*
+        ];
+    };
+    (@secret secret) => { true };
+    (@secret) => { false };
+}
+
+vars! {
+    /// Operation to run: `backup`, `restore`, `volume-backup`, `volume-restore`, `check`, `prune`, `copy`, `list`, `preflight`. A first CLI argument overrides it.
+    MODE = "STOW_MODE", default "";
+    /// Repository location: `s3://bucket/prefix` or `file:///absolute/path`. S3 credentials and endpoint come from the standard AWS chain (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, …).
+    REPOSITORY = "STOW_REPOSITORY", default "";
+    /// Repository password. Prefer `STOW_PASSWORD_FILE` with a mounted Secret.
+    PASSWORD = "STOW_PASSWORD", default "", secret;
+    /// File holding the repository password (trailing newline ignored).
+    PASSWORD_FILE = "STOW_PASSWORD_FILE", default "";
+    /// Create the repository on first backup if it does not exist: `true` or `false`.
+    INIT = "STOW_INIT", default "false";
+    /// zstd compression: `none`, `fast`, or a level `1`..`19`.
+    COMPRESSION = "STOW_COMPRESSION", default "fast";
+    /// Backup plan name; retention and `STOW_MIN_INTERVAL` are evaluated per plan.
+    PLAN = "STOW_PLAN", default "default";
+    /// Comma-separated tags recorded in the snapshot, e.g. `nightly,team=payments`.
+    TAGS = "STOW_TAGS", default "";
+    /// Comma-separated namespace globs to back up or restore, e.g. `shop-*,billing`.
+    NAMESPACES = "STOW_NAMESPACES", default "*";
+    /// Comma-separated namespace globs to leave out.
+    EXCLUDE_NAMESPACES = "STOW_EXCLUDE_NAMESPACES", default "";
+    /// Comma-separated resources to include (`deployments`, `deployments.apps`, `widgets.example.com`); empty means all.
+    INCLUDE_RESOURCES = "STOW_INCLUDE_RESOURCES", default "";
+    /// Comma-separated resources to leave out, same syntax as `STOW_INCLUDE_RESOURCES`.
+    EXCLUDE_RESOURCES = "STOW_EXCLUDE_RESOURCES", default "";
+    /// Kubernetes label selector applied to namespaced objects, e.g. `app=shop,tier!=cache`.
+    LABEL_SELECTOR = "STOW_LABEL_SELECTOR", default "";
+    /// Cluster-scoped resources: `auto` (those the selected objects use), `true` (all), `false` (none).
+    INCLUDE_CLUSTER_RESOURCES = "STOW_INCLUDE_CLUSTER_RESOURCES", default "auto";
+    /// Restore: RFC 3339 time; the newest complete snapshot at or before it is restored.
+    RESTORE_POINT = "STOW_RESTORE_POINT", default "";
+    /// Restore: snapshot id to restore (exclusive with `STOW_RESTORE_POINT`).
+    SNAPSHOT = "STOW_SNAPSHOT", default "";
+    /// Restore: only consider snapshots taken from this cluster id (the uid of its `kube-system` namespace).
+    SOURCE_CLUSTER = "STOW_SOURCE_CLUSTER", default "";
+    /// Restore: namespace mapping `old=new,other=renamed`.
+    NAMESPACE_MAP = "STOW_NAMESPACE_MAP", default "";
+    /// Restore: storage class mapping `old=new`.
+    STORAGE_CLASS_MAP = "STOW_STORAGE_CLASS_MAP", default "";
+    /// Restore: what to do with objects that already exist: `skip`, `update` or `recreate`.
+    EXISTING = "STOW_EXISTING", default "skip";
+    /// Restore: print the plan and the conflicts, change nothing: `true` or `false`.
+    DRY_RUN = "STOW_DRY_RUN", default "false";
+    /// Restore: also restore volume data: `true` or `false`.
+    RESTORE_VOLUMES = "STOW_RESTORE_VOLUMES", default "true";
+    /// `volume-backup`/`volume-restore`: directory to read or fill.
+    VOLUME_PATH = "STOW_VOLUME_PATH", default "";
+    /// How PVC data is read: `auto`, `snapshot`, `kubelet` or `skip`.
+    VOLUME_SOURCE = "STOW_VOLUME_SOURCE", default "auto";
+    /// Comma-separated globs of `namespace/pvc` whose data is not backed up.
+    EXCLUDE_VOLUMES = "STOW_EXCLUDE_VOLUMES", default "";
+    /// Image for mover Jobs; defaults to the image of the running pod.
+    IMAGE = "STOW_IMAGE", default "";
+    /// Mover Job resources, e.g. `requests.cpu=100m,limits.memory=512Mi`.
+    MOVER_RESOURCES = "STOW_MOVER_RESOURCES", default "";
+    /// Parallel channels, 1..255: upload streams in a pod, mover Jobs, API calls in flight.
+    CHANNELS = "STOW_CHANNELS", default "1";
+    /// Bandwidth limit per second: `50MiB`, or windows `mon-fri 09:00-18:00=10MiB,*=200MiB`.
+    RATE_LIMIT = "STOW_RATE_LIMIT", default "";
+    /// IANA time zone for rate-limit windows, e.g. `Europe/Berlin`.
+    TIMEZONE = "STOW_TIMEZONE", default "UTC";
+    /// How long network and server errors are retried before failing: 1 to 60 minutes (`5m`, `90s`, or plain minutes).
+    RECONNECT_TIMEOUT = "STOW_RECONNECT_TIMEOUT", default "5m";
+    /// Unsaved progress a crash may lose, e.g. `10MiB`.
+    RESUME_BUFFER = "STOW_RESUME_BUFFER", default "10MiB";
+    /// Condition checked before the run; if it fails the run ends as skipped.
+    PRECONDITION = "STOW_PRECONDITION", default "";
+    /// Hooks run before the backup reads anything.
+    PRE_HOOKS = "STOW_PRE_HOOKS", default "";
+    /// Hooks run after the backup, also when it failed.
+    POST_HOOKS = "STOW_POST_HOOKS", default "";
+    /// `copy`: destination repository, same syntax as `STOW_REPOSITORY`.
+    COPY_TO_REPOSITORY = "STOW_COPY_TO_REPOSITORY", default "";
+    /// `copy`: destination repository password.
+    COPY_TO_PASSWORD = "STOW_COPY_TO_PASSWORD", default "", secret;
+    /// `copy`: file holding the destination repository password.
+    COPY_TO_PASSWORD_FILE = "STOW_COPY_TO_PASSWORD_FILE", default "";
+    /// `prune`: keep the newest N snapshots of each plan.
+    KEEP_LAST = "STOW_KEEP_LAST", default "";
+    /// `prune`: keep the newest snapshot of each of the last N hours.
+    KEEP_HOURLY = "STOW_KEEP_HOURLY", default "";
+    /// `prune`: keep the newest snapshot of each of the last N days.
+    KEEP_DAILY = "STOW_KEEP_DAILY", default "";
+    /// `prune`: keep the newest snapshot of each of the last N weeks.
+    KEEP_WEEKLY = "STOW_KEEP_WEEKLY", default "";
+    /// `prune`: keep the newest snapshot of each of the last N months.
+    KEEP_MONTHLY = "STOW_KEEP_MONTHLY", default "";
+    /// `prune`: keep the newest snapshot of each of the last N years.
+    KEEP_YEARLY = "STOW_KEEP_YEARLY", default "";
+    /// `check`: also read and verify pack data: `all` or a percentage such as `10%`.
+    CHECK_READ_DATA = "STOW_CHECK_READ_DATA", default "";
+    /// Push metrics to this Prometheus Pushgateway at the end of the run.
+    PUSHGATEWAY_URL = "STOW_PUSHGATEWAY_URL", default "";
+    /// Log format on stderr: `plain` or `json`. Levels come from `RUST_LOG`.
+    LOG_FORMAT = "STOW_LOG_FORMAT", default "plain";
+    /// Suspend the CronJob that started this run after it succeeds: `true` or `false`.
+    ONCE = "STOW_ONCE", default "false";
+    /// Skip the run if the plan's last complete snapshot is younger than this, e.g. `3d`.
+    MIN_INTERVAL = "STOW_MIN_INTERVAL", default "";
+    /// Run id; stable across Job retries so a retry resumes. Defaults to the Job name, else a new id.
+    RUN_ID = "STOW_RUN_ID", default "";
+    /// Downward API: name of this pod.
+    POD_NAME = "STOW_POD_NAME", default "";
+    /// Downward API: namespace of this pod.
+    POD_NAMESPACE = "STOW_POD_NAMESPACE", default "";
+    /// Downward API: name of the Job running this pod (label `job-name`).
+    JOB_NAME = "STOW_JOB_NAME", default "";
+}
+
+/// Looks a variable up by its full name.
+pub fn find(name: &str) -> Option<&'static Var> {
+    ALL.iter().find(|v| v.name == name)
+}
+
+/// The README table of variables, generated from [`ALL`].
+pub fn markdown_table() -> String {
+    let mut out = String::from("| Variable | Default | Meaning |\n|---|---|---|\n");
+    for v in ALL {
+        let default = if v.default.is_empty() {
+            String::new()
+        } else {
+            format!("`{}`", v.default)
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            v.name,
+            default,
+            v.doc.trim().replace('|', "\\|")
+        ));
+    }
+    out
+}

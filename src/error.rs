@@ -1,0 +1,41 @@
+//! The run-level error: one variant per module error, each mapped to an exit
+//! status and classified as retriable or not.
+
+use crate::config::{ConfigErrors, Mode};
+use crate::summary::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigErrors),
+    #[error("mode {0} is not implemented yet")]
+    NotImplemented(Mode),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error(transparent)]
+    Backend(#[from] crate::repo::backend::BackendError),
+    #[error("{0}")]
+    Preflight(String),
+    #[error("cancelled by signal; in-flight work was drained")]
+    Cancelled,
+}
+
+impl Error {
+    pub fn status(&self) -> Status {
+        match self {
+            Error::Config(_) => Status::ConfigError,
+            Error::Cancelled => Status::Cancelled,
+            _ => Status::Failed,
+        }
+    }
+
+    /// Whether a Job retry could succeed where this run failed.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Error::Cluster(e) => e.is_retriable(),
+            Error::Backend(e) => e.is_retriable(),
+            Error::Cancelled => true,
+            Error::Config(_) | Error::NotImplemented(_) | Error::Preflight(_) => false,
+        }
+    }
+}

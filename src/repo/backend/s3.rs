@@ -1,0 +1,361 @@
+//! S3 backend (AWS, MinIO, Garage, Ceph RGW) through aws-sdk-s3.
+//!
+//! Credentials and endpoint come from the standard AWS chain. When an
+//! endpoint URL is set (a non-AWS server) addressing is path-style. The SDK's
+//! own retries are off: [`super::RetryBackend`] owns the reconnect window.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+
+use super::{Backend, BackendError, ObjectInfo, Result, check_key};
+
+/// Objects larger than this are uploaded in parts. Packs are about 16 MiB,
+/// so large packs and big single blobs take the multipart path.
+pub const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
+/// S3 requires parts of at least 5 MiB (except the last).
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct S3Backend {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    multipart_threshold: usize,
+}
+
+impl std::fmt::Debug for S3Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Backend")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl S3Backend {
+    pub async fn from_env(bucket: &str, prefix: &str) -> Self {
+        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .read_timeout(Duration::from_secs(60))
+                    .build(),
+            )
+            .load()
+            .await;
+        let custom_endpoint = shared.endpoint_url().is_some();
+        let mut builder =
+            aws_sdk_s3::config::Builder::from(&shared).force_path_style(custom_endpoint);
+        if shared.region().is_none() {
+            builder = builder.region(aws_sdk_s3::config::Region::new("us-east-1"));
+        }
+        Self::new(Client::from_conf(builder.build()), bucket, prefix)
+    }
+
+    pub fn new(client: Client, bucket: &str, prefix: &str) -> Self {
+        Self {
+            client,
+            bucket: bucket.into(),
+            prefix: prefix.trim_matches('/').into(),
+            multipart_threshold: MULTIPART_THRESHOLD,
+        }
+    }
+
+    /// Tests lower the threshold to exercise multipart with small objects.
+    pub fn with_multipart_threshold(mut self, bytes: usize) -> Self {
+        self.multipart_threshold = bytes.max(PART_SIZE);
+        self
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        }
+    }
+
+    fn classify<E>(
+        &self,
+        op: &'static str,
+        key: &str,
+        err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> BackendError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let location = self.location();
+        let message = DisplayErrorContext(&err).to_string();
+        let key = key.to_string();
+        match &err {
+            SdkError::ServiceError(se) => {
+                let status = se.raw().status().as_u16();
+                let code = se.err().code().unwrap_or_default();
+                if code == "NoSuchBucket" {
+                    BackendError::Permanent {
+                        location,
+                        op,
+                        key,
+                        message: format!("bucket {} does not exist", self.bucket),
+                    }
+                } else if code == "NoSuchKey" || (status == 404 && op != "list") {
+                    BackendError::NotFound { location, key }
+                } else if status >= 500
+                    || status == 429
+                    || code == "SlowDown"
+                    || code == "RequestTimeout"
+                {
+                    BackendError::Transient {
+                        location,
+                        op,
+                        key,
+                        message,
+                    }
+                } else {
+                    BackendError::Permanent {
+                        location,
+                        op,
+                        key,
+                        message,
+                    }
+                }
+            }
+            SdkError::ConstructionFailure(_) => BackendError::Permanent {
+                location,
+                op,
+                key,
+                message,
+            },
+            // Timeouts, connection failures, truncated responses.
+            _ => BackendError::Transient {
+                location,
+                op,
+                key,
+                message,
+            },
+        }
+    }
+
+    fn body_err(&self, op: &'static str, key: &str, e: impl std::fmt::Display) -> BackendError {
+        BackendError::Transient {
+            location: self.location(),
+            op,
+            key: key.into(),
+            message: format!("reading the response body: {e}"),
+        }
+    }
+
+    async fn put_multipart(&self, key: &str, full: &str, data: Bytes) -> Result<()> {
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(full)
+            .send()
+            .await
+            .map_err(|e| self.classify("put", key, e))?;
+        let upload_id = upload.upload_id().unwrap_or_default().to_string();
+        let result = async {
+            let mut parts = Vec::new();
+            for (i, start) in (0..data.len()).step_by(PART_SIZE).enumerate() {
+                let end = (start + PART_SIZE).min(data.len());
+                let number = i as i32 + 1;
+                let out = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(full)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .body(ByteStream::from(data.slice(start..end)))
+                    .send()
+                    .await
+                    .map_err(|e| self.classify("put part", key, e))?;
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(out.e_tag().map(String::from))
+                        .build(),
+                );
+            }
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(full)
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| self.classify("put complete", key, e))?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            // Abandoned parts cost storage until aborted.
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(full)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Backend for S3Backend {
+    fn location(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket)
+        } else {
+            format!("s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let full = self.full_key(prefix);
+        let strip = if self.prefix.is_empty() {
+            0
+        } else {
+            self.prefix.len() + 1
+        };
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&full)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.classify("list", prefix, e))?;
+            for obj in page.contents() {
+                if let Some(k) = obj.key() {
+                    out.push(ObjectInfo {
+                        key: k[strip..].to_string(),
+                        size: obj.size().unwrap_or(0) as u64,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+            .map_err(|e| self.classify("get", key, e))?;
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| self.body_err("get", key, e))?;
+        Ok(body.into_bytes())
+    }
+
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .range(format!("bytes={}-{}", offset, offset + len - 1))
+            .send()
+            .await
+            .map_err(|e| self.classify("get range", key, e))?;
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| self.body_err("get range", key, e))?
+            .into_bytes();
+        if body.len() as u64 != len {
+            return Err(BackendError::Permanent {
+                location: self.location(),
+                op: "get range",
+                key: key.into(),
+                message: format!("asked for {len} bytes at {offset}, got {}", body.len()),
+            });
+        }
+        Ok(body)
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        check_key(&self.location(), "put", key)?;
+        let full = self.full_key(key);
+        if data.len() > self.multipart_threshold {
+            return self.put_multipart(key, &full, data).await;
+        }
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(full)
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| self.classify("put", key, e))?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+            .map_err(|e| self.classify("delete", key, e))?;
+        Ok(())
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<u64>> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(out.content_length().unwrap_or(0) as u64)),
+            Err(e) => match self.classify("head", key, e) {
+                BackendError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn probe(&self) -> Result<()> {
+        self.client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(self.full_key("config"))
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(|e| self.classify("list", "config", e))?;
+        Ok(())
+    }
+}

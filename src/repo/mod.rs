@@ -1,0 +1,3 @@
+//! The repository: content-addressed, immutable objects on a [`backend::Backend`].
+
+pub mod backend;

@@ -1,0 +1,166 @@
+//! The one-line JSON record of a run: printed to stdout and written to
+//! `/dev/termination-log` so `kubectl get pod -o yaml` shows it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+/// How a run ended. Each status has exactly one exit code (DESIGN.md §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Success,
+    /// A precondition was not met; nothing was written.
+    Skipped,
+    Failed,
+    /// Some items failed; `errors` lists each.
+    Partial,
+    /// SIGTERM/SIGINT stopped the run after in-flight work drained.
+    Cancelled,
+    ConfigError,
+}
+
+impl Status {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Status::Success | Status::Skipped => 0,
+            Status::Failed | Status::Cancelled => 1,
+            Status::ConfigError => 2,
+            Status::Partial => 3,
+        }
+    }
+}
+
+/// One failed item: a GVK/name, an object key, a PVC, a check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ItemError {
+    pub item: String,
+    pub message: String,
+}
+
+/// What a mode reports back to the run frame.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub counts: BTreeMap<String, u64>,
+    pub bytes: BTreeMap<String, u64>,
+    pub errors: Vec<ItemError>,
+    /// Set when the run is skipped or failed as a whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Mode-specific detail (snapshot id, preflight checks, …).
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
+    #[serde(skip)]
+    pub skipped: bool,
+    /// The run as a whole failed (e.g. a required preflight check), though
+    /// it has a report to show.
+    #[serde(skip)]
+    pub failed: bool,
+}
+
+impl Report {
+    pub fn count(&mut self, key: &str, n: u64) {
+        *self.counts.entry(key.to_string()).or_default() += n;
+    }
+
+    pub fn add_bytes(&mut self, key: &str, n: u64) {
+        *self.bytes.entry(key.to_string()).or_default() += n;
+    }
+
+    pub fn fail_item(&mut self, item: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ItemError {
+            item: item.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Success, or partial when some items failed.
+    pub fn status(&self) -> Status {
+        if self.failed {
+            Status::Failed
+        } else if self.skipped {
+            Status::Skipped
+        } else if self.errors.is_empty() {
+            Status::Success
+        } else {
+            Status::Partial
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub run_id: String,
+    pub mode: String,
+    pub status: Status,
+    pub started_at: String,
+    pub duration_seconds: f64,
+    #[serde(flatten)]
+    pub report: Report,
+}
+
+impl Summary {
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).expect("summary serialises")
+    }
+
+    /// Prints to stdout and, when writable, the termination log. A failure to
+    /// write the latter is not an error: outside Kubernetes it does not exist.
+    pub fn emit(&self, termination_log: &Path) {
+        let line = self.to_line();
+        println!("{line}");
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(termination_log)
+        {
+            use std::io::Write;
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_design() {
+        assert_eq!(Status::Success.exit_code(), 0);
+        assert_eq!(Status::Skipped.exit_code(), 0);
+        assert_eq!(Status::Failed.exit_code(), 1);
+        assert_eq!(Status::Cancelled.exit_code(), 1);
+        assert_eq!(Status::ConfigError.exit_code(), 2);
+        assert_eq!(Status::Partial.exit_code(), 3);
+    }
+
+    #[test]
+    fn report_status_reflects_item_errors() {
+        let mut r = Report::default();
+        assert_eq!(r.status(), Status::Success);
+        r.fail_item("apps/v1/Deployment shop/web", "forbidden");
+        assert_eq!(r.status(), Status::Partial);
+        r.skipped = true;
+        assert_eq!(r.status(), Status::Skipped);
+    }
+
+    #[test]
+    fn summary_is_one_json_line() {
+        let mut report = Report::default();
+        report.count("objects", 3);
+        let s = Summary {
+            run_id: "r1".into(),
+            mode: "backup".into(),
+            status: Status::Success,
+            started_at: "2026-11-22T00:00:00Z".into(),
+            duration_seconds: 1.5,
+            report,
+        };
+        let line = s.to_line();
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["status"], "success");
+        assert_eq!(v["counts"]["objects"], 3);
+    }
+}

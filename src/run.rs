@@ -30,6 +30,8 @@ pub fn main(args: &[String]) -> ExitCode {
         print!("{}", usage());
         return ExitCode::SUCCESS;
     }
+    // Both ring and aws-lc-rs are linked (kube, aws-sdk); rustls needs one chosen.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let started = Instant::now();
     let started_at = jiff::Timestamp::now();
     let mode_arg = args.first().map(String::as_str);

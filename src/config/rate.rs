@@ -112,7 +112,10 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
     Ok(Some(size.as_u64()))
 }
 
-fn parse_when(w: &str) -> Result<(Option<u8>, Option<(u16, u16)>), String> {
+/// Weekday mask and minute span of a window; `None` means "any".
+type When = (Option<u8>, Option<(u16, u16)>);
+
+fn parse_when(w: &str) -> Result<When, String> {
     let mut parts = w.split_whitespace();
     let first = parts.next().ok_or("empty window")?;
     let second = parts.next();

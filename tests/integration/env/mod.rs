@@ -1,0 +1,316 @@
+//! Shared integration-test environment: real etcd, kube-apiserver 1.20,
+//! kube-controller-manager and Garage S3, all on 127.0.0.1, started lazily
+//! once per test process and shared by every test.
+//!
+//! Tests get isolation from fresh names instead of fresh servers:
+//!
+//! ```ignore
+//! let (kube, ns) = env::namespace("my-test").await;
+//! let (s3, bucket) = env::bucket("my-test").await;
+//! Command::new(kubestow)
+//!     .env("KUBECONFIG", env::kubeconfig_path())
+//!     .envs(env::s3_env())
+//! ```
+//!
+//! Each `#[tokio::test]` has its own runtime, so the shared state holds no
+//! runtime-bound objects: every helper builds fresh clients.
+//!
+//! Binaries come from `$KUBESTOW_CACHE` (default `~/.cache/kubestow`) as
+//! built by `just setup`; etcd from `PATH`. Set `KUBESTOW_KEEP_TEST_ENV=1` to
+//! keep the state directory (logs of every server) after the run; otherwise
+//! it is deleted when the test process exits. Servers never outlive the test
+//! process (see `process`).
+
+#![allow(dead_code)] // Not every test module uses every helper.
+
+mod cluster;
+mod garage;
+mod pki;
+mod process;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, OnceLock};
+use std::time::Instant;
+
+pub use cluster::Cluster;
+
+use cluster::Etcd;
+use garage::Garage;
+use pki::Pki;
+
+/// Env var: directory holding the built servers (same rule as setup.sh).
+pub const CACHE_ENV: &str = "KUBESTOW_CACHE";
+/// Env var: keep the state directory after the test process ends.
+pub const KEEP_ENV: &str = "KUBESTOW_KEEP_TEST_ENV";
+
+const K8S_VERSION: &str = "1.20.2";
+const GARAGE_VERSION: &str = "2.5.0";
+const DIR_PREFIX: &str = "kubestow-it-";
+
+/// Everything started for this test process.
+pub struct TestEnv {
+    dir: PathBuf,
+    pki: Pki,
+    etcd: Etcd,
+    cluster: Cluster,
+    second: OnceLock<Cluster>,
+    garage: Garage,
+}
+
+static ENV: LazyLock<TestEnv> = LazyLock::new(|| off_runtime(TestEnv::start));
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The environment, started on first use (blocks ~10–30 s the first time).
+pub fn get() -> &'static TestEnv {
+    &ENV
+}
+
+/// The main cluster.
+pub fn cluster() -> &'static Cluster {
+    &get().cluster
+}
+
+/// A second, independent cluster: another apiserver + controller-manager on
+/// the same etcd under another `--etcd-prefix` ("another cluster" for
+/// restore/migration tests). Started on first use.
+pub fn second_cluster() -> &'static Cluster {
+    let env = get();
+    env.second.get_or_init(|| {
+        off_runtime(|| {
+            let started = Instant::now();
+            let cluster = Cluster::start(
+                "second",
+                "/kubestow-second",
+                &env.dir.join("second"),
+                &env.pki,
+                &env.etcd,
+            );
+            eprintln!(
+                "test env: second cluster ready in {:.1?}",
+                started.elapsed()
+            );
+            cluster
+        })
+    })
+}
+
+/// Admin kubeconfig of the main cluster, for `KUBECONFIG=` in subprocesses.
+pub fn kubeconfig_path() -> &'static Path {
+    cluster().kubeconfig_path()
+}
+
+/// A fresh admin client for the main cluster.
+pub async fn kube_client() -> kube::Client {
+    cluster().client().await
+}
+
+/// Creates a fresh, settled namespace in the main cluster; see
+/// [`Cluster::namespace`].
+pub async fn namespace(hint: &str) -> (kube::Client, String) {
+    cluster().namespace(hint).await
+}
+
+/// Creates a fresh bucket the test key owns and returns a client for it
+/// (path-style, static credentials, region `garage`) and its name.
+pub async fn bucket(hint: &str) -> (aws_sdk_s3::Client, String) {
+    let env = get();
+    let name = unique_name(hint);
+    env.garage.create_bucket(&name).await;
+    (env.garage.client(), name)
+}
+
+/// A fresh S3 client for the test key, without creating a bucket.
+pub fn s3_client() -> aws_sdk_s3::Client {
+    get().garage.client()
+}
+
+/// The environment variables that point an AWS SDK (e.g. the kubestow binary)
+/// at Garage with the test key.
+pub fn s3_env() -> Vec<(&'static str, String)> {
+    let garage = &get().garage;
+    vec![
+        ("AWS_ENDPOINT_URL", garage.s3_url.clone()),
+        ("AWS_ACCESS_KEY_ID", garage.key_id.clone()),
+        ("AWS_SECRET_ACCESS_KEY", garage.secret_key.clone()),
+        ("AWS_REGION", garage::REGION.to_owned()),
+    ]
+}
+
+/// Garage's S3 endpoint, `http://127.0.0.1:<port>`.
+pub fn s3_endpoint() -> &'static str {
+    &get().garage.s3_url
+}
+
+/// The per-process state directory (server logs live here).
+pub fn state_dir() -> &'static Path {
+    &get().dir
+}
+
+/// `t-<slug of hint>-<counter>`: a valid, process-unique DNS label and S3
+/// bucket name.
+pub fn unique_name(hint: &str) -> String {
+    let mut slug: String = hint
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    slug = slug
+        .split('-')
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    slug.truncate(40);
+    let slug = slug.trim_end_matches('-');
+    let slug = if slug.is_empty() { "x" } else { slug };
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("t-{slug}-{n}")
+}
+
+impl TestEnv {
+    fn start() -> TestEnv {
+        let started = Instant::now();
+        // Fail fast on missing binaries, before starting anything.
+        binary::etcd();
+        binary::kubernetes("kube-apiserver");
+        binary::kubernetes("kube-controller-manager");
+        binary::garage();
+        remove_stale_dirs();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
+            .tempdir()
+            .expect("creating the test-env state directory")
+            .keep();
+        if std::env::var_os(KEEP_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
+            eprintln!(
+                "test env: state (and server logs) kept in {}",
+                dir.display()
+            );
+        } else {
+            process::remove_at_exit(&dir);
+        }
+
+        let pki = Pki::generate(&dir.join("pki"));
+        let (etcd, cluster, garage) = std::thread::scope(|s| {
+            let garage = s.spawn(|| Garage::start(&dir.join("garage")));
+            let etcd = Etcd::start(&dir);
+            let cluster = Cluster::start("main", "/kubestow-main", &dir.join("main"), &pki, &etcd);
+            let garage = garage
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (etcd, cluster, garage)
+        });
+        eprintln!(
+            "test env: ready in {:.1?} (state in {})",
+            started.elapsed(),
+            dir.display()
+        );
+        TestEnv {
+            dir,
+            pki,
+            etcd,
+            cluster,
+            second: OnceLock::new(),
+            garage,
+        }
+    }
+}
+
+/// Runs blocking start-up code on a plain thread: it builds its own tokio
+/// runtime, which must not happen inside a test's runtime.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Deletes state dirs of earlier test processes that are gone (normally the
+/// exit-time clean-up does it; this catches a killed clean-up process).
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut buf = vec![0u8; bytes];
+    SystemRandom::new()
+        .fill(&mut buf)
+        .expect("system randomness");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Locating the servers built by `just setup`.
+mod binary {
+    use std::path::PathBuf;
+
+    use super::process::{find_in_path, is_executable};
+    use super::{CACHE_ENV, GARAGE_VERSION, K8S_VERSION};
+
+    fn cache_dir() -> PathBuf {
+        match std::env::var_os(CACHE_ENV) {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+            _ => {
+                let home = std::env::var_os("HOME").expect("HOME is not set");
+                PathBuf::from(home).join(".cache/kubestow")
+            }
+        }
+    }
+
+    fn require(path: PathBuf) -> PathBuf {
+        if !is_executable(&path) {
+            panic!(
+                "test env: {} is missing; run `just setup` (tests/env/setup.sh) to install the \
+                 test servers (cache dir: ${CACHE_ENV}, default ~/.cache/kubestow)",
+                path.display()
+            );
+        }
+        path
+    }
+
+    pub(crate) fn kubernetes(name: &str) -> PathBuf {
+        require(
+            cache_dir()
+                .join(format!("kubernetes-{K8S_VERSION}"))
+                .join("bin")
+                .join(name),
+        )
+    }
+
+    pub(crate) fn garage() -> PathBuf {
+        require(
+            cache_dir()
+                .join(format!("garage-{GARAGE_VERSION}"))
+                .join("bin/garage"),
+        )
+    }
+
+    pub(crate) fn etcd() -> PathBuf {
+        find_in_path("etcd").unwrap_or_else(|| {
+            panic!(
+                "test env: `etcd` is not on PATH; run `just setup` (tests/env/setup.sh), which \
+                 installs Debian's etcd-server"
+            )
+        })
+    }
+}

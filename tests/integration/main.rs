@@ -1,0 +1,9 @@
+//! Integration tests against real servers (see `env`). One test binary, so the
+//! servers start once for all modules.
+
+mod backend;
+mod binary;
+mod cli;
+mod env;
+mod environment;
+mod preflight;

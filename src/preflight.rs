@@ -58,10 +58,17 @@ impl Checks {
     }
 }
 
-pub async fn run(config: &Config, _ctx: &RunContext) -> Result<Report, Error> {
+pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     let mut checks = Checks::default();
-    check_cluster(&mut checks).await;
-    check_repository(config, &mut checks).await;
+    let all = async {
+        check_cluster(&mut checks).await;
+        check_repository(config, &mut checks).await;
+    };
+    // Checks only read, so there is nothing to drain: stop at once.
+    tokio::select! {
+        () = all => {}
+        () = ctx.cancel.cancelled() => return Err(Error::Cancelled),
+    }
 
     let mut report = Report::default();
     for c in checks.failed() {

@@ -329,3 +329,60 @@ fn help_lists_every_variable() {
         assert!(stdout.contains(v.name), "{} missing from --help", v.name);
     }
 }
+
+#[test]
+fn sigterm_cancels_the_run_with_a_clear_status() {
+    // An "API server" that accepts connections and never answers keeps
+    // preflight waiting, so the signal arrives mid-run.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: 'https://127.0.0.1:{port}', insecure-skip-tls-verify: true}}}}]\n\
+             users: [{{name: u, user: {{token: t}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\ncurrent-context: x\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kubestow"))
+        .env_clear()
+        .env("KUBECONFIG", &kubeconfig)
+        .env("STOW_MODE", "preflight")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the binary has connected, i.e. the run is under way.
+    let (_conn, _) = listener.accept().unwrap();
+    let started = std::time::Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = {
+        let mut out = String::new();
+        use std::io::Read;
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        out
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let code = child.wait().unwrap().code();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "drained in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(code, Some(1), "{out}\n{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(summary["status"], "cancelled");
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+}

@@ -7,8 +7,8 @@
 
 use std::process::Command;
 
-// The integration tests' fixture, reused so the demo and the tests cannot drift.
-#[allow(dead_code)]
+// The integration tests' fixture (it allows its own dead code), reused so
+// the demo and the tests cannot drift.
 #[path = "../tests/integration/env/mod.rs"]
 mod env;
 

@@ -14,6 +14,8 @@ pub enum Error {
     Cluster(#[from] crate::cluster::ClusterError),
     #[error(transparent)]
     Backend(#[from] crate::repo::backend::BackendError),
+    #[error(transparent)]
+    Repo(#[from] crate::repo::RepoError),
     #[error("{0}")]
     Preflight(String),
     #[error("cancelled by signal; in-flight work was drained")]
@@ -34,6 +36,7 @@ impl Error {
         match self {
             Error::Cluster(e) => e.is_retriable(),
             Error::Backend(e) => e.is_retriable(),
+            Error::Repo(e) => e.is_retriable(),
             Error::Cancelled => true,
             Error::Config(_) | Error::NotImplemented(_) | Error::Preflight(_) => false,
         }

@@ -1,3 +1,741 @@
 //! The repository: content-addressed, immutable objects on a [`backend::Backend`].
+//!
+//! The stored format is specified in `docs/format.md`. In short: blobs
+//! (file chunks, trees, Kubernetes objects) are named by a keyed BLAKE3 of
+//! their plaintext, compressed, encrypted, gathered into packs, and listed
+//! in index objects; snapshot manifests are written last.
 
 pub mod backend;
+mod crypto;
+mod error;
+mod id;
+mod index;
+mod keys;
+mod pack;
+mod snapshot;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use crate::config::{Compression, Secret};
+use backend::Backend;
+use crypto::{MAX_BLOB_LEN, MAX_META_LEN, MasterKey, OpenError, kind};
+use index::Index;
+
+pub use error::RepoError;
+pub use id::{BlobId, BlobKind, PackId, ParseIdError, SnapshotId};
+pub use index::IndexEntry;
+pub use keys::{KeyParams, MIN_ITERATIONS};
+pub use pack::PACK_TARGET;
+pub use snapshot::{Run, SnapshotManifest, SnapshotStatus, VolumeEntry};
+pub use writer::{WriteStats, Writer};
+
+const CONFIG_KEY: &str = "config";
+const CONFIG_VERSION: u32 = 1;
+/// Metadata objects fetched at once when opening or listing.
+const META_PARALLEL: usize = 8;
+/// Blobs below this are opened on the calling task.
+const INLINE_OPEN: u64 = 64 << 10;
+
+/// Content-defined chunking parameters, fixed per repository so that the
+/// same file always cuts into the same chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    pub min: u32,
+    pub avg: u32,
+    pub max: u32,
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        Self {
+            min: 256 << 10,
+            avg: 1 << 20,
+            max: 4 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RepoConfig {
+    version: u32,
+    id: String,
+    chunker: ChunkerParams,
+    created: jiff::Timestamp,
+}
+
+/// An opened repository. Cheap to clone; clones share the in-memory index.
+#[derive(Clone)]
+pub struct Repository {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Arc<dyn Backend>,
+    location: String,
+    master: MasterKey,
+    /// The key object this process opened the repository with.
+    key_id: String,
+    /// For keys added by this process.
+    key_params: KeyParams,
+    config: RepoConfig,
+    compression: Compression,
+    index: RwLock<Index>,
+    /// Bounds CPU-heavy work (sealing, opening, hashing packs) to the
+    /// cores we have, so the blocking pool does not grow a thread per blob.
+    cpu: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("location", &self.inner.location)
+            .field("id", &self.inner.config.id)
+            .field("key_id", &self.inner.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs CPU-heavy work off the async workers.
+async fn run_blocking<T: Send + 'static>(
+    location: &str,
+    what: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RepoError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RepoError::Internal {
+            location: location.to_string(),
+            what,
+            reason: e.to_string(),
+        })
+}
+
+fn open_error(key: &str, blob: Option<&BlobId>, e: OpenError) -> RepoError {
+    match e {
+        OpenError::Format(reason) => RepoError::format(key, reason),
+        OpenError::Corrupt(reason) => RepoError::corrupt(key, blob, reason),
+    }
+}
+
+/// Checks that an object named by the BLAKE3 of its content still matches.
+fn check_content_name(key: &str, prefix: &str, bytes: &[u8]) -> Result<(), RepoError> {
+    let name = key.strip_prefix(prefix).unwrap_or(key);
+    if blake3::hash(bytes).to_hex().as_str() != name {
+        return Err(RepoError::corrupt(
+            key,
+            None,
+            "content does not match its name (BLAKE3)",
+        ));
+    }
+    Ok(())
+}
+
+impl Repository {
+    /// Creates a repository: a key object for `password`, then `config`.
+    /// Refuses if `config` exists. Two `init`s racing on one empty location
+    /// are not detected (the backends have no create-if-absent); the
+    /// STOW_INIT flag is meant for the first run only.
+    pub async fn init(
+        backend: Arc<dyn Backend>,
+        password: &Secret,
+        compression: Compression,
+    ) -> Result<Repository, RepoError> {
+        Self::init_with_params(backend, password, compression, KeyParams::default()).await
+    }
+
+    /// [`init`](Self::init) with explicit key derivation parameters.
+    pub async fn init_with_params(
+        backend: Arc<dyn Backend>,
+        password: &Secret,
+        compression: Compression,
+        params: KeyParams,
+    ) -> Result<Repository, RepoError> {
+        let location = backend.location();
+        if backend.exists(CONFIG_KEY).await? {
+            return Err(RepoError::AlreadyExists { location });
+        }
+        let pw = password.expose().to_string();
+        let (master, key_id, key_bytes) = run_blocking(&location, "deriving a key", move || {
+            let master = MasterKey::generate();
+            let (id, bytes) = keys::create(&master, &pw, params);
+            (master, id, bytes)
+        })
+        .await?;
+        backend.put(&keys::object_key(&key_id), key_bytes).await?;
+        let config = RepoConfig {
+            version: CONFIG_VERSION,
+            id: hex::encode(crypto::random::<32>()),
+            chunker: ChunkerParams::default(),
+            created: jiff::Timestamp::now(),
+        };
+        let json = serde_json::to_vec(&config).expect("config serialises");
+        // `config` last: its presence is what makes a location a repository.
+        let sealed = master.seal(kind::CONFIG, compression, &json);
+        backend.put(CONFIG_KEY, Bytes::from(sealed)).await?;
+        tracing::info!(%location, repository = %config.id, "initialised repository");
+        Ok(Self::assemble(
+            backend,
+            location,
+            master,
+            key_id,
+            params,
+            config,
+            compression,
+            Index::default(),
+        ))
+    }
+
+    /// Opens a repository: unlocks a key with `password`, reads `config`,
+    /// and loads every index object.
+    pub async fn open(
+        backend: Arc<dyn Backend>,
+        password: &Secret,
+        compression: Compression,
+    ) -> Result<Repository, RepoError> {
+        Self::open_with_params(backend, password, compression, KeyParams::default()).await
+    }
+
+    /// [`open`](Self::open); `params` apply to keys added later.
+    pub async fn open_with_params(
+        backend: Arc<dyn Backend>,
+        password: &Secret,
+        compression: Compression,
+        params: KeyParams,
+    ) -> Result<Repository, RepoError> {
+        let location = backend.location();
+        let config_bytes = match backend.get(CONFIG_KEY).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Err(RepoError::NotInitialised { location }),
+            Err(e) => return Err(e.into()),
+        };
+        let mut key_objects = backend.list(keys::PREFIX).await?;
+        if key_objects.is_empty() {
+            return Err(RepoError::format(
+                keys::PREFIX,
+                "`config` exists but there is no key object",
+            ));
+        }
+        key_objects.sort_by(|a, b| a.key.cmp(&b.key));
+        let (mut unreadable, mut unreadable_count, mut unlocked) = (None, 0, false);
+        for obj in &key_objects {
+            let bytes = backend.get(&obj.key).await?;
+            let (key, pw) = (obj.key.clone(), password.expose().to_string());
+            let master = match run_blocking(&location, "deriving a key", move || {
+                keys::unlock(&key, &bytes, &pw)
+            })
+            .await?
+            {
+                Ok(Some(m)) => m,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping key object");
+                    unreadable.get_or_insert(e);
+                    unreadable_count += 1;
+                    continue;
+                }
+            };
+            unlocked = true;
+            // A key left by an interrupted `init` unlocks but belongs to
+            // another master key; only the one that opens `config` counts.
+            let plain = match master.open(kind::CONFIG, config_bytes.clone(), MAX_META_LEN) {
+                Ok(p) => p,
+                Err(_) => continue,
+            };
+            let config = parse_config(&plain)?;
+            let key_id = obj.key[keys::PREFIX.len()..].to_string();
+            let repo = Self::assemble(
+                backend.clone(),
+                location,
+                master,
+                key_id,
+                params,
+                config,
+                compression,
+                Index::default(),
+            );
+            repo.load_index().await?;
+            return Ok(repo);
+        }
+        if unlocked {
+            return Err(RepoError::corrupt(
+                CONFIG_KEY,
+                None,
+                "no key that opens with this password decrypts it",
+            ));
+        }
+        match unreadable {
+            // Only when no key could even be read is the format the problem.
+            Some(e) if unreadable_count == key_objects.len() => Err(e),
+            _ => Err(RepoError::WrongPassword { location }),
+        }
+    }
+
+    /// Opens the repository, or creates it when `init` is set and there is
+    /// none; without `init`, a missing repository is
+    /// [`RepoError::NotInitialised`].
+    pub async fn open_or_init(
+        backend: Arc<dyn Backend>,
+        password: &Secret,
+        compression: Compression,
+        init: bool,
+    ) -> Result<Repository, RepoError> {
+        Self::open_or_init_with_params(backend, password, compression, init, KeyParams::default())
+            .await
+    }
+
+    pub async fn open_or_init_with_params(
+        backend: Arc<dyn Backend>,
+        password: &Secret,
+        compression: Compression,
+        init: bool,
+        params: KeyParams,
+    ) -> Result<Repository, RepoError> {
+        match Self::open_with_params(backend.clone(), password, compression, params).await {
+            Err(RepoError::NotInitialised { .. }) if init => {
+                Self::init_with_params(backend, password, compression, params).await
+            }
+            other => other,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        backend: Arc<dyn Backend>,
+        location: String,
+        master: MasterKey,
+        key_id: String,
+        key_params: KeyParams,
+        config: RepoConfig,
+        compression: Compression,
+        index: Index,
+    ) -> Repository {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Repository {
+            inner: Arc::new(Inner {
+                backend,
+                location,
+                master,
+                key_id,
+                key_params,
+                config,
+                compression,
+                index: RwLock::new(index),
+                cpu: Arc::new(Semaphore::new(cores)),
+            }),
+        }
+    }
+
+    async fn load_index(&self) -> Result<(), RepoError> {
+        let objects = self.inner.backend.list(index::PREFIX).await?;
+        let mut files = futures::stream::iter(objects)
+            .map(|obj| async move {
+                let bytes = self.inner.backend.get(&obj.key).await?;
+                let repo = self.clone();
+                self.blocking("reading an index", move || {
+                    check_content_name(&obj.key, index::PREFIX, &bytes)?;
+                    let plain = repo
+                        .inner
+                        .master
+                        .open(kind::INDEX, bytes, MAX_META_LEN)
+                        .map_err(|e| open_error(&obj.key, None, e))?;
+                    index::decode(&plain).map_err(|(format, reason)| {
+                        if format {
+                            RepoError::format(&obj.key, reason)
+                        } else {
+                            RepoError::corrupt(&obj.key, None, reason)
+                        }
+                    })
+                })
+                .await?
+            })
+            .buffer_unordered(META_PARALLEL);
+        let mut files_read = 0usize;
+        while let Some(packs) = files.try_next().await? {
+            let mut ix = self.index_mut();
+            for (id, entries) in &packs {
+                ix.add_pack(*id, entries, true);
+            }
+            files_read += 1;
+        }
+        tracing::debug!(
+            location = %self.inner.location,
+            index_files = files_read,
+            blobs = self.inner.index.read().map_or(0, |ix| ix.len()),
+            "loaded index"
+        );
+        Ok(())
+    }
+
+    /// Adds a key object for another password; returns its id.
+    pub async fn add_key(&self, new_password: &Secret) -> Result<String, RepoError> {
+        let material = *self.inner.master.material();
+        let (pw, params) = (new_password.expose().to_string(), self.inner.key_params);
+        let (id, bytes) = self
+            .blocking("deriving a key", move || {
+                keys::create(&MasterKey::from_bytes(&material), &pw, params)
+            })
+            .await?;
+        self.inner
+            .backend
+            .put(&keys::object_key(&id), bytes)
+            .await?;
+        Ok(id)
+    }
+
+    /// Deletes a key object. Refuses the key this process opened the
+    /// repository with, and the last key.
+    pub async fn remove_key(&self, key_id: &str) -> Result<(), RepoError> {
+        let refuse = |reason: &str| RepoError::KeyRemoval {
+            location: self.inner.location.clone(),
+            key_id: key_id.to_string(),
+            reason: reason.to_string(),
+        };
+        let ids = self.list_keys().await?;
+        if !ids.iter().any(|k| k == key_id) {
+            return Err(refuse("no such key"));
+        }
+        if ids.len() <= 1 {
+            return Err(refuse(
+                "it is the last key; the repository would become unreadable",
+            ));
+        }
+        if key_id == self.inner.key_id {
+            return Err(refuse(
+                "it is the key in use; open the repository with another password to remove it",
+            ));
+        }
+        self.inner.backend.delete(&keys::object_key(key_id)).await?;
+        Ok(())
+    }
+
+    /// Ids of all key objects.
+    pub async fn list_keys(&self) -> Result<Vec<String>, RepoError> {
+        let mut ids: Vec<String> = self
+            .inner
+            .backend
+            .list(keys::PREFIX)
+            .await?
+            .into_iter()
+            .map(|o| o.key[keys::PREFIX.len()..].to_string())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The key object this process opened the repository with.
+    pub fn key_id(&self) -> &str {
+        &self.inner.key_id
+    }
+
+    /// Random id of the repository, from `config`.
+    pub fn id(&self) -> &str {
+        &self.inner.config.id
+    }
+
+    pub fn location(&self) -> &str {
+        &self.inner.location
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    pub fn chunker_params(&self) -> ChunkerParams {
+        self.inner.config.chunker
+    }
+
+    /// Keyed BLAKE3 of `data`: the id it has (or would have) here.
+    pub fn blob_id(&self, data: &[u8]) -> BlobId {
+        self.inner.master.blob_id(data)
+    }
+
+    /// Whether the blob is stored: listed in a loaded index, or in a pack
+    /// this process has uploaded.
+    pub fn has_blob(&self, id: &BlobId) -> bool {
+        self.index().contains(id)
+    }
+
+    pub fn index_entry(&self, id: &BlobId) -> Option<IndexEntry> {
+        self.index().get(id)
+    }
+
+    /// A snapshot of every index entry (about 100 bytes per blob while it
+    /// lives), for `check` and `prune`.
+    pub fn index_entries(&self) -> impl Iterator<Item = (BlobId, IndexEntry)> + use<> {
+        self.index().entries().into_iter()
+    }
+
+    /// Every pack the index knows.
+    pub fn packs(&self) -> Vec<PackId> {
+        self.index().packs()
+    }
+
+    /// A writer with `channels` concurrent uploads.
+    pub fn writer(&self, channels: usize) -> Writer {
+        Writer::new(self.clone(), channels, PACK_TARGET, writer::PACKS_PER_INDEX)
+    }
+
+    /// A writer with a different pack size, so tests exercise many packs.
+    #[doc(hidden)]
+    pub fn writer_with(
+        &self,
+        channels: usize,
+        pack_target: usize,
+        packs_per_index: usize,
+    ) -> Writer {
+        Writer::new(self.clone(), channels, pack_target, packs_per_index)
+    }
+
+    /// Reads, decrypts and verifies one blob. Never returns data whose
+    /// keyed hash differs from `id`.
+    pub async fn read_blob(&self, id: &BlobId) -> Result<Bytes, RepoError> {
+        let entry = self
+            .index_entry(id)
+            .ok_or(RepoError::MissingBlob { id: *id })?;
+        let key = pack::pack_key(&entry.pack);
+        let sealed = self
+            .inner
+            .backend
+            .get_range(&key, entry.offset, entry.length)
+            .await?;
+        if sealed.len() as u64 != entry.length {
+            return Err(RepoError::corrupt(
+                &key,
+                Some(id),
+                format!(
+                    "asked for {} bytes at {}, got {}",
+                    entry.length,
+                    entry.offset,
+                    sealed.len()
+                ),
+            ));
+        }
+        let (repo, id2) = (self.clone(), *id);
+        let verify = move || repo.open_blob(&key, &id2, &entry, sealed);
+        if entry.length < INLINE_OPEN {
+            verify()
+        } else {
+            self.blocking("opening a blob", verify).await?
+        }
+    }
+
+    fn open_blob(
+        &self,
+        key: &str,
+        id: &BlobId,
+        entry: &IndexEntry,
+        sealed: Bytes,
+    ) -> Result<Bytes, RepoError> {
+        let data = self
+            .inner
+            .master
+            .open(entry.kind.byte(), sealed, MAX_BLOB_LEN)
+            .map_err(|e| open_error(key, Some(id), e))?;
+        if data.len() as u64 != entry.raw_length {
+            return Err(RepoError::corrupt(
+                key,
+                Some(id),
+                format!("{} bytes, the index says {}", data.len(), entry.raw_length),
+            ));
+        }
+        if self.blob_id(&data) != *id {
+            return Err(RepoError::corrupt(
+                key,
+                Some(id),
+                "content does not match the blob id",
+            ));
+        }
+        Ok(data)
+    }
+
+    /// The blobs a pack's own header lists, read from the pack's tail.
+    pub async fn read_pack_header(
+        &self,
+        pack: &PackId,
+    ) -> Result<Vec<(BlobId, IndexEntry)>, RepoError> {
+        let key = pack::pack_key(pack);
+        let backend = &self.inner.backend;
+        let size = backend
+            .head(&key)
+            .await?
+            .ok_or_else(|| backend::BackendError::NotFound {
+                location: self.inner.location.clone(),
+                key: key.clone(),
+            })?;
+        let corrupt = |reason: String| RepoError::corrupt(&key, None, reason);
+        if size < 4 {
+            return Err(corrupt(format!("{size} bytes is too short for a pack")));
+        }
+        let tail = backend.get_range(&key, size - 4, 4).await?;
+        let header_len = u64::from(u32::from_le_bytes(
+            tail[..]
+                .try_into()
+                .map_err(|_| corrupt("short read".into()))?,
+        ));
+        if header_len > size - 4 {
+            return Err(corrupt(format!(
+                "header length {header_len} exceeds the pack size {size}"
+            )));
+        }
+        let body_len = size - 4 - header_len;
+        let sealed = backend.get_range(&key, body_len, header_len).await?;
+        let plain = self
+            .inner
+            .master
+            .open(kind::PACK_HEADER, sealed, MAX_META_LEN)
+            .map_err(|e| open_error(&key, None, e))?;
+        let entries = pack::parse_header(&plain, body_len).map_err(corrupt)?;
+        Ok(entries
+            .into_iter()
+            .map(|e| {
+                (
+                    e.id,
+                    IndexEntry {
+                        pack: *pack,
+                        kind: e.kind,
+                        offset: e.offset.into(),
+                        length: e.length.into(),
+                        raw_length: e.raw_length.into(),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Stores a snapshot manifest. Every blob it references directly must
+    /// already be listed in a stored index object (flush the writer first),
+    /// so a manifest never points at data a reader cannot find.
+    pub async fn save_snapshot(
+        &self,
+        manifest: &SnapshotManifest,
+    ) -> Result<SnapshotId, RepoError> {
+        {
+            let ix = self.index();
+            for root in manifest.roots() {
+                if !ix.is_persisted(root) {
+                    return Err(if ix.contains(root) {
+                        RepoError::NotFlushed { id: *root }
+                    } else {
+                        RepoError::MissingBlob { id: *root }
+                    });
+                }
+            }
+        }
+        let mut manifest = manifest.clone();
+        manifest.status = SnapshotStatus::Complete;
+        let json = serde_json::to_vec(&manifest).expect("manifest serialises");
+        let sealed = self.seal(kind::SNAPSHOT, &json);
+        let id = SnapshotId(*blake3::hash(&sealed).as_bytes());
+        self.inner
+            .backend
+            .put(&snapshot_key(&id), Bytes::from(sealed))
+            .await?;
+        Ok(id)
+    }
+
+    pub async fn load_snapshot(&self, id: &SnapshotId) -> Result<SnapshotManifest, RepoError> {
+        let key = snapshot_key(id);
+        let bytes = self.inner.backend.get(&key).await?;
+        self.decode_snapshot(&key, bytes)
+    }
+
+    fn decode_snapshot(&self, key: &str, bytes: Bytes) -> Result<SnapshotManifest, RepoError> {
+        check_content_name(key, snapshot::PREFIX, &bytes)?;
+        let plain = self
+            .inner
+            .master
+            .open(kind::SNAPSHOT, bytes, MAX_META_LEN)
+            .map_err(|e| open_error(key, None, e))?;
+        serde_json::from_slice(&plain)
+            .map_err(|e| RepoError::format(key, format!("not a snapshot manifest: {e}")))
+    }
+
+    /// Every snapshot manifest, oldest first. Fails naming the first object
+    /// that is damaged.
+    pub async fn list_snapshots(&self) -> Result<Vec<(SnapshotId, SnapshotManifest)>, RepoError> {
+        let objects = self.inner.backend.list(snapshot::PREFIX).await?;
+        let mut all: Vec<(SnapshotId, SnapshotManifest)> = futures::stream::iter(objects)
+            .map(|obj| async move {
+                let id: SnapshotId = obj.key[snapshot::PREFIX.len()..]
+                    .parse()
+                    .map_err(|_| RepoError::format(&obj.key, "not named by a snapshot id"))?;
+                let bytes = self.inner.backend.get(&obj.key).await?;
+                Ok::<_, RepoError>((id, self.decode_snapshot(&obj.key, bytes)?))
+            })
+            .buffer_unordered(META_PARALLEL)
+            .try_collect()
+            .await?;
+        all.sort_by_key(|s| (s.1.time, s.0));
+        Ok(all)
+    }
+
+    /// Snapshots grouped by run, oldest first, each marked complete or not.
+    pub async fn complete_runs(&self) -> Result<Vec<Run>, RepoError> {
+        Ok(snapshot::group_runs(self.list_snapshots().await?))
+    }
+
+    // Internals shared with the writer.
+
+    fn index(&self) -> RwLockReadGuard<'_, Index> {
+        self.inner.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn index_mut(&self) -> RwLockWriteGuard<'_, Index> {
+        self.inner.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn seal(&self, kind: u8, plain: &[u8]) -> Vec<u8> {
+        self.inner.master.seal(kind, self.inner.compression, plain)
+    }
+
+    fn finish_pack(&self, segments: Vec<Vec<u8>>, entries: &[pack::PackEntry]) -> (PackId, Bytes) {
+        pack::finish(
+            &self.inner.master,
+            self.inner.compression,
+            segments,
+            entries,
+        )
+    }
+
+    /// CPU-heavy work on the blocking pool, at most one task per core.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, RepoError> {
+        let _cpu = self.inner.cpu.acquire().await.expect("never closed");
+        run_blocking(&self.inner.location, what, f).await
+    }
+}
+
+fn snapshot_key(id: &SnapshotId) -> String {
+    format!("{}{}", snapshot::PREFIX, id.to_hex())
+}
+
+fn parse_config(plain: &[u8]) -> Result<RepoConfig, RepoError> {
+    let config: RepoConfig = serde_json::from_slice(plain)
+        .map_err(|e| RepoError::format(CONFIG_KEY, format!("not a repository config: {e}")))?;
+    if config.version != CONFIG_VERSION {
+        return Err(RepoError::format(
+            CONFIG_KEY,
+            format!("config version {}", config.version),
+        ));
+    }
+    let c = config.chunker;
+    if !(c.min > 0 && c.min <= c.avg && c.avg <= c.max && c.max as usize <= MAX_BLOB_LEN) {
+        return Err(RepoError::format(
+            CONFIG_KEY,
+            format!("chunker sizes {}/{}/{} out of range", c.min, c.avg, c.max),
+        ));
+    }
+    Ok(config)
+}

@@ -1,0 +1,164 @@
+//! Snapshot manifests `snapshots/<id>`: written last by a run, one per
+//! part (channel). A run is complete when parts `0..parts` are all there.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::id::{BlobId, SnapshotId};
+
+pub(crate) const PREFIX: &str = "snapshots/";
+
+/// Only `complete` is ever written: a manifest is the last thing a part
+/// writes, so an incomplete part has no manifest at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotStatus {
+    #[default]
+    Complete,
+}
+
+/// One volume in a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeEntry {
+    /// Root tree of the volume.
+    pub root: BlobId,
+    /// Free-form counters (files, bytes, ...), for listings.
+    #[serde(default)]
+    pub stats: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotManifest {
+    pub time: jiff::Timestamp,
+    pub run_id: String,
+    /// This part's number, `0..parts`.
+    pub part: u32,
+    /// How many parts the run has.
+    pub parts: u32,
+    pub plan: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub cluster_id: Option<String>,
+    #[serde(default)]
+    pub selection: serde_json::Value,
+    /// Root of the resource catalogue tree.
+    #[serde(default)]
+    pub resources: Option<BlobId>,
+    #[serde(default)]
+    pub volumes: BTreeMap<String, VolumeEntry>,
+    #[serde(default)]
+    pub status: SnapshotStatus,
+    /// kubestow version that wrote it.
+    pub version: String,
+    #[serde(default)]
+    pub stats: serde_json::Value,
+}
+
+impl SnapshotManifest {
+    /// A manifest for part `part` of `parts`, stamped now with this
+    /// version; everything else empty.
+    pub fn new(run_id: impl Into<String>, part: u32, parts: u32, plan: impl Into<String>) -> Self {
+        Self {
+            time: jiff::Timestamp::now(),
+            run_id: run_id.into(),
+            part,
+            parts,
+            plan: plan.into(),
+            tags: Vec::new(),
+            cluster_id: None,
+            selection: serde_json::Value::Null,
+            resources: None,
+            volumes: BTreeMap::new(),
+            status: SnapshotStatus::Complete,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            stats: serde_json::Value::Null,
+        }
+    }
+
+    /// Blobs the manifest points at directly.
+    pub fn roots(&self) -> impl Iterator<Item = &BlobId> {
+        self.resources
+            .iter()
+            .chain(self.volumes.values().map(|v| &v.root))
+    }
+}
+
+/// The parts of one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    pub run_id: String,
+    /// Time of the latest part.
+    pub time: jiff::Timestamp,
+    /// Sorted by part number.
+    pub parts: Vec<(SnapshotId, SnapshotManifest)>,
+    /// Every part `0..parts` is present and all parts agree on `parts`.
+    pub complete: bool,
+}
+
+/// Groups manifests into runs, oldest first.
+pub(crate) fn group_runs(snapshots: Vec<(SnapshotId, SnapshotManifest)>) -> Vec<Run> {
+    let mut by_run: BTreeMap<String, Vec<(SnapshotId, SnapshotManifest)>> = BTreeMap::new();
+    for (id, m) in snapshots {
+        by_run.entry(m.run_id.clone()).or_default().push((id, m));
+    }
+    let mut runs: Vec<Run> = by_run
+        .into_iter()
+        .map(|(run_id, mut parts)| {
+            parts.sort_by_key(|p| (p.1.part, p.1.time));
+            let time = parts.iter().map(|p| p.1.time).max().expect("non-empty");
+            let total = parts[0].1.parts;
+            let present: BTreeSet<u32> = parts.iter().map(|p| p.1.part).collect();
+            let complete = total > 0
+                && parts.iter().all(|p| p.1.parts == total)
+                && present == (0..total).collect();
+            Run {
+                run_id,
+                time,
+                parts,
+                complete,
+            }
+        })
+        .collect();
+    runs.sort_by(|a, b| (a.time, &a.run_id).cmp(&(b.time, &b.run_id)));
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(run: &str, part: u32, parts: u32) -> (SnapshotId, SnapshotManifest) {
+        (
+            SnapshotId([part as u8; 32]),
+            SnapshotManifest::new(run, part, parts, "daily"),
+        )
+    }
+
+    #[test]
+    fn grouping_and_completeness() {
+        let runs = group_runs(vec![part("a", 1, 2), part("b", 0, 1), part("c", 0, 2)]);
+        let by: BTreeMap<_, _> = runs.iter().map(|r| (r.run_id.as_str(), r)).collect();
+        assert!(!by["a"].complete);
+        assert!(by["b"].complete);
+        assert!(!by["c"].complete);
+        let runs = group_runs(vec![part("a", 1, 2), part("a", 0, 2)]);
+        assert!(runs[0].complete);
+        assert_eq!(runs[0].parts[0].1.part, 0);
+        // Disagreeing part counts are not complete.
+        let runs = group_runs(vec![part("a", 0, 1), part("a", 1, 2)]);
+        assert!(!runs[0].complete);
+    }
+
+    #[test]
+    fn manifest_json_shape() {
+        let mut m = SnapshotManifest::new("r1", 0, 1, "daily");
+        m.resources = Some(BlobId([0xab; 32]));
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["status"], "complete");
+        assert_eq!(v["resources"], "ab".repeat(32));
+        let back: SnapshotManifest = serde_json::from_value(v).unwrap();
+        assert_eq!(back, m);
+    }
+}

@@ -17,7 +17,9 @@ lint:
 
 # Set up, lint, then run every test (unit and integration against the real servers).
 test: setup lint
-    cargo test --all-targets
+    mkdir -p target
+    cargo test --lib --bins --tests 2>&1 | tee target/test.log
+    @awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f; exit (f > 0) }' target/test.log
 
 # Start a real cluster and S3 server on loopback and run kubestow against them, end to end.
 demo: setup

@@ -279,6 +279,31 @@ impl Repository {
         }
     }
 
+    /// Opens `STOW_REPOSITORY` with `STOW_PASSWORD`, retrying network errors
+    /// for `STOW_RECONNECT_TIMEOUT`; creates it when `STOW_INIT` is set and
+    /// `allow_init` (only writing modes create repositories).
+    pub async fn from_config(
+        config: &crate::config::Config,
+        allow_init: bool,
+    ) -> Result<Repository, RepoError> {
+        let location = config
+            .repository
+            .as_ref()
+            .expect("validated: modes that open a repository require STOW_REPOSITORY");
+        let password = config
+            .password
+            .as_ref()
+            .expect("validated: modes that open a repository require a password");
+        let backend = backend::open(location, config.reconnect_timeout).await;
+        Self::open_or_init(
+            backend,
+            password,
+            config.compression,
+            allow_init && config.init,
+        )
+        .await
+    }
+
     /// Opens the repository, or creates it when `init` is set and there is
     /// none; without `init`, a missing repository is
     /// [`RepoError::NotInitialised`].

@@ -29,3 +29,8 @@ demo: setup
 # Format the code.
 fmt:
     cargo fmt --all
+
+# Benchmarks: kubestow vs restic and rustic on a generated 1+ GiB dataset; updates BENCHMARKS.md.
+bench:
+    bash bench/run.sh
+    cargo bench --quiet --bench ids

@@ -18,6 +18,12 @@ pub enum Error {
     Repo(#[from] crate::repo::RepoError),
     #[error("{0}")]
     Preflight(String),
+    #[error("prune: {0}")]
+    Prune(String),
+    #[error("copy: {0}")]
+    Copy(String),
+    #[error(transparent)]
+    Volume(#[from] crate::volume::VolumeError),
     #[error("cancelled by signal; in-flight work was drained")]
     Cancelled,
 }
@@ -38,7 +44,12 @@ impl Error {
             Error::Backend(e) => e.is_retriable(),
             Error::Repo(e) => e.is_retriable(),
             Error::Cancelled => true,
-            Error::Config(_) | Error::NotImplemented(_) | Error::Preflight(_) => false,
+            Error::Config(_)
+            | Error::NotImplemented(_)
+            | Error::Preflight(_)
+            | Error::Prune(_)
+            | Error::Copy(_)
+            | Error::Volume(_) => false,
         }
     }
 }

@@ -4,11 +4,18 @@
 //! concepts: [`config`] reads the environment, [`run`] is the frame around a
 //! mode, [`cluster`] talks to Kubernetes, [`repo`] stores data.
 
+pub mod check;
 pub mod cluster;
 pub mod config;
+pub mod copy;
 pub mod error;
+pub mod list;
 pub mod logging;
 pub mod preflight;
+pub mod prune;
 pub mod repo;
 pub mod run;
 pub mod summary;
+#[cfg(test)]
+mod testutil;
+pub mod volume;

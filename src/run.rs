@@ -132,7 +132,14 @@ pub fn main(args: &[String]) -> ExitCode {
 async fn dispatch(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     match config.mode {
         Mode::Preflight => crate::preflight::run(config, ctx).await,
-        other => Err(Error::NotImplemented(other)),
+        Mode::Backup => Err(Error::NotImplemented(Mode::Backup)),
+        Mode::Restore => Err(Error::NotImplemented(Mode::Restore)),
+        Mode::Check => crate::check::run(config, ctx).await,
+        Mode::Prune => crate::prune::run(config, ctx).await,
+        Mode::Copy => crate::copy::run(config, ctx).await,
+        Mode::List => crate::list::run(config, ctx).await,
+        Mode::VolumeBackup => crate::volume::run_backup(config, ctx).await,
+        Mode::VolumeRestore => crate::volume::run_restore(config, ctx).await,
     }
 }
 

@@ -220,6 +220,8 @@ pub struct RestoreOptions {
 #[derive(Debug, Clone)]
 pub struct VolumeOptions {
     pub path: Option<PathBuf>,
+    /// The volume's key in snapshots (`STOW_VOLUME_NAME`); `None` means the path.
+    pub name: Option<String>,
     pub source: VolumeSource,
     pub exclude: Vec<String>,
     pub image: Option<String>,
@@ -235,6 +237,22 @@ pub struct Retention {
     pub weekly: Option<u32>,
     pub monthly: Option<u32>,
     pub yearly: Option<u32>,
+}
+
+impl Retention {
+    /// Whether some rule keeps at least one snapshot.
+    pub fn keeps_anything(&self) -> bool {
+        [
+            self.last,
+            self.hourly,
+            self.daily,
+            self.weekly,
+            self.monthly,
+            self.yearly,
+        ]
+        .iter()
+        .any(|n| n.is_some_and(|n| n > 0))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -261,6 +279,9 @@ pub struct Config {
     pub init: bool,
     pub compression: Compression,
     pub plan: String,
+    /// `STOW_PLAN` was set (not just defaulted): `list`, `copy` and `prune`
+    /// then only consider snapshots of that plan.
+    pub plan_explicit: bool,
     pub tags: Vec<String>,
     pub selection: Selection,
     pub restore: RestoreOptions,
@@ -275,6 +296,8 @@ pub struct Config {
     pub post_hooks: Option<String>,
     pub copy_to: Option<CopyTarget>,
     pub retention: Retention,
+    /// `prune`: marked packs are deleted by a later prune once older than this.
+    pub prune_grace: Duration,
     pub check_read_data: Option<ReadData>,
     pub pushgateway_url: Option<String>,
     pub log_format: LogFormat,
@@ -310,6 +333,7 @@ pub struct RawConfig {
     dry_run: Option<String>,
     restore_volumes: Option<String>,
     volume_path: Option<String>,
+    volume_name: Option<String>,
     volume_source: Option<String>,
     exclude_volumes: Option<String>,
     image: Option<String>,
@@ -331,6 +355,7 @@ pub struct RawConfig {
     keep_weekly: Option<String>,
     keep_monthly: Option<String>,
     keep_yearly: Option<String>,
+    prune_grace: Option<String>,
     check_read_data: Option<String>,
     pushgateway_url: Option<String>,
     log_format: Option<String>,
@@ -920,6 +945,7 @@ impl RawConfig {
 
         let volume = VolumeOptions {
             path: opt(&self.volume_path).map(PathBuf::from),
+            name: opt(&self.volume_name),
             source: c
                 .take(parse_enum(
                     v::VOLUME_SOURCE,
@@ -986,6 +1012,25 @@ impl RawConfig {
             yearly: c
                 .take(parse_count(v::KEEP_YEARLY, &self.keep_yearly))
                 .flatten(),
+        };
+
+        let prune_grace = match self.prune_grace.as_deref() {
+            None => Duration::from_secs(3600),
+            Some(s) => c
+                .take(
+                    parse_duration(v::PRUNE_GRACE, s, Duration::from_secs(1)).and_then(|d| {
+                        if d >= Duration::from_secs(1) {
+                            Ok(d)
+                        } else {
+                            Err(ConfigError::invalid(
+                                v::PRUNE_GRACE,
+                                s,
+                                "must be at least 1 second",
+                            ))
+                        }
+                    }),
+                )
+                .unwrap_or(Duration::from_secs(3600)),
         };
 
         let check_read_data = self.check_read_data.as_deref().and_then(|s| {
@@ -1081,6 +1126,12 @@ impl RawConfig {
                     var: v::KEEP_LAST,
                     why: "(or another STOW_KEEP_* rule) for mode prune: without one, prune would remove every snapshot".into(),
                 });
+            } else if mode == Mode::Prune && !retention.keeps_anything() {
+                c.0.push(ConfigError::invalid(
+                    v::KEEP_LAST,
+                    "0",
+                    "every STOW_KEEP_* rule is 0: prune would remove every snapshot",
+                ));
             }
         }
 
@@ -1094,6 +1145,7 @@ impl RawConfig {
             init,
             compression,
             plan,
+            plan_explicit: opt(&self.plan).is_some(),
             tags: list(&self.tags),
             selection,
             restore,
@@ -1114,6 +1166,7 @@ impl RawConfig {
                 _ => None,
             },
             retention,
+            prune_grace,
             check_read_data,
             pushgateway_url,
             log_format,

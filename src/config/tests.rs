@@ -276,3 +276,34 @@ fn every_raw_field_has_a_documented_variable() {
         );
     }
 }
+
+#[test]
+fn prune_grace_and_explicit_plan() {
+    let c = cfg(&with(&[(v::MODE, "prune"), (v::KEEP_DAILY, "7")])).unwrap();
+    assert_eq!(c.prune_grace, Duration::from_secs(3600));
+    assert!(!c.plan_explicit);
+    let c = cfg(&with(&[
+        (v::MODE, "prune"),
+        (v::KEEP_LAST, "3"),
+        (v::PRUNE_GRACE, "2s"),
+        (v::PLAN, "nightly"),
+    ]))
+    .unwrap();
+    assert_eq!(c.prune_grace, Duration::from_secs(2));
+    assert!(c.plan_explicit);
+    assert_eq!(c.plan, "nightly");
+    let c = cfg(&with(&[(v::MODE, "list"), (v::PRUNE_GRACE, "90")])).unwrap();
+    assert_eq!(c.prune_grace, Duration::from_secs(90));
+    for bad in ["0s", "soon", "-5m"] {
+        let e = cfg(&with(&[(v::MODE, "list"), (v::PRUNE_GRACE, bad)])).unwrap_err();
+        assert!(e.to_string().contains("STOW_PRUNE_GRACE"), "{bad}: {e}");
+    }
+    // Rules that are all zero would remove everything.
+    let e = cfg(&with(&[
+        (v::MODE, "prune"),
+        (v::KEEP_LAST, "0"),
+        (v::KEEP_DAILY, "0"),
+    ]))
+    .unwrap_err();
+    assert!(e.to_string().contains("every STOW_KEEP_* rule is 0"), "{e}");
+}

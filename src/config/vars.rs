@@ -77,6 +77,8 @@ vars! {
     RESTORE_VOLUMES = "STOW_RESTORE_VOLUMES", default "true";
     /// `volume-backup`/`volume-restore`: directory to read or fill.
     VOLUME_PATH = "STOW_VOLUME_PATH", default "";
+    /// `volume-backup`/`volume-restore`: name of the volume in the snapshot, e.g. `shop/data-db-0`; defaults to the path.
+    VOLUME_NAME = "STOW_VOLUME_NAME", default "";
     /// How PVC data is read: `auto`, `snapshot`, `kubelet` or `skip`.
     VOLUME_SOURCE = "STOW_VOLUME_SOURCE", default "auto";
     /// Comma-separated globs of `namespace/pvc` whose data is not backed up.
@@ -119,6 +121,8 @@ vars! {
     KEEP_MONTHLY = "STOW_KEEP_MONTHLY", default "";
     /// `prune`: keep the newest snapshot of each of the last N years.
     KEEP_YEARLY = "STOW_KEEP_YEARLY", default "";
+    /// `prune`: how long packs marked for deletion stay before a later prune deletes them, so that restores and backups that may still use them finish first, e.g. `1h`, `30m`, or plain seconds.
+    PRUNE_GRACE = "STOW_PRUNE_GRACE", default "1h";
     /// `check`: also read and verify pack data: `all` or a percentage such as `10%`.
     CHECK_READ_DATA = "STOW_CHECK_READ_DATA", default "";
     /// Push metrics to this Prometheus Pushgateway at the end of the run.

@@ -73,6 +73,7 @@ pub(crate) struct MasterKey {
 }
 
 impl MasterKey {
+    #[cfg(test)]
     pub fn generate() -> Self {
         Self::from_bytes(&random::<MASTER_LEN>())
     }

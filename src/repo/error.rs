@@ -44,6 +44,20 @@ pub enum RepoError {
         key_id: String,
         reason: String,
     },
+    /// Another prune holds the exclusive prune lock.
+    #[error(
+        "{location}: another prune holds the lock {key} (run {holder}, since {since}); try again later, or delete the lock object if that prune is dead"
+    )]
+    Locked {
+        location: String,
+        key: String,
+        holder: String,
+        since: String,
+    },
+    /// The prune lock was lost while pruning; the prune stopped before
+    /// deleting anything more.
+    #[error("prune lock {key} lost: {reason}")]
+    LockLost { key: String, reason: String },
     #[error("{location}: {what} failed: {reason}")]
     Internal {
         location: String,
@@ -57,6 +71,7 @@ impl RepoError {
     pub fn is_retriable(&self) -> bool {
         match self {
             RepoError::Backend(e) => e.is_retriable(),
+            RepoError::Locked { .. } | RepoError::LockLost { .. } => true,
             _ => false,
         }
     }

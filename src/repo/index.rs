@@ -84,6 +84,25 @@ impl Index {
         }
     }
 
+    /// Carries over the packs `old` holds that are not yet listed in a
+    /// stored index object (uploaded by a writer of this process), so a
+    /// reload never forgets them.
+    pub fn merge_unpersisted(&mut self, old: &Index) {
+        for (id, l) in &old.blobs {
+            let slot = &old.packs[l.pack as usize];
+            if !slot.persisted {
+                let entry = PackEntry {
+                    id: *id,
+                    kind: l.kind,
+                    offset: l.offset,
+                    length: l.length,
+                    raw_length: l.raw_length,
+                };
+                self.add_pack(slot.id, &[entry], false);
+            }
+        }
+    }
+
     pub fn contains(&self, id: &BlobId) -> bool {
         self.blobs.contains_key(id)
     }

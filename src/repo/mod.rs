@@ -8,17 +8,22 @@
 pub mod backend;
 mod crypto;
 mod error;
+#[doc(hidden)]
+pub mod fixture;
 mod id;
 mod index;
 mod keys;
+pub mod lock;
 mod pack;
 mod snapshot;
+pub mod walk;
 mod writer;
 
 #[cfg(test)]
 mod tests;
 
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -35,7 +40,7 @@ pub use id::{BlobId, BlobKind, PackId, ParseIdError, SnapshotId};
 pub use index::IndexEntry;
 pub use keys::{KeyParams, MIN_ITERATIONS};
 pub use pack::PACK_TARGET;
-pub use snapshot::{Run, SnapshotManifest, SnapshotStatus, VolumeEntry};
+pub use snapshot::{Run, SnapshotManifest, SnapshotStatus, VolumeEntry, group_runs};
 pub use writer::{WriteStats, Writer};
 
 const CONFIG_KEY: &str = "config";
@@ -89,6 +94,10 @@ struct Inner {
     config: RepoConfig,
     compression: Compression,
     index: RwLock<Index>,
+    /// Keys of the index objects the in-memory index was loaded from.
+    index_keys: RwLock<BTreeSet<String>>,
+    /// Writer markers this process put (see [`Repository::announce_writer`]).
+    markers: Mutex<Vec<String>>,
     /// Bounds CPU-heavy work (sealing, opening, hashing packs) to the
     /// cores we have, so the blocking pool does not grow a thread per blob.
     cpu: Arc<Semaphore>,
@@ -159,13 +168,75 @@ impl Repository {
         compression: Compression,
         params: KeyParams,
     ) -> Result<Repository, RepoError> {
+        let material = crypto::random::<{ crypto::MASTER_LEN }>();
+        Self::init_from(
+            backend,
+            password,
+            compression,
+            params,
+            material,
+            ChunkerParams::default(),
+        )
+        .await
+    }
+
+    /// Creates a repository whose blob ids equal `source`'s: it shares the
+    /// id key and the chunker parameters (so the same content has the same
+    /// blob id and trees copy unchanged), but has its own data key and
+    /// password. The destination of `copy`.
+    pub async fn init_sharing_ids(
+        backend: Arc<dyn Backend>,
+        password: &Secret,
+        compression: Compression,
+        source: &Repository,
+    ) -> Result<Repository, RepoError> {
+        Self::init_sharing_ids_with_params(
+            backend,
+            password,
+            compression,
+            KeyParams::default(),
+            source,
+        )
+        .await
+    }
+
+    /// [`init_sharing_ids`](Self::init_sharing_ids) with explicit key
+    /// derivation parameters.
+    pub async fn init_sharing_ids_with_params(
+        backend: Arc<dyn Backend>,
+        password: &Secret,
+        compression: Compression,
+        params: KeyParams,
+        source: &Repository,
+    ) -> Result<Repository, RepoError> {
+        let mut material = crypto::random::<{ crypto::MASTER_LEN }>();
+        material[32..].copy_from_slice(&source.inner.master.material()[32..]);
+        Self::init_from(
+            backend,
+            password,
+            compression,
+            params,
+            material,
+            source.chunker_params(),
+        )
+        .await
+    }
+
+    async fn init_from(
+        backend: Arc<dyn Backend>,
+        password: &Secret,
+        compression: Compression,
+        params: KeyParams,
+        material: [u8; crypto::MASTER_LEN],
+        chunker: ChunkerParams,
+    ) -> Result<Repository, RepoError> {
         let location = backend.location();
         if backend.exists(CONFIG_KEY).await? {
             return Err(RepoError::AlreadyExists { location });
         }
         let pw = password.expose().to_string();
         let (master, key_id, key_bytes) = run_blocking(&location, "deriving a key", move || {
-            let master = MasterKey::generate();
+            let master = MasterKey::from_bytes(&material);
             let (id, bytes) = keys::create(&master, &pw, params);
             (master, id, bytes)
         })
@@ -174,7 +245,7 @@ impl Repository {
         let config = RepoConfig {
             version: CONFIG_VERSION,
             id: hex::encode(crypto::random::<32>()),
-            chunker: ChunkerParams::default(),
+            chunker,
             created: jiff::Timestamp::now(),
         };
         let json = serde_json::to_vec(&config).expect("config serialises");
@@ -211,6 +282,32 @@ impl Repository {
         compression: Compression,
         params: KeyParams,
     ) -> Result<Repository, RepoError> {
+        Ok(
+            Self::open_inner(backend, password, compression, params, false)
+                .await?
+                .0,
+        )
+    }
+
+    /// Opens like [`open`](Self::open), but an index object that cannot be
+    /// read is skipped instead of failing the open; its error is returned
+    /// alongside. For `check`, which must report every damaged object.
+    pub async fn open_lenient(
+        backend: Arc<dyn Backend>,
+        password: &Secret,
+        compression: Compression,
+        params: KeyParams,
+    ) -> Result<(Repository, Vec<RepoError>), RepoError> {
+        Self::open_inner(backend, password, compression, params, true).await
+    }
+
+    async fn open_inner(
+        backend: Arc<dyn Backend>,
+        password: &Secret,
+        compression: Compression,
+        params: KeyParams,
+        lenient: bool,
+    ) -> Result<(Repository, Vec<RepoError>), RepoError> {
         let location = backend.location();
         let config_bytes = match backend.get(CONFIG_KEY).await {
             Ok(b) => b,
@@ -262,8 +359,8 @@ impl Repository {
                 compression,
                 Index::default(),
             );
-            repo.load_index().await?;
-            return Ok(repo);
+            let errors = repo.load_index(lenient).await?;
+            return Ok((repo, errors));
         }
         if unlocked {
             return Err(RepoError::corrupt(
@@ -354,49 +451,196 @@ impl Repository {
                 config,
                 compression,
                 index: RwLock::new(index),
+                index_keys: RwLock::new(BTreeSet::new()),
+                markers: Mutex::new(Vec::new()),
                 cpu: Arc::new(Semaphore::new(cores)),
             }),
         }
     }
 
-    async fn load_index(&self) -> Result<(), RepoError> {
-        let objects = self.inner.backend.list(index::PREFIX).await?;
-        let mut files = futures::stream::iter(objects)
-            .map(|obj| async move {
-                let bytes = self.inner.backend.get(&obj.key).await?;
-                let repo = self.clone();
-                self.blocking("reading an index", move || {
-                    check_content_name(&obj.key, index::PREFIX, &bytes)?;
-                    let plain = repo
-                        .inner
-                        .master
-                        .open(kind::INDEX, bytes, MAX_META_LEN)
-                        .map_err(|e| open_error(&obj.key, None, e))?;
-                    index::decode(&plain).map_err(|(format, reason)| {
-                        if format {
-                            RepoError::format(&obj.key, reason)
-                        } else {
-                            RepoError::corrupt(&obj.key, None, reason)
-                        }
-                    })
-                })
-                .await?
-            })
-            .buffer_unordered(META_PARALLEL);
-        let mut files_read = 0usize;
-        while let Some(packs) = files.try_next().await? {
-            let mut ix = self.index_mut();
-            for (id, entries) in &packs {
+    /// Loads every index object into the in-memory index. Lenient: skips
+    /// unreadable ones and returns their errors.
+    async fn load_index(&self, lenient: bool) -> Result<Vec<RepoError>, RepoError> {
+        let (files, errors) = self.read_index_objects(lenient).await?;
+        let mut ix = Index::default();
+        let mut keys = BTreeSet::new();
+        for (key, _, packs) in &files {
+            for (id, entries) in packs {
                 ix.add_pack(*id, entries, true);
             }
-            files_read += 1;
+            keys.insert(key.clone());
         }
         tracing::debug!(
             location = %self.inner.location,
-            index_files = files_read,
-            blobs = self.inner.index.read().map_or(0, |ix| ix.len()),
+            index_files = files.len(),
+            blobs = ix.len(),
             "loaded index"
         );
+        *self.index_mut() = ix;
+        *self
+            .inner
+            .index_keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = keys;
+        Ok(errors)
+    }
+
+    /// Reads and decodes every index object: `(key, stored size, packs)`.
+    async fn read_index_objects(
+        &self,
+        lenient: bool,
+    ) -> Result<(Vec<(String, u64, index::PackList)>, Vec<RepoError>), RepoError> {
+        let objects = self.inner.backend.list(index::PREFIX).await?;
+        let mut files = futures::stream::iter(objects)
+            .map(|obj| async move {
+                let result = async {
+                    let bytes = self.inner.backend.get(&obj.key).await?;
+                    let size = bytes.len() as u64;
+                    let repo = self.clone();
+                    let key = obj.key.clone();
+                    self.blocking("reading an index", move || {
+                        check_content_name(&key, index::PREFIX, &bytes)?;
+                        let plain = repo
+                            .inner
+                            .master
+                            .open(kind::INDEX, bytes, MAX_META_LEN)
+                            .map_err(|e| open_error(&key, None, e))?;
+                        index::decode(&plain).map_err(|(format, reason)| {
+                            if format {
+                                RepoError::format(&key, reason)
+                            } else {
+                                RepoError::corrupt(&key, None, reason)
+                            }
+                        })
+                    })
+                    .await?
+                    .map(|packs| (size, packs))
+                }
+                .await;
+                (obj.key, result)
+            })
+            .buffer_unordered(META_PARALLEL);
+        let (mut ok, mut errors) = (Vec::new(), Vec::new());
+        while let Some((key, result)) = files.next().await {
+            match result {
+                Ok((size, packs)) => ok.push((key, size, packs)),
+                // A backend failure is not damage: never skip over it.
+                Err(e @ RepoError::Backend(_)) => return Err(e),
+                Err(e) if lenient => errors.push(e),
+                Err(e) => return Err(e),
+            }
+        }
+        ok.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok((ok, errors))
+    }
+
+    /// Every index object as stored now, decoded. Fails on the first one
+    /// that cannot be read.
+    pub async fn read_index_files(&self) -> Result<Vec<IndexFile>, RepoError> {
+        Ok(self.read_index_files_lenient(false).await?.0)
+    }
+
+    /// [`read_index_files`](Self::read_index_files); when `lenient`,
+    /// unreadable objects are returned as errors instead.
+    pub async fn read_index_files_lenient(
+        &self,
+        lenient: bool,
+    ) -> Result<(Vec<IndexFile>, Vec<RepoError>), RepoError> {
+        let (files, errors) = self.read_index_objects(lenient).await?;
+        Ok((files.into_iter().map(IndexFile::from_raw).collect(), errors))
+    }
+
+    /// Re-reads every index object and replaces the in-memory index with
+    /// them, keeping packs this process uploaded but has not indexed yet.
+    /// Returns the objects read, so a caller (prune) sees exactly the index
+    /// it works with.
+    pub async fn reload_index(&self) -> Result<Vec<IndexFile>, RepoError> {
+        self.reload_index_excluding(&HashSet::new()).await
+    }
+
+    async fn reload_index_excluding(
+        &self,
+        exclude: &HashSet<PackId>,
+    ) -> Result<Vec<IndexFile>, RepoError> {
+        let (files, _) = self.read_index_objects(false).await?;
+        let mut ix = Index::default();
+        let mut keys = BTreeSet::new();
+        for (key, _, packs) in &files {
+            for (id, entries) in packs {
+                if !exclude.contains(id) {
+                    ix.add_pack(*id, entries, true);
+                }
+            }
+            keys.insert(key.clone());
+        }
+        {
+            let mut current = self.index_mut();
+            ix.merge_unpersisted(&current);
+            *current = ix;
+        }
+        *self
+            .inner
+            .index_keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = keys;
+        Ok(files.into_iter().map(IndexFile::from_raw).collect())
+    }
+
+    /// Announces a backup (or copy) that is about to write: puts a writer
+    /// marker `locks/writer-<run id>-<random>` with the current time, then
+    /// drops from this process's dedup index every pack that a pending
+    /// prune mark lists (and reloads the index when a prune has deleted
+    /// index objects since it was loaded). Call it after opening and before
+    /// adding blobs. Together with the rules of `prune`, this guarantees
+    /// that a concurrent prune never deletes data this writer references;
+    /// see "Pruning safety" in `docs/format.md`. A writer that runs longer
+    /// than [`lock::WRITER_MAX_AGE`] must announce again.
+    pub async fn announce_writer(&self, run_id: &str) -> Result<(), RepoError> {
+        let key = lock::put_writer_marker(self, run_id).await?;
+        self.inner
+            .markers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(key);
+        // Marks first, then the index listing: a mark is deleted only after
+        // the index objects it supersedes, so whatever we miss in one
+        // listing shows in the other.
+        let marked = lock::marked_packs(self).await?;
+        let now: BTreeSet<String> = self
+            .inner
+            .backend
+            .list(index::PREFIX)
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        let vanished = self
+            .inner
+            .index_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|k| !now.contains(k));
+        if vanished || !marked.is_empty() {
+            tracing::info!(
+                marked_packs = marked.len(),
+                vanished_index_objects = vanished,
+                "a prune is pending; reloading the index without the packs it marked"
+            );
+            self.reload_index_excluding(&marked).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the writer markers this process put. Call it only after the
+    /// last snapshot manifest was saved (prune also removes markers of
+    /// complete runs and stale ones).
+    pub async fn retire_writer(&self) -> Result<(), RepoError> {
+        let keys =
+            std::mem::take(&mut *self.inner.markers.lock().unwrap_or_else(|e| e.into_inner()));
+        for key in keys {
+            self.inner.backend.delete(&key).await?;
+        }
         Ok(())
     }
 
@@ -504,6 +748,29 @@ impl Repository {
         self.index().packs()
     }
 
+    /// Whether `other` computes the same blob ids: same id key and chunker
+    /// parameters (see [`init_sharing_ids`](Self::init_sharing_ids)).
+    pub fn shares_ids_with(&self, other: &Repository) -> bool {
+        let (a, b) = (
+            &self.inner.master.material()[32..],
+            &other.inner.master.material()[32..],
+        );
+        a == b && self.chunker_params() == other.chunker_params()
+    }
+
+    /// A writer that stores every blob it is given, even when the index
+    /// already lists it: `prune` copies the used blobs of a pack it
+    /// rewrites. Add each blob once.
+    pub fn repack_writer(&self, channels: usize) -> Writer {
+        Writer::with_force(
+            self.clone(),
+            channels,
+            PACK_TARGET,
+            writer::PACKS_PER_INDEX,
+            true,
+        )
+    }
+
     /// A writer with `channels` concurrent uploads.
     pub fn writer(&self, channels: usize) -> Writer {
         Writer::new(self.clone(), channels, PACK_TARGET, writer::PACKS_PER_INDEX)
@@ -582,6 +849,144 @@ impl Repository {
         Ok(data)
     }
 
+    /// A whole pack object.
+    pub async fn read_pack(&self, pack: &PackId) -> Result<Bytes, RepoError> {
+        Ok(self.inner.backend.get(&pack::pack_key(pack)).await?)
+    }
+
+    /// Opens one blob out of a whole pack read with
+    /// [`read_pack`](Self::read_pack), verifying it like
+    /// [`read_blob`](Self::read_blob). CPU-heavy: call it through
+    /// [`cpu`](Self::cpu) for large packs.
+    pub fn open_pack_blob(
+        &self,
+        id: &BlobId,
+        entry: &IndexEntry,
+        pack_bytes: &Bytes,
+    ) -> Result<Bytes, RepoError> {
+        let key = pack::pack_key(&entry.pack);
+        let end = entry.offset.saturating_add(entry.length);
+        if end > pack_bytes.len() as u64 {
+            return Err(RepoError::corrupt(
+                &key,
+                Some(id),
+                format!(
+                    "blob at {}+{} lies beyond the pack's {} bytes",
+                    entry.offset,
+                    entry.length,
+                    pack_bytes.len()
+                ),
+            ));
+        }
+        let sealed = pack_bytes.slice(entry.offset as usize..end as usize);
+        self.open_blob(&key, id, entry, sealed)
+    }
+
+    /// The header of a whole pack (as read by [`read_pack`](Self::read_pack)):
+    /// checks the length field, opens the sealed header and checks that
+    /// its entries tile the body.
+    pub fn parse_pack(
+        &self,
+        pack: &PackId,
+        pack_bytes: &Bytes,
+    ) -> Result<Vec<(BlobId, IndexEntry)>, RepoError> {
+        let key = pack::pack_key(pack);
+        let size = pack_bytes.len() as u64;
+        let corrupt = |reason: String| RepoError::corrupt(&key, None, reason);
+        if size < 4 {
+            return Err(corrupt(format!("{size} bytes is too short for a pack")));
+        }
+        let tail: [u8; 4] = pack_bytes[size as usize - 4..].try_into().expect("4 bytes");
+        let header_len = u64::from(u32::from_le_bytes(tail));
+        if header_len > size - 4 {
+            return Err(corrupt(format!(
+                "header length {header_len} exceeds the pack size {size}"
+            )));
+        }
+        let body_len = size - 4 - header_len;
+        let sealed = pack_bytes.slice(body_len as usize..(size - 4) as usize);
+        self.decode_pack_header(pack, &key, sealed, body_len)
+    }
+
+    fn decode_pack_header(
+        &self,
+        pack: &PackId,
+        key: &str,
+        sealed: Bytes,
+        body_len: u64,
+    ) -> Result<Vec<(BlobId, IndexEntry)>, RepoError> {
+        let plain = self
+            .inner
+            .master
+            .open(kind::PACK_HEADER, sealed, MAX_META_LEN)
+            .map_err(|e| open_error(key, None, e))?;
+        let entries = pack::parse_header(&plain, body_len)
+            .map_err(|reason| RepoError::corrupt(key, None, reason))?;
+        Ok(entries
+            .into_iter()
+            .map(|e| {
+                (
+                    e.id,
+                    IndexEntry {
+                        pack: *pack,
+                        kind: e.kind,
+                        offset: e.offset.into(),
+                        length: e.length.into(),
+                        raw_length: e.raw_length.into(),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Writes one index object listing `packs` (which must be stored) and
+    /// returns its key. `prune` uses it to keep packs listed whose index
+    /// object it removes.
+    pub async fn write_index_file(
+        &self,
+        packs: &[(PackId, Vec<(BlobId, IndexEntry)>)],
+    ) -> Result<String, RepoError> {
+        let mut list: index::PackList = Vec::with_capacity(packs.len());
+        for (pack, entries) in packs {
+            let mut out = Vec::with_capacity(entries.len());
+            for (id, e) in entries {
+                let fits = |v: u64| {
+                    u32::try_from(v).map_err(|_| {
+                        RepoError::corrupt(&pack::pack_key(pack), Some(id), "offset beyond 4 GiB")
+                    })
+                };
+                out.push(pack::PackEntry {
+                    id: *id,
+                    kind: e.kind,
+                    offset: fits(e.offset)?,
+                    length: fits(e.length)?,
+                    raw_length: fits(e.raw_length)?,
+                });
+            }
+            out.sort_by_key(|e| e.offset);
+            list.push((*pack, out));
+        }
+        let repo = self.clone();
+        let sealed = self
+            .blocking("sealing an index", move || {
+                repo.seal(kind::INDEX, &index::encode(&list))
+            })
+            .await?;
+        let key = format!("{}{}", index::PREFIX, blake3::hash(&sealed).to_hex());
+        self.inner.backend.put(&key, Bytes::from(sealed)).await?;
+        Ok(key)
+    }
+
+    /// Runs CPU-heavy work (opening packs, parsing trees) on the blocking
+    /// pool, at most one task per core.
+    pub async fn cpu<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, RepoError> {
+        self.blocking(what, f).await
+    }
+
     /// The blobs a pack's own header lists, read from the pack's tail.
     pub async fn read_pack_header(
         &self,
@@ -613,27 +1018,7 @@ impl Repository {
         }
         let body_len = size - 4 - header_len;
         let sealed = backend.get_range(&key, body_len, header_len).await?;
-        let plain = self
-            .inner
-            .master
-            .open(kind::PACK_HEADER, sealed, MAX_META_LEN)
-            .map_err(|e| open_error(&key, None, e))?;
-        let entries = pack::parse_header(&plain, body_len).map_err(corrupt)?;
-        Ok(entries
-            .into_iter()
-            .map(|e| {
-                (
-                    e.id,
-                    IndexEntry {
-                        pack: *pack,
-                        kind: e.kind,
-                        offset: e.offset.into(),
-                        length: e.length.into(),
-                        raw_length: e.raw_length.into(),
-                    },
-                )
-            })
-            .collect())
+        self.decode_pack_header(pack, &key, sealed, body_len)
     }
 
     /// Stores a snapshot manifest. Every blob it references directly must
@@ -703,6 +1088,41 @@ impl Repository {
         Ok(all)
     }
 
+    /// Every snapshot manifest that can be read, oldest first, and an error
+    /// for each one that cannot (for `check` and `list`).
+    pub async fn list_snapshots_lenient(
+        &self,
+    ) -> Result<(Vec<(SnapshotId, SnapshotManifest)>, Vec<RepoError>), RepoError> {
+        let objects = self.inner.backend.list(snapshot::PREFIX).await?;
+        let results: Vec<Result<(SnapshotId, SnapshotManifest), RepoError>> =
+            futures::stream::iter(objects)
+                .map(|obj| async move {
+                    let id: SnapshotId = obj.key[snapshot::PREFIX.len()..]
+                        .parse()
+                        .map_err(|_| RepoError::format(&obj.key, "not named by a snapshot id"))?;
+                    let bytes = self.inner.backend.get(&obj.key).await?;
+                    Ok((id, self.decode_snapshot(&obj.key, bytes)?))
+                })
+                .buffer_unordered(META_PARALLEL)
+                .collect()
+                .await;
+        let (mut all, mut errors) = (Vec::new(), Vec::new());
+        for r in results {
+            match r {
+                Ok(s) => all.push(s),
+                Err(e @ RepoError::Backend(_)) => return Err(e),
+                Err(e) => errors.push(e),
+            }
+        }
+        all.sort_by_key(|s| (s.1.time, s.0));
+        Ok((all, errors))
+    }
+
+    /// Deletes one snapshot manifest (only `prune` does this).
+    pub async fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), RepoError> {
+        Ok(self.inner.backend.delete(&snapshot_key(id)).await?)
+    }
+
     /// Snapshots grouped by run, oldest first, each marked complete or not.
     pub async fn complete_runs(&self) -> Result<Vec<Run>, RepoError> {
         Ok(snapshot::group_runs(self.list_snapshots().await?))
@@ -742,8 +1162,75 @@ impl Repository {
     }
 }
 
-fn snapshot_key(id: &SnapshotId) -> String {
+/// Object key of a snapshot manifest: `snapshots/<id>`.
+pub fn snapshot_key(id: &SnapshotId) -> String {
     format!("{}{}", snapshot::PREFIX, id.to_hex())
+}
+
+/// Object key of a pack: `data/<2 hex>/<id>`.
+pub fn pack_key(id: &PackId) -> String {
+    pack::pack_key(id)
+}
+
+/// The sizes a pack can have whose `entries` sealed blobs take `body`
+/// bytes: the body, the sealed header, and its 4-byte length. The sealed
+/// header is at most `38 + 4 + 45 × entries` bytes (stored raw) and, being
+/// a sealed object, at least 38 (compression can shrink it by an amount
+/// only opening it tells).
+pub fn pack_size_bounds(body: u64, entries: usize) -> (u64, u64) {
+    let overhead = crypto::OVERHEAD as u64;
+    let raw_header = 4 + (pack::ENTRY_LEN * entries) as u64;
+    (body + 4 + overhead, body + 4 + overhead + raw_header)
+}
+
+/// Prefix of pack objects.
+pub const DATA_PREFIX: &str = "data/";
+/// Prefix of index objects.
+pub const INDEX_PREFIX: &str = index::PREFIX;
+/// Prefix of snapshot manifests.
+pub const SNAPSHOT_PREFIX: &str = snapshot::PREFIX;
+
+/// The pack a `data/<2 hex>/<id>` key names, if it is one.
+pub fn pack_id_from_key(key: &str) -> Option<PackId> {
+    let rest = key.strip_prefix(DATA_PREFIX)?;
+    let (dir, name) = rest.split_once('/')?;
+    let id: PackId = name.parse().ok()?;
+    (dir.len() == 2 && name.starts_with(dir)).then_some(id)
+}
+
+/// One index object as stored: its key, stored size and the packs it lists.
+#[derive(Debug, Clone)]
+pub struct IndexFile {
+    pub key: String,
+    pub size: u64,
+    pub packs: Vec<(PackId, Vec<(BlobId, IndexEntry)>)>,
+}
+
+impl IndexFile {
+    fn from_raw((key, size, packs): (String, u64, index::PackList)) -> Self {
+        let packs = packs
+            .into_iter()
+            .map(|(pack, entries)| {
+                let entries = entries
+                    .into_iter()
+                    .map(|e| {
+                        (
+                            e.id,
+                            IndexEntry {
+                                pack,
+                                kind: e.kind,
+                                offset: e.offset.into(),
+                                length: e.length.into(),
+                                raw_length: e.raw_length.into(),
+                            },
+                        )
+                    })
+                    .collect();
+                (pack, entries)
+            })
+            .collect();
+        IndexFile { key, size, packs }
+    }
 }
 
 fn parse_config(plain: &[u8]) -> Result<RepoConfig, RepoError> {

@@ -98,7 +98,7 @@ pub struct Run {
 }
 
 /// Groups manifests into runs, oldest first.
-pub(crate) fn group_runs(snapshots: Vec<(SnapshotId, SnapshotManifest)>) -> Vec<Run> {
+pub fn group_runs(snapshots: Vec<(SnapshotId, SnapshotManifest)>) -> Vec<Run> {
     let mut by_run: BTreeMap<String, Vec<(SnapshotId, SnapshotManifest)>> = BTreeMap::new();
     for (id, m) in snapshots {
         by_run.entry(m.run_id.clone()).or_default().push((id, m));

@@ -69,6 +69,10 @@ impl std::fmt::Debug for Writer {
 
 struct Shared {
     repo: Repository,
+    /// Store blobs even when the repository index already lists them
+    /// (repacking by `prune`); duplicates within this writer are still
+    /// stored once while in flight.
+    force: bool,
     pack_target: usize,
     packs_per_index: usize,
     /// One permit per concurrent PUT (packs and index objects).
@@ -152,12 +156,23 @@ impl Writer {
         pack_target: usize,
         packs_per_index: usize,
     ) -> Writer {
+        Self::with_force(repo, channels, pack_target, packs_per_index, false)
+    }
+
+    pub(crate) fn with_force(
+        repo: Repository,
+        channels: usize,
+        pack_target: usize,
+        packs_per_index: usize,
+        force: bool,
+    ) -> Writer {
         let channels = channels.max(1);
         let pack_target = pack_target.clamp(1, 1 << 30);
         let budget = (channels + 2) * pack_target;
         Writer {
             shared: Arc::new(Shared {
                 repo,
+                force,
                 pack_target,
                 packs_per_index: packs_per_index.max(1),
                 uploads: Semaphore::new(channels),
@@ -305,7 +320,7 @@ impl Shared {
     fn prepare(sh: &Arc<Shared>, kind: BlobKind, data: &[u8]) -> Prepared {
         let repo = &sh.repo;
         let id = repo.blob_id(data);
-        if repo.has_blob(&id) {
+        if !sh.force && repo.has_blob(&id) {
             return Prepared::Known(id);
         }
         {
@@ -317,7 +332,7 @@ impl Shared {
             }
             // An upload adds its ids to the index before it drops them from
             // `in_flight`, so this second look closes the gap.
-            if repo.has_blob(&id) {
+            if !sh.force && repo.has_blob(&id) {
                 return Prepared::Known(id);
             }
             st.in_flight

@@ -284,15 +284,18 @@ fn effective_configuration_is_logged_without_secrets() {
 }
 
 #[test]
-fn unimplemented_mode_fails_loudly() {
-    let repo = untouched_repo("unimpl");
+fn copy_from_a_missing_repository_fails_clearly() {
+    // Every mode is implemented now; this was the unimplemented-mode check.
+    let repo = untouched_repo("copy-missing");
     let url = format!("file://{}", repo.display());
+    let dest = untouched_repo("copy-missing-dest");
+    let dest_url = format!("file://{}", dest.display());
     let out = run(
         &[
             ("STOW_MODE", "copy"),
             ("STOW_REPOSITORY", &url),
             ("STOW_PASSWORD", PASSWORD),
-            ("STOW_COPY_TO_REPOSITORY", &url),
+            ("STOW_COPY_TO_REPOSITORY", &dest_url),
             ("STOW_COPY_TO_PASSWORD", "x"),
         ],
         &[],
@@ -305,9 +308,10 @@ fn unimplemented_mode_fails_loudly() {
         summary["reason"]
             .as_str()
             .unwrap()
-            .contains("mode copy is not implemented yet"),
+            .contains("no repository here"),
         "{stdout}"
     );
+    assert!(!repo.exists() && !dest.exists(), "nothing was created");
 }
 
 #[test]

@@ -7,3 +7,5 @@ mod cli;
 mod env;
 mod environment;
 mod preflight;
+mod repo;
+mod volume;

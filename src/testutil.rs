@@ -1,0 +1,55 @@
+//! Helpers shared by the unit tests of check, prune, copy and list.
+
+use std::sync::Arc;
+
+use crate::config::{Compression, Secret};
+use crate::repo::backend::{Backend, MemBackend};
+use crate::repo::fixture::{self, Files};
+use crate::repo::{KeyParams, Repository, Writer};
+
+pub const PW: &str = "unit test password";
+
+/// Fast key derivation for tests.
+pub fn params() -> KeyParams {
+    KeyParams::insecure_for_tests(10)
+}
+
+pub async fn init(backend: Arc<dyn Backend>) -> Repository {
+    Repository::init_with_params(backend, &Secret::new(PW), Compression::FAST, params())
+        .await
+        .unwrap()
+}
+
+pub async fn open(backend: Arc<dyn Backend>) -> Repository {
+    Repository::open_with_params(backend, &Secret::new(PW), Compression::FAST, params())
+        .await
+        .unwrap()
+}
+
+/// A fresh in-memory repository.
+pub async fn mem() -> (Arc<MemBackend>, Repository) {
+    let mem = Arc::new(MemBackend::new());
+    let repo = init(mem.clone()).await;
+    (mem, repo)
+}
+
+/// Small packs, so a few files spread over several packs.
+pub fn writer(repo: &Repository) -> Writer {
+    repo.writer_with(2, 64 << 10, 4)
+}
+
+pub fn t(s: &str) -> jiff::Timestamp {
+    s.parse().unwrap()
+}
+
+/// `n` files of `size` bytes under `dir/`, unique to `seed`.
+pub fn files(seed: u64, n: usize, size: usize) -> Files {
+    (0..n)
+        .map(|i| {
+            (
+                format!("dir/s{seed}/sub{}/f{i}", i % 2),
+                fixture::bytes(size, seed * 1000 + i as u64),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,833 @@
+//! `volume-backup`: a directory into a tree of nodes.
+//!
+//! One blocking thread walks the directory depth-first in name order. A
+//! regular file that the parent snapshot already has (same size, mtime,
+//! ctime and inode) reuses the parent's chunk list; any other file goes to
+//! an async task (at most `channels` at once) whose blocking reader cuts
+//! it with FastCDC and hands the chunks, in order, through a bounded
+//! channel to `Writer::add`. When a directory's last entry has been
+//! visited, a finalize task waits for its files and subdirectories, adds
+//! its tree and hands the directory's node to its parent's listing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::fs::{Metadata, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::runtime::Handle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::tree::{Node, NodeType, ROOT_NAME, Tree, display_path, join_rel, mtime_ns};
+use super::{Chunker, MAX_LISTED, VolumeError, is_item_error, join_err, load_tree};
+use crate::error::Error;
+use crate::repo::{BlobKind, Repository, SnapshotId, SnapshotManifest, VolumeEntry, Writer};
+use crate::summary::{ItemError, Report};
+
+/// Chunks queued between a file's reader and its `Writer::add` loop.
+const CHUNKS_QUEUED: usize = 2;
+/// Largest blob plaintext (docs/format.md §5); a directory whose listing
+/// is larger cannot be stored as one tree.
+const MAX_TREE_BYTES: usize = 64 << 20;
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// What to back up and how the snapshot is labelled.
+#[derive(Clone)]
+pub struct BackupOptions {
+    /// The directory to read.
+    pub path: PathBuf,
+    /// The volume's key in the manifest's `volumes`.
+    pub name: String,
+    pub plan: String,
+    pub tags: Vec<String>,
+    pub run_id: String,
+    /// Files read at once, and upload streams.
+    pub channels: usize,
+    #[cfg(test)]
+    pub hooks: Hooks,
+}
+
+#[cfg(test)]
+type PathHook = Arc<dyn Fn(&Path) + Send + Sync>;
+#[cfg(test)]
+type OpenHook = Arc<dyn Fn(&Path) -> Option<io::Error> + Send + Sync>;
+
+/// Fault injection for tests.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Runs on the reading thread after a file's first chunk was handed on.
+    pub after_first_chunk: Option<PathHook>,
+    /// An error to return instead of opening a file or listing a directory.
+    pub open_error: Option<OpenHook>,
+}
+
+#[derive(Default)]
+struct Stats {
+    files: AtomicU64,
+    dirs: AtomicU64,
+    symlinks: AtomicU64,
+    hardlinks: AtomicU64,
+    special: AtomicU64,
+    unreadable: AtomicU64,
+    changed: AtomicU64,
+    vanished: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_reused: AtomicU64,
+}
+
+fn inc(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Relaxed);
+}
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Relaxed)
+}
+
+/// A task gave up because the run is stopping; the reason is in
+/// `Shared::fatal` or the cancellation token.
+#[derive(Debug)]
+struct Stopped;
+
+type NodeTask = JoinHandle<Result<Option<Node>, Stopped>>;
+
+struct Shared {
+    repo: Repository,
+    writer: Writer,
+    chunker: Chunker,
+    rt: Handle,
+    tracker: TaskTracker,
+    /// One permit per file being read.
+    files: Arc<Semaphore>,
+    /// Cancelled on SIGTERM (parent token) or on the first fatal error.
+    stop: CancellationToken,
+    fatal: Mutex<Option<Error>>,
+    stats: Stats,
+    errors: Mutex<Vec<ItemError>>,
+    changed: Mutex<Vec<String>>,
+    /// Compare `dev` too when deciding that a file is unchanged: only when
+    /// the volume root is on the same device as in the parent snapshot (a
+    /// fresh clone of a CSI snapshot mounts with a new device number).
+    dev_strict: bool,
+    #[cfg(test)]
+    hooks: Hooks,
+}
+
+impl Shared {
+    fn fail(&self, e: impl Into<Error>) -> Stopped {
+        let e = e.into();
+        let mut slot = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            warn!(error = %e, "stopping the volume backup");
+            *slot = Some(e);
+        }
+        self.stop.cancel();
+        Stopped
+    }
+
+    fn item_failed(&self, path: &str, message: impl std::fmt::Display) {
+        warn!(path, error = %message, "cannot back up");
+        self.errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ItemError {
+                item: path.to_string(),
+                message: message.to_string(),
+            });
+    }
+
+    fn unreadable(&self, path: &str, e: &io::Error) {
+        inc(&self.stats.unreadable, 1);
+        self.item_failed(path, e);
+    }
+
+    fn vanished(&self, path: &str) {
+        debug!(path, "vanished while the backup ran");
+        inc(&self.stats.vanished, 1);
+    }
+}
+
+/// One directory listing entry, from `read_dir` and `lstat`.
+struct Entry {
+    name: Vec<u8>,
+    meta: io::Result<Metadata>,
+}
+
+fn list_dir(abs: &Path) -> io::Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    for de in std::fs::read_dir(abs)? {
+        let de = de?;
+        // `DirEntry::metadata` does not follow symlinks.
+        out.push(Entry {
+            meta: de.metadata(),
+            name: de.file_name().into_vec(),
+        });
+    }
+    out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Extended attributes, best effort: a file system without them, or an
+/// attribute that vanished, just yields fewer.
+fn read_xattrs(abs: &Path, shown: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let names = match xattr::list(abs) {
+        Ok(n) => n,
+        Err(e) => {
+            debug!(path = shown, error = %e, "cannot list extended attributes");
+            return out;
+        }
+    };
+    for name in names {
+        match xattr::get(abs, &name) {
+            Ok(Some(v)) => {
+                out.insert(name.into_vec(), v);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(path = shown, attribute = ?name, error = %e, "cannot read an extended attribute")
+            }
+        }
+    }
+    out
+}
+
+// Most entries are `Ready`; boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+enum Pending {
+    Ready(Node),
+    Task(NodeTask),
+}
+
+struct Frame {
+    rel: Vec<u8>,
+    abs: PathBuf,
+    node: Node,
+    entries: std::vec::IntoIter<Entry>,
+    pending: Vec<Pending>,
+    /// The parent snapshot's listing of this directory.
+    parent: Option<Tree>,
+}
+
+struct Walker {
+    sh: Arc<Shared>,
+    stack: Vec<Frame>,
+    /// (dev, inode) → relative path of the first occurrence, for regular
+    /// files with more than one link.
+    hardlinks: HashMap<(u64, u64), Vec<u8>>,
+    last_progress: Instant,
+}
+
+impl Walker {
+    /// Walks until the root is visited or the run stops; returns the
+    /// root's finalize task.
+    fn run(mut self) -> Option<NodeTask> {
+        loop {
+            if self.sh.stop.is_cancelled() {
+                return None;
+            }
+            if self.last_progress.elapsed() >= PROGRESS_EVERY {
+                self.last_progress = Instant::now();
+                let s = &self.sh.stats;
+                info!(
+                    files = get(&s.files),
+                    dirs = get(&s.dirs),
+                    bytes_read = get(&s.bytes_read),
+                    bytes_reused = get(&s.bytes_reused),
+                    "volume backup in progress"
+                );
+            }
+            let top = self
+                .stack
+                .last_mut()
+                .expect("the root frame is popped last");
+            match top.entries.next() {
+                Some(entry) => self.visit(entry),
+                None => {
+                    let frame = self.stack.pop().expect("non-empty");
+                    let task = self
+                        .sh
+                        .tracker
+                        .spawn_on(finalize(self.sh.clone(), frame), &self.sh.rt);
+                    match self.stack.last_mut() {
+                        Some(parent) => parent.pending.push(Pending::Task(task)),
+                        None => return Some(task),
+                    }
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, p: Pending) {
+        self.stack
+            .last_mut()
+            .expect("visiting inside a frame")
+            .pending
+            .push(p);
+    }
+
+    fn visit(&mut self, entry: Entry) {
+        let sh = self.sh.clone();
+        let top = self.stack.last().expect("visiting inside a frame");
+        let rel = join_rel(&top.rel, &entry.name);
+        let abs = top.abs.join(OsStr::from_bytes(&entry.name));
+        let shown = display_path(&rel);
+        let prev = top
+            .parent
+            .as_ref()
+            .and_then(|t| t.find(&entry.name))
+            .cloned();
+        let meta = match entry.meta {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return sh.vanished(&shown),
+            Err(e) => return sh.unreadable(&shown, &e),
+        };
+        let mut node = Node::from_meta(entry.name, &meta);
+        node.xattrs = read_xattrs(&abs, &shown);
+        match node.kind {
+            NodeType::Dir => self.enter(rel, abs, shown, node, prev),
+            NodeType::File => self.file(rel, abs, shown, node, prev, &meta),
+            NodeType::Symlink => match std::fs::read_link(&abs) {
+                Ok(target) => {
+                    inc(&sh.stats.symlinks, 1);
+                    node.target = Some(target.into_os_string().into_vec());
+                    self.push(Pending::Ready(node));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => sh.vanished(&shown),
+                Err(e) => sh.unreadable(&shown, &e),
+            },
+            kind => {
+                warn!(path = %shown, kind = kind.as_str(), "special file: recorded without content");
+                inc(&sh.stats.special, 1);
+                self.push(Pending::Ready(node));
+            }
+        }
+    }
+
+    fn enter(&mut self, rel: Vec<u8>, abs: PathBuf, shown: String, node: Node, prev: Option<Node>) {
+        let sh = self.sh.clone();
+        #[cfg(test)]
+        let listed = match sh.hooks.open_error.as_ref().and_then(|h| h(&abs)) {
+            Some(e) => Err(e),
+            None => list_dir(&abs),
+        };
+        #[cfg(not(test))]
+        let listed = list_dir(&abs);
+        let entries = match listed {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return sh.vanished(&shown),
+            Err(e) => {
+                // Recorded without a listing: restore recreates it empty.
+                sh.unreadable(&shown, &e);
+                inc(&sh.stats.dirs, 1);
+                return self.push(Pending::Ready(node));
+            }
+        };
+        inc(&sh.stats.dirs, 1);
+        let parent = prev
+            .filter(|p| p.kind == NodeType::Dir)
+            .and_then(|p| p.subtree)
+            .and_then(|id| match sh.rt.block_on(load_tree(&sh.repo, &id)) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    warn!(path = %shown, error = %e, "cannot read the parent snapshot's listing; reading this directory in full");
+                    None
+                }
+            });
+        self.stack.push(Frame {
+            rel,
+            abs,
+            node,
+            entries: entries.into_iter(),
+            pending: Vec::new(),
+            parent,
+        });
+    }
+
+    fn file(
+        &mut self,
+        rel: Vec<u8>,
+        abs: PathBuf,
+        shown: String,
+        mut node: Node,
+        prev: Option<Node>,
+        meta: &Metadata,
+    ) {
+        let sh = self.sh.clone();
+        if meta.nlink() > 1 {
+            let key = (meta.dev(), meta.ino());
+            if let Some(first) = self.hardlinks.get(&key) {
+                node.kind = NodeType::Hardlink;
+                node.link = Some(first.clone());
+                inc(&sh.stats.hardlinks, 1);
+                return self.push(Pending::Ready(node));
+            }
+            self.hardlinks.insert(key, rel);
+        }
+        inc(&sh.stats.files, 1);
+        if let Some(p) = prev.filter(|p| self.unchanged(p, &node)) {
+            node.content = p.content;
+            inc(&sh.stats.bytes_reused, node.size);
+            return self.push(Pending::Ready(node));
+        }
+        let permit = sh
+            .rt
+            .block_on(sh.files.clone().acquire_owned())
+            .expect("the file semaphore is never closed");
+        let task = sh
+            .tracker
+            .spawn_on(read_task(sh.clone(), abs, shown, node, permit), &sh.rt);
+        self.push(Pending::Task(task));
+    }
+
+    /// Whether the parent snapshot's node describes this file's current
+    /// content, so it need not be read.
+    fn unchanged(&self, p: &Node, now: &Node) -> bool {
+        p.kind == NodeType::File
+            && p.size == now.size
+            && p.mtime_ns == now.mtime_ns
+            && p.ctime_ns == now.ctime_ns
+            && p.inode == now.inode
+            && (!self.sh.dev_strict || p.dev == now.dev)
+            && p.content.is_empty() == (p.size == 0)
+            && p.content.iter().all(|id| self.sh.repo.has_blob(id))
+    }
+}
+
+/// Outcome of reading one file on a blocking thread.
+enum ReadError {
+    Io(io::Error),
+    /// Replaced by something that is not a regular file since it was listed.
+    NotRegular,
+    /// The run is stopping, or the receiving side gave up.
+    Stopped,
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        ReadError::Io(e)
+    }
+}
+
+struct ReadDone {
+    /// `fstat` before the first byte was read.
+    start: Metadata,
+    bytes: u64,
+    /// Size or mtime differ between the start and the end of reading.
+    changed: bool,
+}
+
+fn read_file(sh: &Shared, abs: &Path, tx: mpsc::Sender<Bytes>) -> Result<ReadDone, ReadError> {
+    use rustix::fs::OFlags;
+    #[cfg(test)]
+    if let Some(e) = sh.hooks.open_error.as_ref().and_then(|h| h(abs)) {
+        return Err(e.into());
+    }
+    // NOFOLLOW: a symlink swapped in since the listing is not followed out
+    // of the volume. NONBLOCK: a FIFO swapped in does not hang the open.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
+        .open(abs)?;
+    let start = file.metadata()?;
+    if !start.is_file() {
+        return Err(ReadError::NotRegular);
+    }
+    let c = sh.chunker;
+    let mut bytes = 0u64;
+    #[cfg(test)]
+    let mut first = true;
+    let mut send = |data: Bytes| -> Result<(), ReadError> {
+        if sh.stop.is_cancelled() {
+            return Err(ReadError::Stopped);
+        }
+        bytes += data.len() as u64;
+        tx.blocking_send(data).map_err(|_| ReadError::Stopped)?;
+        #[cfg(test)]
+        if std::mem::take(&mut first)
+            && let Some(h) = &sh.hooks.after_first_chunk
+        {
+            h(abs);
+        }
+        Ok(())
+    };
+    // A file smaller than the largest chunk is read whole and cut in
+    // memory: the streaming chunker allocates a buffer of the largest
+    // chunk size per file. Both cut at the same points.
+    let mut head = Vec::new();
+    if start.len() < c.max as u64 {
+        head.reserve_exact(start.len() as usize + 1);
+        (&file).take(c.max as u64).read_to_end(&mut head)?;
+        if head.len() < c.max {
+            let all = Bytes::from(head);
+            for ch in fastcdc::v2020::FastCDC::new(&all, c.min, c.avg, c.max) {
+                send(all.slice(ch.offset..ch.offset + ch.length))?;
+            }
+            return finish(&file, start, bytes);
+        }
+        // It grew past one chunk meanwhile: stream the rest after it.
+    }
+    let source = io::Cursor::new(head).chain(&file);
+    for chunk in fastcdc::v2020::StreamCDC::new(source, c.min, c.avg, c.max) {
+        let chunk = chunk.map_err(io::Error::from)?;
+        send(Bytes::from(chunk.data))?;
+    }
+    finish(&file, start, bytes)
+}
+
+fn finish(file: &std::fs::File, start: Metadata, bytes: u64) -> Result<ReadDone, ReadError> {
+    let end = file.metadata()?;
+    let changed =
+        bytes != start.len() || end.len() != start.len() || mtime_ns(&end) != mtime_ns(&start);
+    Ok(ReadDone {
+        start,
+        bytes,
+        changed,
+    })
+}
+
+/// Reads one file: chunks from a blocking reader, added in order.
+async fn read_task(
+    sh: Arc<Shared>,
+    abs: PathBuf,
+    shown: String,
+    mut node: Node,
+    _permit: OwnedSemaphorePermit,
+) -> Result<Option<Node>, Stopped> {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(CHUNKS_QUEUED);
+    let reader = {
+        let sh = sh.clone();
+        tokio::task::spawn_blocking(move || read_file(&sh, &abs, tx))
+    };
+    let mut content = Vec::new();
+    let mut add_failed = None;
+    while let Some(data) = rx.recv().await {
+        match sh.writer.add(BlobKind::Data, data).await {
+            Ok((id, _)) => content.push(id),
+            Err(e) => {
+                add_failed = Some(e);
+                break;
+            }
+        }
+    }
+    drop(rx);
+    let outcome = reader.await;
+    if let Some(e) = add_failed {
+        return Err(sh.fail(e));
+    }
+    let outcome = outcome.map_err(|e| sh.fail(join_err(e)))?;
+    match outcome {
+        Ok(done) => {
+            let fresh = Node::from_meta(Vec::new(), &done.start);
+            node.mode = fresh.mode;
+            node.uid = fresh.uid;
+            node.gid = fresh.gid;
+            node.mtime_ns = fresh.mtime_ns;
+            node.ctime_ns = fresh.ctime_ns;
+            node.inode = fresh.inode;
+            node.dev = fresh.dev;
+            node.nlink = fresh.nlink;
+            node.size = done.bytes;
+            node.content = content;
+            inc(&sh.stats.bytes_read, done.bytes);
+            if done.changed {
+                warn!(path = %shown, "file changed while it was read; stored as read");
+                inc(&sh.stats.changed, 1);
+                let mut list = sh.changed.lock().unwrap_or_else(|p| p.into_inner());
+                if list.len() < MAX_LISTED {
+                    list.push(shown);
+                }
+            }
+            Ok(Some(node))
+        }
+        Err(ReadError::Stopped) => Err(Stopped),
+        Err(ReadError::NotRegular) => {
+            warn!(path = %shown, "replaced by a non-regular file while the backup ran; skipped");
+            sh.vanished(&shown);
+            Ok(None)
+        }
+        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+            sh.vanished(&shown);
+            Ok(None)
+        }
+        Err(ReadError::Io(e)) => {
+            sh.unreadable(&shown, &e);
+            Ok(None)
+        }
+    }
+}
+
+/// Waits for a directory's entries, in order, then stores its tree.
+async fn finalize(sh: Arc<Shared>, frame: Frame) -> Result<Option<Node>, Stopped> {
+    let Frame {
+        rel,
+        mut node,
+        pending,
+        ..
+    } = frame;
+    let mut nodes = Vec::with_capacity(pending.len());
+    for p in pending {
+        match p {
+            Pending::Ready(n) => nodes.push(n),
+            Pending::Task(t) => match t.await {
+                Ok(Ok(Some(n))) => nodes.push(n),
+                Ok(Ok(None)) => {}
+                Ok(Err(Stopped)) => return Err(Stopped),
+                Err(e) => return Err(sh.fail(join_err(e))),
+            },
+        }
+    }
+    if sh.stop.is_cancelled() {
+        return Err(Stopped);
+    }
+    let count = nodes.len();
+    let json = Tree { nodes }.encode();
+    if json.len() > MAX_TREE_BYTES {
+        sh.item_failed(
+            &display_path(&rel),
+            format!(
+                "the listing of {count} entries takes {} bytes, more than one tree blob may hold ({MAX_TREE_BYTES}); recorded as an empty directory",
+                json.len()
+            ),
+        );
+        return Ok(Some(node));
+    }
+    match sh.writer.add(BlobKind::Tree, Bytes::from(json)).await {
+        Ok((id, _)) => {
+            node.subtree = Some(id);
+            Ok(Some(node))
+        }
+        Err(e) => Err(sh.fail(e)),
+    }
+}
+
+/// The parent snapshot: its id, its root node, and the root's listing.
+struct Parent {
+    id: SnapshotId,
+    root: Node,
+    listing: Option<Tree>,
+}
+
+/// The newest complete run of `plan` with this volume.
+async fn find_parent(repo: &Repository, plan: &str, name: &str) -> Result<Option<Parent>, Error> {
+    let runs = match repo.complete_runs().await {
+        Ok(r) => r,
+        Err(e) if is_item_error(&e) => {
+            warn!(error = %e, "cannot list snapshots; backing up in full");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let found = runs.iter().rev().filter(|r| r.complete).find_map(|r| {
+        r.parts.iter().find_map(|(id, m)| {
+            (m.plan == plan)
+                .then(|| m.volumes.get(name).map(|v| (*id, v.root)))
+                .flatten()
+        })
+    });
+    let Some((id, root_tree)) = found else {
+        return Ok(None);
+    };
+    let root = match load_tree(repo, &root_tree).await {
+        Ok(t) => t
+            .nodes
+            .into_iter()
+            .find(|n| n.name == ROOT_NAME && n.kind == NodeType::Dir),
+        Err(e) if is_item_error(&e) => {
+            warn!(snapshot = %id, error = %e, "cannot read the parent snapshot's tree; backing up in full");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Some(root) = root else {
+        return Ok(None);
+    };
+    let listing = match root.subtree {
+        Some(sub) => match load_tree(repo, &sub).await {
+            Ok(t) => Some(t),
+            Err(e) if is_item_error(&e) => {
+                warn!(snapshot = %id, error = %e, "cannot read the parent snapshot's tree; backing up in full");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        },
+        None => None,
+    };
+    Ok(Some(Parent { id, root, listing }))
+}
+
+/// Backs up `opts.path` as volume `opts.name`: trees and chunks through
+/// one writer, then the manifest, last. On cancellation it flushes what
+/// was written (a retry reuses it) and writes no manifest.
+pub async fn backup(
+    repo: &Repository,
+    opts: &BackupOptions,
+    cancel: &CancellationToken,
+) -> Result<Report, Error> {
+    let started = Instant::now();
+    let chunker = Chunker::new(repo.chunker_params())?;
+    let shown_root = opts.path.display().to_string();
+    let io_err = |source| VolumeError::Io {
+        path: shown_root.clone(),
+        source,
+    };
+    let root_meta = std::fs::metadata(&opts.path).map_err(io_err)?;
+    if !root_meta.is_dir() {
+        return Err(VolumeError::NotADirectory { path: shown_root }.into());
+    }
+    let parent = find_parent(repo, &opts.plan, &opts.name).await?;
+    match &parent {
+        Some(p) => info!(volume = %opts.name, parent = %p.id, "incremental backup"),
+        None => info!(volume = %opts.name, "no parent snapshot: reading every file"),
+    }
+    let dev_strict = parent
+        .as_ref()
+        .is_none_or(|p| p.root.dev == root_meta.dev());
+    let channels = opts.channels.max(1);
+    let writer = repo.writer(channels);
+    let sh = Arc::new(Shared {
+        repo: repo.clone(),
+        writer: writer.clone(),
+        chunker,
+        rt: Handle::current(),
+        tracker: TaskTracker::new(),
+        files: Arc::new(Semaphore::new(channels)),
+        stop: cancel.child_token(),
+        fatal: Mutex::new(None),
+        stats: Stats::default(),
+        errors: Mutex::new(Vec::new()),
+        changed: Mutex::new(Vec::new()),
+        dev_strict,
+        #[cfg(test)]
+        hooks: opts.hooks.clone(),
+    });
+
+    let path = opts.path.clone();
+    let (root_node, entries) = tokio::task::spawn_blocking(move || {
+        let mut node = Node::from_meta(ROOT_NAME.to_vec(), &root_meta);
+        node.xattrs = read_xattrs(&path, ".");
+        list_dir(&path).map(|e| (node, e))
+    })
+    .await
+    .map_err(join_err)?
+    .map_err(io_err)?;
+    inc(&sh.stats.dirs, 1);
+    let walker = Walker {
+        sh: sh.clone(),
+        stack: vec![Frame {
+            rel: Vec::new(),
+            abs: opts.path.clone(),
+            node: root_node,
+            entries: entries.into_iter(),
+            pending: Vec::new(),
+            parent: parent.as_ref().and_then(|p| p.listing.clone()),
+        }],
+        hardlinks: HashMap::new(),
+        last_progress: Instant::now(),
+    };
+    let root_task = tokio::task::spawn_blocking(move || walker.run())
+        .await
+        .map_err(join_err)?;
+    let root = match root_task {
+        Some(t) => t.await.map_err(join_err)?.ok().flatten(),
+        None => None,
+    };
+    sh.tracker.close();
+    sh.tracker.wait().await;
+
+    let fatal = sh.fatal.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(e) = fatal {
+        // Best effort: what is stored already serves a retry.
+        if let Err(fe) = writer.flush().await {
+            debug!(error = %fe, "flush after a failure failed too");
+        }
+        return Err(e);
+    }
+    let Some(root) = root.filter(|_| !cancel.is_cancelled()) else {
+        writer.flush().await?;
+        info!(
+            volume = %opts.name,
+            "cancelled: what was written is flushed for a retry; no snapshot was saved"
+        );
+        return Err(Error::Cancelled);
+    };
+    let (root_id, _) = writer
+        .add(
+            BlobKind::Tree,
+            Bytes::from(Tree { nodes: vec![root] }.encode()),
+        )
+        .await?;
+    let ws = writer.finish().await?;
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+
+    let s = &sh.stats;
+    let total_bytes = get(&s.bytes_read) + get(&s.bytes_reused);
+    let mut manifest = SnapshotManifest::new(&opts.run_id, 0, 1, &opts.plan);
+    manifest.tags = opts.tags.clone();
+    manifest.volumes.insert(
+        opts.name.clone(),
+        VolumeEntry {
+            root: root_id,
+            stats: serde_json::json!({
+                "files": get(&s.files),
+                "dirs": get(&s.dirs),
+                "symlinks": get(&s.symlinks),
+                "hardlinks": get(&s.hardlinks),
+                "special": get(&s.special),
+                "bytes": total_bytes,
+            }),
+        },
+    );
+    let snapshot = repo.save_snapshot(&manifest).await?;
+
+    let mut report = Report::default();
+    for (key, c) in [
+        ("files", &s.files),
+        ("dirs", &s.dirs),
+        ("symlinks", &s.symlinks),
+        ("hardlinks", &s.hardlinks),
+        ("special", &s.special),
+        ("unreadable", &s.unreadable),
+        ("changed", &s.changed),
+        ("vanished", &s.vanished),
+    ] {
+        report.count(key, get(c));
+    }
+    report.add_bytes("read", get(&s.bytes_read));
+    report.add_bytes("reused", get(&s.bytes_reused));
+    report.add_bytes("new", ws.bytes_raw_new);
+    report.add_bytes("stored", ws.bytes_stored);
+    report.errors = std::mem::take(&mut *sh.errors.lock().unwrap_or_else(|p| p.into_inner()));
+    let changed = std::mem::take(&mut *sh.changed.lock().unwrap_or_else(|p| p.into_inner()));
+    report.details = serde_json::json!({
+        "snapshot": snapshot.to_hex(),
+        "volume": opts.name,
+        "root": root_id.to_hex(),
+        "parent": parent.as_ref().map(|p| p.id.to_hex()),
+        "changed_files": changed,
+    });
+    let secs = started.elapsed().as_secs_f64();
+    info!(
+        volume = %opts.name,
+        snapshot = %snapshot,
+        files = get(&s.files),
+        bytes_read = get(&s.bytes_read),
+        bytes_reused = get(&s.bytes_reused),
+        bytes_new = ws.bytes_raw_new,
+        mib_per_s = format!("{:.1}", total_bytes as f64 / (1 << 20) as f64 / secs.max(1e-3)),
+        "volume backup saved"
+    );
+    Ok(report)
+}

@@ -1,0 +1,176 @@
+//! File-tree archiver: `volume-backup` reads a directory into the
+//! repository as a tree of nodes (docs/format.md §12), `volume-restore`
+//! writes one back.
+//!
+//! Both walk the directory depth-first on one blocking thread, in name
+//! order, and hand file contents to at most `STOW_CHANNELS` async tasks at
+//! a time. Memory is bounded by the listings along the current path plus
+//! a few chunks per file in flight, whatever the number or size of files.
+
+mod backup;
+pub mod compare;
+mod restore;
+pub mod tree;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::repo::{ChunkerParams, RepoError, Repository, SnapshotId};
+use crate::run::RunContext;
+use crate::summary::Report;
+
+pub use backup::{BackupOptions, backup};
+pub use restore::{RestoreOptions, restore};
+
+/// Entries listed under `changed_files` in a report at most; the count is
+/// always complete.
+const MAX_LISTED: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a directory")]
+    NotADirectory { path: String },
+    #[error(
+        "the repository's chunker sizes {min}/{avg}/{max} are outside what FastCDC 2020 supports \
+         (min 64 B..1 MiB, avg 256 B..4 MiB, max 1 KiB..16 MiB, all even)"
+    )]
+    ChunkerParams { min: u32, avg: u32, max: u32 },
+    #[error("no complete snapshot {scope}contains volume `{volume}`")]
+    NoSnapshot { volume: String, scope: String },
+    #[error("no snapshot matches STOW_SNAPSHOT={wanted}{reason}")]
+    SnapshotNotFound { wanted: String, reason: String },
+    #[error("snapshot {snapshot} has no volume `{volume}`; it has: {available}")]
+    NotInSnapshot {
+        snapshot: String,
+        volume: String,
+        available: String,
+    },
+    #[error("tree {id}: {reason}")]
+    BadTree { id: String, reason: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The repository's chunk sizes, checked against FastCDC 2020's limits
+/// (it asserts them).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Chunker {
+    pub min: usize,
+    pub avg: usize,
+    pub max: usize,
+}
+
+impl Chunker {
+    pub fn new(p: ChunkerParams) -> Result<Chunker, VolumeError> {
+        use fastcdc::v2020 as f;
+        let (min, avg, max) = (p.min as usize, p.avg as usize, p.max as usize);
+        let ok = (f::MINIMUM_MIN..=f::MINIMUM_MAX).contains(&min)
+            && (f::AVERAGE_MIN..=f::AVERAGE_MAX).contains(&avg)
+            && (f::MAXIMUM_MIN..=f::MAXIMUM_MAX).contains(&max)
+            && min <= avg
+            && avg <= max
+            && [min, avg, max].iter().all(|v| v % 2 == 0);
+        if ok {
+            Ok(Chunker { min, avg, max })
+        } else {
+            Err(VolumeError::ChunkerParams {
+                min: p.min,
+                avg: p.avg,
+                max: p.max,
+            })
+        }
+    }
+}
+
+/// The volume's name in snapshots: `STOW_VOLUME_NAME`, else the path.
+pub fn volume_name(config: &Config) -> String {
+    config.volume.name.clone().unwrap_or_else(|| {
+        config
+            .volume
+            .path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    })
+}
+
+fn volume_path(config: &Config) -> PathBuf {
+    config
+        .volume
+        .path
+        .clone()
+        .expect("validated: volume modes require STOW_VOLUME_PATH")
+}
+
+/// `volume-backup`: opens (or with `STOW_INIT`, creates) the repository and
+/// backs up `STOW_VOLUME_PATH`.
+pub async fn run_backup(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
+    let repo = Repository::from_config(config, true).await?;
+    // Before any blob is added or reused, so a concurrent prune keeps our packs.
+    repo.announce_writer(&ctx.run_id).await?;
+    let opts = BackupOptions {
+        path: volume_path(config),
+        name: volume_name(config),
+        plan: config.plan.clone(),
+        tags: config.tags.clone(),
+        run_id: ctx.run_id.clone(),
+        channels: usize::from(config.channels),
+        #[cfg(test)]
+        hooks: Default::default(),
+    };
+    backup(&repo, &opts, &ctx.cancel).await
+}
+
+/// `volume-restore`: restores a volume into `STOW_VOLUME_PATH`.
+pub async fn run_restore(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
+    let repo = Repository::from_config(config, false).await?;
+    let opts = RestoreOptions {
+        path: volume_path(config),
+        name: volume_name(config),
+        snapshot: config.restore.snapshot.clone(),
+        point: config.restore.point,
+        channels: usize::from(config.channels),
+    };
+    restore(&repo, &opts, &ctx.cancel).await
+}
+
+/// Whether a repository error concerns one blob (damaged, missing) rather
+/// than the repository as a whole (unreachable, denied).
+fn is_item_error(e: &RepoError) -> bool {
+    match e {
+        RepoError::Corrupt { .. } | RepoError::MissingBlob { .. } | RepoError::Format { .. } => {
+            true
+        }
+        RepoError::Backend(b) => b.is_not_found(),
+        _ => false,
+    }
+}
+
+/// Reads and parses one tree blob.
+async fn load_tree(repo: &Repository, id: &crate::repo::BlobId) -> Result<tree::Tree, RepoError> {
+    let bytes = repo.read_blob(id).await?;
+    tree::Tree::decode(&bytes).map_err(|reason| RepoError::Format {
+        key: format!("tree {id}"),
+        reason,
+    })
+}
+
+/// Checks a snapshot id the user typed: full or a unique prefix.
+fn matches_snapshot(id: &SnapshotId, wanted: &str) -> bool {
+    let wanted = wanted.trim().to_ascii_lowercase();
+    !wanted.is_empty() && id.to_hex().starts_with(&wanted)
+}
+
+fn join_err(e: tokio::task::JoinError) -> Error {
+    VolumeError::Internal(format!("a volume task failed: {e}")).into()
+}

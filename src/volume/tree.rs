@@ -1,0 +1,373 @@
+//! Volume trees: one `Tree` blob of JSON per directory (docs/format.md §12).
+//!
+//! The generic walkers (`check`, `prune`, `copy`) follow only a node's
+//! `content` (data chunks) and `subtree` (a child tree); everything else
+//! here is for backup and restore.
+
+use std::collections::BTreeMap;
+use std::fs::Metadata;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+
+use crate::repo::BlobId;
+
+/// Name of the single node of a volume's root tree: the volume directory
+/// itself, whose `subtree` lists its entries.
+pub const ROOT_NAME: &[u8] = b".";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeType {
+    File,
+    Dir,
+    Symlink,
+    /// Another name of a regular file stored earlier in the walk; `link`
+    /// holds that file's path relative to the volume root.
+    Hardlink,
+    Fifo,
+    Socket,
+    Chardev,
+    Blockdev,
+    /// A type written by a newer version; restore skips it with a warning.
+    #[serde(other)]
+    Unknown,
+}
+
+impl NodeType {
+    /// The type of an `lstat` result.
+    pub fn of(meta: &Metadata) -> NodeType {
+        let t = meta.file_type();
+        if t.is_file() {
+            NodeType::File
+        } else if t.is_dir() {
+            NodeType::Dir
+        } else if t.is_symlink() {
+            NodeType::Symlink
+        } else if t.is_fifo() {
+            NodeType::Fifo
+        } else if t.is_socket() {
+            NodeType::Socket
+        } else if t.is_char_device() {
+            NodeType::Chardev
+        } else if t.is_block_device() {
+            NodeType::Blockdev
+        } else {
+            NodeType::Unknown
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeType::File => "file",
+            NodeType::Dir => "dir",
+            NodeType::Symlink => "symlink",
+            NodeType::Hardlink => "hardlink",
+            NodeType::Fifo => "fifo",
+            NodeType::Socket => "socket",
+            NodeType::Chardev => "chardev",
+            NodeType::Blockdev => "blockdev",
+            NodeType::Unknown => "unknown",
+        }
+    }
+}
+
+/// One directory entry. Byte strings are raw (file names need not be
+/// UTF-8); the JSON form picks `x` or `x_b64` per value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: Vec<u8>,
+    pub kind: NodeType,
+    /// Permission bits including setuid, setgid and sticky (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Bytes of content (regular files); as read, for a file that changed
+    /// while it was read.
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub inode: u64,
+    pub dev: u64,
+    pub nlink: u64,
+    /// Device number of a character or block device.
+    pub rdev: u64,
+    /// Symlink target.
+    pub target: Option<Vec<u8>>,
+    /// Hard link: path of the first occurrence, relative to the volume root.
+    pub link: Option<Vec<u8>>,
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Data chunks, in order.
+    pub content: Vec<BlobId>,
+    /// Child tree of a directory.
+    pub subtree: Option<BlobId>,
+}
+
+/// Nanoseconds since the epoch, saturating outside ±292 years.
+fn nanos(secs: i64, nsec: i64) -> i64 {
+    secs.checked_mul(1_000_000_000)
+        .and_then(|s| s.checked_add(nsec))
+        .unwrap_or(if secs < 0 { i64::MIN } else { i64::MAX })
+}
+
+impl Node {
+    /// A node with the metadata of `meta` (an `lstat` or `fstat`), no
+    /// content, no xattrs.
+    pub fn from_meta(name: Vec<u8>, meta: &Metadata) -> Node {
+        let kind = NodeType::of(meta);
+        Node {
+            name,
+            kind,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            size: if kind == NodeType::File {
+                meta.size()
+            } else {
+                0
+            },
+            mtime_ns: mtime_ns(meta),
+            ctime_ns: nanos(meta.ctime(), meta.ctime_nsec()),
+            inode: meta.ino(),
+            dev: meta.dev(),
+            nlink: meta.nlink(),
+            rdev: if matches!(kind, NodeType::Chardev | NodeType::Blockdev) {
+                meta.rdev()
+            } else {
+                0
+            },
+            target: None,
+            link: None,
+            xattrs: BTreeMap::new(),
+            content: Vec::new(),
+            subtree: None,
+        }
+    }
+}
+
+pub fn mtime_ns(meta: &Metadata) -> i64 {
+    nanos(meta.mtime(), meta.mtime_nsec())
+}
+
+/// A directory listing, sorted by name bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tree {
+    pub nodes: Vec<Node>,
+}
+
+impl Tree {
+    /// Compact JSON; the same nodes always give the same bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        debug_assert!(self.nodes.windows(2).all(|w| w[0].name < w[1].name));
+        serde_json::to_vec(self).expect("a tree serialises")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Tree, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("not a volume tree: {e}"))
+    }
+
+    /// The node called `name`, if the listing is sorted as written.
+    pub fn find(&self, name: &[u8]) -> Option<&Node> {
+        self.nodes
+            .binary_search_by(|n| n.name.as_slice().cmp(name))
+            .ok()
+            .map(|i| &self.nodes[i])
+    }
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+
+fn is_zero_i64(v: &i64) -> bool {
+    *v == 0
+}
+
+/// The JSON form of a node.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name_b64: Option<String>,
+    #[serde(rename = "type")]
+    kind: NodeType,
+    #[serde(default)]
+    mode: u32,
+    #[serde(default)]
+    uid: u32,
+    #[serde(default)]
+    gid: u32,
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    size: u64,
+    #[serde(default)]
+    mtime_ns: i64,
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    ctime_ns: i64,
+    #[serde(default)]
+    inode: u64,
+    #[serde(default)]
+    dev: u64,
+    #[serde(default)]
+    nlink: u64,
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    rdev: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target_b64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    link: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    link_b64: Option<String>,
+    /// UTF-8 attribute name → base64 value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    xattrs: BTreeMap<String, String>,
+    /// base64 name → base64 value, for names that are not UTF-8.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    xattrs_b64: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    content: Vec<BlobId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subtree: Option<BlobId>,
+}
+
+/// `(text, None)` for UTF-8, `(None, base64)` otherwise.
+fn split(bytes: &[u8]) -> (Option<String>, Option<String>) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (Some(s.to_string()), None),
+        Err(_) => (None, Some(B64.encode(bytes))),
+    }
+}
+
+fn join(field: &str, text: Option<String>, b64: Option<String>) -> Result<Option<Vec<u8>>, String> {
+    match (text, b64) {
+        (Some(_), Some(_)) => Err(format!("both `{field}` and `{field}_b64` are set")),
+        (Some(t), None) => Ok(Some(t.into_bytes())),
+        (None, Some(b)) => B64
+            .decode(b)
+            .map(Some)
+            .map_err(|e| format!("`{field}_b64` is not base64: {e}")),
+        (None, None) => Ok(None),
+    }
+}
+
+impl Serialize for Node {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (name, name_b64) = split(&self.name);
+        let (target, target_b64) = self.target.as_deref().map(split).unwrap_or_default();
+        let (link, link_b64) = self.link.as_deref().map(split).unwrap_or_default();
+        let (mut xattrs, mut xattrs_b64) = (BTreeMap::new(), BTreeMap::new());
+        for (k, v) in &self.xattrs {
+            match std::str::from_utf8(k) {
+                Ok(k) => xattrs.insert(k.to_string(), B64.encode(v)),
+                Err(_) => xattrs_b64.insert(B64.encode(k), B64.encode(v)),
+            };
+        }
+        Wire {
+            name,
+            name_b64,
+            kind: self.kind,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+            ctime_ns: self.ctime_ns,
+            inode: self.inode,
+            dev: self.dev,
+            nlink: self.nlink,
+            rdev: self.rdev,
+            target,
+            target_b64,
+            link,
+            link_b64,
+            xattrs,
+            xattrs_b64,
+            content: self.content.clone(),
+            subtree: self.subtree,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let w = Wire::deserialize(d)?;
+        let name = join("name", w.name, w.name_b64)
+            .map_err(D::Error::custom)?
+            .ok_or_else(|| D::Error::custom("a node needs `name` or `name_b64`"))?;
+        let mut xattrs = BTreeMap::new();
+        for (k, v) in w.xattrs {
+            let v = B64
+                .decode(v)
+                .map_err(|e| D::Error::custom(format!("xattr {k:?} is not base64: {e}")))?;
+            xattrs.insert(k.into_bytes(), v);
+        }
+        for (k, v) in w.xattrs_b64 {
+            let key = B64
+                .decode(&k)
+                .map_err(|e| D::Error::custom(format!("xattr name {k:?} is not base64: {e}")))?;
+            let v = B64
+                .decode(v)
+                .map_err(|e| D::Error::custom(format!("xattr {k:?} is not base64: {e}")))?;
+            xattrs.insert(key, v);
+        }
+        Ok(Node {
+            name,
+            kind: w.kind,
+            mode: w.mode,
+            uid: w.uid,
+            gid: w.gid,
+            size: w.size,
+            mtime_ns: w.mtime_ns,
+            ctime_ns: w.ctime_ns,
+            inode: w.inode,
+            dev: w.dev,
+            nlink: w.nlink,
+            rdev: w.rdev,
+            target: join("target", w.target, w.target_b64).map_err(D::Error::custom)?,
+            link: join("link", w.link, w.link_b64).map_err(D::Error::custom)?,
+            xattrs,
+            content: w.content,
+            subtree: w.subtree,
+        })
+    }
+}
+
+/// Shows a path made of raw bytes: lossy UTF-8, with newlines and other
+/// control characters escaped so report lines stay one line each.
+pub fn display_path(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(bytes);
+    if s.chars().any(char::is_control) {
+        s.escape_debug().to_string()
+    } else {
+        s.into_owned()
+    }
+}
+
+/// `parent/name` as bytes; `name` alone at the root.
+pub fn join_rel(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    if parent.is_empty() {
+        name.to_vec()
+    } else {
+        let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
+        p.extend_from_slice(parent);
+        p.push(b'/');
+        p.extend_from_slice(name);
+        p
+    }
+}
+
+/// A single path component that cannot leave its directory.
+pub fn is_safe_name(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+}
+
+/// A relative path of safe components (hard-link targets).
+pub fn is_safe_rel(path: &[u8]) -> bool {
+    !path.is_empty() && path.split(|b| *b == b'/').all(is_safe_name)
+}

@@ -16,7 +16,7 @@ echo "[bench] dataset $DATA" >&2
 python3 bench/dataset.py "$DATA"
 echo "[bench] building kubestow (release)" >&2
 cargo build --release --quiet
-KUBESTOW="$PWD/target/release/kubestow"
+KUBESTOW="${CARGO_TARGET_DIR:-$PWD/target}/release/kubestow"
 
 # measure NAME command...: wall seconds and peak RSS (KiB) into $WORK/results.
 measure() {

@@ -457,3 +457,145 @@ async fn the_binary_checks_lists_and_prunes() {
     assert!(run.stdout.contains("prune-held"), "{}", run.stdout);
     held.release().await.unwrap();
 }
+
+/// The repository-level guarantees, on Garage as on the filesystem: round
+/// trips at the edges, dedup, a wrong password, no plaintext at rest,
+/// tampered index and snapshot objects, and no second init.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repository_guarantees_hold_on_garage() {
+    use kubestow::repo::{BlobKind, RepoError};
+    let (client, bucket, backend) = s3("guarantees").await;
+    let repo = Repository::init_with_params(
+        backend.clone(),
+        &Secret::new(PW),
+        Compression::FAST,
+        params(),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        Repository::init_with_params(
+            backend.clone(),
+            &Secret::new(PW),
+            Compression::FAST,
+            params()
+        )
+        .await,
+        Err(RepoError::AlreadyExists { .. })
+    ));
+
+    // Edge sizes, a compressible marker and incompressible data.
+    let marker = b"PLAINTEXT-MARKER-garage-5d1";
+    let mut random = fixture::bytes(9 << 20, 7);
+    random[4096..4096 + marker.len()].copy_from_slice(marker);
+    let blobs: Vec<Vec<u8>> = vec![Vec::new(), vec![0u8; 1], marker.repeat(50_000), random];
+    let w = repo.writer(4);
+    let mut ids = Vec::new();
+    for b in &blobs {
+        ids.push(
+            w.add(BlobKind::Data, bytes::Bytes::from(b.clone()))
+                .await
+                .unwrap(),
+        );
+    }
+    // The same content again is not stored twice.
+    for b in &blobs {
+        let (_, new) = w
+            .add(BlobKind::Data, bytes::Bytes::from(b.clone()))
+            .await
+            .unwrap();
+        assert!(!new, "a repeated blob was stored again");
+    }
+    let stats = w.finish().await.unwrap();
+    assert_eq!(stats.blobs_new, blobs.len() as u64);
+    let w = repo.writer(2);
+    let files: Files = vec![("notes.txt".to_string(), marker.repeat(10))];
+    fixture::save_part(
+        &repo,
+        &w,
+        "run-g",
+        0,
+        1,
+        "daily",
+        t("2026-11-01T00:00:00Z"),
+        &files,
+    )
+    .await
+    .unwrap();
+    w.finish().await.unwrap();
+
+    let reopened = open(backend.clone()).await;
+    for ((id, _), b) in ids.iter().zip(&blobs) {
+        assert_eq!(reopened.read_blob(id).await.unwrap().as_ref(), b.as_slice());
+    }
+
+    // Wrong password: clear, names the repository.
+    let err = Repository::open_with_params(
+        backend.clone(),
+        &Secret::new("wrong"),
+        Compression::FAST,
+        params(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, RepoError::WrongPassword { .. }), "{err}");
+    assert!(err.to_string().contains(&bucket), "{err}");
+
+    // Nothing stored anywhere in the bucket contains the marker.
+    let listed = client
+        .list_objects_v2()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<String> = listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(String::from))
+        .collect();
+    assert!(
+        keys.iter().any(|k| k.contains("/data/")) && keys.iter().any(|k| k.contains("/snapshots/"))
+    );
+    for key in &keys {
+        let obj = client
+            .get_object()
+            .bucket(&bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        let data = obj.body.collect().await.unwrap().into_bytes();
+        assert!(
+            !data.windows(marker.len()).any(|w| w == marker),
+            "{key} holds plaintext"
+        );
+    }
+
+    // A flipped byte in an index object fails opening, naming it; in a
+    // snapshot object, listing names it.
+    let index_key = keys.iter().find(|k| k.contains("/index/")).unwrap().clone();
+    flip_byte(&client, &bucket, &index_key, 40).await;
+    let err = Repository::open_with_params(
+        backend.clone(),
+        &Secret::new(PW),
+        Compression::FAST,
+        params(),
+    )
+    .await
+    .unwrap_err();
+    let short = index_key.trim_start_matches("repo/");
+    assert!(err.to_string().contains(short), "{err}");
+    flip_byte(&client, &bucket, &index_key, 40).await; // restore it
+    let snapshot_key = keys
+        .iter()
+        .find(|k| k.contains("/snapshots/"))
+        .unwrap()
+        .clone();
+    flip_byte(&client, &bucket, &snapshot_key, 40).await;
+    let err = open(backend).await.list_snapshots().await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(snapshot_key.trim_start_matches("repo/")),
+        "{err}"
+    );
+}

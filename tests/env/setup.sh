@@ -7,8 +7,13 @@ set -euo pipefail
 
 CACHE="${KUBESTOW_CACHE:-$HOME/.cache/kubestow}"
 K8S_VERSION=1.20.2
+# The build key changes whenever the build recipe changes, so caches rebuild.
+# reflect2fix: Debian's 1.20.2 vendors reflect2 1.0.1, which crashes
+# (SIGSEGV) under Go >= 1.18 on the first custom-resource write; the build
+# swaps in Debian's reflect2 1.0.2.
+K8S_BUILD="$K8S_VERSION-reflect2fix"
 GARAGE_VERSION=2.5.0
-K8S_BIN="$CACHE/kubernetes-$K8S_VERSION/bin"
+K8S_BIN="$CACHE/kubernetes-$K8S_BUILD/bin"
 GARAGE_ROOT="$CACHE/garage-$GARAGE_VERSION"
 mkdir -p "$CACHE"
 
@@ -17,7 +22,7 @@ SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 need_pkgs=()
-for pair in etcd:etcd-server go:golang-go rsync:rsync jq:jq; do
+for pair in etcd:etcd-server go:golang-go rsync:rsync jq:jq setpriv:util-linux; do
   cmd="${pair%%:*}"; pkg="${pair#*:}"
   command -v "$cmd" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
@@ -44,6 +49,13 @@ if [ ! -x "$K8S_BIN/kube-apiserver" ] || [ ! -x "$K8S_BIN/kube-controller-manage
   (cd "$work" && apt-get source -qq kubernetes >/dev/null 2>&1 || apt-get source kubernetes)
   src=$(find "$work" -maxdepth 1 -type d -name 'kubernetes-*' | head -n1)
   [ -n "$src" ] || { log "apt-get source kubernetes produced no tree"; exit 1; }
+  # See K8S_BUILD above.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq golang-github-modern-go-reflect2-dev >/dev/null
+  reflect2_src=/usr/share/gocode/src/github.com/modern-go/reflect2
+  [ -f "$reflect2_src/go_above_118.go" ] || { log "Debian's reflect2 lacks go_above_118.go; cannot fix the apiserver build"; exit 1; }
+  rm -rf "$src/vendor/github.com/modern-go/reflect2"
+  mkdir -p "$src/vendor/github.com/modern-go/reflect2"
+  cp "$reflect2_src"/*.go "$src/vendor/github.com/modern-go/reflect2/"
   (
     cd "$src"
     mkdir -p .go/src/k8s.io
@@ -65,6 +77,13 @@ fi
 if [ ! -x "$GARAGE_ROOT/bin/garage" ]; then
   log "cargo install garage $GARAGE_VERSION (about 14 minutes on 2 cores)"
   cargo install garage --version "$GARAGE_VERSION" --locked --root "$GARAGE_ROOT" --quiet
+fi
+
+# The Helm chart tests render with a real Helm engine: helm-python-sdk (Helm
+# v4's Go SDK as a shared library) and PyYAML, through tests/helm/render.py.
+if ! python3 -c 'import helm_python, yaml' >/dev/null 2>&1; then
+  log "pip install helm-python-sdk pyyaml"
+  python3 -m pip install --quiet 'helm-python-sdk==0.2.2' pyyaml
 fi
 
 log "ready: $K8S_BIN, $GARAGE_ROOT/bin, etcd $(command -v etcd)"

@@ -45,6 +45,8 @@ pub const CACHE_ENV: &str = "KUBESTOW_CACHE";
 pub const KEEP_ENV: &str = "KUBESTOW_KEEP_TEST_ENV";
 
 const K8S_VERSION: &str = "1.20.2";
+/// Cache key of the build recipe; must match `K8S_BUILD` in tests/env/setup.sh.
+const K8S_BUILD: &str = "1.20.2-reflect2fix";
 const GARAGE_VERSION: &str = "2.5.0";
 const DIR_PREFIX: &str = "kubestow-it-";
 
@@ -265,7 +267,7 @@ mod binary {
     use std::path::PathBuf;
 
     use super::process::{find_in_path, is_executable};
-    use super::{CACHE_ENV, GARAGE_VERSION, K8S_VERSION};
+    use super::{CACHE_ENV, GARAGE_VERSION, K8S_BUILD};
 
     fn cache_dir() -> PathBuf {
         match std::env::var_os(CACHE_ENV) {
@@ -291,7 +293,7 @@ mod binary {
     pub(crate) fn kubernetes(name: &str) -> PathBuf {
         require(
             cache_dir()
-                .join(format!("kubernetes-{K8S_VERSION}"))
+                .join(format!("kubernetes-{K8S_BUILD}"))
                 .join("bin")
                 .join(name),
         )

@@ -34,3 +34,18 @@ fmt:
 bench:
     bash bench/run.sh
     cargo bench --quiet --bench ids
+
+# Build the container image (images/Dockerfile) with docker or podman, where one is running.
+image tag="kubestow:dev":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    engine=""
+    for e in docker podman; do
+      if command -v "$e" >/dev/null 2>&1 && "$e" info >/dev/null 2>&1; then engine="$e"; break; fi
+    done
+    if [ -z "$engine" ]; then
+      echo "just image: no container engine is available (docker or podman, with a running daemon); nothing was built" >&2
+      exit 1
+    fi
+    echo "building {{tag}} with $engine"
+    "$engine" build -f images/Dockerfile -t "{{tag}}" .

@@ -18,6 +18,8 @@ pub enum Error {
     Repo(#[from] crate::repo::RepoError),
     #[error("{0}")]
     Preflight(String),
+    #[error(transparent)]
+    Resources(#[from] crate::resources::ResourceError),
     #[error("prune: {0}")]
     Prune(String),
     #[error("copy: {0}")]
@@ -49,7 +51,8 @@ impl Error {
             | Error::Preflight(_)
             | Error::Prune(_)
             | Error::Copy(_)
-            | Error::Volume(_) => false,
+            | Error::Volume(_)
+            | Error::Resources(_) => false,
         }
     }
 }

@@ -14,7 +14,9 @@ pub mod logging;
 pub mod preflight;
 pub mod prune;
 pub mod repo;
+pub mod resources;
 pub mod run;
+pub mod schedule;
 pub mod summary;
 #[cfg(test)]
 mod testutil;

@@ -404,15 +404,30 @@ async fn view(repo: &Repository, channels: usize) -> Result<View, Error> {
             entries.insert(*pack, es.clone());
         }
     }
+    let mut reachable = w.reachable;
+    reachable.extend(restore_reports(repo).await?);
     Ok(View {
         files,
         data,
         entries,
         listed_in,
         locations,
-        reachable: w.reachable,
+        reachable,
         snapshots: snapshots.len(),
     })
+}
+
+/// Restore reports are leaf blobs named by `restores/<blob id>` pointers,
+/// outside any snapshot; they are kept as long as their pointer exists.
+async fn restore_reports(repo: &Repository) -> Result<Vec<BlobId>, Error> {
+    let prefix = crate::resources::restore::REPORT_PREFIX;
+    Ok(repo
+        .backend()
+        .list(prefix)
+        .await?
+        .into_iter()
+        .filter_map(|o| o.key[prefix.len()..].parse().ok())
+        .collect())
 }
 
 async fn list_packs(repo: &Repository) -> Result<HashMap<PackId, u64>, Error> {

@@ -91,7 +91,17 @@ pub fn main(args: &[String]) -> ExitCode {
     };
     let result = runtime.block_on(async {
         spawn_signal_handler(ctx.cancel.clone());
-        dispatch(&config, &ctx).await
+        // STOW_LAST_DAY_OF_MONTH / STOW_MIN_INTERVAL may skip the run;
+        // STOW_ONCE suspends the CronJob after a success (see `schedule`).
+        let mut result = match crate::schedule::before(&config).await {
+            Ok(Some(skipped)) => Ok(skipped),
+            Ok(None) => dispatch(&config, &ctx).await,
+            Err(e) => Err(e),
+        };
+        if let Ok(report) = &mut result {
+            crate::schedule::after(&config, report.status(), report).await;
+        }
+        result
     });
     // Stragglers (e.g. a hung connection) must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
@@ -132,8 +142,8 @@ pub fn main(args: &[String]) -> ExitCode {
 async fn dispatch(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     match config.mode {
         Mode::Preflight => crate::preflight::run(config, ctx).await,
-        Mode::Backup => Err(Error::NotImplemented(Mode::Backup)),
-        Mode::Restore => Err(Error::NotImplemented(Mode::Restore)),
+        Mode::Backup => crate::resources::backup::run(config, ctx).await,
+        Mode::Restore => crate::resources::restore::run(config, ctx).await,
         Mode::Check => crate::check::run(config, ctx).await,
         Mode::Prune => crate::prune::run(config, ctx).await,
         Mode::Copy => crate::copy::run(config, ctx).await,

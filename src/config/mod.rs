@@ -303,6 +303,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub once: bool,
     pub min_interval: Option<Duration>,
+    /// `STOW_LAST_DAY_OF_MONTH`: run only on the month's last day (see [`crate::schedule`]).
+    pub last_day_of_month: bool,
     pub identity: RunIdentity,
 }
 
@@ -361,6 +363,7 @@ pub struct RawConfig {
     log_format: Option<String>,
     once: Option<String>,
     min_interval: Option<String>,
+    last_day_of_month: Option<String>,
     run_id: Option<String>,
     pod_name: Option<String>,
     pod_namespace: Option<String>,
@@ -1078,6 +1081,13 @@ impl RawConfig {
             .min_interval
             .as_deref()
             .and_then(|s| c.take(parse_duration(v::MIN_INTERVAL, s, Duration::from_secs(1))));
+        let last_day_of_month = c
+            .take(parse_bool(
+                v::LAST_DAY_OF_MONTH,
+                &self.last_day_of_month,
+                false,
+            ))
+            .unwrap_or(false);
         let init = c
             .take(parse_bool(v::INIT, &self.init, false))
             .unwrap_or(false);
@@ -1172,6 +1182,7 @@ impl RawConfig {
             log_format,
             once,
             min_interval,
+            last_day_of_month,
             identity: RunIdentity {
                 run_id: opt(&self.run_id),
                 pod_name: opt(&self.pod_name),

@@ -91,7 +91,7 @@ vars! {
     CHANNELS = "STOW_CHANNELS", default "1";
     /// Bandwidth limit per second: `50MiB`, or windows `mon-fri 09:00-18:00=10MiB,*=200MiB`.
     RATE_LIMIT = "STOW_RATE_LIMIT", default "";
-    /// IANA time zone for rate-limit windows, e.g. `Europe/Berlin`.
+    /// IANA time zone for rate-limit windows and `STOW_LAST_DAY_OF_MONTH`, e.g. `Europe/Berlin`.
     TIMEZONE = "STOW_TIMEZONE", default "UTC";
     /// How long network and server errors are retried before failing: 1 to 60 minutes (`5m`, `90s`, or plain minutes).
     RECONNECT_TIMEOUT = "STOW_RECONNECT_TIMEOUT", default "5m";
@@ -133,6 +133,8 @@ vars! {
     ONCE = "STOW_ONCE", default "false";
     /// Skip the run if the plan's last complete snapshot is younger than this, e.g. `3d`.
     MIN_INTERVAL = "STOW_MIN_INTERVAL", default "";
+    /// Skip the run unless today (in `STOW_TIMEZONE`) is the last day of the month; for cron `28-31` schedules: `true` or `false`.
+    LAST_DAY_OF_MONTH = "STOW_LAST_DAY_OF_MONTH", default "false";
     /// Run id; stable across Job retries so a retry resumes. Defaults to the Job name, else a new id.
     RUN_ID = "STOW_RUN_ID", default "";
     /// Downward API: name of this pod.

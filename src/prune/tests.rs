@@ -729,3 +729,47 @@ fn _assert_send(repo: Repository, o: Options, c: CancellationToken) {
     send(async move { prune(&repo, &o, &c).await });
     let _ = Arc::new(0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_reports_survive_prune() {
+    // A restore's report is a leaf blob outside every snapshot, found
+    // through its `restores/<id>` pointer; prune must keep it.
+    let (mem, repo) = testutil::mem().await;
+    let runs = four_runs(&repo).await;
+    let w = writer(&repo);
+    let report = bytes::Bytes::from_static(b"{\"kind\":\"restore-report\",\"items\":[]}");
+    let (id, _) = w
+        .add(crate::repo::BlobKind::Object, report.clone())
+        .await
+        .unwrap();
+    w.finish().await.unwrap();
+    let pointer = format!(
+        "{}{}",
+        crate::resources::restore::REPORT_PREFIX,
+        id.to_hex()
+    );
+    mem.put(&pointer, bytes::Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+
+    prune(&repo, &opts("prune-1", |r| r.last = Some(1)), &never())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = prune(&repo, &opts("prune-2", |r| r.last = Some(1)), &never())
+        .await
+        .unwrap();
+    assert!(
+        r.counts["packs_deleted"] > 0,
+        "the dropped runs were freed: {:?}",
+        r.counts
+    );
+
+    let repo2 = testutil::open(mem.clone()).await;
+    assert_eq!(repo2.read_blob(&id).await.unwrap(), report);
+    let (last, f) = runs.last().unwrap();
+    assert_eq!(
+        sorted(&fixture::read_part(&repo2, last).await.unwrap()),
+        sorted(f)
+    );
+}

@@ -6,6 +6,8 @@ mod binary;
 mod cli;
 mod env;
 mod environment;
+mod helm;
 mod preflight;
 mod repo;
+mod resources;
 mod volume;

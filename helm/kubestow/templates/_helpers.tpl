@@ -1,0 +1,325 @@
+{{/* Names and labels. */}}
+{{- define "kubestow.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}{{ .Release.Name | trunc 40 | trimSuffix "-" }}{{- else -}}{{ printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" }}{{- end -}}
+{{- end -}}
+
+{{- define "kubestow.labels" -}}
+app.kubernetes.io/name: kubestow
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "kubestow.secretName" -}}
+{{- .Values.secret.existingSecret | default (printf "%s-credentials" (include "kubestow.fullname" .)) -}}
+{{- end -}}
+
+{{- define "kubestow.sa" -}}
+{{- $root := index . 0 -}}{{- $kind := index . 1 -}}
+{{- (index $root.Values.serviceAccounts $kind).name | default (printf "%s-%s" (include "kubestow.fullname" $root) $kind) -}}
+{{- end -}}
+
+{{- define "kubestow.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/* CronJob API: batch/v1 from 1.21, batch/v1beta1 before. */}}
+{{- define "kubestow.cronJobApiVersion" -}}
+{{- if semverCompare ">=1.21-0" .Capabilities.KubeVersion.Version -}}batch/v1{{- else -}}batch/v1beta1{{- end -}}
+{{- end -}}
+
+{{/* podFailurePolicy: auto = Kubernetes 1.26+. */}}
+{{- define "kubestow.podFailurePolicy" -}}
+{{- $p := toString .Values.job.podFailurePolicy -}}
+{{- if or (eq $p "true") (and (eq $p "auto") (semverCompare ">=1.26-0" .Capabilities.KubeVersion.Version)) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+Schedule translation. Input: dict "root" . "name" plan-name "schedule" block.
+Output: JSON {cron, minInterval, once, lastDay, immediate, timeZone}.
+*/}}
+{{- define "kubestow.schedule" -}}
+{{- $root := .root -}}
+{{- $s := .schedule | default dict -}}
+{{- $type := $s.type | default "daily" -}}
+{{- $wd := dict "sun" 0 "mon" 1 "tue" 2 "wed" 3 "thu" 4 "fri" 5 "sat" 6 "sunday" 0 "monday" 1 "tuesday" 2 "wednesday" 3 "thursday" 4 "friday" 5 "saturday" 6 -}}
+{{- $mo := dict "jan" 1 "feb" 2 "mar" 3 "apr" 4 "may" 5 "jun" 6 "jul" 7 "aug" 8 "sep" 9 "oct" 10 "nov" 11 "dec" 12 -}}
+{{- $at := splitList ":" (toString ($s.at | default "02:00")) -}}
+{{- if ne (len $at) 2 -}}{{- fail (printf "plan %s: schedule.at must be HH:MM, got %v" .name $s.at) -}}{{- end -}}
+{{- $hour := atoi (index $at 0) -}}
+{{- $minute := atoi (index $at 1) -}}
+{{- if or (gt $hour 23) (gt $minute 59) (lt $hour 0) (lt $minute 0) -}}{{- fail (printf "plan %s: schedule.at %v is not a time of day" .name $s.at) -}}{{- end -}}
+{{- $hash := atoi (adler32sum (printf "%s%s" (toString $root.Values.randomizeSeed) .name)) -}}
+{{- $spread := int ($s.spreadHours | default 1) -}}
+{{- if $s.randomize -}}
+{{- $minute = mod $hash 60 -}}
+{{- $hour = mod (add $hour (mod (div $hash 60) $spread)) 24 -}}
+{{- end -}}
+{{- $out := dict "cron" "" "minInterval" "" "once" false "lastDay" false "immediate" false "timeZone" ($s.timeZone | default $root.Values.timeZone | default "") -}}
+{{- $every := int ($s.every | default 1) -}}
+{{- if lt $every 1 -}}{{- fail (printf "plan %s: schedule.every must be 1 or more" .name) -}}{{- end -}}
+{{- if eq $type "immediate" -}}
+{{- $_ := set $out "immediate" true -}}
+{{- else if eq $type "cron" -}}
+{{- $_ := set $out "cron" (required (printf "plan %s: schedule.cron is required for type cron" .name) $s.cron) -}}
+{{- else if eq $type "once" -}}
+{{- $_ := set $out "once" true -}}
+{{- if $s.date -}}
+{{- $d := splitList "-" (toString $s.date) -}}
+{{- if ne (len $d) 3 -}}{{- fail (printf "plan %s: schedule.date must be YYYY-MM-DD" .name) -}}{{- end -}}
+{{- $_ := set $out "cron" (printf "%d %d %d %d *" $minute $hour (atoi (index $d 2)) (atoi (index $d 1))) -}}
+{{- else -}}
+{{- $_ := set $out "cron" (printf "%d %d * * *" $minute $hour) -}}
+{{- end -}}
+{{- else if eq $type "hourly" -}}
+{{- $from := splitList ":" (toString ($s.from | default "00:00")) -}}
+{{- $to := splitList ":" (toString ($s.to | default "24:00")) -}}
+{{- $fh := atoi (index $from 0) -}}{{- $fm := atoi (index $from 1) -}}
+{{- $th := atoi (index $to 0) -}}{{- $tm := atoi (index $to 1) -}}
+{{- if ge (add (mul $fh 60) $fm) (add (mul $th 60) $tm) -}}{{- fail (printf "plan %s: schedule.from must be before schedule.to (ranges over midnight: use two plans)" .name) -}}{{- end -}}
+{{- if $s.everyMinutes -}}
+{{- $n := int $s.everyMinutes -}}
+{{- if or (lt $n 1) (gt $n 59) -}}{{- fail (printf "plan %s: schedule.everyMinutes must be 1..59 (use every: N hours beyond)" .name) -}}{{- end -}}
+{{- $start := mod $fm $n -}}
+{{- if $s.randomize -}}{{- $start = mod $hash $n -}}{{- end -}}
+{{- $last := $th -}}{{- if eq $tm 0 -}}{{- $last = sub $th 1 -}}{{- end -}}
+{{- $hours := printf "%d-%d" $fh $last -}}
+{{- if and (eq $fh 0) (eq $last 23) -}}{{- $hours = "*" -}}{{- else if eq $fh $last -}}{{- $hours = printf "%d" $fh -}}{{- end -}}
+{{- $mins := printf "%d-59/%d" $start $n -}}
+{{- if eq $n 1 -}}{{- $mins = "*" -}}{{- else if eq $start 0 -}}{{- $mins = printf "*/%d" $n -}}{{- end -}}
+{{- $_ := set $out "cron" (printf "%s %s * * *" $mins $hours) -}}
+{{- else -}}
+{{- $m := $fm -}}{{- if $s.randomize -}}{{- $m = mod $hash 60 -}}{{- end -}}
+{{- $last := $th -}}{{- if gt $m $tm -}}{{- $last = sub $th 1 -}}{{- end -}}
+{{- if gt $last 23 -}}{{- $last = 23 -}}{{- end -}}
+{{- $hours := "" -}}
+{{- if and (eq $fh 0) (eq $last 23) -}}{{- $hours = "*" -}}{{- else -}}{{- $hours = printf "%d-%d" $fh $last -}}{{- end -}}
+{{- if gt $every 1 -}}{{- if eq $hours "*" -}}{{- $hours = printf "*/%d" $every -}}{{- else -}}{{- $hours = printf "%s/%d" $hours $every -}}{{- end -}}{{- end -}}
+{{- $_ := set $out "cron" (printf "%d %s * * *" $m $hours) -}}
+{{- end -}}
+{{- else if eq $type "daily" -}}
+{{- $_ := set $out "cron" (printf "%d %d * * *" $minute $hour) -}}
+{{- if gt $every 1 -}}{{- $_ := set $out "minInterval" (printf "%dh" (sub (mul $every 24) 12)) -}}{{- end -}}
+{{- else if eq $type "weekly" -}}
+{{- $days := list -}}
+{{- range ($s.days | default (list "sun")) -}}
+{{- $k := lower (toString .) -}}
+{{- if not (hasKey $wd $k) -}}{{- fail (printf "unknown weekday %q (use sun..sat)" $k) -}}{{- end -}}
+{{- $days = append $days (index $wd $k) -}}
+{{- end -}}
+{{- if and (gt $every 1) (gt (len $days) 1) -}}{{- fail (printf "plan %s: every N weeks needs exactly one weekday (use one plan per weekday)" .name) -}}{{- end -}}
+{{- $_ := set $out "cron" (printf "%d %d * * %s" $minute $hour (join "," (uniq $days))) -}}
+{{- if gt $every 1 -}}{{- $_ := set $out "minInterval" (printf "%dh" (mul (sub (mul $every 7) 1) 24)) -}}{{- end -}}
+{{- else if eq $type "monthly" -}}
+{{- if gt $every 1 -}}{{- fail (printf "plan %s: monthly schedules take months:, not every:" .name) -}}{{- end -}}
+{{- $months := list -}}
+{{- range ($s.months | default list) -}}
+{{- $k := lower (toString .) | trunc 3 -}}
+{{- if hasKey $mo $k -}}{{- $months = append $months (index $mo $k) -}}{{- else -}}
+{{- $n := atoi (toString .) -}}
+{{- if or (lt $n 1) (gt $n 12) -}}{{- fail (printf "unknown month %v" .) -}}{{- end -}}
+{{- $months = append $months $n -}}{{- end -}}
+{{- end -}}
+{{- $monthField := "*" -}}{{- if $months -}}{{- $monthField = join "," (uniq $months) -}}{{- end -}}
+{{- if and $s.days $s.weekdays -}}{{- fail (printf "plan %s: give days or weekdays, not both (cron would run on either)" .name) -}}{{- end -}}
+{{- if $s.weekdays -}}
+{{- $days := list -}}
+{{- range $s.weekdays -}}
+{{- $k := lower (toString .) -}}
+{{- if not (hasKey $wd $k) -}}{{- fail (printf "unknown weekday %q (use sun..sat)" $k) -}}{{- end -}}
+{{- $days = append $days (index $wd $k) -}}
+{{- end -}}
+{{- $_ := set $out "cron" (printf "%d %d * %s %s" $minute $hour $monthField (join "," (uniq $days))) -}}
+{{- else -}}
+{{- $dom := list -}}
+{{- range ($s.days | default (list 1)) -}}
+{{- if eq (lower (toString .)) "last" -}}{{- $_ := set $out "lastDay" true -}}{{- else -}}
+{{- $n := atoi (toString .) -}}
+{{- if or (lt $n 1) (gt $n 31) -}}{{- fail (printf "day of month %v is not 1..31 or last" .) -}}{{- end -}}
+{{- $dom = append $dom $n -}}{{- end -}}
+{{- end -}}
+{{- if $out.lastDay -}}
+{{- if $dom -}}{{- fail (printf "plan %s: days: [last] cannot be combined with other days (use two plans)" $.name) -}}{{- end -}}
+{{- $_ := set $out "cron" (printf "%d %d 28-31 %s *" $minute $hour $monthField) -}}
+{{- else -}}
+{{- $_ := set $out "cron" (printf "%d %d %s %s *" $minute $hour (join "," (uniq $dom)) $monthField) -}}
+{{- end -}}
+{{- end -}}
+{{- else -}}
+{{- fail (printf "plan %s: unknown schedule type %q (immediate, once, hourly, daily, weekly, monthly, cron)" .name $type) -}}
+{{- end -}}
+{{- if and $out.timeZone (semverCompare "<1.27-0" $root.Capabilities.KubeVersion.Version) -}}
+{{- fail (printf "plan %s: timeZone %s needs Kubernetes 1.27+ (CronJob spec.timeZone); this cluster is %s. Give the times in the controller-manager's zone (usually UTC) instead." .name $out.timeZone $root.Capabilities.KubeVersion.Version) -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/*
+Job spec shared by every CronJob and Job.
+Input: dict "root" . "component" name "mode" mode "env" (dict of STOW_* → value)
+"sa" service-account kind "job" per-plan job overrides "resources" override.
+*/}}
+{{- define "kubestow.jobSpec" -}}
+{{- $root := .root -}}
+{{- $job := merge (deepCopy (.job | default dict)) $root.Values.job -}}
+backoffLimit: {{ $job.backoffLimit }}
+activeDeadlineSeconds: {{ $job.activeDeadlineSeconds }}
+ttlSecondsAfterFinished: {{ $job.ttlSecondsAfterFinished }}
+{{- if include "kubestow.podFailurePolicy" $root }}
+podFailurePolicy:
+  rules:
+    # Exit code 2 is a configuration error: retrying cannot help.
+    - action: FailJob
+      onExitCodes:
+        containerName: kubestow
+        operator: In
+        values: [2]
+    - action: Ignore
+      onPodConditions:
+        - type: DisruptionTarget
+{{- end }}
+template:
+  metadata:
+    labels:
+      {{- include "kubestow.labels" $root | nindent 6 }}
+      app.kubernetes.io/component: {{ .component }}
+      {{- with $root.Values.podLabels }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
+    {{- with $root.Values.podAnnotations }}
+    annotations:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+  spec:
+    restartPolicy: Never
+    serviceAccountName: {{ include "kubestow.sa" (list $root .sa) }}
+    {{- with $root.Values.imagePullSecrets }}
+    imagePullSecrets:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    securityContext:
+      {{- toYaml $root.Values.podSecurityContext | nindent 6 }}
+    {{- with $root.Values.nodeSelector }}
+    nodeSelector:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- with $root.Values.tolerations }}
+    tolerations:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- with $root.Values.affinity }}
+    affinity:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    containers:
+      - name: kubestow
+        image: {{ include "kubestow.image" $root }}
+        imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+        terminationMessagePolicy: FallbackToLogsOnError
+        envFrom:
+          - secretRef:
+              name: {{ .secretName | default (include "kubestow.secretName" $root) }}
+        env:
+          - name: STOW_MODE
+            value: {{ .mode | quote }}
+          {{- range $k, $v := .env }}
+          {{- if and (ne (toString $v) "") (ne (toString $v) "<nil>") }}
+          - name: {{ $k }}
+            value: {{ toString $v | quote }}
+          {{- end }}
+          {{- end }}
+          {{- range $k, $v := $root.Values.env }}
+          {{- if not (hasKey $.env $k) }}
+          - name: {{ $k }}
+            value: {{ toString $v | quote }}
+          {{- end }}
+          {{- end }}
+          # Downward API: the run id (Job name) and the pod, for mover Jobs and STOW_ONCE.
+          - name: STOW_POD_NAME
+            valueFrom:
+              fieldRef:
+                fieldPath: metadata.name
+          - name: STOW_POD_NAMESPACE
+            valueFrom:
+              fieldRef:
+                fieldPath: metadata.namespace
+          - name: STOW_JOB_NAME
+            valueFrom:
+              fieldRef:
+                fieldPath: metadata.labels['job-name']
+        resources:
+          {{- toYaml (.resources | default $root.Values.resources) | nindent 10 }}
+        securityContext:
+          {{- toYaml $root.Values.securityContext | nindent 10 }}
+        volumeMounts:
+          # The root filesystem is read-only; scratch space goes here.
+          - name: tmp
+            mountPath: /tmp
+    volumes:
+      - name: tmp
+        emptyDir: {}
+{{- end -}}
+
+{{/* CronJob wrapper: dict "root" "name" "component" "sched" (parsed) "suspend" "job" + jobSpec inputs. */}}
+{{- define "kubestow.cronJob" -}}
+{{- $root := .root -}}
+{{- $job := merge (deepCopy (.job | default dict)) $root.Values.job -}}
+apiVersion: {{ include "kubestow.cronJobApiVersion" $root }}
+kind: CronJob
+metadata:
+  name: {{ .name }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "kubestow.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+spec:
+  schedule: {{ .sched.cron | quote }}
+  {{- if .sched.timeZone }}
+  timeZone: {{ .sched.timeZone | quote }}
+  {{- end }}
+  concurrencyPolicy: Forbid
+  startingDeadlineSeconds: {{ $job.startingDeadlineSeconds }}
+  successfulJobsHistoryLimit: {{ $job.successfulJobsHistoryLimit }}
+  failedJobsHistoryLimit: {{ $job.failedJobsHistoryLimit }}
+  suspend: {{ .suspend | default false }}
+  jobTemplate:
+    metadata:
+      labels:
+        {{- include "kubestow.labels" $root | nindent 8 }}
+        app.kubernetes.io/component: {{ .component }}
+    spec:
+      {{- include "kubestow.jobSpec" . | nindent 6 }}
+{{- end -}}
+
+{{/* STOW_* variables of a backup plan, as a dict. */}}
+{{- define "kubestow.planEnv" -}}
+{{- $root := .root -}}{{- $p := .plan -}}{{- $sched := .sched -}}
+{{- $env := dict
+  "STOW_PLAN" $p.name
+  "STOW_REPOSITORY" ($p.repository | default $root.Values.repository)
+  "STOW_INIT" ($p.init | default "")
+  "STOW_NAMESPACES" ($p.namespaces | default "")
+  "STOW_EXCLUDE_NAMESPACES" ($p.excludeNamespaces | default "")
+  "STOW_INCLUDE_RESOURCES" ($p.includeResources | default "")
+  "STOW_EXCLUDE_RESOURCES" ($p.excludeResources | default "")
+  "STOW_LABEL_SELECTOR" ($p.labelSelector | default "")
+  "STOW_INCLUDE_CLUSTER_RESOURCES" ($p.includeClusterResources | default "")
+  "STOW_VOLUME_SOURCE" ($p.volumeSource | default "")
+  "STOW_EXCLUDE_VOLUMES" ($p.excludeVolumes | default "")
+  "STOW_CHANNELS" ($p.channels | default "")
+  "STOW_RATE_LIMIT" ($p.rateLimit | default "")
+  "STOW_TAGS" ($p.tags | default "")
+  "STOW_COMPRESSION" ($p.compression | default "")
+  "STOW_PRECONDITION" ($p.precondition | default "")
+  "STOW_PRE_HOOKS" ($p.preHooks | default "")
+  "STOW_POST_HOOKS" ($p.postHooks | default "")
+  "STOW_MIN_INTERVAL" $sched.minInterval
+  "STOW_TIMEZONE" $sched.timeZone
+-}}
+{{- if $sched.once }}{{ $_ := set $env "STOW_ONCE" "true" }}{{ end -}}
+{{- if $sched.lastDay }}{{ $_ := set $env "STOW_LAST_DAY_OF_MONTH" "true" }}{{ end -}}
+{{- if kindIs "slice" $p.tags }}{{ $_ := set $env "STOW_TAGS" (join "," $p.tags) }}{{ end -}}
+{{- if kindIs "slice" $p.namespaces }}{{ $_ := set $env "STOW_NAMESPACES" (join "," $p.namespaces) }}{{ end -}}
+{{- range $k, $v := ($p.env | default dict) }}{{ $_ := set $env $k $v }}{{ end -}}
+{{- toJson $env -}}
+{{- end -}}

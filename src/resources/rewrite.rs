@@ -1,0 +1,724 @@
+//! Restore rules (DESIGN.md §3, after Velero's restore item actions): what
+//! is not restored, and how a stored object is changed before it is
+//! created in the target cluster.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Map, Value};
+
+use super::ResourceType;
+use super::normalise::{EXPLICIT_NODE_PORTS, explicit_node_ports};
+
+/// What the rules need to know about the whole restore.
+#[derive(Debug, Clone, Default)]
+pub struct Maps {
+    pub namespaces: BTreeMap<String, String>,
+    pub storage_classes: BTreeMap<String, String>,
+    /// PersistentVolumes restored by this run: their claims keep `volumeName`.
+    pub restored_pvs: BTreeSet<String>,
+}
+
+impl Maps {
+    pub fn namespace<'a>(&'a self, ns: &'a str) -> &'a str {
+        self.namespaces.get(ns).map_or(ns, String::as_str)
+    }
+
+    fn storage_class(&self, sc: &str) -> Option<&str> {
+        self.storage_classes.get(sc).map(String::as_str)
+    }
+}
+
+/// PVC annotations that record a binding or a provisioning decision of
+/// the source cluster.
+const BINDING_ANNOTATIONS: &[&str] = &[
+    "pv.kubernetes.io/bind-completed",
+    "pv.kubernetes.io/bound-by-controller",
+    "volume.beta.kubernetes.io/storage-provisioner",
+    "volume.kubernetes.io/storage-provisioner",
+    "volume.kubernetes.io/selected-node",
+];
+const STORAGE_CLASS_ANNOTATION: &str = "volume.beta.kubernetes.io/storage-class";
+const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
+/// Labels the Job controller sets from the Job's uid.
+const JOB_UID_LABELS: &[&str] = &["controller-uid", "batch.kubernetes.io/controller-uid"];
+/// Types the backup never stores; an old or foreign snapshot might.
+const NEVER: &[(&str, &str)] = &[
+    ("", "nodes"),
+    ("", "events"),
+    ("events.k8s.io", "events"),
+    ("discovery.k8s.io", "endpointslices"),
+    ("coordination.k8s.io", "leases"),
+    ("", "componentstatuses"),
+    ("storage.k8s.io", "csinodes"),
+    ("storage.k8s.io", "volumeattachments"),
+];
+
+fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
+    v.pointer(ptr).and_then(Value::as_str)
+}
+
+fn annotation<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.pointer("/metadata/annotations")
+        .and_then(|a| a.get(key))
+        .and_then(Value::as_str)
+}
+
+fn obj_mut<'a>(v: &'a mut Value, key: &str) -> Option<&'a mut Map<String, Value>> {
+    v.get_mut(key).and_then(Value::as_object_mut)
+}
+
+/// Why a stored object is not restored, or `None` to restore it.
+pub fn skip_reason(rt: &ResourceType, obj: &Value, maps: &Maps) -> Option<String> {
+    if NEVER.iter().any(|(g, p)| rt.is(g, p)) {
+        return Some(format!("{} are never restored", rt.plural));
+    }
+    if super::is_kubestow_owned(obj) {
+        return Some("kubestow's own object".into());
+    }
+    let name = str_at(obj, "/metadata/name").unwrap_or_default();
+    if rt.is("", "pods")
+        && let Some(owner) = obj
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .and_then(|o| {
+                o.iter()
+                    .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+            })
+    {
+        return Some(format!(
+            "owned by {} {}; its controller recreates it",
+            str_at(owner, "/kind").unwrap_or("a controller"),
+            str_at(owner, "/name").unwrap_or_default()
+        ));
+    }
+    if rt.is("batch", "jobs") && job_finished(obj) {
+        return Some("the Job has finished".into());
+    }
+    if rt.is("", "secrets") && str_at(obj, "/type") == Some("kubernetes.io/service-account-token") {
+        return Some("service-account token; the target cluster issues its own".into());
+    }
+    if rt.is("", "configmaps") && name == "kube-root-ca.crt" {
+        return Some("published by the target cluster itself".into());
+    }
+    if rt.is("storage.k8s.io", "csidrivers") {
+        return Some("CSI drivers are installed with their driver, never restored".into());
+    }
+    if rt.is("storage.k8s.io", "storageclasses")
+        && let Some(to) = maps.storage_class(name)
+    {
+        return Some(format!("mapped to {to} by STOW_STORAGE_CLASS_MAP"));
+    }
+    if rt.is("", "persistentvolumes") && annotation(obj, PROVISIONED_BY).is_some() {
+        return Some(
+            "dynamically provisioned; its claim gets a new volume from its storage class".into(),
+        );
+    }
+    None
+}
+
+/// Complete or Failed: a Job that has run its course.
+fn job_finished(job: &Value) -> bool {
+    job.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            matches!(str_at(c, "/type"), Some("Complete" | "Failed"))
+                && str_at(c, "/status") == Some("True")
+        })
+}
+
+/// Rewrites a stored object for creation in the target: metadata the
+/// server owns goes, namespaces and storage classes are mapped, and the
+/// per-type rules apply. Returns notes worth reporting.
+pub fn rewrite(rt: &ResourceType, obj: &mut Value, maps: &Maps) -> Vec<String> {
+    let mut notes = Vec::new();
+    let source_ns = str_at(obj, "/metadata/namespace").map(String::from);
+    if let Some(meta) = obj_mut(obj, "metadata") {
+        for k in [
+            "uid",
+            "resourceVersion",
+            "generation",
+            "creationTimestamp",
+            "managedFields",
+            "ownerReferences",
+            "selfLink",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
+            meta.remove(k);
+        }
+        if rt.namespaced {
+            if let Some(ns) = &source_ns {
+                meta.insert("namespace".into(), Value::String(maps.namespace(ns).into()));
+            }
+        } else {
+            meta.remove("namespace");
+        }
+    }
+    if let Some(o) = obj.as_object_mut() {
+        o.remove("status");
+    }
+    match (rt.group.as_str(), rt.plural.as_str()) {
+        ("", "namespaces") => namespace(obj, maps),
+        ("", "services") => service(obj, &mut notes),
+        ("", "persistentvolumeclaims") => claim(obj, maps),
+        ("", "persistentvolumes") => volume(obj, maps),
+        ("", "serviceaccounts") => service_account(obj),
+        ("", "pods") => pod(obj),
+        ("batch", "jobs") => job(obj),
+        ("apps", "statefulsets") => {
+            if let Some(templates) = obj
+                .pointer_mut("/spec/volumeClaimTemplates")
+                .and_then(Value::as_array_mut)
+            {
+                for t in templates {
+                    map_storage_class(t, maps);
+                }
+            }
+        }
+        ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => {
+            subjects(obj, maps, &mut notes)
+        }
+        _ => {}
+    }
+    remove_annotation(obj, EXPLICIT_NODE_PORTS);
+    notes
+}
+
+fn remove_annotation(obj: &mut Value, key: &str) {
+    let Some(meta) = obj_mut(obj, "metadata") else {
+        return;
+    };
+    if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+        a.remove(key);
+        if a.is_empty() {
+            meta.remove("annotations");
+        }
+    }
+}
+
+fn namespace(obj: &mut Value, maps: &Maps) {
+    let Some(meta) = obj_mut(obj, "metadata") else {
+        return;
+    };
+    if let Some(name) = meta.get("name").and_then(Value::as_str) {
+        let to = maps.namespace(name).to_string();
+        meta.insert("name".into(), Value::String(to));
+    }
+    // Set by 1.21+ servers from the name; it would name the old namespace.
+    if let Some(l) = meta.get_mut("labels").and_then(Value::as_object_mut) {
+        l.remove("kubernetes.io/metadata.name");
+        if l.is_empty() {
+            meta.remove("labels");
+        }
+    }
+}
+
+/// Clears allocated cluster IPs (a headless `None` stays) and the
+/// nodePorts the server allocated; keeps the ones that were chosen.
+fn service(obj: &mut Value, notes: &mut Vec<String>) {
+    let explicit: Option<BTreeSet<i64>> = match annotation(obj, EXPLICIT_NODE_PORTS) {
+        Some(list) => Some(
+            list.split(',')
+                .filter_map(|p| p.trim().parse().ok())
+                .collect(),
+        ),
+        // Not recorded (an older backup): last-applied if present, else
+        // keep every port; a port that is taken is retried without.
+        None => explicit_node_ports(obj).map(|v| v.into_iter().collect()),
+    };
+    let Some(spec) = obj_mut(obj, "spec") else {
+        return;
+    };
+    let headless = spec.get("clusterIP").and_then(Value::as_str) == Some("None");
+    if !headless {
+        spec.remove("clusterIP");
+        spec.remove("clusterIPs");
+    }
+    spec.remove("healthCheckNodePort");
+    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+        for p in ports {
+            let Some(port) = p.as_object_mut() else {
+                continue;
+            };
+            let Some(node) = port.get("nodePort").and_then(Value::as_i64) else {
+                continue;
+            };
+            if explicit.as_ref().is_some_and(|e| !e.contains(&node)) {
+                port.remove("nodePort");
+            } else {
+                notes.push(format!("keeps nodePort {node}"));
+            }
+        }
+    }
+}
+
+fn map_storage_class(claim_like: &mut Value, maps: &Maps) {
+    if let Some(spec) = obj_mut(claim_like, "spec")
+        && let Some(to) = spec
+            .get("storageClassName")
+            .and_then(Value::as_str)
+            .and_then(|sc| maps.storage_class(sc))
+    {
+        spec.insert("storageClassName".into(), Value::String(to.into()));
+    }
+    let mapped = annotation(claim_like, STORAGE_CLASS_ANNOTATION)
+        .and_then(|sc| maps.storage_class(sc))
+        .map(String::from);
+    if let Some(to) = mapped
+        && let Some(a) = claim_like
+            .pointer_mut("/metadata/annotations")
+            .and_then(Value::as_object_mut)
+    {
+        a.insert(STORAGE_CLASS_ANNOTATION.into(), Value::String(to));
+    }
+}
+
+/// A claim keeps `volumeName` only when that volume is restored too;
+/// otherwise it is provisioned afresh and forgets the old binding.
+fn claim(obj: &mut Value, maps: &Maps) {
+    map_storage_class(obj, maps);
+    let keep = str_at(obj, "/spec/volumeName").is_some_and(|v| maps.restored_pvs.contains(v));
+    for a in BINDING_ANNOTATIONS {
+        if !keep || a.starts_with("pv.kubernetes.io/") {
+            remove_annotation(obj, a);
+        }
+    }
+    if !keep && let Some(spec) = obj_mut(obj, "spec") {
+        spec.remove("volumeName");
+    }
+}
+
+fn volume(obj: &mut Value, maps: &Maps) {
+    if let Some(spec) = obj_mut(obj, "spec")
+        && let Some(to) = spec
+            .get("storageClassName")
+            .and_then(Value::as_str)
+            .and_then(|sc| maps.storage_class(sc))
+    {
+        spec.insert("storageClassName".into(), Value::String(to.into()));
+    }
+    if let Some(cr) = obj
+        .pointer_mut("/spec/claimRef")
+        .and_then(Value::as_object_mut)
+    {
+        cr.remove("uid");
+        cr.remove("resourceVersion");
+        if let Some(ns) = cr.get("namespace").and_then(Value::as_str) {
+            let to = maps.namespace(ns).to_string();
+            cr.insert("namespace".into(), Value::String(to));
+        }
+    }
+}
+
+/// Drops references to the account's token Secrets, which are not restored.
+fn service_account(obj: &mut Value) {
+    let name = str_at(obj, "/metadata/name")
+        .unwrap_or_default()
+        .to_string();
+    let prefix = format!("{name}-token-");
+    if let Some(o) = obj.as_object_mut()
+        && let Some(secrets) = o.get_mut("secrets").and_then(Value::as_array_mut)
+    {
+        secrets.retain(|s| !str_at(s, "/name").is_some_and(|n| n.starts_with(&prefix)));
+        if secrets.is_empty() {
+            o.remove("secrets");
+        }
+    }
+}
+
+/// A bare pod: no node (it is scheduled afresh), no resolved priority, and
+/// no volumes of token Secrets that are not restored.
+fn pod(obj: &mut Value) {
+    let sa = str_at(obj, "/spec/serviceAccountName")
+        .or_else(|| str_at(obj, "/spec/serviceAccount"))
+        .unwrap_or("default")
+        .to_string();
+    let prefix = format!("{sa}-token-");
+    let Some(spec) = obj_mut(obj, "spec") else {
+        return;
+    };
+    spec.remove("nodeName");
+    spec.remove("priority");
+    let mut dropped = Vec::new();
+    if let Some(vols) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
+        vols.retain(|v| {
+            let token = str_at(v, "/secret/secretName").is_some_and(|s| s.starts_with(&prefix));
+            if token && let Some(n) = str_at(v, "/name") {
+                dropped.push(n.to_string());
+            }
+            !token
+        });
+    }
+    for list in ["containers", "initContainers"] {
+        if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
+            for c in cs {
+                if let Some(mounts) = c.get_mut("volumeMounts").and_then(Value::as_array_mut) {
+                    mounts.retain(|m| {
+                        !str_at(m, "/name").is_some_and(|n| dropped.iter().any(|d| d == n))
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The selector and labels the Job controller derived from the old uid.
+fn job(obj: &mut Value) {
+    let manual = obj.pointer("/spec/manualSelector").and_then(Value::as_bool) == Some(true);
+    if manual {
+        return;
+    }
+    if let Some(spec) = obj_mut(obj, "spec") {
+        spec.remove("selector");
+    }
+    if let Some(labels) = obj
+        .pointer_mut("/spec/template/metadata/labels")
+        .and_then(Value::as_object_mut)
+    {
+        for l in JOB_UID_LABELS {
+            labels.remove(*l);
+        }
+    }
+}
+
+fn subjects(obj: &mut Value, maps: &Maps, notes: &mut Vec<String>) {
+    let Some(subjects) = obj.get_mut("subjects").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for s in subjects {
+        let Some(ns) = s.get("namespace").and_then(Value::as_str) else {
+            continue;
+        };
+        if let Some(to) = maps.namespaces.get(ns) {
+            notes.push(format!("subject namespace {ns} → {to}"));
+            s["namespace"] = Value::String(to.clone());
+        }
+    }
+}
+
+/// For `STOW_EXISTING=update`: carries over from the live object what the
+/// server allocated or derived and will not let a replace change or clear
+/// (cluster IPs, nodePorts, a claim's volume, a Job's selector), plus its
+/// `resourceVersion`.
+pub fn carry_over(rt: &ResourceType, ours: &mut Value, live: &Value) {
+    if let Some(rv) = live.pointer("/metadata/resourceVersion").cloned()
+        && let Some(meta) = obj_mut(ours, "metadata")
+    {
+        meta.insert("resourceVersion".into(), rv);
+    }
+    let copy_missing = |ours: &mut Value, ptr: &str, field: &str| {
+        let Some(val) = live.pointer(&format!("{ptr}/{field}")).cloned() else {
+            return;
+        };
+        if let Some(o) = ours.pointer_mut(ptr).and_then(Value::as_object_mut) {
+            o.entry(field.to_string()).or_insert(val);
+        }
+    };
+    match (rt.group.as_str(), rt.plural.as_str()) {
+        ("", "services") => {
+            for f in ["clusterIP", "clusterIPs", "healthCheckNodePort"] {
+                copy_missing(ours, "/spec", f);
+            }
+            let live_ports: Vec<Value> = live
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if let Some(ports) = ours
+                .pointer_mut("/spec/ports")
+                .and_then(Value::as_array_mut)
+            {
+                for p in ports {
+                    let key = (p.get("port").cloned(), proto(p));
+                    let Some(node) = live_ports
+                        .iter()
+                        .find(|lp| (lp.get("port").cloned(), proto(lp)) == key)
+                        .and_then(|lp| lp.get("nodePort").cloned())
+                    else {
+                        continue;
+                    };
+                    if let Some(o) = p.as_object_mut() {
+                        o.entry("nodePort").or_insert(node);
+                    }
+                }
+            }
+        }
+        ("", "persistentvolumeclaims") => {
+            copy_missing(ours, "/spec", "volumeName");
+            for a in BINDING_ANNOTATIONS {
+                if let Some(v) = annotation(live, a).map(|s| Value::String(s.into())) {
+                    let meta = ours
+                        .as_object_mut()
+                        .and_then(|o| {
+                            o.entry("metadata")
+                                .or_insert_with(|| Value::Object(Map::new()))
+                                .as_object_mut()
+                        })
+                        .expect("metadata is an object");
+                    if let Some(ann) = meta
+                        .entry("annotations")
+                        .or_insert_with(|| Value::Object(Map::new()))
+                        .as_object_mut()
+                    {
+                        ann.entry(a.to_string()).or_insert(v);
+                    }
+                }
+            }
+        }
+        ("", "persistentvolumes") => copy_missing(ours, "/spec", "claimRef"),
+        ("", "serviceaccounts") => {
+            if let Some(s) = live.get("secrets").cloned()
+                && let Some(o) = ours.as_object_mut()
+            {
+                o.entry("secrets").or_insert(s);
+            }
+        }
+        ("batch", "jobs") => {
+            copy_missing(ours, "/spec", "selector");
+            if let Some(live_labels) = live
+                .pointer("/spec/template/metadata/labels")
+                .and_then(Value::as_object)
+                && let Some(labels) = ours
+                    .pointer_mut("/spec/template/metadata/labels")
+                    .and_then(Value::as_object_mut)
+            {
+                for l in JOB_UID_LABELS {
+                    if let Some(v) = live_labels.get(*l) {
+                        labels.entry(l.to_string()).or_insert(v.clone());
+                    }
+                }
+            }
+        }
+        ("", "namespaces") => copy_missing(ours, "", "spec"),
+        _ => {}
+    }
+}
+
+fn proto(p: &Value) -> String {
+    p.get("protocol")
+        .and_then(Value::as_str)
+        .unwrap_or("TCP")
+        .to_string()
+}
+
+/// The nodePorts a failed create reported as taken: `spec.ports[1].nodePort:
+/// Invalid value: 30080: provided port is already allocated`.
+pub fn allocated_node_ports(message: &str) -> Vec<i64> {
+    let mut out = Vec::new();
+    for part in message.split("spec.ports[").skip(1) {
+        if !part.contains("already allocated") {
+            continue;
+        }
+        let rest = match part.split_once("Invalid value:") {
+            Some((_, r)) => r,
+            None => continue,
+        };
+        if let Some(n) = rest
+            .trim_start()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|d| d.parse().ok())
+        {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// Removes the given nodePorts so the server allocates fresh ones.
+pub fn drop_node_ports(obj: &mut Value, ports: &[i64]) {
+    if let Some(list) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
+        for p in list {
+            let taken = p
+                .get("nodePort")
+                .and_then(Value::as_i64)
+                .is_some_and(|n| ports.is_empty() || ports.contains(&n));
+            if taken && let Some(o) = p.as_object_mut() {
+                o.remove("nodePort");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rt(group: &str, plural: &str, namespaced: bool) -> ResourceType {
+        ResourceType {
+            group: group.into(),
+            version: "v1".into(),
+            kind: String::new(),
+            plural: plural.into(),
+            namespaced,
+        }
+    }
+
+    fn maps() -> Maps {
+        Maps {
+            namespaces: BTreeMap::from([("old".into(), "new".into())]),
+            storage_classes: BTreeMap::from([("slow".into(), "fast".into())]),
+            restored_pvs: BTreeSet::new(),
+        }
+    }
+
+    #[test]
+    fn server_metadata_and_status_go_and_namespace_is_mapped() {
+        let mut o = json!({"metadata": {"name": "a", "namespace": "old", "uid": "u",
+            "resourceVersion": "1", "generation": 2, "creationTimestamp": "t",
+            "ownerReferences": [{}], "labels": {"x": "y"}}, "status": {"a": 1}, "data": {"k": "v"}});
+        rewrite(&rt("", "configmaps", true), &mut o, &maps());
+        assert_eq!(
+            o,
+            json!({"metadata": {"name": "a", "namespace": "new", "labels": {"x": "y"}}, "data": {"k": "v"}})
+        );
+    }
+
+    #[test]
+    fn services_keep_explicit_node_ports_only() {
+        let mut s = json!({"metadata": {"name": "s", "annotations": {EXPLICIT_NODE_PORTS: "30080"}},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.5", "clusterIPs": ["10.96.0.5"],
+              "ports": [{"port": 80, "nodePort": 30080}, {"port": 81, "nodePort": 31234}]}});
+        rewrite(&rt("", "services", true), &mut s, &maps());
+        assert!(s["spec"].get("clusterIP").is_none());
+        assert!(s["spec"].get("clusterIPs").is_none());
+        assert_eq!(s["spec"]["ports"][0]["nodePort"], 30080);
+        assert!(s["spec"]["ports"][1].get("nodePort").is_none());
+        assert!(s["metadata"].get("annotations").is_none());
+
+        let mut h = json!({"metadata": {"name": "h"}, "spec": {"clusterIP": "None", "clusterIPs": ["None"]}});
+        rewrite(&rt("", "services", true), &mut h, &maps());
+        assert_eq!(h["spec"]["clusterIP"], "None");
+
+        // Nothing recorded: keep the port; a conflict is retried without it.
+        let mut u = json!({"metadata": {"name": "u"}, "spec": {"ports": [{"port": 80, "nodePort": 30001}]}});
+        rewrite(&rt("", "services", true), &mut u, &maps());
+        assert_eq!(u["spec"]["ports"][0]["nodePort"], 30001);
+    }
+
+    #[test]
+    fn allocated_ports_are_parsed_and_dropped() {
+        let msg = "Service \"s\" is invalid: spec.ports[0].nodePort: Invalid value: 30080: provided port is already allocated";
+        assert_eq!(allocated_node_ports(msg), vec![30080]);
+        assert!(allocated_node_ports("something else").is_empty());
+        let mut s = json!({"spec": {"ports": [{"port": 80, "nodePort": 30080}, {"port": 81, "nodePort": 30081}]}});
+        drop_node_ports(&mut s, &[30080]);
+        assert!(s["spec"]["ports"][0].get("nodePort").is_none());
+        assert_eq!(s["spec"]["ports"][1]["nodePort"], 30081);
+    }
+
+    #[test]
+    fn claims_forget_a_binding_unless_the_volume_is_restored() {
+        let pvc = json!({"metadata": {"name": "c", "namespace": "old", "annotations": {
+                "pv.kubernetes.io/bind-completed": "yes", "volume.beta.kubernetes.io/storage-provisioner": "x",
+                "keep": "me"}},
+            "spec": {"volumeName": "pv-1", "storageClassName": "slow"}});
+        let mut a = pvc.clone();
+        rewrite(&rt("", "persistentvolumeclaims", true), &mut a, &maps());
+        assert!(a["spec"].get("volumeName").is_none());
+        assert_eq!(a["spec"]["storageClassName"], "fast");
+        assert_eq!(a["metadata"]["annotations"], json!({"keep": "me"}));
+
+        let mut m = maps();
+        m.restored_pvs.insert("pv-1".into());
+        let mut b = pvc.clone();
+        rewrite(&rt("", "persistentvolumeclaims", true), &mut b, &m);
+        assert_eq!(b["spec"]["volumeName"], "pv-1");
+    }
+
+    #[test]
+    fn role_binding_subjects_follow_the_namespace_map() {
+        let mut rb = json!({"metadata": {"name": "rb", "namespace": "old"},
+            "subjects": [{"kind": "ServiceAccount", "name": "sa", "namespace": "old"},
+                         {"kind": "ServiceAccount", "name": "sb", "namespace": "elsewhere"},
+                         {"kind": "User", "name": "bob"}]});
+        rewrite(
+            &rt("rbac.authorization.k8s.io", "rolebindings", true),
+            &mut rb,
+            &maps(),
+        );
+        assert_eq!(rb["metadata"]["namespace"], "new");
+        assert_eq!(rb["subjects"][0]["namespace"], "new");
+        assert_eq!(rb["subjects"][1]["namespace"], "elsewhere");
+    }
+
+    #[test]
+    fn skips() {
+        let m = maps();
+        let owned = json!({"metadata": {"name": "p", "ownerReferences": [
+            {"kind": "ReplicaSet", "name": "rs", "controller": true}]}});
+        assert!(
+            skip_reason(&rt("", "pods", true), &owned, &m)
+                .unwrap()
+                .contains("ReplicaSet rs")
+        );
+        let bare = json!({"metadata": {"name": "p"}});
+        assert_eq!(skip_reason(&rt("", "pods", true), &bare, &m), None);
+        let done = json!({"metadata": {"name": "j"}, "status": {"conditions": [{"type": "Complete", "status": "True"}]}});
+        assert!(skip_reason(&rt("batch", "jobs", true), &done, &m).is_some());
+        let token =
+            json!({"metadata": {"name": "t"}, "type": "kubernetes.io/service-account-token"});
+        assert!(skip_reason(&rt("", "secrets", true), &token, &m).is_some());
+        let ours = json!({"metadata": {"name": "x", "labels": {"app.kubernetes.io/managed-by": "kubestow"}}});
+        assert!(skip_reason(&rt("batch", "jobs", true), &ours, &m).is_some());
+        let sc = json!({"metadata": {"name": "slow"}});
+        assert!(
+            skip_reason(&rt("storage.k8s.io", "storageclasses", false), &sc, &m)
+                .unwrap()
+                .contains("fast")
+        );
+    }
+
+    #[test]
+    fn jobs_lose_the_derived_selector() {
+        let mut j = json!({"metadata": {"name": "j"}, "spec": {
+            "selector": {"matchLabels": {"controller-uid": "u"}},
+            "template": {"metadata": {"labels": {"controller-uid": "u", "job-name": "j", "app": "x"}}}}});
+        rewrite(&rt("batch", "jobs", true), &mut j, &maps());
+        assert!(j["spec"].get("selector").is_none());
+        assert_eq!(
+            j["spec"]["template"]["metadata"]["labels"],
+            json!({"job-name": "j", "app": "x"})
+        );
+        let live = json!({"metadata": {"resourceVersion": "7"}, "spec": {
+            "selector": {"matchLabels": {"controller-uid": "v"}},
+            "template": {"metadata": {"labels": {"controller-uid": "v"}}}}});
+        carry_over(&rt("batch", "jobs", true), &mut j, &live);
+        assert_eq!(j["spec"]["selector"]["matchLabels"]["controller-uid"], "v");
+        assert_eq!(
+            j["spec"]["template"]["metadata"]["labels"]["controller-uid"],
+            "v"
+        );
+        assert_eq!(j["metadata"]["resourceVersion"], "7");
+    }
+
+    #[test]
+    fn update_keeps_allocated_service_fields() {
+        let mut ours = json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80, "protocol": "TCP"}]}});
+        let live = json!({"metadata": {"resourceVersion": "3"}, "spec": {"clusterIP": "10.96.0.9",
+            "clusterIPs": ["10.96.0.9"], "ports": [{"port": 80, "protocol": "TCP", "nodePort": 31000}]}});
+        carry_over(&rt("", "services", true), &mut ours, &live);
+        assert_eq!(ours["spec"]["clusterIP"], "10.96.0.9");
+        assert_eq!(ours["spec"]["ports"][0]["nodePort"], 31000);
+    }
+
+    #[test]
+    fn service_accounts_and_pods_drop_token_references() {
+        let mut sa = json!({"metadata": {"name": "app"}, "secrets": [{"name": "app-token-abcde"}, {"name": "other"}]});
+        rewrite(&rt("", "serviceaccounts", true), &mut sa, &maps());
+        assert_eq!(sa["secrets"], json!([{"name": "other"}]));
+        let mut pod = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1", "priority": 0,
+            "volumes": [{"name": "default-token-x", "secret": {"secretName": "default-token-x"}}, {"name": "data"}],
+            "containers": [{"name": "c", "volumeMounts": [{"name": "default-token-x"}, {"name": "data"}]}]}});
+        rewrite(&rt("", "pods", true), &mut pod, &maps());
+        assert!(pod["spec"].get("nodeName").is_none());
+        assert_eq!(pod["spec"]["volumes"], json!([{"name": "data"}]));
+        assert_eq!(
+            pod["spec"]["containers"][0]["volumeMounts"],
+            json!([{"name": "data"}])
+        );
+    }
+}

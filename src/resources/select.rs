@@ -1,0 +1,333 @@
+//! Selection: which namespaces, types and objects a run covers.
+//!
+//! The same rules serve backup and restore. On restore they apply to the
+//! names in the snapshot (before `STOW_NAMESPACE_MAP`).
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde_json::{Value, json};
+
+use super::ResourceType;
+use crate::config::{ClusterResources, Selection};
+
+#[derive(Debug, Clone)]
+pub struct Selector {
+    /// `None`: every namespace.
+    include_ns: Option<GlobSet>,
+    include_patterns: Vec<String>,
+    exclude_ns: GlobSet,
+    include_res: Vec<String>,
+    exclude_res: Vec<String>,
+    labels: Option<LabelSelector>,
+    label_text: Option<String>,
+    pub cluster: ClusterResources,
+}
+
+fn globset(patterns: &[String]) -> Result<GlobSet, String> {
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        b.add(Glob::new(p).map_err(|e| format!("bad glob `{p}`: {e}"))?);
+    }
+    b.build().map_err(|e| e.to_string())
+}
+
+/// Whether `item` (a `STOW_*_RESOURCES` entry) names the type: `configmaps`,
+/// `deployments.apps`, `deployment`, `deployment.apps`, or `*`.
+pub fn names_type(item: &str, rt: &ResourceType) -> bool {
+    let kind = rt.kind.to_ascii_lowercase();
+    item == "*"
+        || item == rt.plural
+        || item == kind
+        || (!rt.group.is_empty()
+            && (item == format!("{}.{}", rt.plural, rt.group)
+                || item == format!("{kind}.{}", rt.group)))
+}
+
+impl Selector {
+    pub fn new(sel: &Selection) -> Result<Self, String> {
+        let all = sel.namespaces.is_empty() || sel.namespaces.iter().any(|p| p == "*");
+        Ok(Self {
+            include_ns: if all {
+                None
+            } else {
+                Some(globset(&sel.namespaces)?)
+            },
+            include_patterns: sel.namespaces.clone(),
+            exclude_ns: globset(&sel.exclude_namespaces)?,
+            include_res: sel.include_resources.clone(),
+            exclude_res: sel.exclude_resources.clone(),
+            labels: sel
+                .label_selector
+                .as_deref()
+                .map(LabelSelector::parse)
+                .transpose()?,
+            label_text: sel.label_selector.clone(),
+            cluster: sel.cluster_resources.unwrap_or(ClusterResources::Auto),
+        })
+    }
+
+    pub fn namespace(&self, ns: &str) -> bool {
+        self.include_ns.as_ref().is_none_or(|g| g.is_match(ns)) && !self.exclude_ns.is_match(ns)
+    }
+
+    /// True when the include patterns select every namespace, so one
+    /// cluster-wide list per type is cheaper than one per namespace.
+    pub fn all_namespaces(&self) -> bool {
+        self.include_ns.is_none()
+    }
+
+    /// The include patterns when all are plain names (no glob characters):
+    /// then the namespaces are known without listing them.
+    pub fn literal_namespaces(&self) -> Option<Vec<String>> {
+        let literal = |p: &String| !p.contains(['*', '?', '[', ']', '{', '}', '\\']);
+        (self.include_ns.is_some() && self.include_patterns.iter().all(literal)).then(|| {
+            self.include_patterns
+                .iter()
+                .filter(|p| self.namespace(p))
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// Included by `STOW_INCLUDE_RESOURCES` (empty: all) and not excluded.
+    pub fn resource(&self, rt: &ResourceType) -> bool {
+        (self.include_res.is_empty() || self.include_res.iter().any(|i| names_type(i, rt)))
+            && !self.excluded(rt)
+    }
+
+    /// Named by `STOW_EXCLUDE_RESOURCES`. Types pulled in by reference
+    /// (`auto`) ignore the include list but honour this.
+    pub fn excluded(&self, rt: &ResourceType) -> bool {
+        self.exclude_res.iter().any(|i| names_type(i, rt))
+    }
+
+    /// The label selector, for the API server's `labelSelector`.
+    pub fn label_selector(&self) -> Option<&str> {
+        self.label_text.as_deref()
+    }
+
+    /// Whether an object's labels match `STOW_LABEL_SELECTOR`.
+    pub fn labels_match(&self, obj: &Value) -> bool {
+        self.labels
+            .as_ref()
+            .is_none_or(|s| s.matches(obj.pointer("/metadata/labels")))
+    }
+}
+
+/// A cluster-scoped object, by `(group, plural, name)`.
+pub type ClusterRef = (&'static str, &'static str, String);
+
+pub const CRDS: (&str, &str) = ("apiextensions.k8s.io", "customresourcedefinitions");
+
+/// The cluster-scoped objects `obj` uses, for `STOW_INCLUDE_CLUSTER_RESOURCES=auto`:
+/// a claim's volume and storage class, a volume's storage class, the
+/// ClusterRole of a RoleBinding, the storage classes of a StatefulSet's
+/// claim templates. (The CRD of a custom resource is found per type.)
+pub fn references(rt: &ResourceType, obj: &Value) -> Vec<ClusterRef> {
+    let s = |ptr: &str| obj.pointer(ptr).and_then(Value::as_str).map(String::from);
+    let mut out = Vec::new();
+    let sc = |out: &mut Vec<ClusterRef>, v: &Value| {
+        let name = v
+            .pointer("/spec/storageClassName")
+            .and_then(Value::as_str)
+            .or_else(|| {
+                v.pointer("/metadata/annotations")
+                    .and_then(|a| a.get("volume.beta.kubernetes.io/storage-class"))
+                    .and_then(Value::as_str)
+            });
+        if let Some(n) = name.filter(|n| !n.is_empty()) {
+            out.push(("storage.k8s.io", "storageclasses", n.to_string()));
+        }
+    };
+    match (rt.group.as_str(), rt.plural.as_str()) {
+        ("", "persistentvolumeclaims") => {
+            if let Some(v) = s("/spec/volumeName").filter(|v| !v.is_empty()) {
+                out.push(("", "persistentvolumes", v));
+            }
+            sc(&mut out, obj);
+        }
+        ("", "persistentvolumes") => sc(&mut out, obj),
+        ("apps", "statefulsets") => {
+            for t in obj
+                .pointer("/spec/volumeClaimTemplates")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                sc(&mut out, t);
+            }
+        }
+        ("rbac.authorization.k8s.io", "rolebindings") => {
+            if s("/roleRef/kind").as_deref() == Some("ClusterRole")
+                && let Some(n) = s("/roleRef/name")
+            {
+                out.push(("rbac.authorization.k8s.io", "clusterroles", n));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// The selection as recorded in a snapshot manifest.
+pub fn to_json(sel: &Selection) -> Value {
+    json!({
+        "namespaces": sel.namespaces,
+        "exclude_namespaces": sel.exclude_namespaces,
+        "include_resources": sel.include_resources,
+        "exclude_resources": sel.exclude_resources,
+        "label_selector": sel.label_selector,
+        "include_cluster_resources": match sel.cluster_resources.unwrap_or(ClusterResources::Auto) {
+            ClusterResources::Auto => "auto",
+            ClusterResources::All => "true",
+            ClusterResources::None => "false",
+        },
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Req {
+    Eq(String, String),
+    Ne(String, String),
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    NotExists(String),
+}
+
+/// A Kubernetes label selector, evaluated client-side (restore filters
+/// objects that are already in hand). Same grammar as the config check:
+/// `k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`, `k`, `!k`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelSelector(Vec<Req>);
+
+impl LabelSelector {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (mut parts, mut depth, mut cur) = (Vec::new(), 0i32, String::new());
+        for ch in s.chars() {
+            match ch {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                ',' if depth == 0 => {
+                    parts.push(std::mem::take(&mut cur));
+                    continue;
+                }
+                _ => {}
+            }
+            cur.push(ch);
+        }
+        parts.push(cur);
+        let mut reqs = Vec::new();
+        for p in parts {
+            let p = p.trim();
+            if p.is_empty() {
+                continue;
+            }
+            let set = |rest: &str| -> Result<Vec<String>, String> {
+                let inner = rest
+                    .trim()
+                    .strip_prefix('(')
+                    .and_then(|r| r.strip_suffix(')'))
+                    .ok_or_else(|| format!("`{p}`: set values go in parentheses"))?;
+                Ok(inner.split(',').map(|v| v.trim().to_string()).collect())
+            };
+            let req = if let Some(k) = p.strip_prefix('!') {
+                Req::NotExists(k.trim().into())
+            } else if let Some((k, rest)) = p.split_once(" notin ") {
+                Req::NotIn(k.trim().into(), set(rest)?)
+            } else if let Some((k, rest)) = p.split_once(" in ") {
+                Req::In(k.trim().into(), set(rest)?)
+            } else if let Some((k, v)) = p.split_once("!=") {
+                Req::Ne(k.trim().into(), v.trim().into())
+            } else if let Some((k, v)) = p.split_once("==").or_else(|| p.split_once('=')) {
+                Req::Eq(k.trim().into(), v.trim().into())
+            } else {
+                Req::Exists(p.into())
+            };
+            reqs.push(req);
+        }
+        Ok(Self(reqs))
+    }
+
+    pub fn matches(&self, labels: Option<&Value>) -> bool {
+        let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+        self.0.iter().all(|r| match r {
+            Req::Eq(k, v) => get(k) == Some(v.as_str()),
+            Req::Ne(k, v) => get(k) != Some(v.as_str()),
+            Req::In(k, vs) => get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
+            Req::NotIn(k, vs) => get(k).is_none_or(|x| !vs.iter().any(|v| v == x)),
+            Req::Exists(k) => get(k).is_some(),
+            Req::NotExists(k) => get(k).is_none(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt(group: &str, plural: &str, kind: &str) -> ResourceType {
+        ResourceType {
+            group: group.into(),
+            version: "v1".into(),
+            kind: kind.into(),
+            plural: plural.into(),
+            namespaced: true,
+        }
+    }
+
+    #[test]
+    fn label_selectors_match_like_the_api_server() {
+        let labels = json!({"app": "shop", "tier": "web"});
+        let m = |s: &str| LabelSelector::parse(s).unwrap().matches(Some(&labels));
+        assert!(m("app=shop"));
+        assert!(m("app==shop,tier"));
+        assert!(!m("app!=shop"));
+        assert!(m("env!=prod"));
+        assert!(m("tier in (web, db)"));
+        assert!(!m("tier notin (web)"));
+        assert!(m("env notin (prod)"));
+        assert!(m("!env"));
+        assert!(!m("!app"));
+        assert!(!m("app=shop,env"));
+        assert!(!LabelSelector::parse("app=x").unwrap().matches(None));
+        assert!(LabelSelector::parse("!app").unwrap().matches(None));
+    }
+
+    #[test]
+    fn namespace_and_resource_selection() {
+        let sel = Selection {
+            namespaces: vec!["shop-*".into(), "db".into()],
+            exclude_namespaces: vec!["shop-test".into()],
+            include_resources: vec![],
+            exclude_resources: vec!["secrets".into(), "widgets.example.com".into()],
+            label_selector: None,
+            cluster_resources: None,
+        };
+        let s = Selector::new(&sel).unwrap();
+        assert!(s.namespace("shop-prod") && s.namespace("db"));
+        assert!(!s.namespace("shop-test") && !s.namespace("other"));
+        assert!(!s.all_namespaces());
+        assert_eq!(s.literal_namespaces(), None);
+        assert!(s.resource(&rt("", "configmaps", "ConfigMap")));
+        assert!(!s.resource(&rt("", "secrets", "Secret")));
+        assert!(!s.resource(&rt("example.com", "widgets", "Widget")));
+        assert!(s.resource(&rt("other.com", "widgets", "Widget")));
+
+        let s = Selector::new(&Selection {
+            namespaces: vec!["a".into(), "b".into()],
+            include_resources: vec!["deployments.apps".into(), "configmap".into()],
+            ..Selection::default()
+        })
+        .unwrap();
+        assert_eq!(s.literal_namespaces(), Some(vec!["a".into(), "b".into()]));
+        assert!(s.resource(&rt("apps", "deployments", "Deployment")));
+        assert!(!s.resource(&rt("extensions", "deployments", "Deployment")));
+        assert!(s.resource(&rt("", "configmaps", "ConfigMap")));
+        assert!(!s.resource(&rt("", "secrets", "Secret")));
+        assert!(
+            Selector::new(&Selection::default())
+                .unwrap()
+                .all_namespaces()
+        );
+    }
+}

@@ -1,0 +1,171 @@
+//! Scheduling guards around a run, for schedules cron cannot express alone
+//! (the Helm chart sets them; see README "Schedules").
+//!
+//! Before the mode runs:
+//! - `STOW_LAST_DAY_OF_MONTH` (any mode): the run is skipped unless today, in
+//!   `STOW_TIMEZONE`, is the last day of its month. The CronJob fires on
+//!   days 28-31; only the last of them does work.
+//! - `STOW_MIN_INTERVAL` (`backup` only): the run is skipped when the plan's
+//!   newest *complete* run is younger than the interval ("every N days").
+//!   Only snapshot manifests are read; nothing is written.
+//!
+//! After the mode ran:
+//! - `STOW_ONCE` (any mode): after a *successful* run (not skipped, partial or
+//!   failed), the CronJob that owns this pod's Job is suspended, so a
+//!   "once" schedule runs exactly once however often cron fires. The Job is
+//!   `STOW_JOB_NAME` in `STOW_POD_NAMESPACE` (downward API); its owner
+//!   reference of kind CronJob names the CronJob, patched through batch/v1,
+//!   else batch/v1beta1 (Kubernetes < 1.21). A failure to suspend is logged
+//!   and noted in the summary, but does not fail the run: the backup itself
+//!   succeeded, and retrying it would only repeat it.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+
+use crate::config::{Config, Mode};
+use crate::error::Error;
+use crate::repo::{RepoError, Repository, Run, group_runs};
+use crate::summary::{Report, Status};
+
+/// Whether `now` is the last day of its month in `tz`.
+pub fn is_last_day_of_month(now: jiff::Timestamp, tz: &jiff::tz::TimeZone) -> bool {
+    let date = now.to_zoned(tz.clone()).date();
+    date.day() == date.days_in_month()
+}
+
+/// Why a backup of `plan` is skipped at `now`, if the newest complete run of
+/// the plan is younger than `interval`.
+pub fn min_interval_skip(
+    runs: &[Run],
+    plan: &str,
+    interval: Duration,
+    now: jiff::Timestamp,
+) -> Option<String> {
+    let newest = runs
+        .iter()
+        .filter(|r| r.complete && r.parts.first().is_some_and(|p| p.1.plan == plan))
+        .max_by_key(|r| r.time)?;
+    let age = now.duration_since(newest.time);
+    let interval = jiff::SignedDuration::try_from(interval).ok()?;
+    (age < interval).then(|| {
+        format!(
+            "STOW_MIN_INTERVAL: the newest complete run of plan {plan} ({}, at {}) is {} old, younger than {}",
+            newest.run_id,
+            newest.time,
+            fmt_secs(age.as_secs()),
+            fmt_secs(interval.as_secs()),
+        )
+    })
+}
+
+fn fmt_secs(s: i64) -> String {
+    let s = s.max(0);
+    format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+}
+
+/// A skipped run's report.
+fn skipped(reason: String) -> Report {
+    info!(%reason, "run skipped");
+    Report {
+        skipped: true,
+        reason: Some(reason),
+        ..Report::default()
+    }
+}
+
+/// The guards that run before the mode; `Some` is the skipped run's report.
+pub async fn before(config: &Config) -> Result<Option<Report>, Error> {
+    let now = jiff::Timestamp::now();
+    if config.last_day_of_month && !is_last_day_of_month(now, &config.timezone) {
+        let today = now.to_zoned(config.timezone.clone()).date();
+        return Ok(Some(skipped(format!(
+            "STOW_LAST_DAY_OF_MONTH: {today} is not the last day of its month"
+        ))));
+    }
+    if let (Mode::Backup, Some(interval)) = (config.mode, config.min_interval) {
+        let repo = match Repository::from_config(config, false).await {
+            Ok(repo) => repo,
+            // No repository yet: no previous run, so nothing is too recent.
+            Err(RepoError::NotInitialised { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let runs = group_runs(repo.list_snapshots().await?);
+        if let Some(reason) = min_interval_skip(&runs, &config.plan, interval, now) {
+            return Ok(Some(skipped(reason)));
+        }
+    }
+    Ok(None)
+}
+
+/// The guards after the mode: `STOW_ONCE` suspends the CronJob after success.
+pub async fn after(config: &Config, status: Status, report: &mut Report) {
+    if !config.once || status != Status::Success {
+        return;
+    }
+    let note = match suspend_own_cronjob(config).await {
+        Ok(name) => {
+            info!(cronjob = %name, "STOW_ONCE: suspended the CronJob after a successful run");
+            json!({ "suspended_cronjob": name })
+        }
+        Err(e) => {
+            warn!(error = %e, "STOW_ONCE: could not suspend the CronJob; it will run again");
+            json!({ "error": e })
+        }
+    };
+    match &mut report.details {
+        Value::Object(map) => {
+            map.insert("once".into(), note);
+        }
+        Value::Null => report.details = json!({ "once": note }),
+        _ => {}
+    }
+}
+
+/// Finds the CronJob owning this pod's Job and sets `spec.suspend: true`.
+async fn suspend_own_cronjob(config: &Config) -> Result<String, String> {
+    let (Some(ns), Some(job)) = (
+        config.identity.pod_namespace.as_deref(),
+        config.identity.job_name.as_deref(),
+    ) else {
+        return Err("STOW_POD_NAMESPACE and STOW_JOB_NAME are needed to find the CronJob (not running in a Job?)".into());
+    };
+    let cluster = crate::cluster::Cluster::connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), ns);
+    let job_obj = jobs
+        .get(job)
+        .await
+        .map_err(|e| format!("reading Job {ns}/{job}: {e}"))?;
+    let owner = job_obj
+        .metadata
+        .owner_references
+        .unwrap_or_default()
+        .into_iter()
+        .find(|r| r.kind == "CronJob")
+        .map(|r| r.name)
+        .ok_or_else(|| format!("Job {ns}/{job} is not owned by a CronJob"))?;
+    let patch = Patch::Merge(json!({ "spec": { "suspend": true } }));
+    let mut last = String::new();
+    for version in ["v1", "v1beta1"] {
+        let gvk = GroupVersionKind::gvk("batch", version, "CronJob");
+        let resource = ApiResource::from_gvk_with_plural(&gvk, "cronjobs");
+        let api: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), ns, &resource);
+        match api.patch(&owner, &PatchParams::default(), &patch).await {
+            Ok(_) => return Ok(format!("{ns}/{owner}")),
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                last = format!("batch/{version}: {}", s.message);
+            }
+            Err(e) => return Err(format!("patching CronJob {ns}/{owner}: {e}")),
+        }
+    }
+    Err(format!("CronJob {ns}/{owner} not found ({last})"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1164 @@
+//! The Helm chart (`helm/kubestow`), rendered by a real Helm engine (PyPI
+//! `helm-python-sdk`, Helm v4's Go SDK, through `tests/helm/render.py`) for
+//! Kubernetes 1.20.2, and applied to the real 1.20 apiserver.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::binary;
+use crate::env;
+
+// ---------------------------------------------------------------- rendering
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Renders the chart; `Err` carries Helm's message (e.g. a template `fail`).
+fn try_render(values: &Value, kube: &str, release: &str, ns: &str) -> Result<Vec<Value>, String> {
+    let mut child = Command::new("python3")
+        .arg(root().join("tests/helm/render.py"))
+        .args([
+            "--kube-version",
+            kube,
+            "--release",
+            release,
+            "--namespace",
+            ns,
+        ])
+        .args(["--values", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (tests/helm/render.py)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(values.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let parsed: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "render.py printed no JSON (run `just setup` to install helm-python-sdk)\n--- stdout\n{}\n--- stderr\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    if parsed["ok"] == json!(true) {
+        Ok(parsed["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["object"].clone())
+            .collect())
+    } else {
+        Err(parsed["error"].as_str().unwrap_or_default().to_owned())
+    }
+}
+
+fn render(values: &Value, kube: &str) -> Vec<Value> {
+    try_render(values, kube, "kubestow", "kubestow").unwrap_or_else(|e| panic!("render: {e}"))
+}
+
+fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objs.iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| {
+            let have: Vec<String> = objs
+                .iter()
+                .map(|o| format!("{}/{}", o["kind"], o["metadata"]["name"]))
+                .collect();
+            panic!("no {kind} {name}; rendered: {have:?}")
+        })
+}
+
+fn pod_spec(workload: &Value) -> &Value {
+    if workload["kind"] == "CronJob" {
+        &workload["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    } else {
+        &workload["spec"]["template"]["spec"]
+    }
+}
+
+fn job_spec(workload: &Value) -> &Value {
+    if workload["kind"] == "CronJob" {
+        &workload["spec"]["jobTemplate"]["spec"]
+    } else {
+        &workload["spec"]
+    }
+}
+
+/// The literal `value` of env var `name` in the kubestow container.
+fn env_of(workload: &Value, name: &str) -> Option<String> {
+    pod_spec(workload)["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str().map(String::from))
+}
+
+fn schedule_of(objs: &[Value], name: &str) -> String {
+    find(objs, "CronJob", name)["spec"]["schedule"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn plan(name: &str, schedule: Value) -> Value {
+    json!({ "name": name, "schedule": schedule })
+}
+
+fn with_plans(plans: Vec<Value>) -> Value {
+    json!({ "repository": "s3://bucket/prefix", "plans": plans })
+}
+
+// ---------------------------------------------------------------- render tests
+
+#[test]
+fn default_values_render_a_hardened_nightly_cronjob_for_1_20() {
+    let objs = render(&json!({}), "1.20.2");
+    let cj = find(&objs, "CronJob", "kubestow-nightly");
+    assert_eq!(
+        cj["apiVersion"], "batch/v1beta1",
+        "1.20 has no batch/v1 CronJob"
+    );
+    let spec = &cj["spec"];
+    assert_eq!(spec["concurrencyPolicy"], "Forbid");
+    assert!(spec["startingDeadlineSeconds"].as_u64().unwrap() > 0);
+    assert!(spec.get("timeZone").is_none());
+    // randomize: true, spreadHours 2 → minute from the hash, hour 2 or 3.
+    let cron = spec["schedule"].as_str().unwrap();
+    let f: Vec<&str> = cron.split(' ').collect();
+    assert!(f[0].parse::<u32>().unwrap() < 60, "{cron}");
+    assert!(["2", "3"].contains(&f[1]), "{cron}");
+    assert_eq!(&f[2..], ["*", "*", "*"], "{cron}");
+    let job = job_spec(cj);
+    for k in [
+        "backoffLimit",
+        "activeDeadlineSeconds",
+        "ttlSecondsAfterFinished",
+    ] {
+        assert!(job[k].as_u64().is_some(), "{k} missing");
+    }
+    assert!(
+        job.get("podFailurePolicy").is_none(),
+        "podFailurePolicy is unknown to 1.20"
+    );
+    let pod = pod_spec(cj);
+    assert_eq!(pod["restartPolicy"], "Never");
+    assert_eq!(pod["serviceAccountName"], "kubestow-backup");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert!(c["resources"]["requests"]["memory"].is_string());
+    assert_eq!(
+        c["envFrom"][0]["secretRef"]["name"], "kubestow-credentials",
+        "credentials come from the Secret"
+    );
+    // No secret as an env literal.
+    for e in c["env"].as_array().unwrap() {
+        let n = e["name"].as_str().unwrap();
+        assert!(
+            !n.contains("PASSWORD") && !n.starts_with("AWS_SECRET"),
+            "secret env literal {n}"
+        );
+    }
+    let fields: Vec<(&str, &str)> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?,
+                e["valueFrom"]["fieldRef"]["fieldPath"].as_str()?,
+            ))
+        })
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            ("STOW_POD_NAME", "metadata.name"),
+            ("STOW_POD_NAMESPACE", "metadata.namespace"),
+            ("STOW_JOB_NAME", "metadata.labels['job-name']"),
+        ]
+    );
+    assert_eq!(env_of(cj, "STOW_MODE").as_deref(), Some("backup"));
+    assert_eq!(env_of(cj, "STOW_PLAN").as_deref(), Some("nightly"));
+    // Secret with a generated password; three... two SAs: restore is opt-in.
+    let secret = find(&objs, "Secret", "kubestow-credentials");
+    assert_eq!(
+        secret["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    let pw = secret["data"]["STOW_PASSWORD"].as_str().unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(pw)
+            .unwrap()
+            .len(),
+        32
+    );
+    find(&objs, "ServiceAccount", "kubestow-backup");
+    let mover = find(&objs, "ServiceAccount", "kubestow-mover");
+    assert_eq!(mover["automountServiceAccountToken"], false);
+    assert!(
+        !objs
+            .iter()
+            .any(|o| o["metadata"]["name"] == "kubestow-restore"),
+        "restore SA is opt-in"
+    );
+}
+
+#[test]
+fn existing_secret_is_referenced_and_nothing_is_created() {
+    let objs = render(
+        &json!({ "secret": { "existingSecret": "my-creds" } }),
+        "1.20.2",
+    );
+    assert!(!objs.iter().any(|o| o["kind"] == "Secret"));
+    let cj = find(&objs, "CronJob", "kubestow-nightly");
+    assert_eq!(
+        pod_spec(cj)["containers"][0]["envFrom"][0]["secretRef"]["name"],
+        "my-creds"
+    );
+}
+
+#[test]
+fn every_schedule_type_translates_to_cron_and_env() {
+    let values = with_plans(vec![
+        plan("now", json!({ "type": "immediate" })),
+        plan(
+            "xmas",
+            json!({ "type": "once", "date": "2026-12-24", "at": "03:30" }),
+        ),
+        plan(
+            "office",
+            json!({ "type": "hourly", "every": 2, "from": "08:00", "to": "18:00" }),
+        ),
+        plan(
+            "often",
+            json!({ "type": "hourly", "everyMinutes": 15, "from": "09:00", "to": "17:00" }),
+        ),
+        plan("hourly", json!({ "type": "hourly" })),
+        plan("daily", json!({ "type": "daily", "at": "01:05" })),
+        plan(
+            "every3",
+            json!({ "type": "daily", "at": "01:00", "every": 3 }),
+        ),
+        plan(
+            "weekdays",
+            json!({ "type": "weekly", "days": ["mon", "wed", "fri"], "at": "22:00" }),
+        ),
+        plan(
+            "biweekly",
+            json!({ "type": "weekly", "days": ["sat"], "every": 2, "at": "04:00" }),
+        ),
+        plan(
+            "halfyear",
+            json!({ "type": "monthly", "months": ["jan", "jul"], "days": [1, 15], "at": "04:00" }),
+        ),
+        plan(
+            "sundays",
+            json!({ "type": "monthly", "months": [3, "june"], "weekdays": ["sun"], "at": "05:00" }),
+        ),
+        plan("raw", json!({ "type": "cron", "cron": "*/5 * * * *" })),
+    ]);
+    let objs = render(&values, "1.20.2");
+    let cases = [
+        ("kubestow-xmas", "30 3 24 12 *"),
+        ("kubestow-office", "0 8-18/2 * * *"),
+        ("kubestow-often", "*/15 9-16 * * *"),
+        ("kubestow-hourly", "0 * * * *"),
+        ("kubestow-daily", "5 1 * * *"),
+        ("kubestow-every3", "0 1 * * *"),
+        ("kubestow-weekdays", "0 22 * * 1,3,5"),
+        ("kubestow-biweekly", "0 4 * * 6"),
+        ("kubestow-halfyear", "0 4 1,15 1,7 *"),
+        ("kubestow-sundays", "0 5 * 3,6 0"),
+        ("kubestow-raw", "*/5 * * * *"),
+    ];
+    for (name, cron) in cases {
+        assert_eq!(schedule_of(&objs, name), cron, "{name}");
+        let cj = find(&objs, "CronJob", name);
+        assert_eq!(cj["spec"]["concurrencyPolicy"], "Forbid");
+        assert_eq!(
+            env_of(cj, "STOW_REPOSITORY").as_deref(),
+            Some("s3://bucket/prefix")
+        );
+    }
+    // immediate: a hook Job, no CronJob.
+    let job = find(&objs, "Job", "kubestow-now-1");
+    assert_eq!(
+        job["metadata"]["annotations"]["helm.sh/hook"],
+        "post-install,post-upgrade"
+    );
+    assert!(
+        !objs
+            .iter()
+            .any(|o| o["kind"] == "CronJob" && o["metadata"]["name"] == "kubestow-now")
+    );
+    assert_eq!(env_of(job, "STOW_PLAN").as_deref(), Some("now"));
+    // once: STOW_ONCE, nothing else special.
+    let xmas = find(&objs, "CronJob", "kubestow-xmas");
+    assert_eq!(env_of(xmas, "STOW_ONCE").as_deref(), Some("true"));
+    assert_eq!(env_of(xmas, "STOW_MIN_INTERVAL"), None);
+    // every N days / weeks: cron cannot say it; STOW_MIN_INTERVAL does, with
+    // slack for the run's own duration (the snapshot time is its end).
+    let every3 = find(&objs, "CronJob", "kubestow-every3");
+    assert_eq!(env_of(every3, "STOW_MIN_INTERVAL").as_deref(), Some("60h"));
+    assert_eq!(env_of(every3, "STOW_ONCE"), None);
+    let biweekly = find(&objs, "CronJob", "kubestow-biweekly");
+    assert_eq!(
+        env_of(biweekly, "STOW_MIN_INTERVAL").as_deref(),
+        Some("312h")
+    );
+    let daily = find(&objs, "CronJob", "kubestow-daily");
+    assert_eq!(env_of(daily, "STOW_MIN_INTERVAL"), None);
+}
+
+#[test]
+fn schedule_edge_cases_feb_29_last_day_and_time_zones() {
+    // Feb 29th: plain cron, which fires in leap years only.
+    let objs = render(
+        &with_plans(vec![plan(
+            "leap",
+            json!({ "type": "monthly", "months": ["feb"], "days": [29], "at": "02:00" }),
+        )]),
+        "1.20.2",
+    );
+    assert_eq!(schedule_of(&objs, "kubestow-leap"), "0 2 29 2 *");
+    // Last day of the month: cron 28-31, kubestow skips the days that are not
+    // the last (STOW_LAST_DAY_OF_MONTH, in STOW_TIMEZONE).
+    let objs = render(
+        &with_plans(vec![plan(
+            "eom",
+            json!({ "type": "monthly", "days": ["last"], "at": "23:00" }),
+        )]),
+        "1.20.2",
+    );
+    let eom = find(&objs, "CronJob", "kubestow-eom");
+    assert_eq!(eom["spec"]["schedule"], "0 23 28-31 * *");
+    assert_eq!(
+        env_of(eom, "STOW_LAST_DAY_OF_MONTH").as_deref(),
+        Some("true")
+    );
+    let err = try_render(
+        &with_plans(vec![plan(
+            "mixed",
+            json!({ "type": "monthly", "days": [15, "last"] }),
+        )]),
+        "1.20.2",
+        "kubestow",
+        "kubestow",
+    )
+    .unwrap_err();
+    assert!(err.contains("cannot be combined"), "{err}");
+    // Time zones: spec.timeZone on 1.27+, also STOW_TIMEZONE for kubestow's
+    // own day arithmetic; refused on older clusters instead of silently UTC.
+    let tz = with_plans(vec![plan(
+        "berlin",
+        json!({ "type": "daily", "at": "02:30", "timeZone": "Europe/Berlin" }),
+    )]);
+    let objs = render(&tz, "1.27.0");
+    let cj = find(&objs, "CronJob", "kubestow-berlin");
+    assert_eq!(cj["apiVersion"], "batch/v1");
+    assert_eq!(cj["spec"]["timeZone"], "Europe/Berlin");
+    assert_eq!(cj["spec"]["schedule"], "30 2 * * *");
+    assert_eq!(
+        env_of(cj, "STOW_TIMEZONE").as_deref(),
+        Some("Europe/Berlin")
+    );
+    let err = try_render(&tz, "1.20.2", "kubestow", "kubestow").unwrap_err();
+    assert!(err.contains("needs Kubernetes 1.27+"), "{err}");
+    // A global time zone applies to every plan.
+    let mut global = with_plans(vec![plan("x", json!({ "type": "hourly" }))]);
+    global["timeZone"] = json!("America/New_York");
+    let objs = render(&global, "1.29.0");
+    assert_eq!(
+        find(&objs, "CronJob", "kubestow-x")["spec"]["timeZone"],
+        "America/New_York"
+    );
+    // every N weeks with several weekdays is not expressible: refused.
+    let err = try_render(
+        &with_plans(vec![plan(
+            "bad",
+            json!({ "type": "weekly", "days": ["mon", "thu"], "every": 2 }),
+        )]),
+        "1.20.2",
+        "kubestow",
+        "kubestow",
+    )
+    .unwrap_err();
+    assert!(err.contains("exactly one weekday"), "{err}");
+    let err = try_render(
+        &with_plans(vec![plan("bad", json!({ "type": "fortnightly" }))]),
+        "1.20.2",
+        "kubestow",
+        "kubestow",
+    )
+    .unwrap_err();
+    assert!(err.contains("unknown schedule type"), "{err}");
+}
+
+#[test]
+fn randomize_is_a_deterministic_spread_by_plan_name() {
+    let values = with_plans(
+        ["alpha", "beta", "gamma", "delta"]
+            .iter()
+            .map(|n| {
+                plan(
+                    n,
+                    json!({ "type": "daily", "at": "02:00", "randomize": true }),
+                )
+            })
+            .collect(),
+    );
+    let a = render(&values, "1.20.2");
+    let b = render(&values, "1.20.2");
+    let mut minutes = std::collections::BTreeSet::new();
+    for n in ["alpha", "beta", "gamma", "delta"] {
+        let name = format!("kubestow-{n}");
+        let cron = schedule_of(&a, &name);
+        assert_eq!(cron, schedule_of(&b, &name), "stable across renders");
+        let f: Vec<&str> = cron.split(' ').collect();
+        assert_eq!(f[1], "2", "spreadHours defaults to 1: the hour stays");
+        minutes.insert(f[0].to_owned());
+    }
+    assert!(minutes.len() > 1, "plans spread apart: {minutes:?}");
+    // The seed moves every plan.
+    let mut seeded = values.clone();
+    seeded["randomizeSeed"] = json!("cluster-eu-1");
+    let c = render(&seeded, "1.20.2");
+    assert!(
+        ["alpha", "beta", "gamma", "delta"].iter().any(|n| {
+            let name = format!("kubestow-{n}");
+            schedule_of(&a, &name) != schedule_of(&c, &name)
+        }),
+        "randomizeSeed changes the spread"
+    );
+}
+
+#[test]
+fn api_version_and_pod_failure_policy_follow_the_cluster_version() {
+    for (kube, api, pfp) in [
+        ("1.20.2", "batch/v1beta1", false),
+        ("1.21.0", "batch/v1", false),
+        ("1.25.3", "batch/v1", false),
+        ("1.26.0", "batch/v1", true),
+        ("1.30.1", "batch/v1", true),
+    ] {
+        let objs = render(&json!({}), kube);
+        let cj = find(&objs, "CronJob", "kubestow-nightly");
+        assert_eq!(cj["apiVersion"], api, "{kube}");
+        let policy = &job_spec(cj)["podFailurePolicy"];
+        assert_eq!(policy.is_object(), pfp, "{kube}: {policy}");
+        if pfp {
+            let rule = &policy["rules"][0];
+            assert_eq!(rule["action"], "FailJob");
+            assert_eq!(rule["onExitCodes"]["values"], json!([2]));
+            assert_eq!(rule["onExitCodes"]["operator"], "In");
+        }
+    }
+    // Forced on, e.g. for a 1.25 cluster with the feature gate.
+    let objs = render(&json!({ "job": { "podFailurePolicy": true } }), "1.25.0");
+    assert!(job_spec(find(&objs, "CronJob", "kubestow-nightly"))["podFailurePolicy"].is_object());
+}
+
+#[test]
+fn retention_check_and_restore_job_render_when_asked() {
+    let values = json!({
+        "repository": "s3://b/p",
+        "plans": [{
+            "name": "nightly", "schedule": { "type": "daily", "at": "01:00" },
+            "namespaces": ["shop", "billing"], "tags": ["nightly", "team=a"],
+            "channels": 4, "rateLimit": "50MiB", "init": true, "existingSecret": "team-a-creds",
+            "retention": { "keepDaily": 7, "keepWeekly": 4, "schedule": { "type": "daily", "at": "06:00" } }
+        }],
+        "check": { "enabled": true, "readData": "10%" },
+        "restore": { "enabled": true, "job": { "enabled": true, "restorePoint": "2026-11-01T00:00:00Z", "namespaceMap": "shop=shop-restored" } }
+    });
+    let objs = render(&values, "1.20.2");
+    let cj = find(&objs, "CronJob", "kubestow-nightly");
+    assert_eq!(
+        env_of(cj, "STOW_NAMESPACES").as_deref(),
+        Some("shop,billing")
+    );
+    assert_eq!(env_of(cj, "STOW_TAGS").as_deref(), Some("nightly,team=a"));
+    assert_eq!(env_of(cj, "STOW_CHANNELS").as_deref(), Some("4"));
+    assert_eq!(env_of(cj, "STOW_RATE_LIMIT").as_deref(), Some("50MiB"));
+    assert_eq!(
+        pod_spec(cj)["containers"][0]["envFrom"][0]["secretRef"]["name"],
+        "team-a-creds",
+        "a plan's own Secret"
+    );
+    let prune = find(&objs, "CronJob", "kubestow-nightly-prune");
+    assert_eq!(
+        pod_spec(prune)["containers"][0]["envFrom"][0]["secretRef"]["name"],
+        "team-a-creds"
+    );
+    assert_eq!(prune["spec"]["schedule"], "0 6 * * *");
+    assert_eq!(env_of(prune, "STOW_MODE").as_deref(), Some("prune"));
+    assert_eq!(env_of(prune, "STOW_PLAN").as_deref(), Some("nightly"));
+    assert_eq!(env_of(prune, "STOW_KEEP_DAILY").as_deref(), Some("7"));
+    assert_eq!(env_of(prune, "STOW_KEEP_WEEKLY").as_deref(), Some("4"));
+    assert_eq!(env_of(prune, "STOW_KEEP_LAST"), None);
+    // Repository-only work runs without Kubernetes API access.
+    assert_eq!(pod_spec(prune)["serviceAccountName"], "kubestow-mover");
+    let check = find(&objs, "CronJob", "kubestow-check");
+    assert_eq!(env_of(check, "STOW_MODE").as_deref(), Some("check"));
+    assert_eq!(
+        env_of(check, "STOW_CHECK_READ_DATA").as_deref(),
+        Some("10%")
+    );
+    let restore = find(&objs, "Job", "kubestow-restore-1");
+    assert_eq!(pod_spec(restore)["serviceAccountName"], "kubestow-restore");
+    assert_eq!(env_of(restore, "STOW_MODE").as_deref(), Some("restore"));
+    assert_eq!(
+        env_of(restore, "STOW_RESTORE_POINT").as_deref(),
+        Some("2026-11-01T00:00:00Z")
+    );
+    assert_eq!(
+        env_of(restore, "STOW_NAMESPACE_MAP").as_deref(),
+        Some("shop=shop-restored")
+    );
+    assert_eq!(env_of(restore, "STOW_EXISTING").as_deref(), Some("skip"));
+    find(&objs, "ServiceAccount", "kubestow-restore");
+    find(&objs, "ClusterRoleBinding", "kubestow-kubestow-restore");
+    // A restore Job without the restore SA is refused.
+    let err = try_render(
+        &json!({ "restore": { "job": { "enabled": true } } }),
+        "1.20.2",
+        "kubestow",
+        "kubestow",
+    )
+    .unwrap_err();
+    assert!(err.contains("restore.enabled"), "{err}");
+}
+
+/// The plain manifests in `cronjobs/` match what the chart renders for the
+/// values in `tests/helm/cases/` (CronJob/Job spec, structurally).
+#[test]
+fn plain_cronjob_manifests_match_the_chart() {
+    let out = Command::new("python3")
+        .arg(root().join("tests/helm/render.py"))
+        .arg("compare")
+        .arg(root().join("cronjobs"))
+        .arg(root().join("tests/helm/cases"))
+        .output()
+        .unwrap();
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "compare printed no JSON: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(result["ok"], true, "{:#}", result["problems"]);
+    let checked: Vec<&str> = result["checked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for f in [
+        "immediate.yaml",
+        "once.yaml",
+        "hourly.yaml",
+        "daily.yaml",
+        "weekly.yaml",
+        "monthly.yaml",
+        "restore.yaml",
+        "restore-point-in-time.yaml",
+        "copy.yaml",
+        "rbac.yaml",
+    ] {
+        assert!(
+            checked.contains(&f),
+            "{f} not compared; checked {checked:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- apiserver
+
+/// Raw JSON requests, so that batch/v1beta1 and RBAC objects are equally easy.
+async fn request(
+    client: &kube::Client,
+    method: http::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value, kube::Error> {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(
+            body.map(|b| serde_json::to_vec(b).unwrap())
+                .unwrap_or_default(),
+        )
+        .unwrap();
+    client.request::<Value>(req).await
+}
+
+/// The collection URL of a rendered object.
+fn collection(obj: &Value) -> String {
+    let api = obj["apiVersion"].as_str().unwrap();
+    let kind = obj["kind"].as_str().unwrap();
+    let plural = match kind {
+        "Secret" => "secrets",
+        "ServiceAccount" => "serviceaccounts",
+        "ClusterRole" => "clusterroles",
+        "ClusterRoleBinding" => "clusterrolebindings",
+        "Role" => "roles",
+        "RoleBinding" => "rolebindings",
+        "CronJob" => "cronjobs",
+        "Job" => "jobs",
+        "Deployment" => "deployments",
+        other => panic!("the chart renders an unexpected kind {other}"),
+    };
+    let base = if api.contains('/') {
+        format!("/apis/{api}")
+    } else {
+        format!("/api/{api}")
+    };
+    match obj["metadata"]["namespace"].as_str() {
+        Some(ns) => format!("{base}/namespaces/{ns}/{plural}"),
+        None => format!("{base}/{plural}"),
+    }
+}
+
+async fn create(client: &kube::Client, obj: &Value, dry_run: bool) -> Result<Value, kube::Error> {
+    let mut path = collection(obj);
+    if dry_run {
+        path.push_str("?dryRun=All");
+    }
+    request(client, http::Method::POST, &path, Some(obj)).await
+}
+
+/// Every schedule type, retention, check, copy and a restore Job, for one
+/// release in `ns`.
+fn full_values(ns: &str) -> Value {
+    json!({
+        "repository": "s3://bucket/prefix",
+        "plans": [
+            { "name": "now", "schedule": { "type": "immediate" } },
+            { "name": "once", "schedule": { "type": "once", "date": "2026-12-24", "at": "03:00" } },
+            { "name": "hourly", "schedule": { "type": "hourly", "everyMinutes": 20, "from": "08:00", "to": "18:00" } },
+            { "name": "daily", "schedule": { "type": "daily", "every": 3, "randomize": true },
+              "retention": { "keepDaily": 7 } },
+            { "name": "weekly", "schedule": { "type": "weekly", "days": ["sun"], "every": 2 } },
+            { "name": "monthly", "schedule": { "type": "monthly", "days": ["last"] } }
+        ],
+        "check": { "enabled": true },
+        "copy": { "enabled": true, "toRepository": "s3://other/prefix" },
+        "restore": { "enabled": true, "namespaces": [ns],
+                     "job": { "enabled": true, "restorePoint": "2026-11-01T00:00:00Z" } }
+    })
+}
+
+#[tokio::test]
+async fn rendered_manifests_are_accepted_by_the_1_20_apiserver() {
+    let (client, ns) = env::namespace("helm-dry-run").await;
+    let objs = try_render(&full_values(&ns), "1.20.2", &ns, &ns).unwrap();
+    assert!(objs.len() >= 15, "{} objects", objs.len());
+    let mut kinds = std::collections::BTreeSet::new();
+    for obj in &objs {
+        let created = create(&client, obj, true).await.unwrap_or_else(|e| {
+            panic!(
+                "dry-run create of {} {} rejected: {e}\n{obj:#}",
+                obj["kind"], obj["metadata"]["name"]
+            )
+        });
+        assert_eq!(created["kind"], obj["kind"]);
+        kinds.insert(obj["kind"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "CronJob",
+            "Job",
+            "Role",
+            "RoleBinding",
+            "Secret",
+            "ServiceAccount"
+        ]
+    );
+    // Dry run left nothing behind.
+    let sas = request(
+        &client,
+        http::Method::GET,
+        &format!("/api/v1/namespaces/{ns}/serviceaccounts"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(
+        sas["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["metadata"]["name"] == "default")
+    );
+}
+
+/// Waits for the token controller to give `sa` a token Secret (1.20) and
+/// returns a kubeconfig file for it (the admin one with the token swapped).
+async fn service_account_kubeconfig(
+    client: &kube::Client,
+    ns: &str,
+    sa: &str,
+    dir: &Path,
+) -> PathBuf {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let token = loop {
+        let account = request(
+            client,
+            http::Method::GET,
+            &format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}"),
+            None,
+        )
+        .await
+        .unwrap();
+        let secret = account["secrets"][0]["name"].as_str().map(String::from);
+        if let Some(secret) = secret {
+            let s = request(
+                client,
+                http::Method::GET,
+                &format!("/api/v1/namespaces/{ns}/secrets/{secret}"),
+                None,
+            )
+            .await
+            .unwrap();
+            if let Some(t) = s["data"]["token"].as_str() {
+                let t = base64::engine::general_purpose::STANDARD.decode(t).unwrap();
+                break String::from_utf8(t).unwrap();
+            }
+        }
+        assert!(Instant::now() < deadline, "no token Secret for {ns}/{sa}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let admin = std::fs::read_to_string(env::kubeconfig_path()).unwrap();
+    let swapped: Vec<String> = admin
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("token:") {
+                format!("    token: {token}")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    let path = dir.join(format!("{sa}.kubeconfig"));
+    std::fs::write(&path, swapped.join("\n") + "\n").unwrap();
+    path
+}
+
+async fn kube_client_from(path: &Path) -> kube::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+async fn can_i(client: &kube::Client, verb: &str, group: &str, resource: &str, ns: &str) -> bool {
+    let review = json!({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": { "resourceAttributes": {
+            "verb": verb, "group": group, "resource": resource, "namespace": ns
+        } }
+    });
+    let out = request(
+        client,
+        http::Method::POST,
+        "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+        Some(&review),
+    )
+    .await
+    .unwrap();
+    out["status"]["allowed"] == json!(true)
+}
+
+#[tokio::test]
+async fn backup_service_account_backs_up_but_cannot_create_deployments_and_restore_sa_restores() {
+    let (client, ns) = env::namespace("helm-rbac").await;
+    let (_, app) = env::namespace("helm-rbac-app").await;
+    let mut values = json!({ "restore": { "enabled": true } });
+    values["restore"]["namespaces"] = json!([app.clone()]);
+    let objs = try_render(&values, "1.20.2", &ns, &ns).unwrap();
+    for obj in &objs {
+        let kind = obj["kind"].as_str().unwrap();
+        if kind.contains("Role") || kind == "ServiceAccount" {
+            create(&client, obj, false)
+                .await
+                .unwrap_or_else(|e| panic!("create {kind}: {e}"));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sa_named = |suffix: &str| {
+        objs.iter()
+            .find(|o| {
+                o["kind"] == "ServiceAccount"
+                    && o["metadata"]["name"].as_str().unwrap().ends_with(suffix)
+            })
+            .map(|o| o["metadata"]["name"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    let backup_sa = sa_named("-backup");
+    let restore_sa = sa_named("-restore");
+    let backup_kc = service_account_kubeconfig(&client, &ns, &backup_sa, dir.path()).await;
+    let restore_kc = service_account_kubeconfig(&client, &ns, &restore_sa, dir.path()).await;
+    let sa = kube_client_from(&backup_kc).await;
+
+    // Reads every type it backs up, cluster-wide.
+    for path in [
+        "/api/v1/namespaces",
+        "/api/v1/secrets",
+        "/api/v1/configmaps",
+        "/api/v1/persistentvolumeclaims",
+        "/api/v1/persistentvolumes",
+        "/api/v1/serviceaccounts",
+        "/api/v1/services",
+        "/apis/apps/v1/deployments",
+        "/apis/apps/v1/statefulsets",
+        "/apis/batch/v1/jobs",
+        "/apis/batch/v1beta1/cronjobs",
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        "/apis/rbac.authorization.k8s.io/v1/rolebindings",
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+        "/apis/storage.k8s.io/v1/storageclasses",
+    ] {
+        request(&sa, http::Method::GET, &format!("{path}?limit=1"), None)
+            .await
+            .unwrap_or_else(|e| panic!("backup SA cannot list {path}: {e}"));
+    }
+    // The temporary objects of a volume backup, and hooks.
+    for (verb, group, resource) in [
+        ("create", "snapshot.storage.k8s.io", "volumesnapshots"),
+        ("delete", "snapshot.storage.k8s.io", "volumesnapshots"),
+        ("create", "", "persistentvolumeclaims"),
+        ("delete", "", "persistentvolumeclaims"),
+        ("create", "batch", "jobs"),
+        ("delete", "batch", "jobs"),
+        ("create", "", "pods/exec"),
+    ] {
+        assert!(
+            can_i(&sa, verb, group, resource, &app).await,
+            "backup SA may not {verb} {resource}"
+        );
+    }
+    for (verb, group, resource) in [
+        ("create", "apps", "deployments"),
+        ("update", "", "configmaps"),
+        ("delete", "", "secrets"),
+        ("create", "rbac.authorization.k8s.io", "clusterrolebindings"),
+    ] {
+        assert!(
+            !can_i(&sa, verb, group, resource, &app).await,
+            "backup SA may {verb} {resource}"
+        );
+    }
+    // A real attempt is refused with 403.
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": "evil", "namespace": app },
+        "spec": { "selector": { "matchLabels": { "a": "b" } },
+                  "template": { "metadata": { "labels": { "a": "b" } },
+                                "spec": { "containers": [{ "name": "c", "image": "x" }] } } }
+    });
+    match create(&sa, &deployment, false).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
+        other => panic!("backup SA created a Deployment: {other:?}"),
+    }
+
+    // A full backup of the app namespace with the backup SA's credentials.
+    let cm = json!({ "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": "settings", "namespace": app }, "data": { "k": "v" } });
+    request(
+        &client,
+        http::Method::POST,
+        &format!("/api/v1/namespaces/{app}/configmaps"),
+        Some(&cm),
+    )
+    .await
+    .unwrap();
+    let repo = format!("file://{}/repo", dir.path().display());
+    let run = |mode: &str, kc: &Path| {
+        let mut cmd = binary::command();
+        cmd.arg(mode)
+            .env("KUBECONFIG", kc)
+            .env("STOW_REPOSITORY", &repo)
+            .env("STOW_PASSWORD", "helm-rbac-password")
+            .env("STOW_NAMESPACES", &app)
+            .env("STOW_VOLUME_SOURCE", "skip");
+        cmd
+    };
+    let mut backup = run("backup", &backup_kc);
+    backup.env("STOW_INIT", "true");
+    let out = binary::run(backup).await;
+    assert_eq!(
+        out.code,
+        Some(0),
+        "backup with the backup SA\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+
+    // Restore with the restore SA into the (emptied) namespace.
+    request(
+        &client,
+        http::Method::DELETE,
+        &format!("/api/v1/namespaces/{app}/configmaps/settings"),
+        None,
+    )
+    .await
+    .unwrap();
+    // This restore SA is scoped to the app namespace (restore.namespaces),
+    // so cluster-scoped objects are left out.
+    let mut restore = run("restore", &restore_kc);
+    restore.env("STOW_INCLUDE_CLUSTER_RESOURCES", "false");
+    let out = binary::run(restore).await;
+    assert_eq!(
+        out.code,
+        Some(0),
+        "restore with the restore SA\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let back = request(
+        &client,
+        http::Method::GET,
+        &format!("/api/v1/namespaces/{app}/configmaps/settings"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(back["data"]["k"], "v");
+}
+
+// ---------------------------------------------------------------- STOW_ONCE and friends
+
+/// A batch/v1beta1 CronJob (1.20) and a Job it owns, as the CronJob
+/// controller would create it.
+async fn cronjob_with_job(client: &kube::Client, ns: &str, name: &str) -> String {
+    let pod = json!({ "spec": { "restartPolicy": "Never",
+        "containers": [{ "name": "kubestow", "image": "kubestow:test" }] } });
+    let cj = request(
+        client,
+        http::Method::POST,
+        &format!("/apis/batch/v1beta1/namespaces/{ns}/cronjobs"),
+        Some(&json!({
+            "apiVersion": "batch/v1beta1", "kind": "CronJob",
+            "metadata": { "name": name },
+            "spec": { "schedule": "0 0 1 1 *", "suspend": false,
+                      "jobTemplate": { "spec": { "template": pod } } }
+        })),
+    )
+    .await
+    .unwrap();
+    let job = format!("{name}-28893120");
+    request(
+        client,
+        http::Method::POST,
+        &format!("/apis/batch/v1/namespaces/{ns}/jobs"),
+        Some(&json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": { "name": job, "ownerReferences": [{
+                "apiVersion": "batch/v1beta1", "kind": "CronJob", "name": name,
+                "uid": cj["metadata"]["uid"], "controller": true }] },
+            "spec": { "template": pod }
+        })),
+    )
+    .await
+    .unwrap();
+    job
+}
+
+async fn suspended(client: &kube::Client, ns: &str, name: &str) -> bool {
+    let cj = request(
+        client,
+        http::Method::GET,
+        &format!("/apis/batch/v1beta1/namespaces/{ns}/cronjobs/{name}"),
+        None,
+    )
+    .await
+    .unwrap();
+    cj["spec"]["suspend"] == json!(true)
+}
+
+#[tokio::test]
+async fn stow_once_suspends_its_cronjob_after_success_only() {
+    let (client, ns) = env::namespace("stow-once").await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = format!("file://{}/repo", dir.path().display());
+    let ok_job = cronjob_with_job(&client, &ns, "once-ok").await;
+    let bad_job = cronjob_with_job(&client, &ns, "once-bad").await;
+    let cmd = |mode: &str, job: &str| {
+        let mut cmd = binary::command();
+        cmd.arg(mode)
+            .env("STOW_ONCE", "true")
+            .env("STOW_POD_NAMESPACE", &ns)
+            .env("STOW_JOB_NAME", job)
+            .env("STOW_REPOSITORY", &repo)
+            .env("STOW_PASSWORD", "once-password")
+            .env("STOW_NAMESPACES", &ns)
+            .env("STOW_VOLUME_SOURCE", "skip");
+        cmd
+    };
+    // A failing run (no repository, no STOW_INIT) leaves the CronJob alone.
+    let run = binary::run(cmd("list", &bad_job)).await;
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    assert!(!suspended(&client, &ns, "once-bad").await);
+    // A successful backup suspends it (through batch/v1beta1 on 1.20).
+    let mut ok = cmd("backup", &ok_job);
+    ok.env("STOW_INIT", "true");
+    let run = binary::run(ok).await;
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.summary["details"]["once"]["suspended_cronjob"],
+        format!("{ns}/once-ok"),
+        "{}",
+        run.stdout
+    );
+    assert!(suspended(&client, &ns, "once-ok").await);
+    assert!(!suspended(&client, &ns, "once-bad").await);
+    // Every mode: a successful `list` suspends the other one too.
+    let run = binary::run(cmd("list", &bad_job)).await;
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    assert!(suspended(&client, &ns, "once-bad").await);
+}
+
+#[tokio::test]
+async fn min_interval_skips_a_backup_while_the_last_run_is_young() {
+    let (_client, ns) = env::namespace("min-interval").await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = format!("file://{}/repo", dir.path().display());
+    let cmd = || {
+        let mut cmd = binary::command();
+        cmd.arg("backup")
+            .env("STOW_REPOSITORY", &repo)
+            .env("STOW_PASSWORD", "min-interval-password")
+            .env("STOW_PLAN", "every3")
+            .env("STOW_MIN_INTERVAL", "60h")
+            .env("STOW_INIT", "true")
+            .env("STOW_NAMESPACES", &ns)
+            .env("STOW_VOLUME_SOURCE", "skip");
+        cmd
+    };
+    // No repository yet: the first run is due (and creates it).
+    let first = binary::run(cmd()).await;
+    assert_eq!(first.code, Some(0), "{}\n{}", first.stdout, first.stderr);
+    assert_eq!(first.summary["status"], "success");
+    let snapshots = |d: &Path| std::fs::read_dir(d.join("repo/snapshots")).unwrap().count();
+    let before = snapshots(dir.path());
+    let second = binary::run(cmd()).await;
+    assert_eq!(second.code, Some(0), "{}\n{}", second.stdout, second.stderr);
+    assert_eq!(second.summary["status"], "skipped", "{}", second.stdout);
+    assert!(
+        second.summary["reason"]
+            .as_str()
+            .unwrap()
+            .contains("STOW_MIN_INTERVAL"),
+        "{}",
+        second.stdout
+    );
+    assert_eq!(
+        snapshots(dir.path()),
+        before,
+        "a skipped run writes nothing"
+    );
+    // Another plan is not held back by this one's runs.
+    let mut other = cmd();
+    other.env("STOW_PLAN", "other");
+    let third = binary::run(other).await;
+    assert_eq!(third.summary["status"], "success", "{}", third.stdout);
+    // STOW_LAST_DAY_OF_MONTH: skipped unless today (UTC) is the last day.
+    let mut eom = cmd();
+    eom.env("STOW_PLAN", "eom")
+        .env("STOW_LAST_DAY_OF_MONTH", "true");
+    let run = binary::run(eom).await;
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date();
+    let want = if today.day() == today.days_in_month() {
+        "success"
+    } else {
+        "skipped"
+    };
+    assert_eq!(run.summary["status"], want, "{}", run.stdout);
+}
+
+// ---------------------------------------------------------------- container image
+
+/// The binary must run on `gcr.io/distroless/cc-debian12` (images/Dockerfile),
+/// which provides glibc (libc, libm, libpthread, libdl, librt, the loader)
+/// and libgcc_s, and nothing else: no OpenSSL, no libz.
+#[test]
+fn binary_links_only_what_distroless_cc_provides() {
+    let bin = env!("CARGO_BIN_EXE_kubestow");
+    let out = Command::new("ldd").arg(bin).output().expect("ldd");
+    assert!(out.status.success(), "ldd {bin} failed");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let allowed = [
+        "linux-vdso.so",
+        "libc.so.6",
+        "libm.so.6",
+        "libgcc_s.so.1",
+        "libpthread.so.0",
+        "libdl.so.2",
+        "librt.so.1",
+        "ld-linux-x86-64.so.2",
+        "ld-linux-aarch64.so.1",
+    ];
+    let mut seen = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let lib = line.split_whitespace().next().unwrap();
+        let name = lib.rsplit('/').next().unwrap();
+        assert!(
+            allowed.iter().any(|a| name.starts_with(a)),
+            "{name} is not in distroless/cc:\n{text}"
+        );
+        seen.push(name.to_owned());
+    }
+    assert!(seen.iter().any(|n| n == "libc.so.6"), "{text}");
+    // The Dockerfile pins the builder and uses the non-root distroless base.
+    let dockerfile = std::fs::read_to_string(root().join("images/Dockerfile")).unwrap();
+    assert!(dockerfile.contains("FROM docker.io/library/rust:1.95-bookworm AS build"));
+    assert!(dockerfile.contains("FROM gcr.io/distroless/cc-debian12:nonroot"));
+    assert!(dockerfile.contains("USER 65532:65532"));
+}
+
+#[test]
+fn chart_passes_helm_lint_strict() {
+    let out = Command::new("python3")
+        .arg(root().join("tests/helm/render.py"))
+        .args(["lint", "1.20.2", "1.27.0", "1.33.0"])
+        .output()
+        .unwrap();
+    let reports: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("lint: {}", String::from_utf8_lossy(&out.stderr)));
+    for (version, report) in reports.as_object().unwrap() {
+        assert_eq!(report["errors"], json!([]), "{version}: {report:#}");
+        for m in report["messages"].as_array().unwrap() {
+            assert!(
+                m["severity"].as_u64().unwrap() < 2,
+                "{version}: helm lint: {m}"
+            );
+        }
+    }
+}

@@ -30,10 +30,12 @@ demo: setup
 fmt:
     cargo fmt --all
 
-# Benchmarks: kubestow vs restic and rustic on a generated 1+ GiB dataset; updates BENCHMARKS.md.
-bench:
+# Benchmarks: kubestow vs restic and rustic on a generated 1+ GiB dataset, blob ids, and resources vs kubectl on the test cluster; updates BENCHMARKS.md.
+bench: setup
     bash bench/run.sh
     cargo bench --quiet --bench ids
+    cargo build --release --quiet
+    cargo run --release --quiet --example bench_resources
 
 # Build the container image (images/Dockerfile) with docker or podman, where one is running.
 image tag="kubestow:dev":

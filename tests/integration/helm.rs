@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+use crate::api::request;
 use crate::binary;
 use crate::env;
 
@@ -588,25 +589,6 @@ fn plain_cronjob_manifests_match_the_chart() {
 }
 
 // ---------------------------------------------------------------- apiserver
-
-/// Raw JSON requests, so that batch/v1beta1 and RBAC objects are equally easy.
-async fn request(
-    client: &kube::Client,
-    method: http::Method,
-    path: &str,
-    body: Option<&Value>,
-) -> Result<Value, kube::Error> {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(
-            body.map(|b| serde_json::to_vec(b).unwrap())
-                .unwrap_or_default(),
-        )
-        .unwrap();
-    client.request::<Value>(req).await
-}
 
 /// The collection URL of a rendered object.
 fn collection(obj: &Value) -> String {

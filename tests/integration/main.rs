@@ -1,6 +1,7 @@
 //! Integration tests against real servers (see `env`). One test binary, so the
 //! servers start once for all modules.
 
+mod api;
 mod backend;
 mod binary;
 mod cli;

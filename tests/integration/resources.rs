@@ -9,6 +9,7 @@ use base64::Engine as _;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use crate::api::request;
 use crate::binary::{self, Run};
 use crate::env;
 
@@ -55,25 +56,6 @@ fn file_repo() -> (tempfile::TempDir, String) {
 
 fn count(run: &Run, key: &str) -> u64 {
     run.summary["counts"][key].as_u64().unwrap_or(0)
-}
-
-/// Raw JSON requests, so every type (CRs, batch/v1beta1) is equally easy.
-async fn request(
-    client: &kube::Client,
-    method: http::Method,
-    path: &str,
-    body: Option<&Value>,
-) -> Result<Value, kube::Error> {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(
-            body.map(|b| serde_json::to_vec(b).unwrap())
-                .unwrap_or_default(),
-        )
-        .unwrap();
-    client.request::<Value>(req).await
 }
 
 async fn create(client: &kube::Client, path: &str, body: Value) -> Value {

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use crate::config::{Compression, Secret};
 use crate::repo::backend::{Backend, MemBackend};
-use crate::repo::fixture::{self, Files};
 use crate::repo::{KeyParams, Repository, Writer};
 
 pub const PW: &str = "unit test password";
@@ -42,14 +41,4 @@ pub fn t(s: &str) -> jiff::Timestamp {
     s.parse().unwrap()
 }
 
-/// `n` files of `size` bytes under `dir/`, unique to `seed`.
-pub fn files(seed: u64, n: usize, size: usize) -> Files {
-    (0..n)
-        .map(|i| {
-            (
-                format!("dir/s{seed}/sub{}/f{i}", i % 2),
-                fixture::bytes(size, seed * 1000 + i as u64),
-            )
-        })
-        .collect()
-}
+pub use crate::repo::fixture::files;

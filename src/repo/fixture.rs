@@ -12,6 +12,19 @@ use super::{
     BlobId, BlobKind, RepoError, Repository, SnapshotId, SnapshotManifest, VolumeEntry, Writer,
 };
 
+/// `n` files of `size` bytes under `dir/`, unique to `seed`, spread over
+/// two subdirectories so trees have some depth.
+pub fn files(seed: u64, n: usize, size: usize) -> Files {
+    (0..n)
+        .map(|i| {
+            (
+                format!("dir/s{seed}/sub{}/f{i}", i % 2),
+                bytes(size, seed * 1000 + i as u64),
+            )
+        })
+        .collect()
+}
+
 /// Deterministic, incompressible test data.
 pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut out = vec![0u8; len];

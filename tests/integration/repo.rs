@@ -12,7 +12,7 @@ use kubestow::copy;
 use kubestow::list::RunFilter;
 use kubestow::prune;
 use kubestow::repo::backend::{Backend, FsBackend, S3Backend};
-use kubestow::repo::fixture::{self, Files};
+use kubestow::repo::fixture::{self, Files, files};
 use kubestow::repo::{KeyParams, Repository, SnapshotId, SnapshotManifest, VolumeEntry};
 use tokio_util::sync::CancellationToken;
 
@@ -34,17 +34,6 @@ async fn open(backend: Arc<dyn Backend>) -> Repository {
     Repository::open_with_params(backend, &Secret::new(PW), Compression::FAST, params())
         .await
         .unwrap()
-}
-
-fn files(seed: u64, n: usize, size: usize) -> Files {
-    (0..n)
-        .map(|i| {
-            (
-                format!("d{seed}/sub{}/f{i}", i % 3),
-                fixture::bytes(size, seed * 1000 + i as u64),
-            )
-        })
-        .collect()
 }
 
 fn digest(f: &Files) -> Vec<(String, String)> {

@@ -226,6 +226,12 @@ pub struct VolumeOptions {
     pub exclude: Vec<String>,
     pub image: Option<String>,
     pub mover_resources: BTreeMap<String, String>,
+    pub mover_service_account: Option<String>,
+    pub mover_start_timeout: Duration,
+    pub snapshot_timeout: Duration,
+    pub kubelet_dir: PathBuf,
+    /// `STOW_MOVER`: this `volume-backup` runs for an orchestrating backup.
+    pub mover: bool,
 }
 
 /// Retention counts for `prune`; `None` means the rule is not used.
@@ -340,6 +346,11 @@ pub struct RawConfig {
     exclude_volumes: Option<String>,
     image: Option<String>,
     mover_resources: Option<String>,
+    mover_service_account: Option<String>,
+    mover_start_timeout: Option<String>,
+    snapshot_timeout: Option<String>,
+    kubelet_dir: Option<String>,
+    mover: Option<String>,
     channels: Option<String>,
     rate_limit: Option<String>,
     timezone: Option<String>,
@@ -645,6 +656,22 @@ fn parse_size(var: &'static str, raw: &Option<String>, default: u64) -> Result<u
         return Err(ConfigError::invalid(var, s, "must be greater than zero"));
     }
     Ok(size.as_u64())
+}
+
+/// A duration of at least one second, in seconds when bare.
+fn positive_duration(
+    var: &'static str,
+    raw: &Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(s) = raw.as_deref() else {
+        return Ok(default);
+    };
+    let d = parse_duration(var, s, Duration::from_secs(1))?;
+    if d < Duration::from_secs(1) {
+        return Err(ConfigError::invalid(var, s, "must be at least 1 second"));
+    }
+    Ok(d)
 }
 
 /// A duration: jiff's friendly format (`5m`, `1h 30m`, `3d`) or ISO 8601, or
@@ -969,7 +996,44 @@ impl RawConfig {
             mover_resources: c
                 .take(mover_resources(&self.mover_resources))
                 .unwrap_or_default(),
+            mover_service_account: opt(&self.mover_service_account),
+            mover_start_timeout: c
+                .take(positive_duration(
+                    v::MOVER_START_TIMEOUT,
+                    &self.mover_start_timeout,
+                    Duration::from_secs(600),
+                ))
+                .unwrap_or(Duration::from_secs(600)),
+            snapshot_timeout: c
+                .take(positive_duration(
+                    v::SNAPSHOT_TIMEOUT,
+                    &self.snapshot_timeout,
+                    Duration::from_secs(600),
+                ))
+                .unwrap_or(Duration::from_secs(600)),
+            kubelet_dir: PathBuf::from(
+                opt(&self.kubelet_dir).unwrap_or_else(|| "/var/lib/kubelet".into()),
+            ),
+            mover: c
+                .take(parse_bool(v::MOVER, &self.mover, false))
+                .unwrap_or(false),
         };
+        if !volume.kubelet_dir.is_absolute() {
+            c.0.push(ConfigError::invalid(
+                v::KUBELET_DIR,
+                &volume.kubelet_dir.display().to_string(),
+                "expected an absolute path",
+            ));
+        }
+        if let Some(sa) = &volume.mover_service_account
+            && !is_dns_subdomain(sa)
+        {
+            c.0.push(ConfigError::invalid(
+                v::MOVER_SERVICE_ACCOUNT,
+                sa,
+                "expected a ServiceAccount name (lowercase letters, digits, `-` and `.`)",
+            ));
+        }
         if let Some(p) = &volume.path
             && !p.is_absolute()
         {

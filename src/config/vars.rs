@@ -87,6 +87,16 @@ vars! {
     IMAGE = "STOW_IMAGE", default "";
     /// Mover Job resources, e.g. `requests.cpu=100m,limits.memory=512Mi`.
     MOVER_RESOURCES = "STOW_MOVER_RESOURCES", default "";
+    /// Service account of mover Jobs, which must exist in every namespace with volumes; empty means a temporary one per run and namespace, without API access.
+    MOVER_SERVICE_ACCOUNT = "STOW_MOVER_SERVICE_ACCOUNT", default "";
+    /// How long a mover may stay unscheduled or unstarted (no node fits, image pull) before its volume fails, e.g. `10m`.
+    MOVER_START_TIMEOUT = "STOW_MOVER_START_TIMEOUT", default "10m";
+    /// `snapshot` source: how long to wait for a VolumeSnapshot to become ready to use, e.g. `10m`.
+    SNAPSHOT_TIMEOUT = "STOW_SNAPSHOT_TIMEOUT", default "10m";
+    /// `kubelet` source: the kubelet's root directory on the nodes (k0s: `/var/lib/k0s/kubelet`, MicroK8s: `/var/snap/microk8s/common/var/lib/kubelet`).
+    KUBELET_DIR = "STOW_KUBELET_DIR", default "/var/lib/kubelet";
+    /// Set by `backup` on its mover Jobs: `volume-backup` saves the volume as part of run `STOW_RUN_ID` instead of as a snapshot of its own: `true` or `false`.
+    MOVER = "STOW_MOVER", default "false";
     /// Parallel channels, 1..255: upload streams in a pod, mover Jobs, API calls in flight.
     CHANNELS = "STOW_CHANNELS", default "1";
     /// Bandwidth limit per second: `50MiB`, or windows `mon-fri 09:00-18:00=10MiB,*=200MiB`.

@@ -45,6 +45,7 @@ pub(crate) mod kind {
     pub const CONFIG: u8 = 0x12;
     pub const SNAPSHOT: u8 = 0x13;
     pub const KEY: u8 = 0x14;
+    pub const MOVER: u8 = 0x15;
 }
 
 /// Length of the master key material: AES key then BLAKE3 id key.

@@ -31,7 +31,9 @@ use tracing::{debug, info, warn};
 use super::tree::{Node, NodeType, ROOT_NAME, Tree, display_path, join_rel, mtime_ns};
 use super::{Chunker, MAX_LISTED, VolumeError, is_item_error, join_err, load_tree};
 use crate::error::Error;
-use crate::repo::{BlobKind, Repository, SnapshotId, SnapshotManifest, VolumeEntry, Writer};
+use crate::repo::{
+    BlobKind, MoverResult, Repository, SnapshotId, SnapshotManifest, VolumeEntry, Writer,
+};
 use crate::summary::{ItemError, Report};
 
 /// Chunks queued between a file's reader and its `Writer::add` loop.
@@ -53,6 +55,9 @@ pub struct BackupOptions {
     pub run_id: String,
     /// Files read at once, and upload streams.
     pub channels: usize,
+    /// Save a mover result for run `run_id` instead of a snapshot: the
+    /// orchestrating backup links the tree in its own manifest.
+    pub mover: bool,
     #[cfg(test)]
     pub hooks: Hooks,
 }
@@ -774,24 +779,17 @@ pub async fn backup(
 
     let s = &sh.stats;
     let total_bytes = get(&s.bytes_read) + get(&s.bytes_reused);
-    let mut manifest = SnapshotManifest::new(&opts.run_id, 0, 1, &opts.plan);
-    manifest.tags = opts.tags.clone();
-    manifest.volumes.insert(
-        opts.name.clone(),
-        VolumeEntry {
-            root: root_id,
-            stats: serde_json::json!({
-                "files": get(&s.files),
-                "dirs": get(&s.dirs),
-                "symlinks": get(&s.symlinks),
-                "hardlinks": get(&s.hardlinks),
-                "special": get(&s.special),
-                "bytes": total_bytes,
-            }),
-        },
-    );
-    let snapshot = repo.save_snapshot(&manifest).await?;
-
+    let entry = VolumeEntry {
+        root: root_id,
+        stats: serde_json::json!({
+            "files": get(&s.files),
+            "dirs": get(&s.dirs),
+            "symlinks": get(&s.symlinks),
+            "hardlinks": get(&s.hardlinks),
+            "special": get(&s.special),
+            "bytes": total_bytes,
+        }),
+    };
     let mut report = Report::default();
     for (key, c) in [
         ("files", &s.files),
@@ -810,18 +808,43 @@ pub async fn backup(
     report.add_bytes("new", ws.bytes_raw_new);
     report.add_bytes("stored", ws.bytes_stored);
     report.errors = std::mem::take(&mut *sh.errors.lock().unwrap_or_else(|p| p.into_inner()));
+    let saved = if opts.mover {
+        let result = MoverResult {
+            version: 1,
+            run_id: opts.run_id.clone(),
+            volume: opts.name.clone(),
+            time: jiff::Timestamp::now(),
+            entry,
+            report: serde_json::json!({
+                "counts": report.counts,
+                "bytes": report.bytes,
+                "errors": report.errors,
+            }),
+        };
+        let key = repo.save_mover_result(&result).await?;
+        serde_json::json!({"mover_result": key})
+    } else {
+        let mut manifest = SnapshotManifest::new(&opts.run_id, 0, 1, &opts.plan);
+        manifest.tags = opts.tags.clone();
+        manifest.volumes.insert(opts.name.clone(), entry);
+        let snapshot = repo.save_snapshot(&manifest).await?;
+        serde_json::json!({"snapshot": snapshot.to_hex()})
+    };
     let changed = std::mem::take(&mut *sh.changed.lock().unwrap_or_else(|p| p.into_inner()));
-    report.details = serde_json::json!({
-        "snapshot": snapshot.to_hex(),
+    let mut details = serde_json::json!({
         "volume": opts.name,
         "root": root_id.to_hex(),
         "parent": parent.as_ref().map(|p| p.id.to_hex()),
         "changed_files": changed,
     });
+    if let (Some(d), Some(s)) = (details.as_object_mut(), saved.as_object()) {
+        d.extend(s.clone());
+    }
+    report.details = details;
     let secs = started.elapsed().as_secs_f64();
     info!(
         volume = %opts.name,
-        snapshot = %snapshot,
+        saved = %saved,
         files = get(&s.files),
         bytes_read = get(&s.bytes_read),
         bytes_reused = get(&s.bytes_reused),

@@ -125,6 +125,7 @@ pub async fn run_backup(config: &Config, ctx: &RunContext) -> Result<Report, Err
         tags: config.tags.clone(),
         run_id: ctx.run_id.clone(),
         channels: usize::from(config.channels),
+        mover: config.volume.mover,
         #[cfg(test)]
         hooks: Default::default(),
     };

@@ -59,6 +59,7 @@ impl Fixture {
             tags: vec!["test".into()],
             run_id: run.into(),
             channels: 2,
+            mover: false,
             hooks: Hooks::default(),
         }
     }
@@ -909,4 +910,40 @@ fn volume_name_defaults_to_the_path() {
     assert_eq!(volume_name(&vars(&[])), "/data");
     let named = vars(&[("STOW_VOLUME_NAME", "shop/data-db-0")]);
     assert_eq!(volume_name(&named), "shop/data-db-0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mover_mode_saves_a_result_not_a_snapshot() {
+    let fx = Fixture::new().await;
+    let src = fx.path("src");
+    fs::write(src.join("a"), random(300_000, 1)).unwrap();
+    let mut opts = fx.opts(&src, "shop/data-db-0", "orchestrator-run");
+    opts.mover = true;
+    let r = backup(&fx.repo, &opts, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(r.details["snapshot"].is_null(), "{:?}", r.details);
+    assert!(r.details["mover_result"].is_string(), "{:?}", r.details);
+    assert!(fx.repo.list_snapshots().await.unwrap().is_empty());
+    let results = fx
+        .repo
+        .mover_results("orchestrator-run", "shop/data-db-0")
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 1);
+    let entry = &results[0].entry;
+    assert_eq!(entry.root.to_hex(), r.details["root"].as_str().unwrap());
+    assert_eq!(results[0].report["bytes"]["read"], 300_000);
+
+    // The orchestrator links the tree in its manifest; the next mover of
+    // the same plan then finds it as its parent and reads nothing.
+    let mut m = SnapshotManifest::new("orchestrator-run", 0, 1, "daily");
+    m.volumes.insert("shop/data-db-0".into(), entry.clone());
+    let committed = fx.repo.save_snapshot(&m).await.unwrap();
+    opts.run_id = "orchestrator-run-2".into();
+    let second = backup(&fx.repo, &opts, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(second.details["parent"], committed.to_hex());
+    assert_eq!(bytes(&second, "read"), 0, "{second:?}");
 }

@@ -11,6 +11,7 @@ pub mod copy;
 pub mod error;
 pub mod list;
 pub mod logging;
+pub mod mover;
 pub mod preflight;
 pub mod prune;
 pub mod repo;

@@ -68,6 +68,17 @@ impl Report {
         *self.bytes.entry(key.to_string()).or_default() += n;
     }
 
+    /// Adds another report's counts, bytes and errors to this one.
+    pub fn absorb(&mut self, other: Report) {
+        for (k, n) in other.counts {
+            self.count(&k, n);
+        }
+        for (k, n) in other.bytes {
+            self.add_bytes(&k, n);
+        }
+        self.errors.extend(other.errors);
+    }
+
     pub fn fail_item(&mut self, item: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ItemError {
             item: item.into(),

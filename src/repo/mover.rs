@@ -91,7 +91,7 @@ impl Repository {
             .await
             .into_iter()
             .collect::<Result<_, _>>()?;
-        out.sort_by(|a, b| b.time.cmp(&a.time));
+        out.sort_by_key(|r| std::cmp::Reverse(r.time));
         Ok(out)
     }
 

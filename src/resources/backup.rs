@@ -60,6 +60,8 @@ struct Shared {
     /// Namespaced types that had objects: their CRDs are pulled in.
     used_types: BTreeSet<(String, String)>,
     objects_new: u64,
+    /// Live objects of the selected claims, for the volume phase.
+    claims: Vec<Value>,
     skipped_deleting: u64,
     skipped_own: u64,
 }
@@ -113,6 +115,7 @@ impl Lister<'_> {
             .pointer("/metadata/namespace")
             .and_then(Value::as_str)
             .map(String::from);
+        let claim = rt.is("", "persistentvolumeclaims").then(|| obj.clone());
         for_storage(&mut obj, rt);
         let refs = if self.collect_refs && (rt.namespaced || rt.is("", "persistentvolumes")) {
             select::references(rt, &obj)
@@ -127,6 +130,7 @@ impl Lister<'_> {
         if new {
             sh.objects_new += 1;
         }
+        sh.claims.extend(claim);
         sh.refs.extend(refs);
         if namespace_object {
             sh.catalogue.set_namespace_object(&name, id);
@@ -428,20 +432,37 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
         }
         return Err(e);
     }
+    let mut shared = lister
+        .shared
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    // Volume data, after the objects: mover Jobs read each selected claim.
+    let mut volume_report = Report::default();
+    let volumes = if ctx.cancel.is_cancelled() {
+        Default::default()
+    } else {
+        crate::mover::backup::back_up(
+            &kube,
+            &repo,
+            config,
+            ctx,
+            std::mem::take(&mut shared.claims),
+            &crate::mover::backup::NoHooks,
+            &mut volume_report,
+        )
+        .await
+    };
     if ctx.cancel.is_cancelled() {
         writer.flush().await?;
         return Err(Error::Cancelled);
     }
 
-    let shared = lister
-        .shared
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner());
     let root = shared.catalogue.write(&writer).await?;
     let write_stats = writer.finish().await?;
     let counts = shared.catalogue.counts();
     let total = shared.catalogue.len();
     let mut report = report.into_inner().unwrap_or_else(|e| e.into_inner());
+    report.absorb(volume_report);
 
     let mut manifest = SnapshotManifest::new(ctx.run_id.clone(), 0, 1, config.plan.clone());
     // The time listing began: the state the snapshot shows is from then on.
@@ -450,6 +471,7 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     manifest.cluster_id = cluster_id.clone();
     manifest.selection = select::to_json(&config.selection);
     manifest.resources = Some(root);
+    manifest.volumes = volumes.entries;
     manifest.stats = json!({
         "server_version": server_version,
         "objects": total,
@@ -482,6 +504,7 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
             "kubestow_owned": shared.skipped_own,
         },
         "writer": write_stats,
+        "volumes": volumes.details,
     });
     Ok(report)
 }

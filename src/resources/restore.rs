@@ -234,6 +234,18 @@ struct Restorer<'a> {
     channels: usize,
     existing: Existing,
     ctx: &'a RunContext,
+    /// Volume data to restore, when the snapshot has some and
+    /// `STOW_RESTORE_VOLUMES` is on.
+    volumes: Option<VolumeData<'a>>,
+}
+
+/// What filling restored claims needs.
+struct VolumeData<'a> {
+    config: &'a Config,
+    snapshot: SnapshotId,
+    /// Volumes in the snapshot (`namespace/claim`).
+    available: BTreeSet<String>,
+    report: std::sync::Mutex<Report>,
 }
 
 pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
@@ -295,11 +307,18 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     if items.is_empty() {
         warn!("the selection matches nothing in this snapshot");
     }
+    let volumes = (opts.volumes && !manifest.volumes.is_empty()).then(|| VolumeData {
+        config,
+        snapshot,
+        available: manifest.volumes.keys().cloned().collect(),
+        report: std::sync::Mutex::new(Report::default()),
+    });
     let restorer = Restorer {
         kube,
         channels,
         existing: opts.existing,
         ctx,
+        volumes,
     };
     let discovered = restorer.discover().await?;
     restorer.resolve(&mut items, &discovered, true);
@@ -312,6 +331,11 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
         report.count("conflicts", conflicts.len() as u64);
     } else {
         restorer.apply(&mut items).await?;
+    }
+    if let Some(v) = &restorer.volumes {
+        report.absorb(std::mem::take(
+            &mut *v.report.lock().unwrap_or_else(|e| e.into_inner()),
+        ));
     }
 
     let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -745,8 +769,54 @@ impl Restorer<'_> {
             for (n, outcome, why) in results {
                 items[n].done(outcome, why);
             }
+            if level == order::level(&crate::mover::claims()) {
+                self.fill_volumes(items).await;
+                if self.ctx.cancel.is_cancelled() {
+                    return Err(Error::Cancelled);
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Once the claims exist: fill the ones this run created with their
+    /// data, before any workload that mounts them is created.
+    async fn fill_volumes(&self, items: &[Item]) {
+        let Some(v) = &self.volumes else {
+            return;
+        };
+        let fills: Vec<crate::mover::restore::Fill> = items
+            .iter()
+            .filter(|i| {
+                i.rt.is("", "persistentvolumeclaims")
+                    && matches!(i.result, Some((Outcome::Created, _)))
+            })
+            .filter_map(|i| {
+                let volume = format!("{}/{}", i.source_ns.as_deref()?, i.name);
+                let namespace = i.ns.clone()?;
+                v.available
+                    .contains(&volume)
+                    .then(|| crate::mover::restore::Fill {
+                        volume,
+                        namespace,
+                        claim: i.name.clone(),
+                    })
+            })
+            .collect();
+        let mut report = Report::default();
+        crate::mover::restore::fill(
+            &self.kube,
+            v.config,
+            self.ctx,
+            &v.snapshot,
+            &fills,
+            &mut report,
+        )
+        .await;
+        v.report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .absorb(report);
     }
 
     /// Once the CRD level is done: wait until the restored CRDs are

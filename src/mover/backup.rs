@@ -1,0 +1,433 @@
+//! `backup`, volume data: plan a source per claim, run the movers, collect
+//! their results for the manifest.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use super::job::{self, Mount, PODS_MOUNT, VOLUME_MOUNT};
+use super::plan::{self, Planned, Source};
+use super::{JobEnd, Runner, list_all, str_at};
+use crate::config::{Config, VolumeSource, vars};
+use crate::repo::{MoverResult, Repository, VolumeEntry};
+use crate::resources::kubeapi::{Kube, message};
+use crate::run::RunContext;
+use crate::summary::Report;
+
+/// Where consistency hooks (freeze, flush; the hooks issue) plug in: called
+/// before a volume's snapshot is taken or its live data is read, and after.
+#[async_trait::async_trait]
+pub trait Consistency: Send + Sync {
+    async fn before(&self, _volume: &Planned) -> Result<(), String> {
+        Ok(())
+    }
+    async fn after(&self, _volume: &Planned) {}
+}
+
+/// No hooks.
+pub struct NoHooks;
+impl Consistency for NoHooks {}
+
+/// What the volume phase adds to a backup.
+#[derive(Debug, Default)]
+pub struct Volumes {
+    pub entries: BTreeMap<String, VolumeEntry>,
+    pub details: Value,
+}
+
+fn item(volume: &str) -> String {
+    format!("volume {volume}")
+}
+
+/// The objects the planner needs: volumes of the claims, storage and
+/// snapshot classes, pods of the claims' namespaces.
+async fn inputs(kube: &Kube, claims: &[Value], channels: usize) -> Result<[Vec<Value>; 4], String> {
+    let pv_names: BTreeSet<&str> = claims
+        .iter()
+        .filter_map(|c| str_at(c, "/spec/volumeName"))
+        .collect();
+    let pvs: Vec<Value> = futures::stream::iter(pv_names)
+        .map(|n| async move { kube.get(&super::volumes(), None, n).await })
+        .buffer_unordered(channels)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .filter_map(|r| r.ok().flatten())
+        .collect();
+    let scs = list_all(kube, &super::storage_classes(), None, None)
+        .await
+        .map_err(|e| format!("listing storage classes: {}", message(&e)))?;
+    // No snapshot CRDs (404) means no classes; a denial is worth a warning.
+    let vscs = list_all(kube, &super::snapshot_classes(), None, None)
+        .await
+        .unwrap_or_else(|e| {
+            warn!(error = %message(&e), "cannot list VolumeSnapshotClasses; snapshots are not used");
+            Vec::new()
+        });
+    let namespaces: BTreeSet<&str> = claims
+        .iter()
+        .filter_map(|c| str_at(c, "/metadata/namespace"))
+        .collect();
+    let mut pods = Vec::new();
+    for ns in namespaces {
+        pods.extend(
+            list_all(kube, &super::pods(), Some(ns), None)
+                .await
+                .map_err(|e| format!("listing pods in {ns}: {}", message(&e)))?,
+        );
+    }
+    Ok([pvs, scs, vscs, pods])
+}
+
+/// Backs up the data of `claims` (live objects of the selected claims).
+/// Failures of single volumes go into `report`; the rest still lands.
+pub(crate) async fn back_up(
+    kube: &Kube,
+    repo: &Repository,
+    config: &Config,
+    ctx: &RunContext,
+    claims: Vec<Value>,
+    hooks: &dyn Consistency,
+    report: &mut Report,
+) -> Volumes {
+    let mut out = Volumes::default();
+    if config.volume.source == VolumeSource::Skip || claims.is_empty() {
+        return out;
+    }
+    let channels = usize::from(config.channels).max(1);
+    let [pvs, scs, vscs, pods] = match inputs(kube, &claims, channels).await {
+        Ok(i) => i,
+        Err(e) => {
+            report.fail_item("volumes", e);
+            return out;
+        }
+    };
+    let exclude = {
+        let mut b = globset::GlobSetBuilder::new();
+        for g in &config.volume.exclude {
+            if let Ok(g) = globset::Glob::new(g) {
+                b.add(g);
+            }
+        }
+        b.build().unwrap_or_else(|_| globset::GlobSet::empty())
+    };
+    let planned = plan::plan(&plan::Inputs {
+        claims: &claims,
+        volumes: &pvs,
+        storage_classes: &scs,
+        snapshot_classes: &vscs,
+        pods: &pods,
+        source: config.volume.source,
+        exclude: &exclude,
+    });
+    let mut skipped = Vec::new();
+    for l in &planned.left {
+        if l.failed {
+            warn!(volume = %l.volume, reason = %l.reason, "volume not backed up");
+            report.fail_item(item(&l.volume), l.reason.clone());
+        } else {
+            info!(volume = %l.volume, reason = %l.reason, "volume skipped");
+            skipped.push(json!({"volume": l.volume, "reason": l.reason}));
+        }
+    }
+    report.count("volumes_skipped", skipped.len() as u64);
+    let mut sources: BTreeMap<&str, u64> = BTreeMap::new();
+    for v in &planned.volumes {
+        *sources.entry(v.source.name()).or_default() += 1;
+    }
+    info!(volumes = planned.volumes.len(), ?sources, "volume plan");
+    out.details = json!({"skipped": skipped, "sources": sources});
+    if planned.volumes.is_empty() {
+        return out;
+    }
+    let image = match super::mover_image(kube, config).await {
+        Ok(i) => i,
+        Err(e) => {
+            for v in &planned.volumes {
+                report.fail_item(item(&v.volume), e.clone());
+            }
+            return out;
+        }
+    };
+    let runner = Runner::new(
+        kube,
+        config,
+        &ctx.run_id,
+        image,
+        ctx.cancel.clone(),
+        planned.volumes.len(),
+    );
+    let namespaces: Vec<String> = planned
+        .volumes
+        .iter()
+        .map(|v| v.namespace.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    // A retried run starts clean: what an earlier attempt left goes.
+    runner.clean_up(&namespaces).await;
+
+    let vb = VolumeBackup {
+        runner: &runner,
+        repo,
+        config,
+        hooks,
+    };
+    // Snapshots first, all close together in time: the volumes of one
+    // application are then as consistent with each other as the driver
+    // allows. The slow part, moving data, follows STOW_CHANNELS.
+    let snapshots: BTreeMap<String, Result<(), String>> = futures::stream::iter(
+        planned
+            .volumes
+            .iter()
+            .filter(|v| matches!(v.source, Source::Snapshot { .. })),
+    )
+    .map(|v| async { (v.volume.clone(), vb.take_snapshot(v).await) })
+    .buffer_unordered(channels)
+    .collect()
+    .await;
+    let snapshots = &snapshots;
+    let results: Vec<(&Planned, Result<MoverResult, String>)> =
+        futures::stream::iter(&planned.volumes)
+            .map(|v| {
+                let vb = &vb;
+                async move {
+                    let r = match snapshots.get(&v.volume) {
+                        Some(Err(e)) => Err(e.clone()),
+                        _ => vb.one(v).await,
+                    };
+                    (v, r)
+                }
+            })
+            .buffer_unordered(channels)
+            .collect()
+            .await;
+    runner.clean_up(&[]).await;
+
+    let mut done = 0u64;
+    for (v, r) in results {
+        match r {
+            Ok(result) => {
+                done += 1;
+                let mr = &result.report;
+                for key in ["read", "reused", "new", "stored"] {
+                    if let Some(n) = mr.pointer(&format!("/bytes/{key}")).and_then(Value::as_u64) {
+                        report.add_bytes(&format!("volume_{key}"), n);
+                    }
+                }
+                if let Some(errors) = mr.get("errors").and_then(Value::as_array) {
+                    for e in errors {
+                        report.fail_item(
+                            format!("{} {}", item(&v.volume), str_at(e, "/item").unwrap_or("")),
+                            str_at(e, "/message").unwrap_or("").to_string(),
+                        );
+                    }
+                }
+                let mut entry = result.entry;
+                if let Some(stats) = entry.stats.as_object_mut() {
+                    stats.insert("source".into(), json!(v.source.name()));
+                    stats.insert("storage_class".into(), json!(v.storage_class));
+                    stats.insert("capacity".into(), json!(v.capacity));
+                }
+                out.entries.insert(v.volume.clone(), entry);
+            }
+            Err(e) if ctx.cancel.is_cancelled() => {
+                info!(volume = %v.volume, error = %e, "volume not finished: cancelled");
+            }
+            Err(e) => {
+                warn!(volume = %v.volume, error = %e, "volume not backed up");
+                report.fail_item(item(&v.volume), e);
+            }
+        }
+    }
+    report.count("volumes", done);
+    out
+}
+
+struct VolumeBackup<'a> {
+    runner: &'a Runner<'a>,
+    repo: &'a Repository,
+    config: &'a Config,
+    hooks: &'a dyn Consistency,
+}
+
+impl VolumeBackup<'_> {
+    fn names(&self, v: &Planned) -> (String, String, String) {
+        let tag = &self.runner.tag;
+        (
+            job::object_name(tag, "snap", &v.volume),
+            job::object_name(tag, "clone", &v.volume),
+            job::object_name(tag, "backup", &v.volume),
+        )
+    }
+
+    /// Creates the VolumeSnapshot of a claim (hooks around it).
+    async fn take_snapshot(&self, v: &Planned) -> Result<(), String> {
+        let Source::Snapshot { class } = &v.source else {
+            return Ok(());
+        };
+        let owner = self.runner.anchor(&v.namespace).await?;
+        let (snap, _, _) = self.names(v);
+        self.hooks.before(v).await?;
+        let body = json!({
+            "apiVersion": "snapshot.storage.k8s.io/v1",
+            "kind": "VolumeSnapshot",
+            "metadata": job::metadata(&snap, &v.namespace, &self.runner.tag, &self.runner.run_id, Some(&owner)),
+            "spec": {"volumeSnapshotClassName": class,
+                     "source": {"persistentVolumeClaimName": v.claim}},
+        });
+        let r = self
+            .runner
+            .create(&super::volume_snapshots(), &v.namespace, &body)
+            .await;
+        self.hooks.after(v).await;
+        r.map(|_| ())
+    }
+
+    /// Waits until the snapshot is ready to use; returns its restore size.
+    async fn wait_ready(&self, v: &Planned, snap: &str) -> Result<Option<String>, String> {
+        let timeout = self.config.volume.snapshot_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let what = format!("VolumeSnapshot {}/{snap} of claim {}", v.namespace, v.claim);
+        loop {
+            let obj = self
+                .runner
+                .kube
+                .get(&super::volume_snapshots(), Some(&v.namespace), snap)
+                .await
+                .map_err(|e| format!("reading {what}: {}", message(&e)))?
+                .ok_or_else(|| format!("{what} disappeared"))?;
+            if obj.pointer("/status/readyToUse").and_then(Value::as_bool) == Some(true) {
+                return Ok(str_at(&obj, "/status/restoreSize").map(String::from));
+            }
+            if tokio::time::Instant::now() > deadline {
+                let err = str_at(&obj, "/status/error/message")
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "{what} was not ready to use after {}s ({}){err}",
+                    timeout.as_secs(),
+                    vars::SNAPSHOT_TIMEOUT
+                ));
+            }
+            tokio::select! {
+                _ = self.runner.cancel.cancelled() => return Err("cancelled".into()),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// One volume: clone (for snapshots), mover, result; temporary
+    /// objects of this volume are deleted as soon as it is done.
+    async fn one(&self, v: &Planned) -> Result<MoverResult, String> {
+        // A retried run keeps what its earlier attempt already finished.
+        if let Ok(mut done) = self
+            .repo
+            .mover_results(&self.runner.run_id, &v.volume)
+            .await
+            && !done.is_empty()
+        {
+            info!(volume = %v.volume, "backed up by an earlier attempt of this run; kept");
+            return Ok(done.remove(0));
+        }
+        let owner = self.runner.anchor(&v.namespace).await?;
+        let (snap, clone, job_name) = self.names(v);
+        let mut env = BTreeMap::from([
+            (vars::MODE.to_string(), "volume-backup".to_string()),
+            (vars::MOVER.to_string(), "true".to_string()),
+            (vars::VOLUME_NAME.to_string(), v.volume.clone()),
+        ]);
+        let (mount, node, path) = match &v.source {
+            Source::Snapshot { .. } => {
+                let size = self.wait_ready(v, &snap).await?;
+                let size = size
+                    .or_else(|| v.capacity.clone())
+                    .unwrap_or_else(|| "1Gi".into());
+                let body = json!({
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": job::metadata(&clone, &v.namespace, &self.runner.tag, &self.runner.run_id, Some(&owner)),
+                    "spec": {
+                        "storageClassName": v.storage_class,
+                        "accessModes": v.access_modes,
+                        "resources": {"requests": {"storage": size}},
+                        "dataSource": {"apiGroup": "snapshot.storage.k8s.io",
+                                       "kind": "VolumeSnapshot", "name": snap},
+                    },
+                });
+                self.runner
+                    .create(&super::claims(), &v.namespace, &body)
+                    .await?;
+                let mount = Mount::Claim {
+                    name: clone.clone(),
+                    read_only: true,
+                };
+                (mount, None, VOLUME_MOUNT.to_string())
+            }
+            Source::Kubelet { node, pod_uid, rel } => {
+                let host_dir = self.config.volume.kubelet_dir.join("pods");
+                let mount = Mount::KubeletPods {
+                    host_dir: host_dir.display().to_string(),
+                };
+                (
+                    mount,
+                    Some(node.clone()),
+                    format!("{PODS_MOUNT}/{pod_uid}/volumes/{rel}"),
+                )
+            }
+            Source::Claim { node } => {
+                let mount = Mount::Claim {
+                    name: v.claim.clone(),
+                    read_only: true,
+                };
+                (mount, node.clone(), VOLUME_MOUNT.to_string())
+            }
+        };
+        env.insert(vars::VOLUME_PATH.to_string(), path);
+        let mut spec = self
+            .runner
+            .job(job_name, &v.namespace, &v.volume, owner, env, mount);
+        spec.tolerations = v.tolerations.clone();
+        spec.node = node;
+        if matches!(v.source, Source::Claim { .. }) {
+            spec.node_affinity = v.node_affinity.clone();
+        }
+        let live = !matches!(v.source, Source::Snapshot { .. });
+        if live {
+            self.hooks.before(v).await?;
+        }
+        let end = self.runner.run_job(&spec).await;
+        if live {
+            self.hooks.after(v).await;
+        }
+        // Free the clone's storage now rather than at the end of the run.
+        if matches!(v.source, Source::Snapshot { .. }) {
+            for (rt, name) in [
+                (super::claims(), &clone),
+                (super::volume_snapshots(), &snap),
+            ] {
+                if let Err(e) = self.runner.kube.delete(&rt, Some(&v.namespace), name).await {
+                    warn!(kind = %rt.kind, name = %name, error = %message(&e), "could not delete; the clean-up at the end retries");
+                }
+            }
+        }
+        let results = self
+            .repo
+            .mover_results(&self.runner.run_id, &v.volume)
+            .await
+            .map_err(|e| format!("reading the mover's result: {e}"))?;
+        match (end, results.into_iter().next()) {
+            // A Job that failed for good after saving a result (exit 3:
+            // some files unreadable) still has a tree worth keeping.
+            (_, Some(r)) => Ok(r),
+            (JobEnd::Succeeded, None) => Err(format!(
+                "mover Job {}/{} succeeded but saved no result to the repository",
+                v.namespace, spec.name
+            )),
+            (JobEnd::Failed(e), None) => Err(e),
+        }
+    }
+}

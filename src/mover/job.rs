@@ -1,0 +1,340 @@
+//! The objects an orchestrating run creates: names, labels and the mover
+//! Job itself. Pure functions, so the specs are unit-tested as JSON.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::resources::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+
+/// Label holding the run tag on everything a run creates.
+pub const RUN_LABEL: &str = "kubestow.io/run";
+/// Annotation with the full run id (labels are too short for it).
+pub const RUN_ID_ANNOTATION: &str = "kubestow.io/run-id";
+/// Annotation naming the volume (`namespace/claim`) a mover works on.
+pub const VOLUME_ANNOTATION: &str = "kubestow.io/volume";
+const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+
+/// Where movers see what they read or fill.
+pub const VOLUME_MOUNT: &str = "/kubestow/volume";
+/// Where `kubelet` movers see the node's kubelet pods directory.
+pub const PODS_MOUNT: &str = "/kubestow/pods";
+
+/// Attempts a mover Job gets (a retry resumes: the repository keeps what
+/// the failed attempt uploaded).
+pub const BACKOFF_LIMIT: u32 = 2;
+/// Finished mover Jobs are removed by Kubernetes after this long even if
+/// the orchestrator died before it could delete them.
+pub const TTL_AFTER_FINISHED: u32 = 3600;
+
+/// Eight hex digits naming a run in object names and labels; stable for a
+/// run id, so a retried orchestrator finds its own leftovers.
+pub fn run_tag(run_id: &str) -> String {
+    blake3::hash(run_id.as_bytes()).to_hex()[..8].to_string()
+}
+
+/// `kubestow-<tag>-<what>-<hash of key>`: at most 40 characters, a valid
+/// name for every kind (Jobs need 63 minus the pod suffix).
+pub fn object_name(tag: &str, what: &str, key: &str) -> String {
+    let h = &blake3::hash(key.as_bytes()).to_hex()[..8];
+    format!("kubestow-{tag}-{what}-{h}")
+}
+
+/// Labels on every object a run creates: they make backup and restore
+/// skip it, and the clean-up find it.
+pub fn labels(tag: &str) -> Value {
+    json!({
+        MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+        RUN_LABEL: tag,
+        COMPONENT_LABEL: "mover",
+    })
+}
+
+/// The label selector for a run's objects.
+pub fn selector(tag: &str) -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{RUN_LABEL}={tag}")
+}
+
+/// An object the run's temporary objects in one namespace hang off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Owner {
+    pub name: String,
+    pub uid: String,
+}
+
+/// `metadata` for a temporary object: labels, run id, owner.
+pub fn metadata(name: &str, ns: &str, tag: &str, run_id: &str, owner: Option<&Owner>) -> Value {
+    let mut m = json!({
+        "name": name,
+        "namespace": ns,
+        "labels": labels(tag),
+        "annotations": {RUN_ID_ANNOTATION: run_id},
+    });
+    if let Some(o) = owner {
+        // Deleting the run's Secret removes everything else with it (the
+        // garbage collector follows owners within a namespace).
+        m["ownerReferences"] = json!([{
+            "apiVersion": "v1", "kind": "Secret", "name": o.name, "uid": o.uid,
+            "blockOwnerDeletion": false, "controller": false,
+        }]);
+    }
+    m
+}
+
+/// What the mover mounts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mount {
+    /// A claim at [`VOLUME_MOUNT`].
+    Claim { name: String, read_only: bool },
+    /// The node's `<kubelet dir>/pods` at [`PODS_MOUNT`], read-only.
+    KubeletPods { host_dir: String },
+}
+
+/// Everything a mover Job needs.
+#[derive(Debug, Clone)]
+pub struct MoverJob {
+    pub name: String,
+    pub namespace: String,
+    pub tag: String,
+    pub run_id: String,
+    /// `namespace/claim`, for the annotation.
+    pub volume: String,
+    pub image: String,
+    pub owner: Option<Owner>,
+    pub service_account: String,
+    /// Secret read with `envFrom` (repository and credentials).
+    pub env_secret: String,
+    /// Plain variables, mode and volume path included.
+    pub env: BTreeMap<String, String>,
+    pub mount: Mount,
+    pub tolerations: Value,
+    /// Pin to this node (`matchFields` on the node name, as DaemonSets do;
+    /// node names and hostname labels differ on some clouds).
+    pub node: Option<String>,
+    /// Required node affinity copied from the volume.
+    pub node_affinity: Option<Value>,
+    /// `requests.cpu=…` style keys from `STOW_MOVER_RESOURCES`.
+    pub resources: BTreeMap<String, String>,
+}
+
+impl MoverJob {
+    pub fn to_json(&self) -> Value {
+        let mut env: Vec<Value> = self
+            .env
+            .iter()
+            .map(|(k, v)| json!({"name": k, "value": v}))
+            .collect();
+        for (var, field) in [
+            (crate::config::vars::POD_NAME, "metadata.name"),
+            (crate::config::vars::POD_NAMESPACE, "metadata.namespace"),
+        ] {
+            env.push(json!({"name": var, "valueFrom": {"fieldRef": {"fieldPath": field}}}));
+        }
+        let (mount, volume) = match &self.mount {
+            Mount::Claim { name, read_only } => (
+                json!({"name": "data", "mountPath": VOLUME_MOUNT, "readOnly": read_only}),
+                json!({"name": "data", "persistentVolumeClaim": {"claimName": name, "readOnly": read_only}}),
+            ),
+            Mount::KubeletPods { host_dir } => (
+                // HostToContainer: volumes the kubelet mounts after the
+                // mover started are still visible inside it.
+                json!({"name": "pods", "mountPath": PODS_MOUNT, "readOnly": true,
+                       "mountPropagation": "HostToContainer"}),
+                json!({"name": "pods", "hostPath": {"path": host_dir, "type": "Directory"}}),
+            ),
+        };
+        let mut resources = json!({});
+        for (k, v) in &self.resources {
+            if let Some((section, key)) = k.split_once('.') {
+                resources[section][key] = json!(v);
+            }
+        }
+        let mut terms: Vec<Value> = Vec::new();
+        if let Some(node) = &self.node {
+            terms.push(json!({"matchFields": [
+                {"key": "metadata.name", "operator": "In", "values": [node]}]}));
+        }
+        let mut pod_spec = json!({
+            "restartPolicy": "Never",
+            "serviceAccountName": self.service_account,
+            // Movers talk to the repository only, never to the API.
+            "automountServiceAccountToken": false,
+            "tolerations": self.tolerations,
+            // Root reads every file and restores owners as they were.
+            "securityContext": {"runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": false},
+            "containers": [{
+                "name": "mover",
+                "image": self.image,
+                "imagePullPolicy": "IfNotPresent",
+                "envFrom": [{"secretRef": {"name": self.env_secret}}],
+                "env": env,
+                "resources": resources,
+                "securityContext": {"allowPrivilegeEscalation": false,
+                                    "readOnlyRootFilesystem": true},
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "volumeMounts": [mount, {"name": "tmp", "mountPath": "/tmp"}],
+            }],
+            "volumes": [volume, {"name": "tmp", "emptyDir": {}}],
+        });
+        let affinity_terms = self
+            .node_affinity
+            .as_ref()
+            .and_then(|a| a.pointer("/required/nodeSelectorTerms"))
+            .and_then(Value::as_array);
+        match (terms.pop(), affinity_terms) {
+            (Some(pin), _) => {
+                pod_spec["affinity"] = json!({"nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [pin]}}});
+            }
+            (None, Some(t)) => {
+                pod_spec["affinity"] = json!({"nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": t}}});
+            }
+            (None, None) => {}
+        }
+        let mut meta = metadata(
+            &self.name,
+            &self.namespace,
+            &self.tag,
+            &self.run_id,
+            self.owner.as_ref(),
+        );
+        meta["annotations"][VOLUME_ANNOTATION] = json!(self.volume);
+        json!({
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": meta,
+            "spec": {
+                "backoffLimit": BACKOFF_LIMIT,
+                "ttlSecondsAfterFinished": TTL_AFTER_FINISHED,
+                // Exit 2 (configuration) and 3 (items failed, result
+                // saved) come out the same on a retry. Servers before
+                // 1.26 ignore this field and retry anyway.
+                "podFailurePolicy": {"rules": [{"action": "FailJob",
+                    "onExitCodes": {"containerName": "mover", "operator": "In", "values": [2, 3]}}]},
+                "template": {
+                    "metadata": {"labels": labels(&self.tag),
+                                 "annotations": {VOLUME_ANNOTATION: self.volume}},
+                    "spec": pod_spec,
+                },
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(mount: Mount) -> MoverJob {
+        MoverJob {
+            name: object_name("abcd1234", "b", "shop/data-0"),
+            namespace: "shop".into(),
+            tag: "abcd1234".into(),
+            run_id: "backup-2025".into(),
+            volume: "shop/data-0".into(),
+            image: "ghcr.io/kubestow/kubestow:1".into(),
+            owner: Some(Owner {
+                name: "kubestow-abcd1234".into(),
+                uid: "u-1".into(),
+            }),
+            service_account: "kubestow-abcd1234-mover".into(),
+            env_secret: "kubestow-abcd1234".into(),
+            env: BTreeMap::from([("STOW_MODE".into(), "volume-backup".into())]),
+            mount,
+            tolerations: json!([{"key": "dedicated", "operator": "Exists"}]),
+            node: None,
+            node_affinity: None,
+            resources: BTreeMap::from([
+                ("requests.cpu".into(), "100m".into()),
+                ("limits.memory".into(), "512Mi".into()),
+            ]),
+        }
+    }
+
+    #[test]
+    fn names_are_stable_short_and_distinct() {
+        let t = run_tag("backup-1");
+        assert_eq!(t, run_tag("backup-1"));
+        assert_ne!(t, run_tag("backup-2"));
+        let a = object_name(&t, "b", "shop/data-0");
+        assert!(a.len() <= 40, "{a}");
+        assert_ne!(a, object_name(&t, "b", "shop/data-1"));
+        assert_ne!(a, object_name(&t, "r", "shop/data-0"));
+        assert_eq!(
+            selector(&t),
+            format!("app.kubernetes.io/managed-by=kubestow,kubestow.io/run={t}")
+        );
+    }
+
+    #[test]
+    fn claim_mover_spec() {
+        let j = job(Mount::Claim {
+            name: "kubestow-abcd1234-c-1".into(),
+            read_only: true,
+        })
+        .to_json();
+        assert_eq!(
+            j["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "kubestow"
+        );
+        assert_eq!(j["metadata"]["ownerReferences"][0]["kind"], "Secret");
+        assert_eq!(
+            j["metadata"]["annotations"][VOLUME_ANNOTATION],
+            "shop/data-0"
+        );
+        assert_eq!(j["spec"]["backoffLimit"], BACKOFF_LIMIT);
+        assert_eq!(j["spec"]["ttlSecondsAfterFinished"], TTL_AFTER_FINISHED);
+        let pod = &j["spec"]["template"]["spec"];
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        assert_eq!(pod["restartPolicy"], "Never");
+        assert_eq!(pod["tolerations"][0]["key"], "dedicated");
+        assert!(pod.get("affinity").is_none());
+        let c = &pod["containers"][0];
+        assert_eq!(c["envFrom"][0]["secretRef"]["name"], "kubestow-abcd1234");
+        assert_eq!(c["resources"]["requests"]["cpu"], "100m");
+        assert_eq!(c["resources"]["limits"]["memory"], "512Mi");
+        assert_eq!(c["volumeMounts"][0]["readOnly"], true);
+        assert_eq!(c["volumeMounts"][0]["mountPath"], VOLUME_MOUNT);
+        assert_eq!(pod["volumes"][0]["persistentVolumeClaim"]["readOnly"], true);
+        let env: Vec<&str> = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            env.contains(&"STOW_MODE") && env.contains(&"STOW_POD_NAME"),
+            "{env:?}"
+        );
+    }
+
+    #[test]
+    fn kubelet_mover_is_pinned_and_mounts_the_pods_dir_read_only() {
+        let mut m = job(Mount::KubeletPods {
+            host_dir: "/var/lib/kubelet/pods".into(),
+        });
+        m.node = Some("node-a".into());
+        m.node_affinity =
+            Some(json!({"required": {"nodeSelectorTerms": [{"matchExpressions": []}]}}));
+        let j = m.to_json();
+        let pod = &j["spec"]["template"]["spec"];
+        let term = &pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"][0];
+        assert_eq!(term["matchFields"][0]["values"][0], "node-a");
+        let mount = &pod["containers"][0]["volumeMounts"][0];
+        assert_eq!(mount["mountPropagation"], "HostToContainer");
+        assert_eq!(mount["readOnly"], true);
+        assert_eq!(
+            pod["volumes"][0]["hostPath"]["path"],
+            "/var/lib/kubelet/pods"
+        );
+
+        // Without a node, the volume's own affinity is copied.
+        m.node = None;
+        let j = m.to_json();
+        let terms = &j["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"];
+        assert!(terms[0].get("matchExpressions").is_some(), "{terms}");
+    }
+}

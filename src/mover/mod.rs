@@ -1,0 +1,634 @@
+//! Persistent-volume data through mover Jobs (DESIGN.md §4).
+//!
+//! `backup` plans a source for every selected claim ([`plan`]), then runs
+//! one mover Job per claim, at most `STOW_CHANNELS` at a time: the same
+//! image in `volume-backup` mode with `STOW_MOVER=true`, which saves the
+//! tree and a mover result to the repository. The orchestrator reads the
+//! results and links each tree in the snapshot it writes last. `restore`
+//! creates each claim and fills it through a `volume-restore` mover before
+//! the workloads that use it are created.
+//!
+//! Pods can only read Secrets of their own namespace, so the run copies
+//! the repository settings into one temporary Secret per namespace; that
+//! Secret owns every other temporary object there (service account, mover
+//! Jobs, VolumeSnapshots, cloned claims), so deleting it cleans up all of
+//! them. Everything is labelled with the run and deleted at the end, also
+//! on failure and SIGTERM; Job `ttlSecondsAfterFinished` covers a crash.
+
+pub mod backup;
+pub mod job;
+pub mod plan;
+pub mod restore;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use kube::api::ListParams;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, vars};
+use crate::resources::ResourceType;
+use crate::resources::kubeapi::{Kube, message, status};
+use job::{MoverJob, Owner};
+
+/// How often a waiting orchestrator looks at a Job or snapshot.
+const POLL: Duration = Duration::from_secs(1);
+/// How long the clean-up waits for temporary objects to disappear.
+const CLEANUP_WAIT: Duration = Duration::from_secs(60);
+
+/// AWS SDK variables handed to movers. Web-identity and container
+/// credentials are left out: they belong to the orchestrator's service
+/// account; set `STOW_MOVER_SERVICE_ACCOUNT` to give movers their own.
+const AWS_VARS: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+];
+
+/// Settings movers inherit as plain variables when the orchestrator has
+/// them set.
+const PASSED_ON: &[&str] = &[
+    vars::COMPRESSION,
+    vars::PLAN,
+    vars::RECONNECT_TIMEOUT,
+    vars::RESUME_BUFFER,
+    vars::RATE_LIMIT,
+    vars::TIMEZONE,
+    vars::LOG_FORMAT,
+    "RUST_LOG",
+];
+
+pub(crate) fn rt(group: &str, version: &str, kind: &str, plural: &str, ns: bool) -> ResourceType {
+    ResourceType {
+        group: group.into(),
+        version: version.into(),
+        kind: kind.into(),
+        plural: plural.into(),
+        namespaced: ns,
+    }
+}
+
+pub(crate) fn jobs() -> ResourceType {
+    rt("batch", "v1", "Job", "jobs", true)
+}
+pub(crate) fn pods() -> ResourceType {
+    rt("", "v1", "Pod", "pods", true)
+}
+pub(crate) fn claims() -> ResourceType {
+    rt(
+        "",
+        "v1",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        true,
+    )
+}
+pub(crate) fn volumes() -> ResourceType {
+    rt("", "v1", "PersistentVolume", "persistentvolumes", false)
+}
+fn secrets() -> ResourceType {
+    rt("", "v1", "Secret", "secrets", true)
+}
+fn service_accounts() -> ResourceType {
+    rt("", "v1", "ServiceAccount", "serviceaccounts", true)
+}
+pub(crate) fn storage_classes() -> ResourceType {
+    rt(
+        "storage.k8s.io",
+        "v1",
+        "StorageClass",
+        "storageclasses",
+        false,
+    )
+}
+pub(crate) fn volume_snapshots() -> ResourceType {
+    rt(
+        "snapshot.storage.k8s.io",
+        "v1",
+        "VolumeSnapshot",
+        "volumesnapshots",
+        true,
+    )
+}
+pub(crate) fn snapshot_classes() -> ResourceType {
+    rt(
+        "snapshot.storage.k8s.io",
+        "v1",
+        "VolumeSnapshotClass",
+        "volumesnapshotclasses",
+        false,
+    )
+}
+
+/// How one mover Job ended.
+#[derive(Debug)]
+pub enum JobEnd {
+    Succeeded,
+    /// Failed for good (after the Job's retries), or never started.
+    Failed(String),
+}
+
+/// Lists every object of a type (all pages); a type the server does not
+/// serve (404) is empty.
+pub(crate) async fn list_all(
+    kube: &Kube,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    labels: Option<&str>,
+) -> Result<Vec<Value>, kube::Error> {
+    let mut lp = ListParams {
+        limit: Some(500),
+        label_selector: labels.map(String::from),
+        ..ListParams::default()
+    };
+    let mut out = Vec::new();
+    loop {
+        let page = match kube.list_page(rt, ns, &lp).await {
+            Ok(p) => p,
+            Err(e) if status(&e) == Some(404) => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        out.extend(page.items);
+        match page.metadata.continue_ {
+            Some(c) if !c.is_empty() => lp.continue_token = Some(c),
+            _ => return Ok(out),
+        }
+    }
+}
+
+fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
+    v.pointer(ptr).and_then(Value::as_str)
+}
+
+/// Runs mover Jobs for one orchestrating run and cleans up after it.
+pub(crate) struct Runner<'a> {
+    pub kube: &'a Kube,
+    pub tag: String,
+    pub run_id: String,
+    pub image: String,
+    pub cancel: CancellationToken,
+    service_account: Option<String>,
+    resources: BTreeMap<String, String>,
+    start_timeout: Duration,
+    /// `envFrom` content: repository, password, S3 credentials.
+    secret_env: BTreeMap<String, String>,
+    /// Plain variables every mover gets.
+    base_env: BTreeMap<String, String>,
+    /// Namespace → the run's Secret there.
+    anchors: Mutex<BTreeMap<String, Owner>>,
+    /// Namespaces where the run may have created something.
+    touched: std::sync::Mutex<BTreeSet<String>>,
+}
+
+/// The image movers run: `STOW_IMAGE`, else this pod's own.
+pub(crate) async fn mover_image(kube: &Kube, config: &Config) -> Result<String, String> {
+    if let Some(i) = &config.volume.image {
+        return Ok(i.clone());
+    }
+    let id = &config.identity;
+    let (Some(ns), Some(pod)) = (&id.pod_namespace, &id.pod_name) else {
+        return Err(format!(
+            "cannot tell which image movers run: set {} (or {} and {} through the downward API)",
+            vars::IMAGE,
+            vars::POD_NAME,
+            vars::POD_NAMESPACE
+        ));
+    };
+    let obj = kube
+        .get(&pods(), Some(ns), pod)
+        .await
+        .map_err(|e| {
+            format!(
+                "reading this pod {ns}/{pod} to find its image: {}",
+                message(&e)
+            )
+        })?
+        .ok_or_else(|| format!("this pod {ns}/{pod} does not exist; set {}", vars::IMAGE))?;
+    let containers = obj
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    // The container that runs kubestow: the one named so, else the first.
+    containers
+        .iter()
+        .find(|c| str_at(c, "/name") == Some("kubestow"))
+        .or(containers.first())
+        .and_then(|c| str_at(c, "/image"))
+        .map(String::from)
+        .ok_or_else(|| format!("pod {ns}/{pod} has no container image; set {}", vars::IMAGE))
+}
+
+impl<'a> Runner<'a> {
+    pub fn new(
+        kube: &'a Kube,
+        config: &Config,
+        run_id: &str,
+        image: String,
+        cancel: CancellationToken,
+        movers: usize,
+    ) -> Self {
+        let mut secret_env = BTreeMap::new();
+        if let Ok(repo) = std::env::var(vars::REPOSITORY) {
+            secret_env.insert(vars::REPOSITORY.to_string(), repo.trim().to_string());
+        }
+        if let Some(pw) = &config.password {
+            secret_env.insert(vars::PASSWORD.to_string(), pw.expose().to_string());
+        }
+        for var in AWS_VARS {
+            if let Ok(v) = std::env::var(var)
+                && !v.is_empty()
+            {
+                secret_env.insert(var.to_string(), v);
+            }
+        }
+        let mut base_env = BTreeMap::new();
+        for var in PASSED_ON {
+            if let Ok(v) = std::env::var(var)
+                && !v.trim().is_empty()
+            {
+                base_env.insert(var.to_string(), v);
+            }
+        }
+        base_env.insert(vars::RUN_ID.to_string(), run_id.to_string());
+        // STOW_CHANNELS is shared out: with many volumes, many movers of
+        // one stream each; with one volume, one mover with every stream.
+        let channels = usize::from(config.channels).max(1);
+        let mover_channels = (channels / movers.clamp(1, channels)).max(1);
+        base_env.insert(vars::CHANNELS.to_string(), mover_channels.to_string());
+        Runner {
+            kube,
+            tag: job::run_tag(run_id),
+            run_id: run_id.to_string(),
+            image,
+            cancel,
+            service_account: config.volume.mover_service_account.clone(),
+            resources: config.volume.mover_resources.clone(),
+            start_timeout: config.volume.mover_start_timeout,
+            secret_env,
+            base_env,
+            anchors: Mutex::new(BTreeMap::new()),
+            touched: std::sync::Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    fn touch(&self, ns: &str) {
+        self.touched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ns.to_string());
+    }
+
+    /// Creates an object, or returns the one a previous attempt of this
+    /// run left under the same name.
+    pub async fn create(&self, rt: &ResourceType, ns: &str, body: &Value) -> Result<Value, String> {
+        self.touch(ns);
+        let name = str_at(body, "/metadata/name").unwrap_or_default();
+        match self.kube.create(rt, Some(ns), body, false).await {
+            Ok(v) => Ok(v),
+            Err(e) if status(&e) == Some(409) => match self.kube.get(rt, Some(ns), name).await {
+                Ok(Some(v)) => Ok(v),
+                Ok(None) => Err(format!("{} {ns}/{name}: {}", rt.kind, message(&e))),
+                Err(e) => Err(format!("{} {ns}/{name}: {}", rt.kind, message(&e))),
+            },
+            Err(e) => Err(format!("creating {} {ns}/{name}: {}", rt.kind, message(&e))),
+        }
+    }
+
+    /// The run's Secret in `ns` (created on first use), with the service
+    /// account movers run as.
+    pub async fn anchor(&self, ns: &str) -> Result<Owner, String> {
+        let mut anchors = self.anchors.lock().await;
+        if let Some(o) = anchors.get(ns) {
+            return Ok(o.clone());
+        }
+        let name = format!("kubestow-{}", self.tag);
+        let secret = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": job::metadata(&name, ns, &self.tag, &self.run_id, None),
+            "type": "Opaque",
+            "stringData": self.secret_env,
+        });
+        let created = self.create(&secrets(), ns, &secret).await?;
+        let owner = Owner {
+            name,
+            uid: str_at(&created, "/metadata/uid")
+                .unwrap_or_default()
+                .to_string(),
+        };
+        if self.service_account.is_none() {
+            let sa = json!({
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": job::metadata(&self.mover_service_account(), ns, &self.tag, &self.run_id, Some(&owner)),
+                "automountServiceAccountToken": false,
+            });
+            self.create(&service_accounts(), ns, &sa).await?;
+        }
+        anchors.insert(ns.to_string(), owner.clone());
+        Ok(owner)
+    }
+
+    fn mover_service_account(&self) -> String {
+        self.service_account
+            .clone()
+            .unwrap_or_else(|| format!("kubestow-{}-mover", self.tag))
+    }
+
+    /// A mover Job for `volume` in `ns`; `env` adds to the base variables.
+    pub fn job(
+        &self,
+        name: String,
+        ns: &str,
+        volume: &str,
+        owner: Owner,
+        env: BTreeMap<String, String>,
+        mount: job::Mount,
+    ) -> MoverJob {
+        let mut all = self.base_env.clone();
+        all.extend(env);
+        MoverJob {
+            name,
+            namespace: ns.to_string(),
+            tag: self.tag.clone(),
+            run_id: self.run_id.clone(),
+            volume: volume.to_string(),
+            image: self.image.clone(),
+            env_secret: owner.name.clone(),
+            owner: Some(owner),
+            service_account: self.mover_service_account(),
+            env: all,
+            mount,
+            tolerations: json!([]),
+            node: None,
+            node_affinity: None,
+            resources: self.resources.clone(),
+        }
+    }
+
+    /// Creates the Job, waits until it succeeds or fails for good, and
+    /// deletes it. A Job of the same name from an earlier attempt of this
+    /// run is adopted if still going, replaced if it failed.
+    pub async fn run_job(&self, spec: &MoverJob) -> JobEnd {
+        let ns = spec.namespace.as_str();
+        let name = spec.name.as_str();
+        let end = self.wait_job(spec).await;
+        if let Err(e) = self.kube.delete(&jobs(), Some(ns), name).await {
+            warn!(job = %format!("{ns}/{name}"), error = %message(&e), "could not delete the mover Job; its TTL removes it");
+        }
+        end
+    }
+
+    async fn wait_job(&self, spec: &MoverJob) -> JobEnd {
+        let (ns, name) = (spec.namespace.as_str(), spec.name.as_str());
+        let what = format!("mover Job {ns}/{name}");
+        let body = spec.to_json();
+        let mut existing = match self.create(&jobs(), ns, &body).await {
+            Ok(j) => j,
+            Err(e) => return JobEnd::Failed(e),
+        };
+        if condition(&existing, "Failed") {
+            info!(job = %what, "replacing a failed mover Job of an earlier attempt");
+            if let Err(e) = self.kube.delete(&jobs(), Some(ns), name).await {
+                return JobEnd::Failed(format!("deleting the failed {what}: {}", message(&e)));
+            }
+            existing = loop {
+                match self.kube.create(&jobs(), Some(ns), &body, false).await {
+                    Ok(j) => break j,
+                    Err(e) if status(&e) == Some(409) => tokio::time::sleep(POLL).await,
+                    Err(e) => return JobEnd::Failed(format!("creating {what}: {}", message(&e))),
+                }
+            };
+        }
+        let uid = str_at(&existing, "/metadata/uid")
+            .unwrap_or_default()
+            .to_string();
+        info!(job = %what, volume = %spec.volume, "mover started");
+        let created = tokio::time::Instant::now();
+        let mut started = false;
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return JobEnd::Failed("cancelled".into()),
+                _ = tokio::time::sleep(POLL) => {}
+            }
+            let job = match self.kube.get(&jobs(), Some(ns), name).await {
+                Ok(Some(j)) if str_at(&j, "/metadata/uid") == Some(&uid) => j,
+                Ok(_) => return JobEnd::Failed(format!("{what} was deleted by someone else")),
+                Err(e) => return JobEnd::Failed(format!("watching {what}: {}", message(&e))),
+            };
+            if job
+                .pointer("/status/succeeded")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+                > 0
+            {
+                return JobEnd::Succeeded;
+            }
+            if condition(&job, "Failed") {
+                let why = self.last_failure(ns, name).await;
+                return JobEnd::Failed(format!("{what} failed after its retries: {why}"));
+            }
+            if !started {
+                let pods = list_all(
+                    self.kube,
+                    &pods(),
+                    Some(ns),
+                    Some(&format!("job-name={name}")),
+                )
+                .await
+                .unwrap_or_default();
+                started = pods
+                    .iter()
+                    .any(|p| str_at(p, "/status/phase").is_some_and(|ph| ph != "Pending"))
+                    || job.pointer("/status/failed").is_some();
+                if !started && created.elapsed() > self.start_timeout {
+                    let why = pods.iter().find_map(pending_reason).unwrap_or_else(|| {
+                        "no pod was created (quota, admission or an unknown service account?)"
+                            .into()
+                    });
+                    return JobEnd::Failed(format!(
+                        "{what} did not start within {}s ({}): {why}",
+                        self.start_timeout.as_secs(),
+                        vars::MOVER_START_TIMEOUT
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Why the last failed pod of a Job failed: its summary's reason or
+    /// first error, else its exit code.
+    async fn last_failure(&self, ns: &str, job: &str) -> String {
+        let pods = list_all(
+            self.kube,
+            &pods(),
+            Some(ns),
+            Some(&format!("job-name={job}")),
+        )
+        .await
+        .unwrap_or_default();
+        let mut failed: Vec<&Value> = pods
+            .iter()
+            .filter(|p| str_at(p, "/status/phase") == Some("Failed"))
+            .collect();
+        failed.sort_by_key(|p| {
+            str_at(p, "/metadata/creationTimestamp")
+                .unwrap_or_default()
+                .to_string()
+        });
+        let Some(pod) = failed.last() else {
+            return "no failed pod left to tell why".into();
+        };
+        let term = pod.pointer("/status/containerStatuses/0/state/terminated");
+        let code = term.and_then(|t| t.get("exitCode")).and_then(Value::as_i64);
+        let msg = term
+            .and_then(|t| t.get("message"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let summary: Option<Value> = msg
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str(l).ok());
+        let reason = summary.as_ref().and_then(|s| {
+            s.get("reason")
+                .and_then(Value::as_str)
+                .map(String::from)
+                .or_else(|| {
+                    s.pointer("/errors/0").map(|e| {
+                        format!(
+                            "{}: {}",
+                            str_at(e, "/item").unwrap_or(""),
+                            str_at(e, "/message").unwrap_or("")
+                        )
+                    })
+                })
+        });
+        match (reason, code) {
+            (Some(r), Some(c)) => format!("exit code {c}: {r}"),
+            (Some(r), None) => r,
+            (None, Some(c)) => {
+                let tail: String = msg
+                    .chars()
+                    .rev()
+                    .take(300)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                if tail.trim().is_empty() {
+                    format!("exit code {c}")
+                } else {
+                    format!("exit code {c}: {}", tail.trim())
+                }
+            }
+            (None, None) => str_at(pod, "/status/message")
+                .unwrap_or("unknown")
+                .to_string(),
+        }
+    }
+
+    /// Deletes everything the run created in the namespaces it touched
+    /// (and `extra`), then waits a while for it to be gone.
+    pub async fn clean_up(&self, extra: &[String]) {
+        let mut namespaces = self
+            .touched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        namespaces.extend(extra.iter().cloned());
+        let selector = job::selector(&self.tag);
+        // Jobs first (their pods stop using the claims), the Secret last
+        // (it owns the rest).
+        let kinds = [
+            jobs(),
+            volume_snapshots(),
+            claims(),
+            service_accounts(),
+            secrets(),
+        ];
+        let deadline = tokio::time::Instant::now() + CLEANUP_WAIT;
+        for ns in &namespaces {
+            for rt in &kinds {
+                let found = match list_all(self.kube, rt, Some(ns), Some(&selector)).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        warn!(namespace = %ns, kind = %rt.kind, error = %message(&e), "cannot list temporary objects to delete");
+                        continue;
+                    }
+                };
+                for obj in found {
+                    let name = str_at(&obj, "/metadata/name").unwrap_or_default();
+                    debug!(namespace = %ns, kind = %rt.kind, %name, "deleting");
+                    if let Err(e) = self.kube.delete(rt, Some(ns), name).await {
+                        warn!(namespace = %ns, kind = %rt.kind, %name, error = %message(&e), "could not delete a temporary object");
+                    }
+                }
+            }
+        }
+        for ns in &namespaces {
+            for rt in &kinds {
+                loop {
+                    let left = list_all(self.kube, rt, Some(ns), Some(&selector))
+                        .await
+                        .map(|l| l.len())
+                        .unwrap_or(0);
+                    if left == 0 {
+                        break;
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        warn!(namespace = %ns, kind = %rt.kind, left, "temporary objects are still being deleted");
+                        break;
+                    }
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+        }
+        self.anchors.lock().await.clear();
+    }
+}
+
+fn condition(obj: &Value, kind: &str) -> bool {
+    obj.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| str_at(c, "/type") == Some(kind) && str_at(c, "/status") == Some("True"))
+        })
+}
+
+/// Why a pod has not started: unschedulable, image pull, …
+fn pending_reason(pod: &Value) -> Option<String> {
+    let waiting = pod
+        .pointer("/status/containerStatuses/0/state/waiting")
+        .map(|w| {
+            format!(
+                "{}: {}",
+                str_at(w, "/reason").unwrap_or(""),
+                str_at(w, "/message").unwrap_or("")
+            )
+        });
+    let unscheduled = pod
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| {
+            cs.iter().find(|c| {
+                str_at(c, "/type") == Some("PodScheduled") && str_at(c, "/status") == Some("False")
+            })
+        })
+        .map(|c| format!("unschedulable: {}", str_at(c, "/message").unwrap_or("")));
+    waiting.or(unscheduled).or_else(|| {
+        Some(format!(
+            "pod {} is {} and not bound to a node",
+            str_at(pod, "/metadata/name").unwrap_or(""),
+            str_at(pod, "/status/phase").unwrap_or("Pending")
+        ))
+    })
+}

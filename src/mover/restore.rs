@@ -1,0 +1,106 @@
+//! `restore`, volume data: fill each restored claim through a
+//! `volume-restore` mover before the workloads that use it are created.
+
+use std::collections::BTreeMap;
+
+use futures::StreamExt;
+use tracing::{info, warn};
+
+use super::job::{self, Mount, VOLUME_MOUNT};
+use super::{JobEnd, Runner};
+use crate::config::{Config, vars};
+use crate::repo::SnapshotId;
+use crate::resources::kubeapi::Kube;
+use crate::run::RunContext;
+use crate::summary::Report;
+
+/// One claim to fill.
+#[derive(Debug, Clone)]
+pub struct Fill {
+    /// The volume's name in the snapshot (`source namespace/claim`).
+    pub volume: String,
+    /// Where it goes (namespace mapped).
+    pub namespace: String,
+    pub claim: String,
+}
+
+/// Fills `fills` from `snapshot`, at most `STOW_CHANNELS` movers at once.
+/// A claim that cannot be filled is an item failure.
+pub(crate) async fn fill(
+    kube: &Kube,
+    config: &Config,
+    ctx: &RunContext,
+    snapshot: &SnapshotId,
+    fills: &[Fill],
+    report: &mut Report,
+) {
+    if fills.is_empty() {
+        return;
+    }
+    let item = |f: &Fill| format!("volume {}/{}", f.namespace, f.claim);
+    let image = match super::mover_image(kube, config).await {
+        Ok(i) => i,
+        Err(e) => {
+            for f in fills {
+                report.fail_item(item(f), e.clone());
+            }
+            return;
+        }
+    };
+    let channels = usize::from(config.channels).max(1);
+    let runner = Runner::new(
+        kube,
+        config,
+        &ctx.run_id,
+        image,
+        ctx.cancel.clone(),
+        fills.len(),
+    );
+    info!(volumes = fills.len(), "filling restored claims");
+    let results: Vec<(&Fill, Result<(), String>)> = futures::stream::iter(fills)
+        .map(|f| {
+            let runner = &runner;
+            async move {
+                let r = async {
+                    let owner = runner.anchor(&f.namespace).await?;
+                    let env = BTreeMap::from([
+                        (vars::MODE.to_string(), "volume-restore".to_string()),
+                        (vars::SNAPSHOT.to_string(), snapshot.to_hex()),
+                        (vars::VOLUME_NAME.to_string(), f.volume.clone()),
+                        (vars::VOLUME_PATH.to_string(), VOLUME_MOUNT.to_string()),
+                    ]);
+                    let name = job::object_name(
+                        &runner.tag,
+                        "restore",
+                        &format!("{}/{}", f.namespace, f.claim),
+                    );
+                    let mount = Mount::Claim {
+                        name: f.claim.clone(),
+                        read_only: false,
+                    };
+                    let spec = runner.job(name, &f.namespace, &f.volume, owner, env, mount);
+                    match runner.run_job(&spec).await {
+                        JobEnd::Succeeded => Ok(()),
+                        JobEnd::Failed(e) => Err(e),
+                    }
+                }
+                .await;
+                (f, r)
+            }
+        })
+        .buffer_unordered(channels)
+        .collect()
+        .await;
+    runner.clean_up(&[]).await;
+    let mut filled = 0;
+    for (f, r) in results {
+        match r {
+            Ok(()) => filled += 1,
+            Err(e) => {
+                warn!(volume = %f.volume, claim = %format!("{}/{}", f.namespace, f.claim), error = %e, "volume not restored");
+                report.fail_item(item(f), e);
+            }
+        }
+    }
+    report.count("volumes_restored", filled);
+}

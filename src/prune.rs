@@ -117,6 +117,7 @@ pub async fn prune(
     let mut details = Details::default();
     let result = async {
         sweep(repo, opts, &lock, &mut report, &mut details).await?;
+        mover_results(repo, opts, &mut report).await?;
         stop_if_cancelled(cancel)?;
         forget(repo, opts, &lock, &mut report, &mut details).await?;
         stop_if_cancelled(cancel)?;
@@ -486,6 +487,39 @@ async fn writers_in_flight(
 }
 
 // Phase 2.
+
+/// Removes mover results whose run is complete (its manifest links the
+/// trees) or older than a writer may run (its orchestrator is dead). An
+/// unreadable one is left for a person to look at.
+async fn mover_results(
+    repo: &Repository,
+    opts: &Options,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let results = repo.all_mover_results().await?;
+    if results.is_empty() {
+        return Ok(());
+    }
+    let now = Timestamp::now();
+    let complete: HashSet<String> = repo
+        .complete_runs()
+        .await?
+        .into_iter()
+        .filter(|r| r.complete)
+        .map(|r| r.run_id)
+        .collect();
+    for (key, r) in results {
+        match r {
+            Ok(m) if complete.contains(&m.run_id) || age(now, m.time) > opts.writer_max_age => {
+                repo.delete_mover_result(&key).await?;
+                report.count("mover_results_removed", 1);
+            }
+            Ok(_) => {}
+            Err(e) => warn!(%key, error = %e, "unreadable mover result left in place"),
+        }
+    }
+    Ok(())
+}
 
 async fn sweep(
     repo: &Repository,

@@ -773,3 +773,45 @@ async fn restore_reports_survive_prune() {
         sorted(f)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mover_results_go_once_their_run_is_complete_or_dead() {
+    let (mem, repo) = testutil::mem().await;
+    let runs = four_runs(&repo).await;
+    let root = repo
+        .load_snapshot(&runs[0].0)
+        .await
+        .unwrap()
+        .roots()
+        .next()
+        .copied()
+        .unwrap();
+    let result = |run: &str, time: jiff::Timestamp| crate::repo::MoverResult {
+        version: 1,
+        run_id: run.into(),
+        volume: "shop/data".into(),
+        time,
+        entry: crate::repo::VolumeEntry {
+            root,
+            stats: serde_json::Value::Null,
+        },
+        report: serde_json::Value::Null,
+    };
+    // run-0 is complete; "running" is in flight; "dead" is two days old.
+    repo.save_mover_result(&result("run-0", Timestamp::now()))
+        .await
+        .unwrap();
+    repo.save_mover_result(&result("running", Timestamp::now()))
+        .await
+        .unwrap();
+    let old = Timestamp::now() - jiff::SignedDuration::from_hours(48);
+    repo.save_mover_result(&result("dead", old)).await.unwrap();
+    assert_eq!(objects(&mem, crate::repo::MOVER_PREFIX).await, 3);
+    let r = prune(&repo, &opts("prune-1", |r| r.last = Some(10)), &never())
+        .await
+        .unwrap();
+    assert_eq!(r.counts["mover_results_removed"], 2, "{r:?}");
+    let left = repo.all_mover_results().await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].1.as_ref().unwrap().run_id, "running");
+}

@@ -152,7 +152,7 @@ pub(crate) async fn back_up(
             return out;
         }
     };
-    let runner = Runner::new(
+    let mut runner = Runner::new(
         kube,
         config,
         &ctx.run_id,
@@ -160,6 +160,7 @@ pub(crate) async fn back_up(
         ctx.cancel.clone(),
         planned.volumes.len(),
     );
+    runner.find_orchestrator(config).await;
     let namespaces: Vec<String> = planned
         .volumes
         .iter()
@@ -269,13 +270,12 @@ impl VolumeBackup<'_> {
         let Source::Snapshot { class } = &v.source else {
             return Ok(());
         };
-        let owner = self.runner.anchor(&v.namespace).await?;
         let (snap, _, _) = self.names(v);
         self.hooks.before(v).await?;
         let body = json!({
             "apiVersion": "snapshot.storage.k8s.io/v1",
             "kind": "VolumeSnapshot",
-            "metadata": job::metadata(&snap, &v.namespace, &self.runner.tag, &self.runner.run_id, Some(&owner)),
+            "metadata": job::metadata(&snap, &v.namespace, &self.runner.tag, &self.runner.run_id, None),
             "spec": {"volumeSnapshotClassName": class,
                      "source": {"persistentVolumeClaimName": v.claim}},
         });
@@ -333,7 +333,6 @@ impl VolumeBackup<'_> {
             info!(volume = %v.volume, "backed up by an earlier attempt of this run; kept");
             return Ok(done.remove(0));
         }
-        let owner = self.runner.anchor(&v.namespace).await?;
         let (snap, clone, job_name) = self.names(v);
         let mut env = BTreeMap::from([
             (vars::MODE.to_string(), "volume-backup".to_string()),
@@ -349,7 +348,7 @@ impl VolumeBackup<'_> {
                 let body = json!({
                     "apiVersion": "v1",
                     "kind": "PersistentVolumeClaim",
-                    "metadata": job::metadata(&clone, &v.namespace, &self.runner.tag, &self.runner.run_id, Some(&owner)),
+                    "metadata": job::metadata(&clone, &v.namespace, &self.runner.tag, &self.runner.run_id, None),
                     "spec": {
                         "storageClassName": v.storage_class,
                         "accessModes": v.access_modes,
@@ -389,7 +388,7 @@ impl VolumeBackup<'_> {
         env.insert(vars::VOLUME_PATH.to_string(), path);
         let mut spec = self
             .runner
-            .job(job_name, &v.namespace, &v.volume, owner, env, mount);
+            .job(job_name, &v.namespace, &v.volume, env, mount);
         spec.tolerations = v.tolerations.clone();
         spec.node = node;
         if matches!(v.source, Source::Claim { .. }) {

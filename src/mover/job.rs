@@ -55,11 +55,25 @@ pub fn selector(tag: &str) -> String {
     format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{RUN_LABEL}={tag}")
 }
 
-/// An object the run's temporary objects in one namespace hang off.
+/// An owner for temporary objects: the garbage collector deletes them
+/// with it (owners must be in the same namespace).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Owner {
+    pub api_version: String,
+    pub kind: String,
     pub name: String,
     pub uid: String,
+}
+
+impl Owner {
+    pub fn job(name: &str, uid: &str) -> Owner {
+        Owner {
+            api_version: "batch/v1".into(),
+            kind: "Job".into(),
+            name: name.into(),
+            uid: uid.into(),
+        }
+    }
 }
 
 /// `metadata` for a temporary object: labels, run id, owner.
@@ -71,10 +85,8 @@ pub fn metadata(name: &str, ns: &str, tag: &str, run_id: &str, owner: Option<&Ow
         "annotations": {RUN_ID_ANNOTATION: run_id},
     });
     if let Some(o) = owner {
-        // Deleting the run's Secret removes everything else with it (the
-        // garbage collector follows owners within a namespace).
         m["ownerReferences"] = json!([{
-            "apiVersion": "v1", "kind": "Secret", "name": o.name, "uid": o.uid,
+            "apiVersion": o.api_version, "kind": o.kind, "name": o.name, "uid": o.uid,
             "blockOwnerDeletion": false, "controller": false,
         }]);
     }
@@ -100,9 +112,11 @@ pub struct MoverJob {
     /// `namespace/claim`, for the annotation.
     pub volume: String,
     pub image: String,
+    /// The orchestrating Job, when it runs in the same namespace.
     pub owner: Option<Owner>,
     pub service_account: String,
-    /// Secret read with `envFrom` (repository and credentials).
+    /// Secret read with `envFrom` (repository and credentials); the
+    /// orchestrator creates it owned by this Job.
     pub env_secret: String,
     /// Plain variables, mode and volume path included.
     pub env: BTreeMap<String, String>,
@@ -234,10 +248,7 @@ mod tests {
             run_id: "backup-2025".into(),
             volume: "shop/data-0".into(),
             image: "ghcr.io/kubestow/kubestow:1".into(),
-            owner: Some(Owner {
-                name: "kubestow-abcd1234".into(),
-                uid: "u-1".into(),
-            }),
+            owner: Some(Owner::job("backup-28934521", "u-1")),
             service_account: "kubestow-abcd1234-mover".into(),
             env_secret: "kubestow-abcd1234".into(),
             env: BTreeMap::from([("STOW_MODE".into(), "volume-backup".into())]),
@@ -278,7 +289,8 @@ mod tests {
             j["metadata"]["labels"]["app.kubernetes.io/managed-by"],
             "kubestow"
         );
-        assert_eq!(j["metadata"]["ownerReferences"][0]["kind"], "Secret");
+        assert_eq!(j["metadata"]["ownerReferences"][0]["kind"], "Job");
+        assert_eq!(j["metadata"]["ownerReferences"][0]["uid"], "u-1");
         assert_eq!(
             j["metadata"]["annotations"][VOLUME_ANNOTATION],
             "shop/data-0"

@@ -8,12 +8,15 @@
 //! creates each claim and fills it through a `volume-restore` mover before
 //! the workloads that use it are created.
 //!
-//! Pods can only read Secrets of their own namespace, so the run copies
-//! the repository settings into one temporary Secret per namespace; that
-//! Secret owns every other temporary object there (service account, mover
-//! Jobs, VolumeSnapshots, cloned claims), so deleting it cleans up all of
-//! them. Everything is labelled with the run and deleted at the end, also
-//! on failure and SIGTERM; Job `ttlSecondsAfterFinished` covers a crash.
+//! Pods can only read Secrets of their own namespace, so each mover Job
+//! gets its own copy of the repository settings: a Secret, and a service
+//! account without API access, both created right after the Job and owned
+//! by it. Deleting the Job (the orchestrator does at the end, Kubernetes
+//! does after `ttlSecondsAfterFinished` if the orchestrator died) removes
+//! them too, so the orchestrator never needs to delete Secrets or service
+//! accounts. VolumeSnapshots and cloned claims exist before their Job and
+//! are deleted explicitly; everything carries the run's label, and a
+//! retried run removes what an earlier attempt left.
 
 pub mod backup;
 pub mod job;
@@ -25,7 +28,6 @@ use std::time::Duration;
 
 use kube::api::ListParams;
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -181,8 +183,9 @@ pub(crate) struct Runner<'a> {
     secret_env: BTreeMap<String, String>,
     /// Plain variables every mover gets.
     base_env: BTreeMap<String, String>,
-    /// Namespace → the run's Secret there.
-    anchors: Mutex<BTreeMap<String, Owner>>,
+    /// The orchestrating Job (namespace, owner), when known: movers in
+    /// its namespace are owned by it.
+    orchestrator: Option<(String, Owner)>,
     /// Namespaces where the run may have created something.
     touched: std::sync::Mutex<BTreeSet<String>>,
 }
@@ -274,7 +277,7 @@ impl<'a> Runner<'a> {
             start_timeout: config.volume.mover_start_timeout,
             secret_env,
             base_env,
-            anchors: Mutex::new(BTreeMap::new()),
+            orchestrator: None,
             touched: std::sync::Mutex::new(BTreeSet::new()),
         }
     }
@@ -302,45 +305,42 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// The run's Secret in `ns` (created on first use), with the service
-    /// account movers run as.
-    pub async fn anchor(&self, ns: &str) -> Result<Owner, String> {
-        let mut anchors = self.anchors.lock().await;
-        if let Some(o) = anchors.get(ns) {
-            return Ok(o.clone());
+    /// Looks up the Job this run belongs to (`STOW_JOB_NAME` in
+    /// `STOW_POD_NAMESPACE`), so movers next to it are owned by it.
+    pub async fn find_orchestrator(&mut self, config: &Config) {
+        let id = &config.identity;
+        let (Some(ns), Some(job)) = (&id.pod_namespace, &id.job_name) else {
+            return;
+        };
+        if let Ok(Some(obj)) = self.kube.get(&jobs(), Some(ns), job).await
+            && let Some(uid) = str_at(&obj, "/metadata/uid")
+        {
+            self.orchestrator = Some((ns.clone(), Owner::job(job, uid)));
         }
-        let name = format!("kubestow-{}", self.tag);
+    }
+
+    /// The Secret and service account of one mover Job, owned by it.
+    async fn job_companions(&self, spec: &MoverJob, job_uid: &str) -> Result<(), String> {
+        let ns = spec.namespace.as_str();
+        let owner = Owner::job(&spec.name, job_uid);
         let secret = json!({
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": job::metadata(&name, ns, &self.tag, &self.run_id, None),
+            "metadata": job::metadata(&spec.env_secret, ns, &self.tag, &self.run_id, Some(&owner)),
             "type": "Opaque",
             "stringData": self.secret_env,
         });
-        let created = self.create(&secrets(), ns, &secret).await?;
-        let owner = Owner {
-            name,
-            uid: str_at(&created, "/metadata/uid")
-                .unwrap_or_default()
-                .to_string(),
-        };
+        self.create(&secrets(), ns, &secret).await?;
         if self.service_account.is_none() {
             let sa = json!({
                 "apiVersion": "v1",
                 "kind": "ServiceAccount",
-                "metadata": job::metadata(&self.mover_service_account(), ns, &self.tag, &self.run_id, Some(&owner)),
+                "metadata": job::metadata(&spec.service_account, ns, &self.tag, &self.run_id, Some(&owner)),
                 "automountServiceAccountToken": false,
             });
             self.create(&service_accounts(), ns, &sa).await?;
         }
-        anchors.insert(ns.to_string(), owner.clone());
-        Ok(owner)
-    }
-
-    fn mover_service_account(&self) -> String {
-        self.service_account
-            .clone()
-            .unwrap_or_else(|| format!("kubestow-{}-mover", self.tag))
+        Ok(())
     }
 
     /// A mover Job for `volume` in `ns`; `env` adds to the base variables.
@@ -349,22 +349,25 @@ impl<'a> Runner<'a> {
         name: String,
         ns: &str,
         volume: &str,
-        owner: Owner,
         env: BTreeMap<String, String>,
         mount: job::Mount,
     ) -> MoverJob {
         let mut all = self.base_env.clone();
         all.extend(env);
         MoverJob {
-            name,
             namespace: ns.to_string(),
             tag: self.tag.clone(),
             run_id: self.run_id.clone(),
             volume: volume.to_string(),
             image: self.image.clone(),
-            env_secret: owner.name.clone(),
-            owner: Some(owner),
-            service_account: self.mover_service_account(),
+            env_secret: name.clone(),
+            owner: self
+                .orchestrator
+                .as_ref()
+                .filter(|(o_ns, _)| o_ns == ns)
+                .map(|(_, o)| o.clone()),
+            service_account: self.service_account.clone().unwrap_or_else(|| name.clone()),
+            name,
             env: all,
             mount,
             tolerations: json!([]),
@@ -411,6 +414,12 @@ impl<'a> Runner<'a> {
         let uid = str_at(&existing, "/metadata/uid")
             .unwrap_or_default()
             .to_string();
+        // The pod waits for its Secret (and is re-created by the Job
+        // controller until its service account exists): created owned by
+        // the Job, they go when it goes.
+        if let Err(e) = self.job_companions(spec, &uid).await {
+            return JobEnd::Failed(e);
+        }
         info!(job = %what, volume = %spec.volume, "mover started");
         let created = tokio::time::Instant::now();
         let mut started = false;
@@ -545,8 +554,9 @@ impl<'a> Runner<'a> {
             .clone();
         namespaces.extend(extra.iter().cloned());
         let selector = job::selector(&self.tag);
-        // Jobs first (their pods stop using the claims), the Secret last
-        // (it owns the rest).
+        // Jobs first: their pods stop using the claims, and their Secrets
+        // and service accounts go with them (owned by the Jobs).
+        let deleted = [jobs(), volume_snapshots(), claims()];
         let kinds = [
             jobs(),
             volume_snapshots(),
@@ -556,7 +566,7 @@ impl<'a> Runner<'a> {
         ];
         let deadline = tokio::time::Instant::now() + CLEANUP_WAIT;
         for ns in &namespaces {
-            for rt in &kinds {
+            for rt in &deleted {
                 let found = match list_all(self.kube, rt, Some(ns), Some(&selector)).await {
                     Ok(f) => f,
                     Err(e) => {
@@ -591,7 +601,6 @@ impl<'a> Runner<'a> {
                 }
             }
         }
-        self.anchors.lock().await.clear();
     }
 }
 

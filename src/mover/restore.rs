@@ -62,7 +62,6 @@ pub(crate) async fn fill(
             let runner = &runner;
             async move {
                 let r = async {
-                    let owner = runner.anchor(&f.namespace).await?;
                     let env = BTreeMap::from([
                         (vars::MODE.to_string(), "volume-restore".to_string()),
                         (vars::SNAPSHOT.to_string(), snapshot.to_hex()),
@@ -78,7 +77,7 @@ pub(crate) async fn fill(
                         name: f.claim.clone(),
                         read_only: false,
                     };
-                    let spec = runner.job(name, &f.namespace, &f.volume, owner, env, mount);
+                    let spec = runner.job(name, &f.namespace, &f.volume, env, mount);
                     match runner.run_job(&spec).await {
                         JobEnd::Succeeded => Ok(()),
                         JobEnd::Failed(e) => Err(e),

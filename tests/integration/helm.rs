@@ -837,6 +837,8 @@ async fn backup_service_account_backs_up_but_cannot_create_deployments_and_resto
         ("delete", "", "persistentvolumeclaims"),
         ("create", "batch", "jobs"),
         ("delete", "batch", "jobs"),
+        ("create", "", "secrets"),
+        ("create", "", "serviceaccounts"),
         ("create", "", "pods/exec"),
     ] {
         assert!(
@@ -848,6 +850,8 @@ async fn backup_service_account_backs_up_but_cannot_create_deployments_and_resto
         ("create", "apps", "deployments"),
         ("update", "", "configmaps"),
         ("delete", "", "secrets"),
+        ("update", "", "secrets"),
+        ("delete", "", "serviceaccounts"),
         ("create", "rbac.authorization.k8s.io", "clusterrolebindings"),
     ] {
         assert!(

@@ -103,6 +103,9 @@ struct Inner {
     /// Bounds CPU-heavy work (sealing, opening, hashing packs) to the
     /// cores we have, so the blocking pool does not grow a thread per blob.
     cpu: Arc<Semaphore>,
+    /// Packs a writer stores before it lists them in an index object: what
+    /// a crash can lose (`STOW_RESUME_BUFFER`).
+    packs_per_index: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Repository {
@@ -394,13 +397,25 @@ impl Repository {
             .as_ref()
             .expect("validated: modes that open a repository require a password");
         let backend = backend::open(location, config.reconnect_timeout).await;
-        Self::open_or_init(
+        let repo = Self::open_or_init(
             backend,
             password,
             config.compression,
             allow_init && config.init,
         )
-        .await
+        .await?;
+        repo.set_resume_buffer(config.resume_buffer);
+        Ok(repo)
+    }
+
+    /// Writers list their packs in an index object at least every `bytes`
+    /// of packs (rounded up to whole packs), so a crashed run that is run
+    /// again finds, and does not upload again, all but that much.
+    pub fn set_resume_buffer(&self, bytes: u64) {
+        let packs = bytes.div_ceil(PACK_TARGET as u64).clamp(1, 1 << 16) as usize;
+        self.inner
+            .packs_per_index
+            .store(packs, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Opens the repository, or creates it when `init` is set and there is
@@ -456,6 +471,7 @@ impl Repository {
                 index_keys: RwLock::new(BTreeSet::new()),
                 markers: Mutex::new(Vec::new()),
                 cpu: Arc::new(Semaphore::new(cores)),
+                packs_per_index: std::sync::atomic::AtomicUsize::new(writer::PACKS_PER_INDEX),
             }),
         }
     }
@@ -775,7 +791,11 @@ impl Repository {
 
     /// A writer with `channels` concurrent uploads.
     pub fn writer(&self, channels: usize) -> Writer {
-        Writer::new(self.clone(), channels, PACK_TARGET, writer::PACKS_PER_INDEX)
+        let packs = self
+            .inner
+            .packs_per_index
+            .load(std::sync::atomic::Ordering::Relaxed);
+        Writer::new(self.clone(), channels, PACK_TARGET, packs)
     }
 
     /// A writer with a different pack size, so tests exercise many packs.

@@ -687,3 +687,47 @@ async fn throughput_of_writer_add() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_buffer_checkpoints_the_index_without_a_flush() {
+    // Without a checkpoint, a crash loses the index of every pack since
+    // the last one: a rerun would upload them again.
+    for (buffer, expect_index) in [(1u64, true), (64 * PACK_TARGET as u64, false)] {
+        let mem = Arc::new(MemBackend::new());
+        let repo = init(mem.clone()).await;
+        repo.set_resume_buffer(buffer);
+        let w = repo.writer(2);
+        for i in 0..20u64 {
+            w.add(BlobKind::Data, Bytes::from(gen_data(1 << 20, i, false)))
+                .await
+                .unwrap();
+        }
+        // One full pack is uploaded in the background; wait for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while mem.list(crate::repo::DATA_PREFIX).await.unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no pack uploaded");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let mut indexed = false;
+        while std::time::Instant::now() < deadline && !indexed {
+            indexed = !mem
+                .list(crate::repo::INDEX_PREFIX)
+                .await
+                .unwrap()
+                .is_empty();
+            if !expect_index {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(indexed, expect_index, "resume buffer {buffer}");
+        // A reopened repository (the rerun) knows the checkpointed blobs.
+        if expect_index {
+            let again = reopen(mem.clone()).await.unwrap();
+            let first = repo.blob_id(&gen_data(1 << 20, 0, false));
+            assert!(again.has_blob(&first));
+        }
+        drop(w);
+    }
+}

@@ -472,6 +472,10 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     manifest.selection = select::to_json(&config.selection);
     manifest.resources = Some(root);
     manifest.volumes = volumes.entries;
+    if !manifest.volumes.is_empty() {
+        // The movers' trees are in index objects other processes wrote.
+        repo.reload_index().await?;
+    }
     manifest.stats = json!({
         "server_version": server_version,
         "objects": total,

@@ -28,10 +28,11 @@ async fn preflight_succeeds_against_the_test_environment() {
     let api = check(&run, "apiserver");
     assert_eq!(api["level"], "ok");
     assert!(api["message"].as_str().unwrap().contains("v1.20"), "{api}");
-    // The test environment has no kubelet, so no nodes: reported, not fatal.
+    // Nodes are reported, not fatal: the environment has none except the
+    // test kubelets of tests running at the same time.
     let nodes = check(&run, "nodes");
     assert!(
-        nodes["message"].as_str().unwrap().contains("0 node(s)"),
+        nodes["message"].as_str().unwrap().contains(" node(s), "),
         "{nodes}"
     );
     let repo = check(&run, "repository");

@@ -103,8 +103,6 @@ pub fn main(args: &[String]) -> ExitCode {
         }
         result
     });
-    // Stragglers (e.g. a hung connection) must not hold the exit.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
 
     let (status, report) = match result {
         Ok(report) => (report.status(), report),
@@ -136,6 +134,17 @@ pub fn main(args: &[String]) -> ExitCode {
     };
     info!(status = ?status, seconds = summary.duration_seconds, "run finished");
     summary.emit(Path::new(TERMINATION_LOG));
+    if let Some(url) = &config.pushgateway_url {
+        let group = crate::metrics::Group {
+            plan: config.plan.clone(),
+            mode: config.mode.to_string(),
+            cluster: config.cluster_name.clone(),
+        };
+        // A failed push is logged; the summary above is the record.
+        let _ = runtime.block_on(crate::metrics::push(url, &group, &summary));
+    }
+    // Stragglers (e.g. a hung connection) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     ExitCode::from(status.exit_code())
 }
 

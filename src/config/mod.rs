@@ -297,15 +297,17 @@ pub struct Config {
     pub timezone: jiff::tz::TimeZone,
     pub reconnect_timeout: Duration,
     pub resume_buffer: u64,
-    pub precondition: Option<String>,
-    pub pre_hooks: Option<String>,
-    pub post_hooks: Option<String>,
+    /// `STOW_PRECONDITION`: all must be met, else the run is skipped.
+    pub precondition: Vec<crate::hooks::Hook>,
+    pub pre_hooks: Vec<crate::hooks::Hook>,
+    pub post_hooks: Vec<crate::hooks::Hook>,
     pub copy_to: Option<CopyTarget>,
     pub retention: Retention,
     /// `prune`: marked packs are deleted by a later prune once older than this.
     pub prune_grace: Duration,
     pub check_read_data: Option<ReadData>,
     pub pushgateway_url: Option<String>,
+    pub cluster_name: String,
     pub log_format: LogFormat,
     pub once: bool,
     pub min_interval: Option<Duration>,
@@ -371,6 +373,7 @@ pub struct RawConfig {
     prune_grace: Option<String>,
     check_read_data: Option<String>,
     pushgateway_url: Option<String>,
+    cluster_name: Option<String>,
     log_format: Option<String>,
     once: Option<String>,
     min_interval: Option<String>,
@@ -676,7 +679,7 @@ fn positive_duration(
 
 /// A duration: jiff's friendly format (`5m`, `1h 30m`, `3d`) or ISO 8601, or
 /// a bare number in `bare_unit`.
-fn parse_duration(
+pub(crate) fn parse_duration(
     var: &'static str,
     s: &str,
     bare_unit: Duration,
@@ -1155,6 +1158,21 @@ impl RawConfig {
         let init = c
             .take(parse_bool(v::INIT, &self.init, false))
             .unwrap_or(false);
+        let hooks = |c: &mut Check, var: &'static str, raw: &Option<String>, conditions: bool| {
+            let Some(text) = opt(raw) else {
+                return Vec::new();
+            };
+            let parsed = if conditions {
+                crate::hooks::parse_preconditions(&text)
+            } else {
+                crate::hooks::parse_hooks(&text)
+            };
+            c.take(parsed.map_err(|why| ConfigError::invalid(var, &text, why)))
+                .unwrap_or_default()
+        };
+        let precondition = hooks(&mut c, v::PRECONDITION, &self.precondition, true);
+        let pre_hooks = hooks(&mut c, v::PRE_HOOKS, &self.pre_hooks, false);
+        let post_hooks = hooks(&mut c, v::POST_HOOKS, &self.post_hooks, false);
 
         // Requirements that depend on the mode.
         if let Some(mode) = mode {
@@ -1195,6 +1213,17 @@ impl RawConfig {
                     });
                 }
             }
+            for (var, list) in [(v::PRE_HOOKS, &pre_hooks), (v::POST_HOOKS, &post_hooks)] {
+                if mode != Mode::Backup
+                    && let Some(h) = list.iter().find(|h| h.scope == crate::hooks::Scope::Volume)
+                {
+                    c.0.push(ConfigError::invalid(
+                        var,
+                        &h.to_string(),
+                        format!("scope=volume hooks run around the volumes of a backup; mode {mode} has none"),
+                    ));
+                }
+            }
             if mode == Mode::Prune && retention == Retention::default() {
                 c.0.push(ConfigError::Missing {
                     var: v::KEEP_LAST,
@@ -1229,9 +1258,9 @@ impl RawConfig {
             timezone,
             reconnect_timeout,
             resume_buffer,
-            precondition: opt(&self.precondition),
-            pre_hooks: opt(&self.pre_hooks),
-            post_hooks: opt(&self.post_hooks),
+            precondition,
+            pre_hooks,
+            post_hooks,
             copy_to: match (copy_repo, copy_password) {
                 (Some(repository), Some(password)) => Some(CopyTarget {
                     repository,
@@ -1243,6 +1272,7 @@ impl RawConfig {
             prune_grace,
             check_read_data,
             pushgateway_url,
+            cluster_name: opt(&self.cluster_name).unwrap_or_else(|| "default".into()),
             log_format,
             once,
             min_interval,
@@ -1282,13 +1312,15 @@ fn resource_list(var: &'static str, raw: &Option<String>) -> Result<Vec<String>,
 /// requirements), so a typo fails with exit 2 instead of mid-run.
 fn label_selector(s: &str) -> Result<String, ConfigError> {
     let s = s.trim();
-    let bad = |why: String| {
-        ConfigError::invalid(
-            v::LABEL_SELECTOR,
-            s,
-            format!("{why}; expected e.g. app=shop,tier!=cache,env in (a,b)"),
-        )
-    };
+    check_label_selector(s).map_err(|why| ConfigError::invalid(v::LABEL_SELECTOR, s, why))?;
+    Ok(s.to_string())
+}
+
+/// [`label_selector`]'s rules; the error is the reason only, so that hook
+/// selectors (inside `STOW_*_HOOKS`) are checked the same way.
+pub(crate) fn check_label_selector(s: &str) -> Result<(), String> {
+    let s = s.trim();
+    let bad = |why: String| format!("{why}; expected e.g. app=shop,tier!=cache,env in (a,b)");
     // Split on commas outside parentheses.
     let (mut reqs, mut depth, mut cur) = (Vec::new(), 0i32, String::new());
     for ch in s.chars() {
@@ -1338,7 +1370,7 @@ fn label_selector(s: &str) -> Result<String, ConfigError> {
             return Err(bad(format!("`{val}` is not a label value")));
         }
     }
-    Ok(s.to_string())
+    Ok(())
 }
 
 fn is_label_value(s: &str) -> bool {

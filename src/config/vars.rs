@@ -135,8 +135,10 @@ vars! {
     PRUNE_GRACE = "STOW_PRUNE_GRACE", default "1h";
     /// `check`: also read and verify pack data: `all` or a percentage such as `10%`.
     CHECK_READ_DATA = "STOW_CHECK_READ_DATA", default "";
-    /// Push metrics to this Prometheus Pushgateway at the end of the run.
+    /// Push metrics to this Prometheus Pushgateway at the end of the run (`http://` or `https://`), under job `kubestow`, grouped by plan, mode and cluster.
     PUSHGATEWAY_URL = "STOW_PUSHGATEWAY_URL", default "";
+    /// Name of this cluster in metrics (grouping label `cluster`).
+    CLUSTER_NAME = "STOW_CLUSTER_NAME", default "default";
     /// Log format on stderr: `plain` or `json`. Levels come from `RUST_LOG`.
     LOG_FORMAT = "STOW_LOG_FORMAT", default "plain";
     /// Suspend the CronJob that started this run after it succeeds: `true` or `false`.

@@ -28,6 +28,8 @@ for pair in etcd:etcd-server go:golang-go rsync:rsync jq:jq setpriv:util-linux k
 done
 # restic is the baseline of `just bench`; cheap to install with the rest.
 command -v restic >/dev/null 2>&1 || need_pkgs+=(restic)
+# The metrics tests push to a real Pushgateway.
+command -v prometheus-pushgateway >/dev/null 2>&1 || need_pkgs+=(prometheus-pushgateway)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "apt-get install ${need_pkgs[*]}"
   $SUDO apt-get update -qq

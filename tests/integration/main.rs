@@ -8,6 +8,7 @@ mod cli;
 mod env;
 mod environment;
 mod helm;
+mod metrics;
 mod movers;
 mod preflight;
 mod repo;

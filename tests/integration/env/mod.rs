@@ -27,6 +27,7 @@ mod cluster;
 mod garage;
 mod pki;
 mod process;
+mod pushgateway;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +59,7 @@ pub struct TestEnv {
     cluster: Cluster,
     second: OnceLock<Cluster>,
     garage: Garage,
+    pushgateway: OnceLock<pushgateway::Pushgateway>,
 }
 
 static ENV: LazyLock<TestEnv> = LazyLock::new(|| off_runtime(TestEnv::start));
@@ -144,6 +146,15 @@ pub fn s3_endpoint() -> &'static str {
     &get().garage.s3_url
 }
 
+/// URL of a Prometheus Pushgateway, started on first use.
+pub fn pushgateway_url() -> &'static str {
+    let env = get();
+    &env
+        .pushgateway
+        .get_or_init(|| pushgateway::Pushgateway::start(&env.dir.join("pushgateway")))
+        .url
+}
+
 /// The per-process state directory (server logs live here).
 pub fn state_dir() -> &'static Path {
     &get().dir
@@ -219,6 +230,7 @@ impl TestEnv {
             cluster,
             second: OnceLock::new(),
             garage,
+            pushgateway: OnceLock::new(),
         }
     }
 }

@@ -1,0 +1,322 @@
+//! Prometheus metrics pushed to `STOW_PUSHGATEWAY_URL` at the end of a run.
+//!
+//! A one-shot Job has nothing to scrape, so the run pushes its metrics to a
+//! Pushgateway under job `kubestow`, grouped by plan, mode and cluster. The
+//! push is a POST: it replaces only the metrics it carries, so
+//! `kubestow_last_success_timestamp_seconds` (sent only by successful runs)
+//! survives a failed run, which is what "time since last success" alerts
+//! need. The JSON summary stays the authoritative record; a failed push is
+//! a warning, never a failed run.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use base64::Engine as _;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tracing::{info, warn};
+
+use crate::summary::{Status, Summary};
+
+const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
+const STATUSES: &[(Status, &str)] = &[
+    (Status::Success, "success"),
+    (Status::Skipped, "skipped"),
+    (Status::Failed, "failed"),
+    (Status::Partial, "partial"),
+    (Status::Cancelled, "cancelled"),
+    (Status::ConfigError, "config_error"),
+];
+
+/// The grouping key: job `kubestow`, then plan, mode and cluster.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub plan: String,
+    pub mode: String,
+    pub cluster: String,
+}
+
+impl Group {
+    /// URL path below the gateway: `/metrics/job/kubestow/plan/…`. Values
+    /// outside `[A-Za-z0-9_.-]` use the Pushgateway's base64 form.
+    pub fn path(&self) -> String {
+        let mut p = String::from("/metrics/job/kubestow");
+        for (k, v) in [
+            ("plan", &self.plan),
+            ("mode", &self.mode),
+            ("cluster", &self.cluster),
+        ] {
+            let plain = !v.is_empty()
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            if plain {
+                let _ = write!(p, "/{k}/{v}");
+            } else {
+                let enc = base64::engine::general_purpose::URL_SAFE.encode(v.as_bytes());
+                // An empty value must still be present: `=` is its base64.
+                let enc = if enc.is_empty() { "=".into() } else { enc };
+                let _ = write!(p, "/{k}@base64/{enc}");
+            }
+        }
+        p
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn sum(summary: &Summary, keys: &[&str]) -> u64 {
+    keys.iter()
+        .filter_map(|k| summary.report.bytes.get(*k))
+        .sum()
+}
+
+/// The text exposition of one run; `now` is the end of the run.
+pub fn exposition(summary: &Summary, now: jiff::Timestamp) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    if summary.status == Status::Success {
+        metric(
+            "kubestow_last_success_timestamp_seconds",
+            "gauge",
+            "End of the last successful run, Unix time.",
+            &[(String::new(), now.as_second() as f64)],
+        );
+    }
+    metric(
+        "kubestow_last_run_timestamp_seconds",
+        "gauge",
+        "End of the last run, whatever its status, Unix time.",
+        &[(String::new(), now.as_second() as f64)],
+    );
+    metric(
+        "kubestow_run_duration_seconds",
+        "gauge",
+        "Duration of the last run.",
+        &[(String::new(), summary.duration_seconds)],
+    );
+    // Per run, reset by every push: counters of that run, as the names
+    // Prometheus users expect for byte totals.
+    let bytes = [
+        ("read", sum(summary, &["read", "volume_read"])),
+        (
+            "written",
+            sum(summary, &["stored", "volume_stored", "written"]),
+        ),
+        ("reused", sum(summary, &["reused", "volume_reused"])),
+    ];
+    for (what, n) in bytes {
+        metric(
+            &format!("kubestow_bytes_{what}_total"),
+            "counter",
+            &format!("Bytes {what} by the last run."),
+            &[(String::new(), n as f64)],
+        );
+    }
+    let c = &summary.report.counts;
+    let get = |k: &str| c.get(k).copied().unwrap_or(0) as f64;
+    let mut objects: Vec<(String, f64)> = Vec::new();
+    for result in ["created", "updated", "skipped"] {
+        if c.contains_key(result) {
+            objects.push((format!("{{result=\"{result}\"}}"), get(result)));
+        }
+    }
+    if c.contains_key("objects") {
+        objects.push(("{result=\"stored\"}".into(), get("objects")));
+    }
+    objects.push((
+        "{result=\"failed\"}".into(),
+        summary.report.errors.len() as f64,
+    ));
+    metric(
+        "kubestow_objects_total",
+        "counter",
+        "Objects of the last run by result (failed: items that failed).",
+        &objects,
+    );
+    let states: Vec<(String, f64)> = STATUSES
+        .iter()
+        .map(|(s, name)| {
+            (
+                format!("{{status=\"{name}\"}}"),
+                if *s == summary.status { 1.0 } else { 0.0 },
+            )
+        })
+        .collect();
+    metric(
+        "kubestow_run_status",
+        "gauge",
+        "1 for the status of the last run, 0 for the others.",
+        &states,
+    );
+    let reason = match summary.status {
+        Status::Success => String::new(),
+        _ => summary.report.reason.clone().unwrap_or_default(),
+    };
+    metric(
+        "kubestow_run_info",
+        "gauge",
+        "The last run's id, status and reason (why it was skipped or failed).",
+        &[(
+            format!(
+                "{{run_id=\"{}\",status=\"{}\",reason=\"{}\"}}",
+                escape(&summary.run_id),
+                STATUSES
+                    .iter()
+                    .find(|(s, _)| *s == summary.status)
+                    .map_or("", |(_, n)| n),
+                escape(&reason.chars().take(200).collect::<String>())
+            ),
+            1.0,
+        )],
+    );
+    out
+}
+
+/// Pushes the run's metrics; logs and returns the error instead of
+/// failing the run.
+pub async fn push(url: &str, group: &Group, summary: &Summary) -> Result<(), String> {
+    let body = exposition(summary, jiff::Timestamp::now());
+    let target = format!("{}{}", url.trim_end_matches('/'), group.path());
+    let result = tokio::time::timeout(PUSH_TIMEOUT, post(&target, body))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {}s", PUSH_TIMEOUT.as_secs())));
+    match &result {
+        Ok(()) => info!(gateway = %url, "metrics pushed"),
+        Err(e) => warn!(gateway = %url, error = %e, "could not push metrics"),
+    }
+    result
+}
+
+async fn post(target: &str, body: String) -> Result<(), String> {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(|e| format!("loading the system's root certificates: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+    let req = http::Request::post(target)
+        .header("content-type", "text/plain; version=0.0.4")
+        .body(Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| format!("{target}: {e}"))?;
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| format!("{target}: {}", crate::cluster::error_chain(&e)))?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let text = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_default();
+    Err(format!("{target}: HTTP {status}: {}", text.trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::summary::{ItemError, Report};
+
+    fn summary(status: Status) -> Summary {
+        let mut report = Report::default();
+        report.count("objects", 42);
+        report.add_bytes("read", 10);
+        report.add_bytes("volume_read", 5);
+        report.add_bytes("stored", 7);
+        report.add_bytes("volume_reused", 100);
+        if status == Status::Partial {
+            report.errors.push(ItemError {
+                item: "volume shop/data".into(),
+                message: "x".into(),
+            });
+        }
+        if status == Status::Skipped {
+            report.reason = Some("precondition not met: \"db\" down".into());
+        }
+        Summary {
+            run_id: "backup-1".into(),
+            mode: "backup".into(),
+            status,
+            started_at: "2026-01-01T00:00:00Z".into(),
+            duration_seconds: 12.5,
+            report,
+        }
+    }
+
+    fn value(text: &str, line_start: &str) -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn success_carries_the_timestamp_and_totals() {
+        let now: jiff::Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+        let t = exposition(&summary(Status::Success), now);
+        assert_eq!(
+            value(&t, "kubestow_last_success_timestamp_seconds "),
+            now.as_second() as f64
+        );
+        assert_eq!(value(&t, "kubestow_run_duration_seconds "), 12.5);
+        assert_eq!(value(&t, "kubestow_bytes_read_total "), 15.0);
+        assert_eq!(value(&t, "kubestow_bytes_written_total "), 7.0);
+        assert_eq!(value(&t, "kubestow_bytes_reused_total "), 100.0);
+        assert_eq!(value(&t, "kubestow_objects_total{result=\"stored\"}"), 42.0);
+        assert_eq!(value(&t, "kubestow_objects_total{result=\"failed\"}"), 0.0);
+        assert_eq!(value(&t, "kubestow_run_status{status=\"success\"}"), 1.0);
+        assert_eq!(value(&t, "kubestow_run_status{status=\"failed\"}"), 0.0);
+        assert!(t.contains("# TYPE kubestow_bytes_read_total counter"));
+    }
+
+    #[test]
+    fn other_runs_keep_the_last_success_and_say_why() {
+        let now = jiff::Timestamp::now();
+        let t = exposition(&summary(Status::Partial), now);
+        assert!(!t.contains("kubestow_last_success_timestamp_seconds"));
+        assert_eq!(value(&t, "kubestow_run_status{status=\"partial\"}"), 1.0);
+        assert_eq!(value(&t, "kubestow_objects_total{result=\"failed\"}"), 1.0);
+        let t = exposition(&summary(Status::Skipped), now);
+        assert!(
+            t.contains(r#"reason="precondition not met: \"db\" down""#),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn grouping_path_encodes_odd_values() {
+        let g = Group {
+            plan: "nightly".into(),
+            mode: "backup".into(),
+            cluster: "prod/eu 1".into(),
+        };
+        assert_eq!(
+            g.path(),
+            "/metrics/job/kubestow/plan/nightly/mode/backup/cluster@base64/cHJvZC9ldSAx"
+        );
+        let g = Group {
+            plan: String::new(),
+            ..g
+        };
+        assert!(g.path().contains("/plan@base64/="), "{}", g.path());
+    }
+}

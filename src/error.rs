@@ -28,6 +28,9 @@ pub enum Error {
     Volume(#[from] crate::volume::VolumeError),
     #[error("cancelled by signal; in-flight work was drained")]
     Cancelled,
+    /// A pre hook with `on-error=fail` failed; the mode did not run.
+    #[error("{0}")]
+    Hook(String),
 }
 
 impl Error {
@@ -45,7 +48,8 @@ impl Error {
             Error::Cluster(e) => e.is_retriable(),
             Error::Backend(e) => e.is_retriable(),
             Error::Repo(e) => e.is_retriable(),
-            Error::Cancelled => true,
+            // A hook's target (a pod, a service) may well be back later.
+            Error::Cancelled | Error::Hook(_) => true,
             Error::Config(_)
             | Error::NotImplemented(_)
             | Error::Preflight(_)

@@ -11,7 +11,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::cluster::{Cluster, error_chain};
-use crate::config::Config;
+use crate::config::{Config, Mode, VolumeSource};
 use crate::error::Error;
 use crate::run::RunContext;
 use crate::summary::Report;
@@ -29,7 +29,7 @@ pub enum Level {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
-    pub name: &'static str,
+    pub name: String,
     pub level: Level,
     pub message: String,
 }
@@ -39,12 +39,13 @@ pub struct Check {
 pub struct Checks(pub Vec<Check>);
 
 impl Checks {
-    fn push(&mut self, name: &'static str, level: Level, message: impl Into<String>) {
+    fn push(&mut self, name: impl Into<String>, level: Level, message: impl Into<String>) {
         let message = message.into();
+        let name = name.into();
         match level {
-            Level::Ok => info!(check = name, "{message}"),
+            Level::Ok => info!(check = %name, "{message}"),
             // A failed check is reported in the summary; the operator acts on the run's status.
-            Level::Warn | Level::Fail => warn!(check = name, level = ?level, "{message}"),
+            Level::Warn | Level::Fail => warn!(check = %name, level = ?level, "{message}"),
         }
         self.0.push(Check {
             name,
@@ -58,11 +59,45 @@ impl Checks {
     }
 }
 
+/// What the checks are for: `preflight` checks for `STOW_PREFLIGHT_MODE`;
+/// `backup` and `restore` check for themselves before they start.
+pub async fn all_checks(config: &Config, mode: Mode, open_repository: bool) -> Checks {
+    let mut checks = Checks::default();
+    if let Some(cluster) = check_cluster(&mut checks).await {
+        check_storage(&cluster, config, mode, &mut checks).await;
+        check_rbac(&cluster, config, mode, &mut checks).await;
+    }
+    check_repository(config, open_repository, &mut checks).await;
+    checks
+}
+
+/// The same checks, run first by `backup` and `restore`: any failure stops
+/// the run before it changes anything, with the same messages.
+pub async fn gate(config: &Config, ctx: &RunContext) -> Result<(), Error> {
+    let checks = tokio::select! {
+        // The run opens the repository itself right after (a second
+        // index load would double its start-up on a large repository).
+        c = all_checks(config, config.mode, false) => c,
+        () = ctx.cancel.cancelled() => return Err(Error::Cancelled),
+    };
+    let failed: Vec<String> = checks
+        .failed()
+        .map(|c| format!("{}: {}", c.name, c.message))
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Preflight(format!(
+            "preflight failed: {}",
+            failed.join("; ")
+        )))
+    }
+}
+
 pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     let mut checks = Checks::default();
     let all = async {
-        check_cluster(&mut checks).await;
-        check_repository(config, &mut checks).await;
+        checks = all_checks(config, config.preflight_mode, true).await;
     };
     // Checks only read, so there is nothing to drain: stop at once.
     tokio::select! {
@@ -72,14 +107,41 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
 
     let mut report = Report::default();
     for c in checks.failed() {
-        report.fail_item(c.name, c.message.clone());
+        report.fail_item(c.name.clone(), c.message.clone());
     }
     report.failed = !report.errors.is_empty();
     if report.failed {
         report.reason = Some(format!("{} required check(s) failed", report.errors.len()));
     }
-    report.details = serde_json::json!({ "checks": checks.0 });
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        print!("{}", table(&checks.0));
+    }
+    report.details =
+        serde_json::json!({ "checks": checks.0, "for_mode": config.preflight_mode.to_string() });
     Ok(report)
+}
+
+/// The checks as a table, for people at a terminal.
+pub fn table(checks: &[Check]) -> String {
+    let width = checks
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let mut out = format!("{:<width$}  {:<5}  MESSAGE\n", "CHECK", "LEVEL");
+    for c in checks {
+        let level = match c.level {
+            Level::Ok => "ok",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        };
+        out.push_str(&format!(
+            "{:<width$}  {:<5}  {}\n",
+            c.name, level, c.message
+        ));
+    }
+    out
 }
 
 /// Parses "1", "20+", "20-gke.1" leniently: managed clusters decorate the minor.
@@ -88,24 +150,28 @@ fn parse_minor(s: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-async fn check_cluster(checks: &mut Checks) {
+async fn check_cluster(checks: &mut Checks) -> Option<Cluster> {
     let cluster = match Cluster::connect().await {
         Ok(c) => c,
-        Err(e) => return checks.push("apiserver", Level::Fail, e.to_string()),
+        Err(e) => {
+            checks.push("apiserver", Level::Fail, e.to_string());
+            return None;
+        }
     };
     // Preflight answers quickly rather than waiting out the reconnect window.
     let version =
         tokio::time::timeout(Duration::from_secs(15), cluster.client.apiserver_version()).await;
     match version {
         Err(_) => {
-            return checks.push(
+            checks.push(
                 "apiserver",
                 Level::Fail,
                 format!("API server at {} did not answer within 15s", cluster.url),
             );
+            return None;
         }
         Ok(Err(e)) => {
-            return checks.push(
+            checks.push(
                 "apiserver",
                 Level::Fail,
                 format!(
@@ -114,6 +180,7 @@ async fn check_cluster(checks: &mut Checks) {
                     error_chain(&e)
                 ),
             );
+            return None;
         }
         Ok(Ok(info)) => {
             let minor = parse_minor(&info.minor);
@@ -154,6 +221,7 @@ async fn check_cluster(checks: &mut Checks) {
             checks.push("nodes", level, format!("{total} node(s), {ready} Ready"));
         }
     }
+    Some(cluster)
 }
 
 fn is_ready(node: &Node) -> bool {
@@ -163,7 +231,7 @@ fn is_ready(node: &Node) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-async fn check_repository(config: &Config, checks: &mut Checks) {
+async fn check_repository(config: &Config, open: bool, checks: &mut Checks) {
     let Some(location) = &config.repository else {
         return checks.push(
             "repository",
@@ -195,8 +263,440 @@ async fn check_repository(config: &Config, checks: &mut Checks) {
                 Level::Ok,
                 format!("{location} is reachable and {state}"),
             );
+            if open && initialised && config.password.is_some() {
+                let opened = tokio::time::timeout(
+                    Duration::from_secs(60),
+                    crate::repo::Repository::from_config(config, false),
+                )
+                .await;
+                match opened {
+                    Ok(Ok(_)) => {
+                        checks.push("password", Level::Ok, "the password opens the repository")
+                    }
+                    Ok(Err(e)) => checks.push("password", Level::Fail, e.to_string()),
+                    Err(_) => checks.push(
+                        "password",
+                        Level::Fail,
+                        "opening the repository took over 60s",
+                    ),
+                }
+            }
         }
     }
+    free_space(location, checks);
+}
+
+/// Free space where the backend can tell: a filesystem repository's
+/// volume. Object stores have no such notion.
+fn free_space(location: &crate::config::Location, checks: &mut Checks) {
+    const LOW: u64 = 1 << 30;
+    let crate::config::Location::File { path } = location else {
+        return checks.push(
+            "free space",
+            Level::Ok,
+            "an S3 bucket does not report free space",
+        );
+    };
+    // The repository may not exist yet: ask its nearest existing parent.
+    let Some(existing) = path.ancestors().find(|p| p.exists()) else {
+        return;
+    };
+    match rustix::fs::statvfs(existing) {
+        Ok(st) => {
+            let free = st.f_bavail.saturating_mul(st.f_frsize);
+            let level = if free < LOW { Level::Warn } else { Level::Ok };
+            checks.push(
+                "free space",
+                level,
+                format!(
+                    "{} free on the filesystem of {}",
+                    bytesize::ByteSize(free).display().iec(),
+                    existing.display()
+                ),
+            );
+        }
+        Err(e) => checks.push(
+            "free space",
+            Level::Warn,
+            format!("cannot tell free space of {}: {e}", existing.display()),
+        ),
+    }
+}
+
+async fn list_json(cluster: &Cluster, path: &str) -> Result<Vec<serde_json::Value>, String> {
+    let req = http::Request::get(path)
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    match cluster.client.request::<serde_json::Value>(req).await {
+        Ok(mut v) => Ok(match v["items"].take() {
+            serde_json::Value::Array(a) => a,
+            _ => Vec::new(),
+        }),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
+        Err(e) => Err(error_chain(&e)),
+    }
+}
+
+/// CSI drivers and snapshot classes per storage class, and reclaim
+/// policies: what the volume sources will be able to use.
+async fn check_storage(cluster: &Cluster, config: &Config, mode: Mode, checks: &mut Checks) {
+    let volumes = match mode {
+        Mode::Backup => config.volume.source != VolumeSource::Skip,
+        Mode::Restore => config.restore.volumes,
+        _ => false,
+    };
+    if !volumes {
+        return;
+    }
+    let classes = match list_json(cluster, "/apis/storage.k8s.io/v1/storageclasses").await {
+        Ok(c) => c,
+        Err(e) => {
+            return checks.push(
+                "storage classes",
+                Level::Warn,
+                format!("cannot list storage classes: {e}"),
+            );
+        }
+    };
+    let snapshot_classes = list_json(
+        cluster,
+        "/apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses",
+    )
+    .await
+    .unwrap_or_default();
+    let drivers: Vec<String> = list_json(cluster, "/apis/storage.k8s.io/v1/csidrivers")
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|d| {
+            d.pointer("/metadata/name")
+                .and_then(|n| n.as_str())
+                .map(String::from)
+        })
+        .collect();
+    if classes.is_empty() {
+        checks.push(
+            "storage classes",
+            Level::Warn,
+            "no storage classes: restored claims cannot get volumes",
+        );
+    }
+    for sc in &classes {
+        let name = sc
+            .pointer("/metadata/name")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?");
+        let provisioner = sc
+            .get("provisioner")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?");
+        let csi = if drivers.iter().any(|d| d == provisioner) {
+            "CSI driver"
+        } else {
+            "provisioner"
+        };
+        let snap = crate::mover::plan::snapshot_class(&snapshot_classes, provisioner);
+        let retain = sc.get("reclaimPolicy").and_then(|v| v.as_str()) == Some("Retain");
+        let (mut level, mut msg) = match snap {
+            Some(vsc) => (
+                Level::Ok,
+                format!(
+                    "{csi} {provisioner}, VolumeSnapshotClass {vsc}: volumes are read from snapshots"
+                ),
+            ),
+            None if mode == Mode::Backup && config.volume.source == VolumeSource::Snapshot => (
+                Level::Warn,
+                format!(
+                    "{csi} {provisioner} has no VolumeSnapshotClass: its claims fail with STOW_VOLUME_SOURCE=snapshot"
+                ),
+            ),
+            None => (
+                Level::Ok,
+                format!(
+                    "{csi} {provisioner}, no VolumeSnapshotClass: volumes are read through the kubelet"
+                ),
+            ),
+        };
+        if retain && snap.is_some() && mode == Mode::Backup {
+            level = Level::Warn;
+            msg.push_str(
+                "; reclaimPolicy Retain leaves the volume of every temporary snapshot clone behind \
+                 (Released PersistentVolumes to delete by hand)",
+            );
+        }
+        checks.push(format!("storage class {name}"), level, msg);
+    }
+}
+
+/// One permission a mode needs: verb, group, resource, namespaced, why.
+type Need = (&'static str, &'static str, &'static str, bool, &'static str);
+
+/// The permissions `mode` needs with this configuration.
+pub fn needs(config: &Config, mode: Mode) -> Vec<Need> {
+    let mut out: Vec<Need> = Vec::new();
+    let movers: &[Need] = &[
+        ("create", "batch", "jobs", true, "to run mover Jobs"),
+        ("delete", "batch", "jobs", true, "to remove mover Jobs"),
+        (
+            "create",
+            "",
+            "secrets",
+            true,
+            "to give each mover Job its repository settings",
+        ),
+        (
+            "create",
+            "",
+            "serviceaccounts",
+            true,
+            "to give mover Jobs a service account without API access",
+        ),
+    ];
+    match mode {
+        Mode::Backup => {
+            out.extend_from_slice(&[
+                (
+                    "list",
+                    "",
+                    "namespaces",
+                    false,
+                    "to find the namespaces to back up",
+                ),
+                ("list", "", "configmaps", true, "to back up objects"),
+                ("list", "", "secrets", true, "to back up objects"),
+                ("list", "apps", "deployments", true, "to back up objects"),
+                (
+                    "list",
+                    "",
+                    "persistentvolumeclaims",
+                    true,
+                    "to back up claims",
+                ),
+                (
+                    "list",
+                    "apiextensions.k8s.io",
+                    "customresourcedefinitions",
+                    false,
+                    "to back up the CRDs of custom resources",
+                ),
+            ]);
+            if config.volume.source != VolumeSource::Skip {
+                out.extend_from_slice(&[
+                    (
+                        "get",
+                        "",
+                        "persistentvolumes",
+                        false,
+                        "to plan volume sources",
+                    ),
+                    (
+                        "list",
+                        "",
+                        "pods",
+                        true,
+                        "to find the pods that mount claims",
+                    ),
+                    (
+                        "list",
+                        "storage.k8s.io",
+                        "storageclasses",
+                        false,
+                        "to plan volume sources",
+                    ),
+                ]);
+                out.extend_from_slice(movers);
+                if config.volume.source != VolumeSource::Kubelet {
+                    out.extend_from_slice(&[
+                        (
+                            "create",
+                            "snapshot.storage.k8s.io",
+                            "volumesnapshots",
+                            true,
+                            "to snapshot volumes",
+                        ),
+                        (
+                            "delete",
+                            "snapshot.storage.k8s.io",
+                            "volumesnapshots",
+                            true,
+                            "to remove temporary snapshots",
+                        ),
+                        (
+                            "create",
+                            "",
+                            "persistentvolumeclaims",
+                            true,
+                            "to clone snapshots into temporary claims",
+                        ),
+                        (
+                            "delete",
+                            "",
+                            "persistentvolumeclaims",
+                            true,
+                            "to remove temporary claims",
+                        ),
+                    ]);
+                }
+            }
+        }
+        Mode::Restore => {
+            out.extend_from_slice(&[
+                ("get", "", "namespaces", false, "to check target namespaces"),
+                (
+                    "create",
+                    "",
+                    "namespaces",
+                    false,
+                    "to create missing namespaces",
+                ),
+                ("create", "", "configmaps", true, "to restore objects"),
+                ("create", "", "secrets", true, "to restore objects"),
+                (
+                    "create",
+                    "apps",
+                    "deployments",
+                    true,
+                    "to restore workloads",
+                ),
+                (
+                    "create",
+                    "",
+                    "persistentvolumeclaims",
+                    true,
+                    "to restore claims",
+                ),
+            ]);
+            match config.restore.existing {
+                crate::config::Existing::Skip => {}
+                crate::config::Existing::Update => {
+                    out.push((
+                        "update",
+                        "apps",
+                        "deployments",
+                        true,
+                        "to update existing objects (STOW_EXISTING=update)",
+                    ));
+                }
+                crate::config::Existing::Recreate => {
+                    out.push((
+                        "delete",
+                        "apps",
+                        "deployments",
+                        true,
+                        "to recreate existing objects (STOW_EXISTING=recreate)",
+                    ));
+                }
+            }
+            if config.restore.volumes && !config.restore.dry_run {
+                out.extend_from_slice(movers);
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// `SelfSubjectAccessReview` for every permission the mode needs, in the
+/// namespaces it names (all namespaces when it names none or globs).
+async fn check_rbac(cluster: &Cluster, config: &Config, mode: Mode, checks: &mut Checks) {
+    let needs = needs(config, mode);
+    if needs.is_empty() {
+        return;
+    }
+    let selector = crate::resources::select::Selector::new(&config.selection).ok();
+    let mut namespaces: Vec<String> = selector
+        .and_then(|s| s.literal_namespaces())
+        .unwrap_or_default();
+    if mode == Mode::Restore {
+        for ns in namespaces.iter_mut() {
+            if let Some(to) = config.restore.namespace_map.get(ns.as_str()) {
+                *ns = to.clone();
+            }
+        }
+    }
+    if namespaces.is_empty() {
+        namespaces.push(String::new());
+    }
+    let mut asks = Vec::new();
+    for need in &needs {
+        if need.3 {
+            for ns in &namespaces {
+                asks.push((*need, ns.clone()));
+            }
+        } else {
+            asks.push((*need, String::new()));
+        }
+    }
+    use futures::StreamExt;
+    let results: Vec<(Need, String, Result<bool, String>)> = futures::stream::iter(asks)
+        .map(|(need, ns)| async move {
+            let r = access(cluster, need, &ns).await;
+            (need, ns, r)
+        })
+        .buffered(8)
+        .collect()
+        .await;
+    let mut missing = 0;
+    for ((verb, group, resource, _, why), ns, r) in &results {
+        let what = match (group.is_empty(), ns.is_empty()) {
+            (true, true) => format!("{verb} {resource}"),
+            (true, false) => format!("{verb} {resource} in namespace {ns}"),
+            (false, true) => format!("{verb} {resource}.{group}"),
+            (false, false) => format!("{verb} {resource}.{group} in namespace {ns}"),
+        };
+        match r {
+            Ok(true) => {}
+            Ok(false) => {
+                missing += 1;
+                checks.push(
+                    "rbac",
+                    Level::Fail,
+                    format!("missing permission: {what} ({why})"),
+                );
+            }
+            Err(e) => {
+                missing += 1;
+                checks.push(
+                    "rbac",
+                    Level::Fail,
+                    format!("cannot check permission {what}: {e}"),
+                );
+            }
+        }
+    }
+    if missing == 0 {
+        checks.push(
+            "rbac",
+            Level::Ok,
+            format!(
+                "all {} permission(s) {mode} needs are granted",
+                results.len()
+            ),
+        );
+    }
+}
+
+async fn access(cluster: &Cluster, need: Need, ns: &str) -> Result<bool, String> {
+    let (verb, group, resource, _, _) = need;
+    let mut attrs = serde_json::json!({"verb": verb, "group": group, "resource": resource});
+    if !ns.is_empty() {
+        attrs["namespace"] = serde_json::json!(ns);
+    }
+    let body = serde_json::json!({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": attrs},
+    });
+    let req = http::Request::post("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews")
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body).expect("serialises"))
+        .map_err(|e| e.to_string())?;
+    let v: serde_json::Value = cluster
+        .client
+        .request(req)
+        .await
+        .map_err(|e| error_chain(&e))?;
+    Ok(v.pointer("/status/allowed").and_then(|a| a.as_bool()) == Some(true))
 }
 
 #[cfg(test)]

@@ -308,6 +308,8 @@ pub struct Config {
     pub check_read_data: Option<ReadData>,
     pub pushgateway_url: Option<String>,
     pub cluster_name: String,
+    /// `preflight`: the mode whose needs are checked.
+    pub preflight_mode: Mode,
     pub log_format: LogFormat,
     pub once: bool,
     pub min_interval: Option<Duration>,
@@ -374,6 +376,7 @@ pub struct RawConfig {
     check_read_data: Option<String>,
     pushgateway_url: Option<String>,
     cluster_name: Option<String>,
+    preflight_mode: Option<String>,
     log_format: Option<String>,
     once: Option<String>,
     min_interval: Option<String>,
@@ -1122,6 +1125,14 @@ impl RawConfig {
             }))
         });
 
+        let preflight_mode = c
+            .take(parse_enum(
+                v::PREFLIGHT_MODE,
+                &self.preflight_mode,
+                Mode::Backup,
+                &[("backup", Mode::Backup), ("restore", Mode::Restore)],
+            ))
+            .unwrap_or(Mode::Backup);
         let pushgateway_url = opt(&self.pushgateway_url);
         if let Some(u) = &pushgateway_url
             && !(u.starts_with("http://") || u.starts_with("https://"))
@@ -1273,6 +1284,7 @@ impl RawConfig {
             check_read_data,
             pushgateway_url,
             cluster_name: opt(&self.cluster_name).unwrap_or_else(|| "default".into()),
+            preflight_mode,
             log_format,
             once,
             min_interval,

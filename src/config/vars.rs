@@ -135,6 +135,8 @@ vars! {
     PRUNE_GRACE = "STOW_PRUNE_GRACE", default "1h";
     /// `check`: also read and verify pack data: `all` or a percentage such as `10%`.
     CHECK_READ_DATA = "STOW_CHECK_READ_DATA", default "";
+    /// `preflight`: check for this mode's needs (permissions, volume sources): `backup` or `restore`.
+    PREFLIGHT_MODE = "STOW_PREFLIGHT_MODE", default "backup";
     /// Push metrics to this Prometheus Pushgateway at the end of the run (`http://` or `https://`), under job `kubestow`, grouped by plan, mode and cluster.
     PUSHGATEWAY_URL = "STOW_PUSHGATEWAY_URL", default "";
     /// Name of this cluster in metrics (grouping label `cluster`).

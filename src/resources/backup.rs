@@ -328,6 +328,8 @@ fn tasks(discovered: &Discovered, selector: &Selector, namespaces: &[String]) ->
 pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     let started = jiff::Timestamp::now();
     let selector = Selector::new(&config.selection).map_err(ResourceError::Cluster)?;
+    // The same checks as `preflight`: fail before changing anything.
+    crate::preflight::gate(config, ctx).await?;
     let channels = usize::from(config.channels).max(1);
     let cluster = Cluster::connect().await?;
     let kube = Kube::new(cluster, config.reconnect_timeout);

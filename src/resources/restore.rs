@@ -251,6 +251,8 @@ struct VolumeData<'a> {
 pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     let selector = Selector::new(&config.selection).map_err(ResourceError::Cluster)?;
     let opts = &config.restore;
+    // The same checks as `preflight`: fail before changing anything.
+    crate::preflight::gate(config, ctx).await?;
     let channels = usize::from(config.channels).max(1);
     let cluster = Cluster::connect().await?;
     let kube = Kube::new(cluster, config.reconnect_timeout);

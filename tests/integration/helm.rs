@@ -695,7 +695,7 @@ async fn rendered_manifests_are_accepted_by_the_1_20_apiserver() {
 
 /// Waits for the token controller to give `sa` a token Secret (1.20) and
 /// returns a kubeconfig file for it (the admin one with the token swapped).
-async fn service_account_kubeconfig(
+pub(crate) async fn service_account_kubeconfig(
     client: &kube::Client,
     ns: &str,
     sa: &str,

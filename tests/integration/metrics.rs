@@ -15,7 +15,10 @@ async fn scrape() -> String {
             .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
-        assert!(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(
+            out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
+            "{out}"
+        );
         out
     })
     .await
@@ -78,20 +81,39 @@ async fn pushed_metrics_scrape_back_with_names_and_labels() {
     let last_success = sample(&text, "kubestow_last_success_timestamp_seconds", &group)
         .unwrap_or_else(|| panic!("no last success for {plan} in\n{text}"));
     let now = jiff::Timestamp::now().as_second() as f64;
-    assert!((now - last_success).abs() < 120.0, "{last_success} vs {now}");
+    assert!(
+        (now - last_success).abs() < 120.0,
+        "{last_success} vs {now}"
+    );
     assert_eq!(
-        sample(&text, "kubestow_run_status", &with(&group, ("status", "success"))),
+        sample(
+            &text,
+            "kubestow_run_status",
+            &with(&group, ("status", "success"))
+        ),
         Some(1.0)
     );
     assert_eq!(
-        sample(&text, "kubestow_run_status", &with(&group, ("status", "failed"))),
+        sample(
+            &text,
+            "kubestow_run_status",
+            &with(&group, ("status", "failed"))
+        ),
         Some(0.0)
     );
     assert!(sample(&text, "kubestow_run_duration_seconds", &group).unwrap() > 0.0);
     assert!(sample(&text, "kubestow_bytes_written_total", &group).unwrap() > 0.0);
     assert!(sample(&text, "kubestow_bytes_read_total", &group).is_some());
     assert!(sample(&text, "kubestow_bytes_reused_total", &group).is_some());
-    assert!(sample(&text, "kubestow_objects_total", &with(&group, ("result", "stored"))).unwrap() >= 1.0);
+    assert!(
+        sample(
+            &text,
+            "kubestow_objects_total",
+            &with(&group, ("result", "stored"))
+        )
+        .unwrap()
+            >= 1.0
+    );
 
     // A failed run of the same plan: its status replaces the old one, the
     // last success stays for alerting.
@@ -102,12 +124,20 @@ async fn pushed_metrics_scrape_back_with_names_and_labels() {
     assert_eq!(run.code, Some(1), "{}\n{}", run.stderr, run.stdout);
     let text = scrape().await;
     assert_eq!(
-        sample(&text, "kubestow_run_status", &with(&group, ("status", "failed"))),
+        sample(
+            &text,
+            "kubestow_run_status",
+            &with(&group, ("status", "failed"))
+        ),
         Some(1.0),
         "{text}"
     );
     assert_eq!(
-        sample(&text, "kubestow_run_status", &with(&group, ("status", "success"))),
+        sample(
+            &text,
+            "kubestow_run_status",
+            &with(&group, ("status", "success"))
+        ),
         Some(0.0)
     );
     assert_eq!(
@@ -132,5 +162,9 @@ async fn an_unreachable_gateway_does_not_fail_the_run() {
     let run = binary::run(cmd).await;
     // list fails (no repository) with its own status, not the push's.
     assert_eq!(run.summary["status"], "failed", "{}", run.stdout);
-    assert!(run.stderr.contains("could not push metrics"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("could not push metrics"),
+        "{}",
+        run.stderr
+    );
 }

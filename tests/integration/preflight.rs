@@ -88,3 +88,119 @@ async fn preflight_names_a_missing_bucket() {
         "{repo}"
     );
 }
+
+/// The chart's backup role without `create secrets`.
+fn backup_rules_without_secret_create() -> serde_json::Value {
+    serde_json::json!([
+        {"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["snapshot.storage.k8s.io"], "resources": ["volumesnapshots"], "verbs": ["create", "delete"]},
+        {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["create", "delete"]},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "delete"]},
+        {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["create"]},
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_names_exactly_the_missing_permission_and_backup_stops_there() {
+    use crate::api::request;
+    use http::Method;
+    let (client, ns) = env::namespace("preflight-rbac").await;
+    let (_, app) = env::namespace("preflight-rbac-app").await;
+    let (s3, bucket) = env::bucket("preflight-rbac").await;
+    let role = env::unique_name("preflight-backup");
+    request(&client, Method::POST, &format!("/api/v1/namespaces/{ns}/serviceaccounts"),
+        Some(&serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "backup"}})))
+        .await
+        .unwrap();
+    request(
+        &client,
+        Method::POST,
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        Some(
+            &serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": role}, "rules": backup_rules_without_secret_create()}),
+        ),
+    )
+    .await
+    .unwrap();
+    request(&client, Method::POST, "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        Some(&serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": role},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": "backup", "namespace": ns}]})))
+        .await
+        .unwrap();
+    // A snapshot-capable class with reclaim policy Retain: a warning.
+    crate::standin::install_snapshot_crds(&client).await;
+    let driver = format!("{role}.csi.test");
+    crate::standin::storage_class(&client, &role, &driver, "Retain").await;
+    crate::standin::snapshot_class(&client, &role, &driver).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig =
+        crate::helm::service_account_kubeconfig(&client, &ns, "backup", dir.path()).await;
+    let cmd = |mode: &str| {
+        let mut cmd = binary::command();
+        cmd.arg(mode)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("STOW_REPOSITORY", format!("s3://{bucket}/repo"))
+            .env("STOW_PASSWORD", "preflight-password")
+            .env("STOW_INIT", "true")
+            .env("STOW_NAMESPACES", &app);
+        cmd
+    };
+    let run = binary::run(cmd("preflight")).await;
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stderr, run.stdout);
+    let checks = run.summary["details"]["checks"].as_array().unwrap();
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| c["level"] == "fail")
+        .map(|c| c["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        failed,
+        vec![format!(
+            "missing permission: create secrets in namespace {app} (to give each mover Job its repository settings)"
+        )],
+        "{}",
+        run.stdout
+    );
+    let sc = check(&run, &format!("storage class {role}"));
+    assert_eq!(sc["level"], "warn", "{sc}");
+    assert!(sc["message"].as_str().unwrap().contains("Retain"), "{sc}");
+
+    // backup runs the same checks first and stops before writing anything.
+    let run = binary::run(cmd("backup")).await;
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stderr, run.stdout);
+    let reason = run.summary["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("missing permission: create secrets in namespace"),
+        "{reason}"
+    );
+    let objects = s3.list_objects_v2().bucket(&bucket).send().await.unwrap();
+    assert_eq!(
+        objects.key_count(),
+        Some(0),
+        "the failed backup wrote {objects:?}"
+    );
+
+    // Without volume data it needs no Secrets: the backup goes through.
+    let mut skip = cmd("backup");
+    skip.env("STOW_VOLUME_SOURCE", "skip");
+    let run = binary::run(skip).await;
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stderr, run.stdout);
+    for (path, name) in [
+        (
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            &role,
+        ),
+        ("/apis/rbac.authorization.k8s.io/v1/clusterroles", &role),
+        ("/apis/storage.k8s.io/v1/storageclasses", &role),
+        (
+            "/apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses",
+            &role,
+        ),
+    ] {
+        let _ = request(&client, Method::DELETE, &format!("{path}/{name}"), None).await;
+    }
+}

@@ -149,8 +149,7 @@ pub fn s3_endpoint() -> &'static str {
 /// URL of a Prometheus Pushgateway, started on first use.
 pub fn pushgateway_url() -> &'static str {
     let env = get();
-    &env
-        .pushgateway
+    &env.pushgateway
         .get_or_init(|| pushgateway::Pushgateway::start(&env.dir.join("pushgateway")))
         .url
 }

@@ -498,7 +498,7 @@ async fn channels_bound_the_mover_jobs_in_flight() {
 async fn a_crashed_mover_is_retried_and_resumes() {
     // Not under /tmp: movers mount an emptyDir there, and the test kubelet
     // maps the path into it, as a container would see it.
-    let repo_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let repo_dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let repo_path = repo_dir.path().join("repo");
     let st = Stage::new(
         "movers-crash",

@@ -677,3 +677,61 @@ async fn sigterm_of_the_orchestrator_removes_its_temporary_objects() {
     st.wait_clean().await;
     let _ = standin::delete(&st.client, &format!("/api/v1/persistentvolumes/{pv}"), None).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mover_that_keeps_failing_fails_only_its_claim() {
+    let st = Stage::new("movers-failing", false, None).await;
+    for name in ["good", "bad"] {
+        st.claim(name).await;
+        let dir = st.csi.pvc_dir(&st.ns, name).await;
+        fs::write(dir.join("f"), name.repeat(1000)).unwrap();
+    }
+    // Every attempt of the mover of `bad` dies, like an OOM kill each time.
+    let bad_job = job_suffix(&st, "bad");
+    st.kubelet.set_fault(move |pod| {
+        (pod.job_name
+            .as_deref()
+            .is_some_and(|j| j.ends_with(&bad_job)))
+        .then(|| Fault::KillWhen(Arc::new(|| true)))
+    });
+    let mut backup = st.cmd("backup");
+    backup.env("STOW_CHANNELS", "2");
+    let run = binary::run(backup).await;
+    assert_eq!(run.code, Some(3), "{}\n{}", run.stderr, run.stdout);
+    let errors = run.summary["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["item"], format!("volume {}/bad", st.ns));
+    let msg = errors[0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("failed after its retries") && msg.contains("137"),
+        "{msg}"
+    );
+    assert_eq!(count(&run, "volumes"), 1);
+    // Three attempts: the Job's backoff limit of 2 retries.
+    let attempts = st
+        .kubelet
+        .runs()
+        .iter()
+        .filter(|r| {
+            r.job_name
+                .as_deref()
+                .is_some_and(|j| j.ends_with(&job_suffix(&st, "bad")))
+        })
+        .count();
+    assert_eq!(attempts, 3);
+    let list = binary::run(st.cmd("list")).await;
+    assert!(
+        list.stdout.contains(&format!("{}/good", st.ns)),
+        "{}",
+        list.stdout
+    );
+    st.wait_clean().await;
+}
+
+/// The end of the name of a claim's backup mover Job
+/// (`kubestow-<run tag>-backup-<hash of namespace/claim>`); the run tag is
+/// not known in advance.
+fn job_suffix(st: &Stage, claim: &str) -> String {
+    let h = blake3::hash(format!("{}/{claim}", st.ns).as_bytes());
+    format!("-backup-{}", &h.to_hex()[..8])
+}

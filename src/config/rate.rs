@@ -89,6 +89,102 @@ impl RateSchedule {
         }
         None
     }
+
+    /// One mover's share when `n` movers run at once: every window's rate
+    /// divided by `n` (rounded down, at least 1 B/s), so the movers together
+    /// stay at the limit. Unlimited windows stay unlimited.
+    pub fn share(&self, n: u32) -> RateSchedule {
+        let n = u64::from(n.max(1));
+        Self {
+            rules: self
+                .rules
+                .iter()
+                .map(|r| Rule {
+                    rate: r.rate.map(|b| (b / n).max(1)),
+                    ..r.clone()
+                })
+                .collect(),
+        }
+    }
+
+    /// The value of `STOW_RATE_LIMIT` that parses back to this schedule.
+    pub fn to_env(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// Prints the `STOW_RATE_LIMIT` syntax, e.g. `mon-fri 09:00-18:00=10MiB,*=200MiB`.
+impl std::fmt::Display for RateSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, rule) in self.rules.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            match (rule.days, rule.span) {
+                (None, None) => f.write_str("*")?,
+                (Some(mask), None) => write_days(f, mask)?,
+                (None, Some(span)) => write_span(f, span)?,
+                (Some(mask), Some(span)) => {
+                    write_days(f, mask)?;
+                    f.write_str(" ")?;
+                    write_span(f, span)?;
+                }
+            }
+            f.write_str("=")?;
+            match rule.rate {
+                None => f.write_str("unlimited")?,
+                Some(b) => write_rate(f, b)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs of consecutive days as `mon-fri`, joined by `+`.
+fn write_days(f: &mut std::fmt::Formatter<'_>, mask: u8) -> std::fmt::Result {
+    let mut first = true;
+    let mut d = 0;
+    while d < 7 {
+        if mask & (1 << d) == 0 {
+            d += 1;
+            continue;
+        }
+        let start = d;
+        while d + 1 < 7 && mask & (1 << (d + 1)) != 0 {
+            d += 1;
+        }
+        if !first {
+            f.write_str("+")?;
+        }
+        first = false;
+        f.write_str(DAYS[start])?;
+        if d > start {
+            write!(f, "-{}", DAYS[d])?;
+        }
+        d += 1;
+    }
+    Ok(())
+}
+
+fn write_span(f: &mut std::fmt::Formatter<'_>, (start, end): (u16, u16)) -> std::fmt::Result {
+    write!(
+        f,
+        "{:02}:{:02}-{:02}:{:02}",
+        start / 60,
+        start % 60,
+        end / 60,
+        end % 60
+    )
+}
+
+/// Exact: the largest binary unit that divides the rate, else plain bytes.
+fn write_rate(f: &mut std::fmt::Formatter<'_>, b: u64) -> std::fmt::Result {
+    for (unit, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+        if b.is_multiple_of(unit) {
+            return write!(f, "{}{name}", b / unit);
+        }
+    }
+    write!(f, "{b}B")
 }
 
 fn weekday_index(w: Weekday) -> u8 {
@@ -249,6 +345,56 @@ mod tests {
         assert_eq!(s.rate_at(at(2026, 11, 25, 12, 0)), None); // Wednesday: no rule
         let s = RateSchedule::parse("00:00-12:00=2MiB").unwrap();
         assert_eq!(s.rate_at(at(2026, 11, 25, 11, 59)), Some(2 * MIB));
+    }
+
+    #[test]
+    fn display_parses_back_to_the_same_schedule() {
+        for input in [
+            "50MiB",
+            "500KB/s",
+            "unlimited",
+            "mon-fri 09:00-18:00=10MiB,*=200MiB",
+            "fri 22:00-06:00=1MiB",
+            "sat+sun=unlimited,fri-mon 00:00-24:00=1MiB",
+            "00:00-12:00=2MiB,mon+wed+fri=3KiB,tue-thu 23:30-00:15=1GiB,*=7",
+        ] {
+            let s = RateSchedule::parse(input).unwrap();
+            let printed = s.to_env();
+            assert_eq!(
+                RateSchedule::parse(&printed).unwrap(),
+                s,
+                "{input} -> {printed}"
+            );
+        }
+        assert_eq!(
+            RateSchedule::parse("mon-fri 09:00-18:00=10MiB,*=200MiB")
+                .unwrap()
+                .to_string(),
+            "mon-fri 09:00-18:00=10MiB,*=200MiB"
+        );
+        assert_eq!(
+            RateSchedule::parse("500KB").unwrap().to_string(),
+            "*=500000B"
+        );
+    }
+
+    #[test]
+    fn share_divides_every_window() {
+        let s = RateSchedule::parse("mon-fri 09:00-18:00=10MiB,sat=unlimited,*=200MiB").unwrap();
+        let third = s.share(3);
+        assert_eq!(
+            third.to_env(),
+            "mon-fri 09:00-18:00=3495253B,sat=unlimited,*=69905066B"
+        );
+        assert_eq!(RateSchedule::parse(&third.to_env()).unwrap(), third);
+        assert_eq!(third.rate_at(at(2026, 11, 23, 10, 0)), Some(10 * MIB / 3));
+        assert_eq!(third.rate_at(at(2026, 11, 28, 10, 0)), None);
+        assert_eq!(third.rate_at(at(2026, 11, 29, 10, 0)), Some(200 * MIB / 3));
+        // The shares never add up to more than the limit, and never to zero.
+        assert!(3 * third.rate_at(at(2026, 11, 23, 10, 0)).unwrap() <= 10 * MIB);
+        assert_eq!(RateSchedule::parse("2").unwrap().share(5).to_env(), "*=1B");
+        assert_eq!(s.share(1), s);
+        assert_eq!(s.share(0), s);
     }
 
     #[test]

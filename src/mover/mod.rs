@@ -61,7 +61,6 @@ const PASSED_ON: &[&str] = &[
     vars::PLAN,
     vars::RECONNECT_TIMEOUT,
     vars::RESUME_BUFFER,
-    vars::RATE_LIMIT,
     vars::TIMEZONE,
     vars::LOG_FORMAT,
     "RUST_LOG",
@@ -238,34 +237,7 @@ impl<'a> Runner<'a> {
         cancel: CancellationToken,
         movers: usize,
     ) -> Self {
-        let mut secret_env = BTreeMap::new();
-        if let Ok(repo) = std::env::var(vars::REPOSITORY) {
-            secret_env.insert(vars::REPOSITORY.to_string(), repo.trim().to_string());
-        }
-        if let Some(pw) = &config.password {
-            secret_env.insert(vars::PASSWORD.to_string(), pw.expose().to_string());
-        }
-        for var in AWS_VARS {
-            if let Ok(v) = std::env::var(var)
-                && !v.is_empty()
-            {
-                secret_env.insert(var.to_string(), v);
-            }
-        }
-        let mut base_env = BTreeMap::new();
-        for var in PASSED_ON {
-            if let Ok(v) = std::env::var(var)
-                && !v.trim().is_empty()
-            {
-                base_env.insert(var.to_string(), v);
-            }
-        }
-        base_env.insert(vars::RUN_ID.to_string(), run_id.to_string());
-        // STOW_CHANNELS is shared out: with many volumes, many movers of
-        // one stream each; with one volume, one mover with every stream.
-        let channels = usize::from(config.channels).max(1);
-        let mover_channels = (channels / movers.clamp(1, channels)).max(1);
-        base_env.insert(vars::CHANNELS.to_string(), mover_channels.to_string());
+        let (secret_env, base_env) = mover_env(config, run_id, movers, |v| std::env::var(v).ok());
         Runner {
             kube,
             tag: job::run_tag(run_id),
@@ -604,6 +576,52 @@ impl<'a> Runner<'a> {
     }
 }
 
+/// What every mover gets: the Secret's content (repository, password, S3
+/// credentials) and plain variables. `env` reads this process's
+/// environment (injectable for tests).
+fn mover_env(
+    config: &Config,
+    run_id: &str,
+    movers: usize,
+    env: impl Fn(&str) -> Option<String>,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let mut secret_env = BTreeMap::new();
+    if let Some(repo) = env(vars::REPOSITORY) {
+        secret_env.insert(vars::REPOSITORY.to_string(), repo.trim().to_string());
+    }
+    if let Some(pw) = &config.password {
+        secret_env.insert(vars::PASSWORD.to_string(), pw.expose().to_string());
+    }
+    for var in AWS_VARS {
+        if let Some(v) = env(var)
+            && !v.is_empty()
+        {
+            secret_env.insert(var.to_string(), v);
+        }
+    }
+    let mut base_env = BTreeMap::new();
+    for var in PASSED_ON {
+        if let Some(v) = env(var)
+            && !v.trim().is_empty()
+        {
+            base_env.insert(var.to_string(), v);
+        }
+    }
+    base_env.insert(vars::RUN_ID.to_string(), run_id.to_string());
+    // STOW_CHANNELS is shared out: with many volumes, many movers of
+    // one stream each; with one volume, one mover with every stream.
+    let channels = usize::from(config.channels).max(1);
+    let mover_channels = (channels / movers.clamp(1, channels)).max(1);
+    base_env.insert(vars::CHANNELS.to_string(), mover_channels.to_string());
+    // The bandwidth limit is per pod: each mover in flight gets its
+    // share, so all of them together stay at the limit.
+    if let Some(rate) = &config.rate_limit {
+        let in_flight = movers.clamp(1, channels) as u32;
+        base_env.insert(vars::RATE_LIMIT.to_string(), rate.share(in_flight).to_env());
+    }
+    (secret_env, base_env)
+}
+
 fn condition(obj: &Value, kind: &str) -> bool {
     obj.pointer("/status/conditions")
         .and_then(Value::as_array)
@@ -640,4 +658,54 @@ fn pending_reason(pod: &Value) -> Option<String> {
             str_at(pod, "/status/phase").unwrap_or("Pending")
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &[(&str, &str)]) -> Config {
+        let mut v = vec![
+            (vars::MODE, "backup"),
+            (vars::REPOSITORY, "s3://backups/p"),
+            (vars::PASSWORD, "pw-123"),
+        ];
+        v.extend_from_slice(extra);
+        Config::from_vars(v.iter().map(|(k, v)| (k.to_string(), v.to_string())), None).unwrap()
+    }
+
+    fn env_of<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn movers_share_channels_and_the_bandwidth_limit() {
+        let c = config(&[(vars::CHANNELS, "4"), (vars::RATE_LIMIT, "40MiB")]);
+        let process = [
+            (vars::REPOSITORY, "s3://backups/p"),
+            ("AWS_SECRET_ACCESS_KEY", "sekrit"),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/token"),
+            (vars::TIMEZONE, "Europe/Berlin"),
+            (vars::RATE_LIMIT, "40MiB"),
+        ];
+        // Six volumes: four movers in flight, one stream and 10 MiB/s each.
+        let (secret, base) = mover_env(&c, "run-1", 6, env_of(&process));
+        assert_eq!(secret[vars::PASSWORD], "pw-123");
+        assert_eq!(secret["AWS_SECRET_ACCESS_KEY"], "sekrit");
+        assert!(!secret.contains_key("AWS_WEB_IDENTITY_TOKEN_FILE"));
+        assert!(!base.contains_key(vars::PASSWORD));
+        assert_eq!(base[vars::CHANNELS], "1");
+        assert_eq!(base[vars::RATE_LIMIT], "*=10MiB");
+        assert_eq!(base[vars::TIMEZONE], "Europe/Berlin");
+        assert_eq!(base[vars::RUN_ID], "run-1");
+        // One volume: one mover with every stream and the whole limit.
+        let (_, base) = mover_env(&c, "run-1", 1, env_of(&process));
+        assert_eq!(base[vars::CHANNELS], "4");
+        assert_eq!(base[vars::RATE_LIMIT], "*=40MiB");
+    }
 }

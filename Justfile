@@ -30,12 +30,13 @@ demo: setup
 fmt:
     cargo fmt --all
 
-# Benchmarks: kubestow vs restic and rustic on a generated 1+ GiB dataset, blob ids, and resources vs kubectl on the test cluster; updates BENCHMARKS.md.
+# Benchmarks: kubestow vs restic and rustic on a generated 1+ GiB dataset, blob ids, and resources vs kubectl on the test cluster; updates BENCHMARKS.md. Then the 30 s STOW_RATE_LIMIT checks against Garage.
 bench: setup
     bash bench/run.sh
     cargo bench --quiet --bench ids
     cargo build --release --quiet
     cargo run --release --quiet --example bench_resources
+    cargo test --release --test integration rate:: -- --ignored --nocapture
 
 # Build the container image (images/Dockerfile) with docker or podman, where one is running.
 image tag="kubestow:dev":

@@ -58,7 +58,10 @@ impl Options {
     }
 }
 
-pub async fn run(config: &Config, _ctx: &RunContext) -> Result<Report, Error> {
+pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
+    // SIGTERM stops the repository's retries at once instead of after the
+    // reconnect window.
+    crate::cancel::link(&ctx.cancel);
     let location = config
         .repository
         .as_ref()
@@ -67,12 +70,29 @@ pub async fn run(config: &Config, _ctx: &RunContext) -> Result<Report, Error> {
         .password
         .as_ref()
         .expect("validated: check requires a password");
-    let backend = backend::open(location, config.reconnect_timeout).await;
-    // Lenient: a damaged index object is reported below, not fatal here.
-    let (repo, _) =
-        Repository::open_lenient(backend, password, config.compression, KeyParams::default())
-            .await?;
-    check(&repo, &Options::from_config(config)).await
+    let backend = backend::open(
+        location,
+        config.reconnect_timeout,
+        backend::Throttle::for_config(config),
+    )
+    .await;
+    let report = async {
+        // Lenient: a damaged index object is reported below, not fatal here.
+        let (repo, _) =
+            Repository::open_lenient(backend, password, config.compression, KeyParams::default())
+                .await?;
+        check(&repo, &Options::from_config(config)).await
+    }
+    .await;
+    // Errors and findings made while the retries were being cut short say
+    // nothing about the repository.
+    if ctx.cancel.is_cancelled() {
+        if let Err(e) = &report {
+            warn!(error = %e, "stopped");
+        }
+        return Err(Error::Cancelled);
+    }
+    report
 }
 
 /// What a check found, before it becomes a report.

@@ -40,12 +40,19 @@ pub struct Options {
 }
 
 pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
+    // SIGTERM stops the retries of the repository and the API at once.
+    crate::cancel::link(&ctx.cancel);
     let source = Repository::from_config(config, false).await?;
     let target = config
         .copy_to
         .as_ref()
         .expect("validated: copy requires STOW_COPY_TO_REPOSITORY and a password");
-    let backend = backend::open(&target.repository, config.reconnect_timeout).await;
+    let backend = backend::open(
+        &target.repository,
+        config.reconnect_timeout,
+        backend::Throttle::for_config(config),
+    )
+    .await;
     let dest = open_destination(
         backend,
         &target.password,

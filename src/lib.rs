@@ -4,6 +4,7 @@
 //! concepts: [`config`] reads the environment, [`run`] is the frame around a
 //! mode, [`cluster`] talks to Kubernetes, [`repo`] stores data.
 
+pub mod cancel;
 pub mod check;
 pub mod cluster;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mover;
 pub mod preflight;
+pub mod progress;
 pub mod prune;
 pub mod repo;
 pub mod resources;

@@ -259,7 +259,9 @@ pub fn table(rows: &[RunRow]) -> String {
     out
 }
 
-pub async fn run(config: &Config, _ctx: &RunContext) -> Result<Report, Error> {
+pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
+    // SIGTERM stops the repository's retries at once.
+    crate::cancel::link(&ctx.cancel);
     let repo = Repository::from_config(config, false).await?;
     let (report, rows) = list(&repo, &RunFilter::from_config(config)).await?;
     let mut report = report;

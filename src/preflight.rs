@@ -429,7 +429,42 @@ async fn check_storage(cluster: &Cluster, config: &Config, mode: Mode, checks: &
 }
 
 /// One permission a mode needs: verb, group, resource, namespaced, why.
+/// Permissions to read or create objects are *per item*: without one, the
+/// run still goes on and reports those objects as failed (a warning here);
+/// the others are required (a failure: the run stops before it starts).
 type Need = (&'static str, &'static str, &'static str, bool, &'static str);
+
+/// Whether a run cannot do its job without this permission.
+fn required(need: &Need, config: &Config, mode: Mode) -> bool {
+    let (verb, group, resource, _, _) = *need;
+    // A restore learns whether its snapshot has volume data only after
+    // opening the repository: without these, the volumes fail as items.
+    let movers = mode == Mode::Backup
+        && matches!(
+            (verb, group, resource),
+            ("create" | "delete", "batch", "jobs")
+                | ("create", "", "secrets" | "serviceaccounts")
+                | (
+                    "create" | "delete",
+                    "snapshot.storage.k8s.io",
+                    "volumesnapshots"
+                )
+                | ("get", "", "persistentvolumes")
+                | ("list", "", "pods")
+                | ("list", "storage.k8s.io", "storageclasses")
+        )
+        || (matches!(verb, "create" | "delete")
+            && resource == "persistentvolumeclaims"
+            && mode == Mode::Backup);
+    // Without listing namespaces, a backup of globs finds nothing; literal
+    // names are read one by one instead.
+    let namespaces = (verb, resource) == ("list", "namespaces")
+        && crate::resources::select::Selector::new(&config.selection)
+            .ok()
+            .and_then(|s| s.literal_namespaces())
+            .is_none();
+    movers || namespaces
+}
 
 /// The permissions `mode` needs with this configuration.
 pub fn needs(config: &Config, mode: Mode) -> Vec<Need> {
@@ -637,7 +672,13 @@ async fn check_rbac(cluster: &Cluster, config: &Config, mode: Mode, checks: &mut
         .collect()
         .await;
     let mut missing = 0;
-    for ((verb, group, resource, _, why), ns, r) in &results {
+    for (need, ns, r) in &results {
+        let (verb, group, resource, _, why) = need;
+        let level = if required(need, config, mode) {
+            Level::Fail
+        } else {
+            Level::Warn
+        };
         let what = match (group.is_empty(), ns.is_empty()) {
             (true, true) => format!("{verb} {resource}"),
             (true, false) => format!("{verb} {resource} in namespace {ns}"),
@@ -648,17 +689,22 @@ async fn check_rbac(cluster: &Cluster, config: &Config, mode: Mode, checks: &mut
             Ok(true) => {}
             Ok(false) => {
                 missing += 1;
+                let effect = if level == Level::Warn {
+                    "; those objects will fail as items"
+                } else {
+                    ""
+                };
                 checks.push(
                     "rbac",
-                    Level::Fail,
-                    format!("missing permission: {what} ({why})"),
+                    level,
+                    format!("missing permission: {what} ({why}){effect}"),
                 );
             }
             Err(e) => {
                 missing += 1;
                 checks.push(
                     "rbac",
-                    Level::Fail,
+                    level,
                     format!("cannot check permission {what}: {e}"),
                 );
             }
@@ -702,6 +748,49 @@ async fn access(cluster: &Cluster, need: Need, ns: &str) -> Result<bool, String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(extra: &[(&str, &str)]) -> Config {
+        let mut v = vec![
+            ("STOW_MODE", "backup"),
+            ("STOW_REPOSITORY", "s3://backups/p"),
+            ("STOW_PASSWORD", "pw"),
+        ];
+        v.extend_from_slice(extra);
+        Config::from_vars(v.iter().map(|(k, v)| (k.to_string(), v.to_string())), None).unwrap()
+    }
+
+    fn find<'a>(needs: &'a [Need], verb: &str, resource: &str) -> Option<&'a Need> {
+        needs.iter().find(|n| n.0 == verb && n.2 == resource)
+    }
+
+    #[test]
+    fn what_each_mode_needs_and_what_it_cannot_do_without() {
+        let c = config(&[("STOW_NAMESPACES", "shop-*")]);
+        let backup = needs(&c, Mode::Backup);
+        let secrets = find(&backup, "create", "secrets").unwrap();
+        assert!(required(secrets, &c, Mode::Backup), "movers need it");
+        let list_secrets = find(&backup, "list", "secrets").unwrap();
+        assert!(
+            !required(list_secrets, &c, Mode::Backup),
+            "only those items fail"
+        );
+        let ns = find(&backup, "list", "namespaces").unwrap();
+        assert!(required(ns, &c, Mode::Backup), "globs need the list");
+        let literal = config(&[("STOW_NAMESPACES", "shop")]);
+        assert!(!required(ns, &literal, Mode::Backup));
+        // No volume data: no mover permissions at all.
+        let skip = config(&[("STOW_VOLUME_SOURCE", "skip")]);
+        assert!(find(&needs(&skip, Mode::Backup), "create", "jobs").is_none());
+        // kubelet source: no snapshots.
+        let kubelet = config(&[("STOW_VOLUME_SOURCE", "kubelet")]);
+        assert!(find(&needs(&kubelet, Mode::Backup), "create", "volumesnapshots").is_none());
+        // A restore's movers fail as items: the snapshot may have no volumes.
+        let restore = needs(&c, Mode::Restore);
+        let jobs = find(&restore, "create", "jobs").unwrap();
+        assert!(!required(jobs, &c, Mode::Restore));
+        let update = config(&[("STOW_EXISTING", "update")]);
+        assert!(find(&needs(&update, Mode::Restore), "update", "deployments").is_some());
+    }
 
     #[test]
     fn minor_versions_from_managed_clusters() {

@@ -97,6 +97,8 @@ impl Options {
 }
 
 pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
+    // SIGTERM stops the retries of the repository and the API at once.
+    crate::cancel::link(&ctx.cancel);
     let repo = Repository::from_config(config, false).await?;
     prune(
         &repo,
@@ -118,6 +120,7 @@ pub async fn prune(
     let result = async {
         sweep(repo, opts, &lock, &mut report, &mut details).await?;
         mover_results(repo, opts, &mut report).await?;
+        checkpoints(repo, &mut report).await?;
         stop_if_cancelled(cancel)?;
         forget(repo, opts, &lock, &mut report, &mut details).await?;
         stop_if_cancelled(cancel)?;
@@ -516,6 +519,52 @@ async fn mover_results(
             }
             Ok(_) => {}
             Err(e) => warn!(%key, error = %e, "unreadable mover result left in place"),
+        }
+    }
+    Ok(())
+}
+
+/// Volume checkpoints are kept this long at most when no complete backup
+/// supersedes them: past that they would only cost memory to a rerun.
+const CHECKPOINT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Removes volume checkpoints that a complete backup of the same plan and
+/// volume, saved after them, has made useless, and very old ones. Safe at
+/// any time: a rerun takes from a checkpoint only blobs its index has.
+async fn checkpoints(repo: &Repository, report: &mut Report) -> Result<(), Error> {
+    let all = repo.all_checkpoints().await?;
+    if all.is_empty() {
+        return Ok(());
+    }
+    let now = Timestamp::now();
+    let mut latest: HashMap<(String, String), Timestamp> = HashMap::new();
+    for run in repo
+        .complete_runs()
+        .await?
+        .into_iter()
+        .filter(|r| r.complete)
+    {
+        for (_, m) in &run.parts {
+            for volume in m.volumes.keys() {
+                let t = latest
+                    .entry((m.plan.clone(), volume.clone()))
+                    .or_insert(run.time);
+                *t = (*t).max(run.time);
+            }
+        }
+    }
+    for (key, h) in all {
+        match h {
+            Ok(h) => {
+                let superseded = latest
+                    .get(&(h.plan.clone(), h.volume.clone()))
+                    .is_some_and(|t| *t > h.time);
+                if superseded || age(now, h.time) > CHECKPOINT_MAX_AGE {
+                    repo.delete_checkpoint(&key).await?;
+                    report.count("checkpoints_removed", 1);
+                }
+            }
+            Err(e) => warn!(%key, error = %e, "unreadable checkpoint left in place"),
         }
     }
     Ok(())

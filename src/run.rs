@@ -93,9 +93,10 @@ pub fn main(args: &[String]) -> ExitCode {
         spawn_signal_handler(ctx.cancel.clone());
         // STOW_LAST_DAY_OF_MONTH / STOW_MIN_INTERVAL may skip the run;
         // STOW_ONCE suspends the CronJob after a success (see `schedule`).
+        // STOW_PRECONDITION may skip it too; hooks wrap the mode (`hooks`).
         let mut result = match crate::schedule::before(&config).await {
             Ok(Some(skipped)) => Ok(skipped),
-            Ok(None) => dispatch(&config, &ctx).await,
+            Ok(None) => crate::hooks::around(&config, &ctx, dispatch(&config, &ctx)).await,
             Err(e) => Err(e),
         };
         if let Ok(report) = &mut result {

@@ -107,11 +107,11 @@ vars! {
     RECONNECT_TIMEOUT = "STOW_RECONNECT_TIMEOUT", default "5m";
     /// Unsaved progress a crash may lose, e.g. `10MiB`.
     RESUME_BUFFER = "STOW_RESUME_BUFFER", default "10MiB";
-    /// Condition checked before the run; if it fails the run ends as skipped.
+    /// Run only if this holds, else end `skipped` (exit 0) having written nothing: a command (exit 0), `exec:<ns>/<selector>/<container>:<command>` (exit 0 in the first Running pod), or `resource:<kind>/<ns>/<name>` (exists and is Ready/Available). One per line, all must hold; see "Hooks and preconditions".
     PRECONDITION = "STOW_PRECONDITION", default "";
-    /// Hooks run before the backup reads anything.
+    /// Commands run in order before the run reads anything, one per line: `[timeout=60s] [on-error=fail|continue] [scope=run|volume] <command>`, where the command is local or `exec:<ns>/<selector>/<container>:<command>` (in each Running pod selected); or a JSON array. See "Hooks and preconditions".
     PRE_HOOKS = "STOW_PRE_HOOKS", default "";
-    /// Hooks run after the backup, also when it failed.
+    /// Commands run after the run once the pre hooks started, also when it failed or got SIGTERM; same syntax as `STOW_PRE_HOOKS`.
     POST_HOOKS = "STOW_POST_HOOKS", default "";
     /// `copy`: destination repository, same syntax as `STOW_REPOSITORY`.
     COPY_TO_REPOSITORY = "STOW_COPY_TO_REPOSITORY", default "";

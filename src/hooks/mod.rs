@@ -247,11 +247,11 @@ impl<'a> Runner<'a> {
             match r {
                 Ok(()) => {}
                 Err(e) if hook.on_error == OnError::Continue && !cancel.is_cancelled() => {
-                    warn!(hook = %name, volume = ?volume.map(|v| &v.volume), error = %e, "hook failed; continuing (on-error=continue)");
+                    warn!(hook = %name, volume = volume.map(|v| v.volume.as_str()), error = %e, "hook failed; continuing (on-error=continue)");
                     outcome["error"] = json!(e);
                 }
                 Err(e) => {
-                    warn!(hook = %name, volume = ?volume.map(|v| &v.volume), error = %e, "hook failed");
+                    warn!(hook = %name, volume = volume.map(|v| v.volume.as_str()), error = %e, "hook failed");
                     outcome["error"] = json!(e);
                     failures.push(format!("{name}: {e}"));
                     outcomes.push(outcome);
@@ -642,14 +642,12 @@ where
 /// (backup). Pre hooks run before, post hooks after; when a pre hook
 /// fails with `fail`, the post hooks still run and the volume fails.
 /// Failed post hooks with `fail` become item errors ([`Self::take_errors`]).
-#[allow(dead_code)] // Wired into backup in the next commit.
 pub(crate) struct VolumeHooks<'a> {
     runner: Runner<'a>,
     cancel: CancellationToken,
     errors: Mutex<Vec<ItemError>>,
 }
 
-#[allow(dead_code)]
 impl<'a> VolumeHooks<'a> {
     pub(crate) fn new(config: &'a Config, ctx: &'a RunContext, kube: &Kube) -> Self {
         Self {

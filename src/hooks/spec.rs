@@ -168,10 +168,12 @@ fn parse(text: &str, kind: Kind) -> Result<Vec<Hook>, String> {
         .collect()
 }
 
-/// `[{…}]`, `[]` or (a precondition) `{…}`; `[ -f /ready ]` is a command.
+/// `[{…}]`, `[]` or (a precondition) `{…}`; `[ -f /ready ]` is a
+/// command. `["sh", …]` is JSON too, so that a bare argv is an error
+/// rather than a strange command.
 fn looks_like_json(t: &str, kind: Kind) -> bool {
     if let Some(rest) = t.strip_prefix('[') {
-        return rest.trim_start().starts_with(['{', ']']);
+        return rest.trim_start().starts_with(['{', ']', '"']);
     }
     kind == Kind::Precondition && t.starts_with('{')
 }

@@ -191,6 +191,7 @@ fn malformed_values_say_what_is_wrong() {
         ("echo 'unterminated", "unterminated '"),
         ("true; exec:shop/app=db/db:true", "line breaks"),
         ("[{\"command\": []}]", "`command` is empty"),
+        ("[\"sh\", \"-c\", \"true\"]", "invalid JSON"),
         ("[{\"command\": \"echo hi\"}]", "invalid JSON"),
         ("[{\"cmd\": [\"true\"]}]", "unknown field `cmd`"),
         ("[{\"timeout\": \"5s\"}]", "`command`"),

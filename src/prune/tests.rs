@@ -815,3 +815,55 @@ async fn mover_results_go_once_their_run_is_complete_or_dead() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].1.as_ref().unwrap().run_id, "running");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_go_once_a_later_backup_completes_or_they_are_old() {
+    let (mem, repo) = testutil::mem().await;
+    four_runs(&repo).await;
+    let save = |plan: &str, volume: &str, time: Timestamp| {
+        let json = serde_json::json!({
+            "version": 1, "run_id": "r", "plan": plan, "volume": volume,
+            "time": time, "root_dev": 1, "files": []
+        });
+        let repo = repo.clone();
+        let (plan, volume) = (plan.to_string(), volume.to_string());
+        async move {
+            repo.save_checkpoint(&plan, &volume, json.to_string().as_bytes())
+                .await
+                .unwrap()
+        }
+    };
+    // Before run-3 (2026-01-04) of the same plan and volume: superseded.
+    save("daily", "data", t("2026-01-03T12:00:00Z")).await;
+    // After every run: an unfinished backup's, kept for its rerun.
+    let fresh = save("daily", "data", Timestamp::now()).await;
+    // No complete backup of that plan: kept until old.
+    let other = save(
+        "hourly",
+        "data",
+        Timestamp::now() - jiff::SignedDuration::from_hours(48),
+    )
+    .await;
+    save(
+        "hourly",
+        "data",
+        Timestamp::now() - jiff::SignedDuration::from_hours(24 * 8),
+    )
+    .await;
+    assert_eq!(objects(&mem, crate::repo::CHECKPOINT_PREFIX).await, 4);
+    let r = prune(&repo, &opts("prune-1", |r| r.last = Some(10)), &never())
+        .await
+        .unwrap();
+    assert_eq!(r.counts["checkpoints_removed"], 2, "{r:?}");
+    let mut left: Vec<String> = repo
+        .all_checkpoints()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    left.sort();
+    let mut want = vec![fresh, other];
+    want.sort();
+    assert_eq!(left, want);
+}

@@ -46,6 +46,7 @@ pub(crate) mod kind {
     pub const SNAPSHOT: u8 = 0x13;
     pub const KEY: u8 = 0x14;
     pub const MOVER: u8 = 0x15;
+    pub const CHECKPOINT: u8 = 0x16;
 }
 
 /// Length of the master key material: AES key then BLAKE3 id key.

@@ -6,6 +6,7 @@
 //! in index objects; snapshot manifests are written last.
 
 pub mod backend;
+mod checkpoint;
 mod crypto;
 mod error;
 #[doc(hidden)]
@@ -36,6 +37,7 @@ use backend::Backend;
 use crypto::{MAX_BLOB_LEN, MAX_META_LEN, MasterKey, OpenError, kind};
 use index::Index;
 
+pub use checkpoint::{CheckpointHeader, PREFIX as CHECKPOINT_PREFIX};
 pub use error::RepoError;
 pub use id::{BlobId, BlobKind, PackId, ParseIdError, SnapshotId};
 pub use index::IndexEntry;
@@ -43,7 +45,7 @@ pub use keys::{KeyParams, MIN_ITERATIONS};
 pub use mover::{MoverResult, PREFIX as MOVER_PREFIX};
 pub use pack::PACK_TARGET;
 pub use snapshot::{Run, SnapshotManifest, SnapshotStatus, VolumeEntry, group_runs};
-pub use writer::{WriteStats, Writer};
+pub use writer::{CHECKPOINT_EVERY, WriteStats, Writer};
 
 const CONFIG_KEY: &str = "config";
 const CONFIG_VERSION: u32 = 1;
@@ -396,7 +398,12 @@ impl Repository {
             .password
             .as_ref()
             .expect("validated: modes that open a repository require a password");
-        let backend = backend::open(location, config.reconnect_timeout).await;
+        let backend = backend::open(
+            location,
+            config.reconnect_timeout,
+            backend::Throttle::for_config(config),
+        )
+        .await;
         let repo = Self::open_or_init(
             backend,
             password,
@@ -749,6 +756,12 @@ impl Repository {
     /// this process has uploaded.
     pub fn has_blob(&self, id: &BlobId) -> bool {
         self.index().contains(id)
+    }
+
+    /// Whether the blob is listed in a stored index object, so a reopened
+    /// repository (a rerun after a crash) finds it.
+    pub fn is_durable(&self, id: &BlobId) -> bool {
+        self.index().is_persisted(id)
     }
 
     pub fn index_entry(&self, id: &BlobId) -> Option<IndexEntry> {

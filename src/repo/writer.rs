@@ -4,14 +4,21 @@
 //! sealed size from a byte semaphore of `(channels + 2) × pack target`
 //! before it is sealed, and gives it back only when its pack is stored. So
 //! `add` waits (back-pressure) while packs are queued for upload, and at
-//! most `channels` uploads run at once.
+//! most `channels` pack uploads run at once.
+//!
+//! Checkpoints: packs are listed in an index object every
+//! `packs_per_index` packs (`STOW_RESUME_BUFFER`), and no added blob stays
+//! unlisted for much more than [`CHECKPOINT_EVERY`]: a slow trickle of
+//! data would otherwise leave a crashed run nothing to resume from.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
 
 use super::crypto::{MAX_BLOB_LEN, OVERHEAD, kind};
 use super::id::{BlobId, BlobKind, PackId};
@@ -23,6 +30,9 @@ use super::{RepoError, Repository, index};
 const INLINE_LIMIT: usize = 64 << 10;
 /// Packs listed per index object when nobody calls `flush`.
 pub(crate) const PACKS_PER_INDEX: usize = 16;
+/// A blob added this long ago is made durable (its pack cut short and
+/// indexed) even when fewer than `packs_per_index` packs are waiting.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
 
 /// What one writer stored. Clones of a writer share their counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -75,8 +85,12 @@ struct Shared {
     force: bool,
     pack_target: usize,
     packs_per_index: usize,
-    /// One permit per concurrent PUT (packs and index objects).
+    /// One permit per concurrent pack PUT.
     uploads: Semaphore,
+    /// Index objects have their own (one at a time): queued behind the
+    /// next pack's upload, a stored pack would stay unindexed (lost to a
+    /// crash) for that long.
+    index_uploads: Semaphore,
     /// Bytes of sealed data held by the pipeline.
     memory: Arc<Semaphore>,
     /// Largest reservation one blob makes; smaller than the budget by one
@@ -101,6 +115,27 @@ struct State {
     unindexed: BTreeSet<u64>,
     /// Stored packs waiting for an index object.
     pending_index: Vec<(u64, PackId, Vec<PackEntry>)>,
+    /// When the first blob of the oldest pack in `pending_index` was added.
+    pending_since: Option<Instant>,
+    /// A checkpoint timer task is running.
+    timer: bool,
+}
+
+impl State {
+    fn take_pending(&mut self) -> Vec<(u64, PackId, Vec<PackEntry>)> {
+        self.pending_since = None;
+        std::mem::take(&mut self.pending_index)
+    }
+
+    /// When the oldest blob that is not yet durable (open pack or waiting
+    /// for its index) was added; blobs in packs being uploaded count from
+    /// when those land in `pending_index`.
+    fn oldest_unsaved(&self) -> Option<Instant> {
+        match (self.current.opened, self.pending_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 enum InFlight {
@@ -116,6 +151,8 @@ struct OpenPack {
     entries: Vec<PackEntry>,
     size: usize,
     memory: Option<OwnedSemaphorePermit>,
+    /// When its first blob was added.
+    opened: Option<Instant>,
 }
 
 enum Prepared {
@@ -176,6 +213,7 @@ impl Writer {
                 pack_target,
                 packs_per_index: packs_per_index.max(1),
                 uploads: Semaphore::new(channels),
+                index_uploads: Semaphore::new(1),
                 memory: Arc::new(Semaphore::new(budget)),
                 max_reservation: (channels + 1) * pack_target,
                 state: Mutex::new(State::default()),
@@ -269,7 +307,7 @@ impl Writer {
                     return Err(e.clone());
                 }
                 if !st.pending_index.is_empty() {
-                    Some(std::mem::take(&mut st.pending_index))
+                    Some(st.take_pending())
                 } else if st.unindexed.range(..upto).next().is_none() {
                     return Ok(());
                 } else {
@@ -375,6 +413,8 @@ impl Shared {
         });
         st.current.size += sealed.len();
         st.current.segments.push(sealed);
+        st.current.opened.get_or_insert_with(Instant::now);
+        self.arm_timer(&mut st);
         match st.current.memory.as_mut() {
             Some(p) => p.merge(permit),
             None => st.current.memory = Some(permit),
@@ -399,11 +439,67 @@ impl Shared {
         tokio::spawn(async move { sh.upload(seq, pack).await });
     }
 
+    /// Starts the checkpoint timer unless it runs. It holds the writer
+    /// weakly: a dropped writer has nobody left to checkpoint for.
+    fn arm_timer(self: &Arc<Self>, st: &mut State) {
+        if st.timer || st.error.is_some() {
+            return;
+        }
+        st.timer = true;
+        let weak = Arc::downgrade(self);
+        tokio::spawn(Self::timer(weak));
+    }
+
+    /// Sleeps until the oldest unsaved blob is [`CHECKPOINT_EVERY`] old,
+    /// then cuts the open pack short and/or indexes the waiting packs.
+    /// Ends when nothing is left unsaved (`append` and `upload` start it
+    /// again).
+    async fn timer(weak: Weak<Self>) {
+        loop {
+            let due = {
+                let Some(sh) = weak.upgrade() else { return };
+                let mut st = lock(&sh.state);
+                match st.oldest_unsaved() {
+                    Some(t) if st.error.is_none() => t + CHECKPOINT_EVERY,
+                    _ => {
+                        st.timer = false;
+                        return;
+                    }
+                }
+            };
+            tokio::time::sleep_until(due).await;
+            let Some(sh) = weak.upgrade() else { return };
+            let batch = {
+                let mut st = lock(&sh.state);
+                // Due: added at least CHECKPOINT_EVERY ago.
+                let now = Instant::now();
+                let due = |t: Instant| t + CHECKPOINT_EVERY <= now;
+                if st.current.opened.is_some_and(due) {
+                    tracing::debug!(
+                        blobs = st.current.entries.len(),
+                        "checkpoint: storing a pack that has been open for a while"
+                    );
+                    sh.start_upload(&mut st);
+                }
+                st.pending_since.is_some_and(due).then(|| st.take_pending())
+            };
+            if let Some(batch) = batch {
+                tracing::debug!(
+                    packs = batch.len(),
+                    "checkpoint: indexing packs that have waited for a while"
+                );
+                // A failure is recorded for the next add/flush.
+                let _ = sh.write_index(batch).await;
+            }
+        }
+    }
+
     async fn upload(self: Arc<Self>, seq: u64, pack: OpenPack) {
         let OpenPack {
             segments,
             entries,
             memory,
+            opened,
             ..
         } = pack;
         let result = self.store_pack(segments, entries).await;
@@ -421,8 +517,17 @@ impl Shared {
                 st.in_flight.remove(&e.id);
             }
             st.pending_index.push((seq, id, entries));
-            (st.pending_index.len() >= self.packs_per_index)
-                .then(|| std::mem::take(&mut st.pending_index))
+            let opened = opened.unwrap_or_else(Instant::now);
+            st.pending_since = Some(st.pending_since.map_or(opened, |t| t.min(opened)));
+            let due = st
+                .pending_since
+                .is_some_and(|t| t + CHECKPOINT_EVERY <= Instant::now());
+            if st.pending_index.len() >= self.packs_per_index || due {
+                Some(st.take_pending())
+            } else {
+                self.arm_timer(&mut st);
+                None
+            }
         };
         self.changed.notify_waiters();
         if let Some(batch) = batch {
@@ -489,7 +594,7 @@ impl Shared {
             .await?;
         let key = format!("{}{}", index::PREFIX, blake3::hash(&sealed).to_hex());
         let size = sealed.len() as u64;
-        let _slot = self.uploads.acquire().await.expect("never closed");
+        let _slot = self.index_uploads.acquire().await.expect("never closed");
         self.repo.backend().put(&key, Bytes::from(sealed)).await?;
         self.stats.bytes_stored.fetch_add(size, Relaxed);
         Ok(())

@@ -6,9 +6,7 @@
 //! object); objects are never collected.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -30,8 +28,6 @@ use crate::summary::Report;
 
 /// Objects per list call.
 const PAGE: u32 = 500;
-/// How often a long listing logs its progress.
-const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Types that are never backed up: node-bound or ephemeral state that a
 /// cluster rebuilds itself (DESIGN.md §3 skip list, plus the node-bound
@@ -72,7 +68,7 @@ struct Lister<'a> {
     shared: Mutex<Shared>,
     namespaces: HashSet<String>,
     collect_refs: bool,
-    progress: Arc<AtomicU64>,
+    progress: Arc<crate::progress::Progress>,
     ctx: &'a RunContext,
 }
 
@@ -124,8 +120,10 @@ impl Lister<'_> {
         };
         let bytes = Bytes::from(canonical_bytes(&obj));
         drop(obj);
+        let len = bytes.len() as u64;
         let (id, new) = self.writer.add(BlobKind::Object, bytes).await?;
-        self.progress.fetch_add(1, Relaxed);
+        self.progress.add_objects(1);
+        self.progress.add_bytes(len);
         let mut sh = lock(&self.shared);
         if new {
             sh.objects_new += 1;
@@ -326,6 +324,8 @@ fn tasks(discovered: &Discovered, selector: &Selector, namespaces: &[String]) ->
 }
 
 pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
+    // SIGTERM stops the retries of the repository and the API at once.
+    crate::cancel::link(&ctx.cancel);
     let started = jiff::Timestamp::now();
     let selector = Selector::new(&config.selection).map_err(ResourceError::Cluster)?;
     // The same checks as `preflight`: fail before changing anything.
@@ -363,7 +363,7 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
         shared: Mutex::new(Shared::default()),
         namespaces: names.iter().cloned().collect(),
         collect_refs: selector.cluster == ClusterResources::Auto,
-        progress: Arc::new(AtomicU64::new(0)),
+        progress: crate::progress::Progress::new("resources"),
         ctx,
     };
     // Namespaces whose object is excluded are still covered; only the
@@ -377,17 +377,7 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
         }
     }
 
-    let ticker = {
-        let progress = lister.progress.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(PROGRESS_EVERY);
-            every.tick().await;
-            loop {
-                every.tick().await;
-                info!(objects = progress.load(Relaxed), "listing");
-            }
-        })
-    };
+    let shown = lister.progress.show();
     let work = async {
         let mut results = futures::stream::iter(tasks(&discovered, &selector, &names))
             .map(|task| {
@@ -426,7 +416,7 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
         Ok(())
     };
     let result = work.await;
-    ticker.abort();
+    drop(shown);
     if let Err(e) = result {
         // Keep what was uploaded: a retried run reuses it.
         if let Err(flush) = writer.flush().await {
@@ -440,6 +430,8 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
         .unwrap_or_else(|e| e.into_inner());
     // Volume data, after the objects: mover Jobs read each selected claim.
     let mut volume_report = Report::default();
+    // `scope=volume` hooks run around each volume's snapshot or read.
+    let volume_hooks = crate::hooks::VolumeHooks::new(config, ctx, &kube);
     let volumes = if ctx.cancel.is_cancelled() {
         Default::default()
     } else {
@@ -449,11 +441,12 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
             config,
             ctx,
             std::mem::take(&mut shared.claims),
-            &crate::mover::backup::NoHooks,
+            &volume_hooks,
             &mut volume_report,
         )
         .await
     };
+    volume_report.errors.extend(volume_hooks.take_errors());
     if ctx.cancel.is_cancelled() {
         writer.flush().await?;
         return Err(Error::Cancelled);

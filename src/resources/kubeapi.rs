@@ -5,6 +5,7 @@
 //! is lost to a typed round trip.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::api::{DeleteParams, ListParams, PostParams, PropagationPolicy};
@@ -12,6 +13,7 @@ use kube::core::Request;
 use kube::core::params::GetParams;
 use serde::Deserialize;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use super::ResourceType;
 use crate::cluster::{Cluster, error_chain};
@@ -53,6 +55,12 @@ fn empty_pages_parse() {
 pub(crate) struct Kube {
     pub cluster: Cluster,
     pub window: Duration,
+    /// Stops the waiting between attempts: SIGTERM must not wait out the
+    /// window.
+    pub cancel: CancellationToken,
+    /// When the current outage began, shared by clones: logged once per
+    /// outage, not once per request.
+    lost_since: Arc<Mutex<Option<tokio::time::Instant>>>,
 }
 
 /// `/api/v1/namespaces/x/configmaps` style path.
@@ -100,16 +108,32 @@ fn retriable(e: &kube::Error) -> bool {
     }
 }
 
+/// Throttling is the server working as intended, not a lost connection.
+fn outage(e: &kube::Error) -> bool {
+    retriable(e) && status(e) != Some(429)
+}
+
 impl Kube {
+    /// Stops waiting when the run is cancelled ([`crate::cancel`]).
     pub(crate) fn new(cluster: Cluster, window: Duration) -> Self {
-        Self { cluster, window }
+        Self {
+            cluster,
+            window,
+            cancel: crate::cancel::run_token(),
+            lost_since: Arc::default(),
+        }
     }
 
     pub(crate) fn client(&self) -> &kube::Client {
         &self.cluster.client
     }
 
-    /// Runs `op` until it succeeds, fails for good, or the window closes.
+    fn lost_since(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
+        self.lost_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `op` until it succeeds, fails for good, the window closes or
+    /// the run is cancelled (then the last error is returned).
     pub(crate) async fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T, kube::Error>
     where
         F: Fn() -> Fut,
@@ -118,17 +142,54 @@ impl Kube {
         let started = tokio::time::Instant::now();
         let mut delay = Duration::from_millis(200);
         loop {
-            match op().await {
-                Ok(v) => return Ok(v),
-                Err(e) if retriable(&e) && started.elapsed() + delay < self.window => {
-                    tracing::debug!(what, error = %message(&e), "retrying");
-                    // Jitter from the clock's low bits; good enough to spread retries.
-                    let jitter = u64::from(started.elapsed().subsec_nanos() % 200);
-                    tokio::time::sleep(delay + Duration::from_millis(jitter)).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
+            let e = match op().await {
+                Ok(v) => {
+                    if let Some(since) = self.lost_since().take() {
+                        tracing::info!(server = %self.cluster.url, outage = ?since.elapsed(), "Kubernetes API connection is back");
+                    }
+                    return Ok(v);
                 }
+                Err(e) if retriable(&e) => e,
                 Err(e) => return Err(e),
+            };
+            let waited = started.elapsed();
+            if self.cancel.is_cancelled() {
+                tracing::warn!(what, error = %message(&e), "not retrying: the run is stopping");
+                return Err(e);
             }
+            if waited >= self.window {
+                tracing::warn!(
+                    server = %self.cluster.url,
+                    what,
+                    error = %message(&e),
+                    window = ?self.window,
+                    "Kubernetes API still failing at the end of the reconnect window (STOW_RECONNECT_TIMEOUT); giving up"
+                );
+                return Err(e);
+            }
+            if outage(&e) {
+                let first = {
+                    let mut since = self.lost_since();
+                    let first = since.is_none();
+                    since.get_or_insert_with(tokio::time::Instant::now);
+                    first
+                };
+                if first {
+                    tracing::warn!(server = %self.cluster.url, what, error = %message(&e), window = ?self.window, "Kubernetes API connection lost; retrying until the reconnect window closes");
+                }
+            }
+            tracing::debug!(what, error = %message(&e), "retrying");
+            // Jitter from the clock's low bits; good enough to spread retries.
+            let jitter = Duration::from_millis(u64::from(waited.subsec_nanos() % 200));
+            let sleep = (delay + jitter).min(self.window - waited);
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.cancel.cancelled() => {
+                    tracing::warn!(what, error = %message(&e), "retrying stopped: the run is stopping");
+                    return Err(e);
+                }
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
         }
     }
 
@@ -289,6 +350,93 @@ mod tests {
             plural: plural.into(),
             namespaced,
         }
+    }
+
+    fn kube(window: Duration) -> Kube {
+        // Both ring and aws-lc-rs are linked; the client needs one chosen.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let cluster = Cluster {
+            client: kube::Client::try_from(config).unwrap(),
+            url: "http://127.0.0.1:9/".into(),
+        };
+        let mut k = Kube::new(cluster, window);
+        k.cancel = CancellationToken::new();
+        k
+    }
+
+    fn unavailable() -> kube::Error {
+        kube::Error::Api(Box::new(
+            kube::core::Status::failure("etcd is gone", "ServiceUnavailable").with_code(503),
+        ))
+    }
+
+    /// Fails `failures` times with 503, then answers 7.
+    fn flaky(failures: u32) -> impl Fn() -> std::future::Ready<Result<u32, kube::Error>> {
+        let left = Mutex::new(failures);
+        move || {
+            let mut n = left.lock().unwrap();
+            std::future::ready(if *n > 0 {
+                *n -= 1;
+                Err(unavailable())
+            } else {
+                Ok(7)
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_survives_an_outage_shorter_than_the_window() {
+        let k = kube(Duration::from_secs(60));
+        let start = tokio::time::Instant::now();
+        assert_eq!(k.retry("x", flaky(5)).await.unwrap(), 7);
+        assert!(k.lost_since().is_none(), "the outage ended");
+        assert!(start.elapsed() < Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_gives_up_when_the_window_closes() {
+        let k = kube(Duration::from_secs(60));
+        let start = tokio::time::Instant::now();
+        let e = k.retry("x", flaky(u32::MAX)).await.unwrap_err();
+        assert_eq!(status(&e), Some(503));
+        assert!(start.elapsed() >= Duration::from_secs(60));
+        assert!(start.elapsed() < Duration::from_secs(61));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_stops_waiting_when_cancelled() {
+        let k = kube(Duration::from_secs(300));
+        let cancel = k.cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            cancel.cancel();
+        });
+        let start = tokio::time::Instant::now();
+        let e = k.retry("x", flaky(u32::MAX)).await.unwrap_err();
+        assert_eq!(status(&e), Some(503));
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_errors_are_not_retried() {
+        let k = kube(Duration::from_secs(60));
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let e = k
+            .retry("x", || {
+                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                std::future::ready(Err::<(), _>(kube::Error::Api(Box::new(
+                    kube::core::Status::failure("no", "Forbidden").with_code(403),
+                ))))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status(&e), Some(403));
+        assert_eq!(calls.into_inner(), 1);
     }
 
     #[test]

@@ -237,6 +237,7 @@ struct Restorer<'a> {
     /// Volume data to restore, when the snapshot has some and
     /// `STOW_RESTORE_VOLUMES` is on.
     volumes: Option<VolumeData<'a>>,
+    progress: std::sync::Arc<crate::progress::Progress>,
 }
 
 /// What filling restored claims needs.
@@ -249,6 +250,8 @@ struct VolumeData<'a> {
 }
 
 pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
+    // SIGTERM stops the retries of the repository and the API at once.
+    crate::cancel::link(&ctx.cancel);
     let selector = Selector::new(&config.selection).map_err(ResourceError::Cluster)?;
     let opts = &config.restore;
     // The same checks as `preflight`: fail before changing anything.
@@ -321,7 +324,9 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
         existing: opts.existing,
         ctx,
         volumes,
+        progress: crate::progress::Progress::new("restore"),
     };
+    let shown = restorer.progress.show();
     let discovered = restorer.discover().await?;
     restorer.resolve(&mut items, &discovered, true);
     items.sort_by_cached_key(|i| (order::level(&i.rt), i.label()));
@@ -334,6 +339,7 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     } else {
         restorer.apply(&mut items).await?;
     }
+    drop(shown);
     if let Some(v) = &restorer.volumes {
         report.absorb(std::mem::take(
             &mut *v.report.lock().unwrap_or_else(|e| e.into_inner()),
@@ -768,6 +774,7 @@ impl Restorer<'_> {
                     .collect()
                     .await
             };
+            self.progress.add_objects(results.len() as u64);
             for (n, outcome, why) in results {
                 items[n].done(outcome, why);
             }

@@ -8,6 +8,10 @@
 //! channel to `Writer::add`. When a directory's last entry has been
 //! visited, a finalize task waits for its files and subdirectories, adds
 //! its tree and hands the directory's node to its parent's listing.
+//!
+//! Resume: files read completely are saved in checkpoints as the run goes
+//! (see [`super::checkpoint`]); a run of the same plan and volume after an
+//! unfinished one takes those files unread, like files of the parent.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -28,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::checkpoint::{CHECKPOINT_EVERY, POLL, Recorder, Resume};
 use super::tree::{Node, NodeType, ROOT_NAME, Tree, display_path, join_rel, mtime_ns};
 use super::{Chunker, MAX_LISTED, VolumeError, is_item_error, join_err, load_tree};
 use crate::error::Error;
@@ -58,6 +63,8 @@ pub struct BackupOptions {
     /// Save a mover result for run `run_id` instead of a snapshot: the
     /// orchestrating backup links the tree in its own manifest.
     pub mover: bool,
+    /// Bytes of files read between two checkpoints (`STOW_RESUME_BUFFER`).
+    pub resume_buffer: u64,
     #[cfg(test)]
     pub hooks: Hooks,
 }
@@ -89,6 +96,9 @@ struct Stats {
     vanished: AtomicU64,
     bytes_read: AtomicU64,
     bytes_reused: AtomicU64,
+    /// Files (and their bytes) taken from checkpoints of an unfinished run.
+    resumed: AtomicU64,
+    bytes_resumed: AtomicU64,
 }
 
 fn inc(c: &AtomicU64, n: u64) {
@@ -124,6 +134,10 @@ struct Shared {
     /// the volume root is on the same device as in the parent snapshot (a
     /// fresh clone of a CSI snapshot mounts with a new device number).
     dev_strict: bool,
+    /// Files earlier unfinished runs stored.
+    resume: Resume,
+    /// Files this run has read, for the next checkpoint.
+    recorder: Recorder,
     #[cfg(test)]
     hooks: Hooks,
 }
@@ -231,6 +245,9 @@ struct Walker {
     /// files with more than one link.
     hardlinks: HashMap<(u64, u64), Vec<u8>>,
     last_progress: Instant,
+    started: Instant,
+    /// The parent snapshot's size of this volume, for the estimate.
+    expected: Option<u64>,
 }
 
 impl Walker {
@@ -244,12 +261,15 @@ impl Walker {
             if self.last_progress.elapsed() >= PROGRESS_EVERY {
                 self.last_progress = Instant::now();
                 let s = &self.sh.stats;
-                info!(
-                    files = get(&s.files),
-                    dirs = get(&s.dirs),
-                    bytes_read = get(&s.bytes_read),
-                    bytes_reused = get(&s.bytes_reused),
-                    "volume backup in progress"
+                crate::progress::log(
+                    "volume backup",
+                    &crate::progress::Reading {
+                        bytes: get(&s.bytes_read) + get(&s.bytes_reused) + get(&s.bytes_resumed),
+                        files: get(&s.files),
+                        objects: 0,
+                        total: self.expected,
+                        elapsed: self.started.elapsed(),
+                    },
                 );
             }
             let top = self
@@ -377,12 +397,20 @@ impl Walker {
                 inc(&sh.stats.hardlinks, 1);
                 return self.push(Pending::Ready(node));
             }
-            self.hardlinks.insert(key, rel);
+            self.hardlinks.insert(key, rel.clone());
         }
         inc(&sh.stats.files, 1);
-        if let Some(p) = prev.filter(|p| self.unchanged(p, &node)) {
+        if let Some(p) = prev.filter(|p| self.unchanged(p, &node, sh.dev_strict)) {
             node.content = p.content;
             inc(&sh.stats.bytes_reused, node.size);
+            return self.push(Pending::Ready(node));
+        }
+        if let Some((p, strict)) = sh.resume.get(&rel)
+            && self.unchanged(p, &node, strict)
+        {
+            node.content = p.content.clone();
+            inc(&sh.stats.resumed, 1);
+            inc(&sh.stats.bytes_resumed, node.size);
             return self.push(Pending::Ready(node));
         }
         let permit = sh
@@ -391,19 +419,19 @@ impl Walker {
             .expect("the file semaphore is never closed");
         let task = sh
             .tracker
-            .spawn_on(read_task(sh.clone(), abs, shown, node, permit), &sh.rt);
+            .spawn_on(read_task(sh.clone(), abs, rel, shown, node, permit), &sh.rt);
         self.push(Pending::Task(task));
     }
 
-    /// Whether the parent snapshot's node describes this file's current
-    /// content, so it need not be read.
-    fn unchanged(&self, p: &Node, now: &Node) -> bool {
+    /// Whether the parent snapshot's (or a checkpoint's) node describes
+    /// this file's current content, so it need not be read.
+    fn unchanged(&self, p: &Node, now: &Node, dev_strict: bool) -> bool {
         p.kind == NodeType::File
             && p.size == now.size
             && p.mtime_ns == now.mtime_ns
             && p.ctime_ns == now.ctime_ns
             && p.inode == now.inode
-            && (!self.sh.dev_strict || p.dev == now.dev)
+            && (!dev_strict || p.dev == now.dev)
             && p.content.is_empty() == (p.size == 0)
             && p.content.iter().all(|id| self.sh.repo.has_blob(id))
     }
@@ -505,6 +533,7 @@ fn finish(file: &std::fs::File, start: Metadata, bytes: u64) -> Result<ReadDone,
 async fn read_task(
     sh: Arc<Shared>,
     abs: PathBuf,
+    rel: Vec<u8>,
     shown: String,
     mut node: Node,
     _permit: OwnedSemaphorePermit,
@@ -552,6 +581,8 @@ async fn read_task(
                 if list.len() < MAX_LISTED {
                     list.push(shown);
                 }
+            } else {
+                sh.recorder.record(rel, &node);
             }
             Ok(Some(node))
         }
@@ -616,9 +647,41 @@ async fn finalize(sh: Arc<Shared>, frame: Frame) -> Result<Option<Node>, Stopped
     }
 }
 
+/// Saves checkpoints while the walk runs: at least every resume buffer
+/// of files read, and every [`CHECKPOINT_EVERY`] while files come in.
+async fn checkpoint_loop(sh: Arc<Shared>, walked: CancellationToken) {
+    let mut last = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = walked.cancelled() => return,
+            _ = sh.stop.cancelled() => return,
+        }
+        let due = last.elapsed() >= CHECKPOINT_EVERY;
+        match sh.recorder.save_if(&sh.repo, due).await {
+            Ok(true) => last = tokio::time::Instant::now(),
+            Ok(false) => {}
+            // The writer meets the same backend and stops the run.
+            Err(e) => warn!(error = %e, "cannot save a checkpoint; trying again later"),
+        }
+    }
+}
+
+/// After the last flush of a run that stops without a snapshot: every file
+/// read so far is durable, so all of them go into a checkpoint.
+async fn final_checkpoint(sh: &Shared) {
+    if let Err(e) = sh.recorder.save_if(&sh.repo, true).await {
+        warn!(error = %e, "cannot save the last checkpoint; a retry reads those files again");
+    }
+}
+
 /// The parent snapshot: its id, its root node, and the root's listing.
 struct Parent {
     id: SnapshotId,
+    /// The volume's size then (`stats.bytes`), for the progress estimate.
+    bytes: Option<u64>,
+    /// When its run saved it.
+    time: jiff::Timestamp,
     root: Node,
     listing: Option<Tree>,
 }
@@ -636,11 +699,16 @@ async fn find_parent(repo: &Repository, plan: &str, name: &str) -> Result<Option
     let found = runs.iter().rev().filter(|r| r.complete).find_map(|r| {
         r.parts.iter().find_map(|(id, m)| {
             (m.plan == plan)
-                .then(|| m.volumes.get(name).map(|v| (*id, v.root)))
+                .then(|| {
+                    m.volumes.get(name).map(|v| {
+                        let bytes = v.stats.get("bytes").and_then(|b| b.as_u64());
+                        (*id, v.root, r.time, bytes)
+                    })
+                })
                 .flatten()
         })
     });
-    let Some((id, root_tree)) = found else {
+    let Some((id, root_tree, time, bytes)) = found else {
         return Ok(None);
     };
     let root = match load_tree(repo, &root_tree).await {
@@ -668,7 +736,13 @@ async fn find_parent(repo: &Repository, plan: &str, name: &str) -> Result<Option
         },
         None => None,
     };
-    Ok(Some(Parent { id, root, listing }))
+    Ok(Some(Parent {
+        bytes,
+        id,
+        time,
+        root,
+        listing,
+    }))
 }
 
 /// Backs up `opts.path` as volume `opts.name`: trees and chunks through
@@ -698,6 +772,21 @@ pub async fn backup(
     let dev_strict = parent
         .as_ref()
         .is_none_or(|p| p.root.dev == root_meta.dev());
+    let resume = Resume::load(
+        repo,
+        &opts.plan,
+        &opts.name,
+        parent.as_ref().map(|p| p.time),
+        root_meta.dev(),
+    )
+    .await?;
+    let recorder = Recorder::new(
+        &opts.run_id,
+        &opts.plan,
+        &opts.name,
+        root_meta.dev(),
+        opts.resume_buffer,
+    );
     let channels = opts.channels.max(1);
     let writer = repo.writer(channels);
     let sh = Arc::new(Shared {
@@ -713,9 +802,13 @@ pub async fn backup(
         errors: Mutex::new(Vec::new()),
         changed: Mutex::new(Vec::new()),
         dev_strict,
+        resume,
+        recorder,
         #[cfg(test)]
         hooks: opts.hooks.clone(),
     });
+    let walked = CancellationToken::new();
+    let checkpoints = tokio::spawn(checkpoint_loop(sh.clone(), walked.clone()));
 
     let path = opts.path.clone();
     let (root_node, entries) = tokio::task::spawn_blocking(move || {
@@ -739,6 +832,8 @@ pub async fn backup(
         }],
         hardlinks: HashMap::new(),
         last_progress: Instant::now(),
+        started,
+        expected: parent.as_ref().and_then(|p| p.bytes),
     };
     let root_task = tokio::task::spawn_blocking(move || walker.run())
         .await
@@ -749,23 +844,33 @@ pub async fn backup(
     };
     sh.tracker.close();
     sh.tracker.wait().await;
+    walked.cancel();
+    let _ = checkpoints.await;
 
     let fatal = sh.fatal.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(e) = fatal {
         // Best effort: what is stored already serves a retry.
-        if let Err(fe) = writer.flush().await {
-            debug!(error = %fe, "flush after a failure failed too");
+        match writer.flush().await {
+            Ok(()) => final_checkpoint(&sh).await,
+            Err(fe) => debug!(error = %fe, "flush after a failure failed too"),
+        }
+        // On SIGTERM the retries stop with an error: the run was stopped.
+        if cancel.is_cancelled() {
+            warn!(error = %e, "stopped");
+            return Err(Error::Cancelled);
         }
         return Err(e);
     }
     let Some(root) = root.filter(|_| !cancel.is_cancelled()) else {
         writer.flush().await?;
+        final_checkpoint(&sh).await;
         info!(
             volume = %opts.name,
             "cancelled: what was written is flushed for a retry; no snapshot was saved"
         );
         return Err(Error::Cancelled);
     };
+    info!(volume = %opts.name, files = get(&sh.stats.files), "all files read; storing the last packs, then the snapshot");
     let (root_id, _) = writer
         .add(
             BlobKind::Tree,
@@ -778,7 +883,7 @@ pub async fn backup(
     }
 
     let s = &sh.stats;
-    let total_bytes = get(&s.bytes_read) + get(&s.bytes_reused);
+    let total_bytes = get(&s.bytes_read) + get(&s.bytes_reused) + get(&s.bytes_resumed);
     let entry = VolumeEntry {
         root: root_id,
         stats: serde_json::json!({
@@ -803,8 +908,17 @@ pub async fn backup(
     ] {
         report.count(key, get(c));
     }
+    report.count("resumed", get(&s.resumed));
+    report.count(
+        "checkpoints",
+        sh.recorder.saved.load(std::sync::atomic::Ordering::Relaxed),
+    );
     report.add_bytes("read", get(&s.bytes_read));
     report.add_bytes("reused", get(&s.bytes_reused));
+    report.add_bytes("resumed", get(&s.bytes_resumed));
+    // Read, but already stored: chunks an unfinished run (or another
+    // volume) uploaded.
+    report.add_bytes("deduplicated", ws.bytes_reused);
     report.add_bytes("new", ws.bytes_raw_new);
     report.add_bytes("stored", ws.bytes_stored);
     report.errors = std::mem::take(&mut *sh.errors.lock().unwrap_or_else(|p| p.into_inner()));
@@ -848,6 +962,8 @@ pub async fn backup(
         files = get(&s.files),
         bytes_read = get(&s.bytes_read),
         bytes_reused = get(&s.bytes_reused),
+        bytes_resumed = get(&s.bytes_resumed),
+        bytes_deduplicated = ws.bytes_reused,
         bytes_new = ws.bytes_raw_new,
         mib_per_s = format!("{:.1}", total_bytes as f64 / (1 << 20) as f64 / secs.max(1e-3)),
         "volume backup saved"

@@ -8,6 +8,7 @@
 //! a few chunks per file in flight, whatever the number or size of files.
 
 mod backup;
+mod checkpoint;
 pub mod compare;
 mod restore;
 pub mod tree;
@@ -115,6 +116,8 @@ fn volume_path(config: &Config) -> PathBuf {
 /// `volume-backup`: opens (or with `STOW_INIT`, creates) the repository and
 /// backs up `STOW_VOLUME_PATH`.
 pub async fn run_backup(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
+    // SIGTERM stops the retries of the repository and the API at once.
+    crate::cancel::link(&ctx.cancel);
     let repo = Repository::from_config(config, true).await?;
     // Before any blob is added or reused, so a concurrent prune keeps our packs.
     repo.announce_writer(&ctx.run_id).await?;
@@ -126,6 +129,7 @@ pub async fn run_backup(config: &Config, ctx: &RunContext) -> Result<Report, Err
         run_id: ctx.run_id.clone(),
         channels: usize::from(config.channels),
         mover: config.volume.mover,
+        resume_buffer: config.resume_buffer,
         #[cfg(test)]
         hooks: Default::default(),
     };
@@ -134,6 +138,8 @@ pub async fn run_backup(config: &Config, ctx: &RunContext) -> Result<Report, Err
 
 /// `volume-restore`: restores a volume into `STOW_VOLUME_PATH`.
 pub async fn run_restore(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
+    // SIGTERM stops the retries of the repository and the API at once.
+    crate::cancel::link(&ctx.cancel);
     let repo = Repository::from_config(config, false).await?;
     let opts = RestoreOptions {
         path: volume_path(config),

@@ -11,12 +11,19 @@
 //! Hard links: the first occurrence of a file precedes its other names in
 //! the walk, and is created (empty) before the walk moves on, so the link
 //! can be made at once, inside the directory that holds it.
+//!
+//! Resume: a regular file that is already there with the right size (an
+//! interrupted restore run again, or an older copy) is read and hashed
+//! chunk by chunk against the tree; if every chunk matches it is left as
+//! it is (only its metadata is set), which is much cheaper than fetching
+//! it. Otherwise it is rewritten in place, so hard links made to it
+//! meanwhile stay right.
 
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -64,6 +71,9 @@ struct Stats {
     xattr_failures: AtomicU64,
     bytes_written: AtomicU64,
     bytes_sparse: AtomicU64,
+    /// Files found complete and verified, left as they were.
+    reused: AtomicU64,
+    bytes_reused: AtomicU64,
 }
 
 fn inc(c: &AtomicU64, n: u64) {
@@ -230,6 +240,9 @@ struct Walker {
     sh: Arc<Shared>,
     stack: Vec<Frame>,
     last_progress: Instant,
+    started: Instant,
+    /// The volume's size as the snapshot recorded it, for the estimate.
+    expected: Option<u64>,
 }
 
 impl Walker {
@@ -241,11 +254,15 @@ impl Walker {
             if self.last_progress.elapsed() >= PROGRESS_EVERY {
                 self.last_progress = Instant::now();
                 let s = &self.sh.stats;
-                info!(
-                    files = get(&s.files),
-                    dirs = get(&s.dirs),
-                    bytes_written = get(&s.bytes_written),
-                    "volume restore in progress"
+                crate::progress::log(
+                    "volume restore",
+                    &crate::progress::Reading {
+                        bytes: get(&s.bytes_written) + get(&s.bytes_sparse) + get(&s.bytes_reused),
+                        files: get(&s.files),
+                        objects: 0,
+                        total: self.expected,
+                        elapsed: self.started.elapsed(),
+                    },
                 );
             }
             let top = self
@@ -366,16 +383,25 @@ impl Walker {
 
     fn file(&mut self, abs: PathBuf, shown: String, node: Node) {
         let sh = self.sh.clone();
-        let created = clear_for(&abs, false).and_then(|_| {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&abs)
+        // Only a file with this one name: one shared with another name
+        // (outside the tree, say) is not written to in place.
+        let existing = fs::symlink_metadata(&abs).ok().filter(|m| {
+            m.is_file() && m.nlink() == 1 && m.len() == node.size && !node.content.is_empty()
         });
-        let file = match created {
-            Ok(f) => f,
-            Err(e) => return sh.item_failed(&shown, format!("file: {e}")),
+        let target = if existing.is_some() {
+            Target::Existing
+        } else {
+            let created = clear_for(&abs, false).and_then(|_| {
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&abs)
+            });
+            match created {
+                Ok(f) => Target::Created(f),
+                Err(e) => return sh.item_failed(&shown, format!("file: {e}")),
+            }
         };
         inc(&sh.stats.files, 1);
         let permit = sh
@@ -383,7 +409,7 @@ impl Walker {
             .block_on(sh.files.clone().acquire_owned())
             .expect("the file semaphore is never closed");
         let task = sh.tracker.spawn_on(
-            write_task(sh.clone(), abs, shown, node, file, permit),
+            write_task(sh.clone(), abs, shown, node, target, permit),
             &sh.rt,
         );
         self.stack
@@ -413,6 +439,82 @@ impl Walker {
             Err(e) => sh.item_failed(&shown, format!("{}: {e}", node.kind.as_str())),
         }
     }
+}
+
+/// Where a file's content goes.
+enum Target {
+    /// Created empty by the walker.
+    Created(fs::File),
+    /// Already there with the right size: verified, and rewritten only if
+    /// its content differs.
+    Existing,
+}
+
+/// Whether the file at `abs` holds exactly `node`'s chunks: each chunk's
+/// plaintext length comes from the index, its bytes must hash to its id.
+/// `false` (not an error) whenever that cannot be shown.
+fn holds_content(repo: &Repository, abs: &Path, node: &Node) -> io::Result<bool> {
+    let mut lengths = Vec::with_capacity(node.content.len());
+    for id in &node.content {
+        match repo.index_entry(id) {
+            Some(e) => lengths.push(e.raw_length),
+            None => return Ok(false),
+        }
+    }
+    if lengths.iter().sum::<u64>() != node.size {
+        return Ok(false);
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(abs)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() != node.size {
+        return Ok(false);
+    }
+    let mut reader = io::BufReader::with_capacity(1 << 20, file);
+    let mut buf = Vec::new();
+    for (id, len) in node.content.iter().zip(lengths) {
+        buf.resize(len as usize, 0);
+        match reader.read_exact(&mut buf) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        if repo.blob_id(&buf) != *id {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// For [`Target::Existing`]: `None` when the file is already right (its
+/// metadata is then set), else the file opened for rewriting in place.
+fn verify_or_reopen(
+    sh: &Shared,
+    abs: &Path,
+    shown: &str,
+    node: &Node,
+) -> io::Result<Option<fs::File>> {
+    match holds_content(&sh.repo, abs, node) {
+        Ok(true) => {
+            debug!(path = shown, "already restored and verified; left as it is");
+            inc(&sh.stats.reused, 1);
+            inc(&sh.stats.bytes_reused, node.size);
+            sh.apply_meta(abs, node, shown);
+            return Ok(None);
+        }
+        Ok(false) => {}
+        Err(e) => debug!(path = shown, error = %e, "cannot verify the existing file; rewriting it"),
+    }
+    // A restored file may be read-only; its mode is set again at the end.
+    fs::set_permissions(abs, fs::Permissions::from_mode(0o600))?;
+    let file = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(abs)?;
+    Ok(Some(file))
 }
 
 enum Msg {
@@ -467,9 +569,29 @@ async fn write_task(
     abs: PathBuf,
     shown: String,
     node: Node,
-    file: fs::File,
+    target: Target,
     _permit: OwnedSemaphorePermit,
 ) -> Result<(), Stopped> {
+    let (abs, node, file) = match target {
+        Target::Created(f) => (abs, node, f),
+        Target::Existing => {
+            let (sh2, shown2) = (sh.clone(), shown.clone());
+            let checked = tokio::task::spawn_blocking(move || {
+                let r = verify_or_reopen(&sh2, &abs, &shown2, &node);
+                (abs, node, r)
+            })
+            .await
+            .map_err(|e| sh.fail(join_err(e)))?;
+            match checked {
+                (_, _, Ok(None)) => return Ok(()),
+                (abs, node, Ok(Some(f))) => (abs, node, f),
+                (_, _, Err(e)) => {
+                    sh.item_failed(&shown, format!("file: {e}"));
+                    return Ok(());
+                }
+            }
+        }
+    };
     let content = node.content.clone();
     let (tx, rx) = mpsc::channel::<Msg>(PREFETCH);
     let writer = {
@@ -676,6 +798,8 @@ pub async fn restore(
             pending: Vec::new(),
         }],
         last_progress: Instant::now(),
+        started,
+        expected: entry.stats.get("bytes").and_then(|b| b.as_u64()),
     };
     let root_task = tokio::task::spawn_blocking(move || walker.run())
         .await
@@ -688,6 +812,11 @@ pub async fn restore(
     sh.tracker.wait().await;
     let fatal = sh.fatal.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(e) = fatal {
+        // On SIGTERM the retries stop with an error: the run was stopped.
+        if cancel.is_cancelled() {
+            warn!(error = %e, "stopped");
+            return Err(Error::Cancelled);
+        }
         return Err(e);
     }
     if !done || cancel.is_cancelled() {
@@ -707,8 +836,10 @@ pub async fn restore(
     ] {
         report.count(key, get(c));
     }
+    report.count("reused", get(&s.reused));
     report.add_bytes("written", get(&s.bytes_written));
     report.add_bytes("sparse", get(&s.bytes_sparse));
+    report.add_bytes("reused", get(&s.bytes_reused));
     report.errors = std::mem::take(&mut *sh.errors.lock().unwrap_or_else(|p| p.into_inner()));
     report.details = serde_json::json!({
         "snapshot": snapshot.to_hex(),
@@ -721,6 +852,8 @@ pub async fn restore(
         volume = %opts.name,
         files = get(&s.files),
         bytes = get(&s.bytes_written),
+        files_reused = get(&s.reused),
+        bytes_reused = get(&s.bytes_reused),
         errors = report.errors.len(),
         mib_per_s = format!("{:.1}", get(&s.bytes_written) as f64 / (1 << 20) as f64 / secs.max(1e-3)),
         "volume restored"

@@ -60,6 +60,7 @@ impl Fixture {
             run_id: run.into(),
             channels: 2,
             mover: false,
+            resume_buffer: 10 << 20,
             hooks: Hooks::default(),
         }
     }
@@ -946,4 +947,125 @@ async fn mover_mode_saves_a_result_not_a_snapshot() {
         .unwrap();
     assert_eq!(second.details["parent"], committed.to_hex());
     assert_eq!(bytes(&second, "read"), 0, "{second:?}");
+}
+
+/// A restore run again over its own partial result (or any older copy)
+/// leaves files that are complete and verified alone, and rewrites the
+/// rest: a file of the right size but other content is not trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_again_skips_verified_files_only() {
+    let fx = Fixture::new().await;
+    let src = fx.path("src");
+    fs::create_dir(src.join("d")).unwrap();
+    let big = random(3 * MIB as usize, 1);
+    fs::write(src.join("big"), &big).unwrap();
+    fs::write(src.join("d/same"), random(300_000, 2)).unwrap();
+    fs::write(src.join("d/flipped"), random(2 * MIB as usize, 3)).unwrap();
+    fs::write(src.join("d/short"), random(500_000, 4)).unwrap();
+    fs::write(src.join("d/zeros"), vec![0u8; MIB as usize]).unwrap();
+    fs::write(src.join("d/readonly"), random(70_000, 5)).unwrap();
+    chmod(&src.join("d/readonly"), 0o444);
+    fs::write(src.join("empty"), b"").unwrap();
+    let linked = src.join("d/same");
+    fs::hard_link(&linked, src.join("link")).unwrap();
+    stamp_dirs(&src, 1_700_000_000_000_000_000);
+    fx.backup(&src, "vol", "run-1").await;
+
+    let dst = fx.path("dst");
+    let first = fx.restore("vol", &dst).await;
+    assert_eq!(count(&first, "reused"), 0);
+    assert_eq!(bytes(&first, "reused"), 0);
+
+    // What an interrupted restore (or a stale copy) may leave behind.
+    let mut flipped = fs::read(dst.join("d/flipped")).unwrap();
+    flipped[MIB as usize + 17] ^= 1;
+    fs::write(dst.join("d/flipped"), &flipped).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(dst.join("d/short"))
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    // Read-only (as restored) and different: rewritten all the same.
+    let mut ro = fs::read(dst.join("d/readonly")).unwrap();
+    ro[0] ^= 1;
+    chmod(&dst.join("d/readonly"), 0o644);
+    fs::write(dst.join("d/readonly"), &ro).unwrap();
+    chmod(&dst.join("d/readonly"), 0o444);
+    // Right content, wrong metadata: kept, metadata set again.
+    chmod(&dst.join("big"), 0o600);
+    set_mtime(&dst.join("big"), 0);
+    let big_inode = fs::metadata(dst.join("big")).unwrap().ino();
+
+    let again = fx.restore("vol", &dst).await;
+    let diffs = compare_trees(&src, &dst);
+    assert!(diffs.is_empty(), "{diffs:#?}");
+    // big and d/zeros; d/same has a second name (the hard link), so it is
+    // rewritten rather than trusted.
+    assert_eq!(count(&again, "reused"), 2, "{again:?}");
+    assert_eq!(bytes(&again, "reused"), 3 * MIB + MIB);
+    assert_eq!(fs::metadata(dst.join("big")).unwrap().ino(), big_inode);
+    assert_eq!(fs::read(dst.join("big")).unwrap(), big);
+    assert!(
+        bytes(&again, "written") >= 2 * MIB + 500_000,
+        "the flipped and the short file are written again: {again:?}"
+    );
+}
+
+/// Files a stopped backup read go into checkpoints while it runs; the
+/// backup run again takes them unread (unless they changed since) and
+/// reports them as resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_after_an_unfinished_backup_skips_checkpointed_files() {
+    let fx = Fixture::new().await;
+    let src = fx.path("src");
+    // More than a pack (16 MiB) before the last file: the files of the
+    // first pack are checkpointed as soon as it is indexed.
+    for i in 0..24u64 {
+        fs::write(src.join(format!("f{i:02}")), random(MIB as usize, i)).unwrap();
+    }
+    fs::write(src.join("z-last"), random(3 * MIB as usize, 99)).unwrap();
+    let cancel = CancellationToken::new();
+    let mut opts = fx.opts(&src, "vol", "run-1");
+    opts.channels = 1;
+    // A checkpoint for every file, as soon as its chunks are indexed.
+    opts.resume_buffer = 1;
+    let checkpoints = fx.dir.path().join("repo/checkpoints");
+    let c = cancel.clone();
+    opts.hooks.after_first_chunk = Some(Arc::new(move |p: &Path| {
+        if p.ends_with("z-last") {
+            // Stop in the middle of the last file, once the checkpoints of
+            // the earlier ones are stored (not by the final checkpoint).
+            let deadline = Instant::now() + std::time::Duration::from_secs(20);
+            while fs::read_dir(&checkpoints).map_or(0, |d| d.count()) == 0 {
+                assert!(Instant::now() < deadline, "no checkpoint while running");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            c.cancel();
+        }
+    }));
+    // The repository writer indexes every pack (like the 10 MiB default).
+    fx.repo.set_resume_buffer(1);
+    let err = backup(&fx.repo, &opts, &cancel).await.unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    assert!(fx.repo.list_snapshots().await.unwrap().is_empty());
+
+    // One file changed since: it is read again. The rest were saved by
+    // the periodic checkpoints and the last one, after the final flush.
+    fs::write(src.join("f03"), random(MIB as usize, 333)).unwrap();
+    let again = fx.backup(&src, "vol", "run-2").await;
+    assert_eq!(count(&again, "resumed"), 23, "{again:?}");
+    assert_eq!(bytes(&again, "resumed"), 23 * MIB);
+    assert_eq!(bytes(&again, "read"), MIB + 3 * MIB, "{again:?}");
+    let dst = fx.path("dst");
+    fx.restore("vol", &dst).await;
+    let diffs = compare_trees(&src, &dst);
+    assert!(diffs.is_empty(), "{diffs:#?}");
+
+    // Once a snapshot is complete, the next run takes the files from it,
+    // not from the old checkpoints.
+    let third = fx.backup(&src, "vol", "run-3").await;
+    assert_eq!(count(&third, "resumed"), 0);
+    assert_eq!(bytes(&third, "read"), 0);
+    assert_eq!(bytes(&third, "reused"), 27 * MIB);
 }

@@ -124,6 +124,40 @@ fn with_plans(plans: Vec<Value>) -> Value {
 // ---------------------------------------------------------------- render tests
 
 #[test]
+fn hooks_given_as_lists_render_as_the_json_form_kubestow_accepts() {
+    let hooks = json!([
+        {"exec": {"namespace": "shop", "selector": "app=db", "container": "db"},
+         "command": ["psql", "-c", "CHECKPOINT"], "timeout": "30s"},
+        {"command": ["sync"], "on_error": "continue"},
+    ]);
+    let mut p = plan("db", json!({ "type": "daily", "at": "02:00" }));
+    p["preHooks"] = hooks.clone();
+    p["postHooks"] = json!("sync");
+    p["precondition"] = json!({"resource": "statefulset/shop/db"});
+    let objs = render(&with_plans(vec![p]), "1.20.2");
+    let cj = objs.iter().find(|o| o["kind"] == "CronJob").unwrap();
+    let pre: Value = serde_json::from_str(&env_of(cj, "STOW_PRE_HOOKS").unwrap()).unwrap();
+    assert_eq!(pre, hooks);
+    assert_eq!(env_of(cj, "STOW_POST_HOOKS").as_deref(), Some("sync"));
+    let pre_env = env_of(cj, "STOW_PRE_HOOKS").unwrap();
+    let cond = env_of(cj, "STOW_PRECONDITION").unwrap();
+    // kubestow's own configuration accepts what the chart rendered.
+    let cfg = kubestow::config::Config::from_vars(
+        [
+            ("STOW_MODE", "backup"),
+            ("STOW_REPOSITORY", "s3://bucket/prefix"),
+            ("STOW_PASSWORD", "x"),
+            ("STOW_PRE_HOOKS", pre_env.as_str()),
+            ("STOW_POST_HOOKS", "sync"),
+            ("STOW_PRECONDITION", cond.as_str()),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+        None,
+    );
+    assert!(cfg.is_ok(), "{cfg:?}");
+}
+
+#[test]
 fn default_values_render_a_hardened_nightly_cronjob_for_1_20() {
     let objs = render(&json!({}), "1.20.2");
     let cj = find(&objs, "CronJob", "kubestow-nightly");

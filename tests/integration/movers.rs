@@ -27,19 +27,19 @@ const MIB: usize = 1 << 20;
 const MANAGED: &str = "app.kubernetes.io/managed-by=kubestow";
 
 /// A namespace with its own CSI driver, storage class, node and kubelet.
-struct Stage {
-    client: kube::Client,
-    ns: String,
+pub(crate) struct Stage {
+    pub client: kube::Client,
+    pub ns: String,
     root: tempfile::TempDir,
-    csi: TestCsi,
-    kubelet: TestKubelet,
-    repo: String,
+    pub csi: TestCsi,
+    pub kubelet: TestKubelet,
+    pub repo: String,
 }
 
 impl Stage {
     /// `snapshots`: the driver has a VolumeSnapshotClass. `repo`: a
     /// repository URL, else a fresh Garage bucket.
-    async fn new(hint: &str, snapshots: bool, repo: Option<String>) -> Stage {
+    pub async fn new(hint: &str, snapshots: bool, repo: Option<String>) -> Stage {
         let (client, ns) = env::namespace(hint).await;
         let repo = match repo {
             Some(r) => r,
@@ -114,7 +114,7 @@ impl Stage {
 
     /// StatefulSet `db` with `replicas` pods, each with claim `data-db-<i>`;
     /// returns once every pod runs.
-    async fn statefulset(&self, replicas: u32) {
+    pub async fn statefulset(&self, replicas: u32) {
         self.create(
             "statefulsets",
             json!({

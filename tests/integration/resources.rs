@@ -971,7 +971,7 @@ async fn a_malformed_object_in_the_repository_fails_only_its_item() {
     // Through the library: the latest snapshot plus one broken object.
     let location = Location::parse(&repo_url).unwrap();
     let repo = Repository::open(
-        backend::open(&location, Duration::from_secs(60)).await,
+        backend::open(&location, Duration::from_secs(60), None).await,
         &Secret::new(PW),
         Compression::FAST,
     )

@@ -320,6 +320,10 @@ spec:
 {{- if $sched.lastDay }}{{ $_ := set $env "STOW_LAST_DAY_OF_MONTH" "true" }}{{ end -}}
 {{- if kindIs "slice" $p.tags }}{{ $_ := set $env "STOW_TAGS" (join "," $p.tags) }}{{ end -}}
 {{- if kindIs "slice" $p.namespaces }}{{ $_ := set $env "STOW_NAMESPACES" (join "," $p.namespaces) }}{{ end -}}
+{{- /* Hooks given as YAML lists (or a precondition as a map) use kubestow's JSON form. */ -}}
+{{- if or (kindIs "slice" $p.precondition) (kindIs "map" $p.precondition) }}{{ $_ := set $env "STOW_PRECONDITION" (toJson $p.precondition) }}{{ end -}}
+{{- if kindIs "slice" $p.preHooks }}{{ $_ := set $env "STOW_PRE_HOOKS" (toJson $p.preHooks) }}{{ end -}}
+{{- if kindIs "slice" $p.postHooks }}{{ $_ := set $env "STOW_POST_HOOKS" (toJson $p.postHooks) }}{{ end -}}
 {{- range $k, $v := ($p.env | default dict) }}{{ $_ := set $env $k $v }}{{ end -}}
 {{- toJson $env -}}
 {{- end -}}

@@ -7,6 +7,7 @@ mod fs;
 mod mem;
 mod retry;
 mod s3;
+mod throttle;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ pub use fs::FsBackend;
 pub use mem::MemBackend;
 pub use retry::RetryBackend;
 pub use s3::S3Backend;
+pub use throttle::{Throttle, ThrottledBackend};
 
 use crate::config::Location;
 
@@ -97,9 +99,21 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// Opens the backend for a location, wrapped in retries for `reconnect`.
-pub async fn open(location: &Location, reconnect: Duration) -> Arc<dyn Backend> {
-    Arc::new(RetryBackend::new(open_direct(location).await, reconnect))
+/// Opens the backend for a location, wrapped in retries for `reconnect` and,
+/// with `STOW_RATE_LIMIT` ([`Throttle::for_config`]), in the rate limit.
+pub async fn open(
+    location: &Location,
+    reconnect: Duration,
+    throttle: Option<Arc<Throttle>>,
+) -> Arc<dyn Backend> {
+    let direct = open_direct(location).await;
+    // The throttle sits inside the retries: a retried upload sends its bytes
+    // again, so it is charged again.
+    let inner: Arc<dyn Backend> = match throttle {
+        Some(t) => Arc::new(ThrottledBackend::new(direct, t)),
+        None => direct,
+    };
+    Arc::new(RetryBackend::new(inner, reconnect))
 }
 
 /// The backend without retries, for checks that must answer quickly.

@@ -1,12 +1,13 @@
 //! Retries transient backend errors with jittered exponential backoff until
-//! the reconnect window (`STOW_RECONNECT_TIMEOUT`) closes.
+//! the reconnect window (`STOW_RECONNECT_TIMEOUT`) closes, or the run is
+//! cancelled: a SIGTERM must not wait out the window.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -21,17 +22,34 @@ const MAX_DELAY: Duration = Duration::from_secs(10);
 pub struct RetryBackend {
     inner: Arc<dyn Backend>,
     window: Duration,
-    /// Logged once per outage, not once per request.
-    lost: AtomicBool,
+    /// When the current outage began: logged once per outage, not once
+    /// per request.
+    lost_since: Mutex<Option<Instant>>,
+    /// Stops the waiting between attempts (not an attempt in flight).
+    cancel: CancellationToken,
 }
 
 impl RetryBackend {
+    /// Stops waiting when the run is cancelled ([`crate::cancel`]).
     pub fn new(inner: Arc<dyn Backend>, window: Duration) -> Self {
+        Self::with_cancel(inner, window, crate::cancel::run_token())
+    }
+
+    pub fn with_cancel(
+        inner: Arc<dyn Backend>,
+        window: Duration,
+        cancel: CancellationToken,
+    ) -> Self {
         Self {
             inner,
             window,
-            lost: AtomicBool::new(false),
+            lost_since: Mutex::new(None),
+            cancel,
         }
+    }
+
+    fn lost_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.lost_since.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn retry<T, F, Fut>(&self, op: &'static str, key: &str, f: F) -> Result<T>
@@ -42,35 +60,85 @@ impl RetryBackend {
     {
         let start = Instant::now();
         let mut delay = FIRST_DELAY;
+        let mut retrying = false;
         loop {
-            match f().await {
+            // During an outage an attempt may hang until its timeout; on
+            // SIGTERM it is dropped too. A healthy attempt is left to finish
+            // (in-flight work drains).
+            let outcome = if retrying || self.lost_since().is_some() {
+                tokio::select! {
+                    r = f() => r,
+                    _ = self.cancel.cancelled() => Err(BackendError::Transient {
+                        location: self.inner.location(),
+                        op,
+                        key: key.into(),
+                        message: "the connection is lost".into(),
+                    }),
+                }
+            } else {
+                f().await
+            };
+            retrying = true;
+            match outcome {
                 Ok(v) => {
-                    if self.lost.swap(false, Ordering::Relaxed) {
-                        info!(location = %self.inner.location(), after = ?start.elapsed(), "repository connection is back");
+                    if let Some(since) = self.lost_since().take() {
+                        info!(location = %self.inner.location(), outage = ?since.elapsed(), "repository connection is back");
                     }
                     return Ok(v);
                 }
                 Err(BackendError::Transient { message, .. }) => {
                     let waited = start.elapsed();
-                    if waited >= self.window {
-                        return Err(BackendError::GaveUp {
-                            location: self.inner.location(),
-                            op,
-                            key: key.into(),
-                            waited,
-                            message,
-                        });
+                    let gave_up = |message: String| BackendError::GaveUp {
+                        location: self.inner.location(),
+                        op,
+                        key: key.into(),
+                        waited,
+                        message,
+                    };
+                    if self.cancel.is_cancelled() {
+                        return Err(gave_up(format!(
+                            "{message}; not retried: the run is stopping"
+                        )));
                     }
-                    if !self.lost.swap(true, Ordering::Relaxed) {
-                        warn!(location = %self.inner.location(), op, key, error = %message, window = ?self.window, "repository connection lost; retrying");
+                    if waited >= self.window {
+                        return Err(gave_up(format!(
+                            "{message}; the reconnect window (STOW_RECONNECT_TIMEOUT={}) is over",
+                            humantime(self.window)
+                        )));
+                    }
+                    let first = {
+                        let mut since = self.lost_since();
+                        let first = since.is_none();
+                        since.get_or_insert_with(Instant::now);
+                        first
+                    };
+                    if first {
+                        warn!(location = %self.inner.location(), op, key, error = %message, window = %humantime(self.window), "repository connection lost; retrying until the reconnect window closes");
                     }
                     let sleep = jitter(delay).min(self.window.saturating_sub(waited));
-                    tokio::time::sleep(sleep).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(sleep) => {}
+                        _ = self.cancel.cancelled() => {
+                            return Err(gave_up(format!(
+                                "{message}; retrying stopped: the run is stopping"
+                            )));
+                        }
+                    }
                     delay = (delay * 2).min(MAX_DELAY);
                 }
                 Err(other) => return Err(other),
             }
         }
+    }
+}
+
+/// `90s`, `5m`: how the window is written in `STOW_RECONNECT_TIMEOUT`.
+fn humantime(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 && s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{}s", d.as_secs_f64())
     }
 }
 
@@ -189,6 +257,109 @@ mod tests {
         assert!(matches!(err, BackendError::GaveUp { .. }), "{err}");
         assert!(err.to_string().contains("a/b"));
         assert!(start.elapsed() >= Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancellation_stops_the_waiting() {
+        let flaky = Arc::new(Flaky {
+            inner: Default::default(),
+            failures: Mutex::new(u32::MAX),
+        });
+        let cancel = CancellationToken::new();
+        let r = RetryBackend::with_cancel(flaky, Duration::from_secs(300), cancel.clone());
+        let start = tokio::time::Instant::now();
+        let stop = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            cancel.cancel();
+        });
+        let err = r.get("a/b").await.unwrap_err();
+        stop.await.unwrap();
+        assert!(matches!(err, BackendError::GaveUp { .. }), "{err}");
+        assert!(err.to_string().contains("stopping"), "{err}");
+        // Stopped at the cancellation, not at the end of the window.
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            start.elapsed()
+        );
+        // Once cancelled, a new failure is not waited on at all.
+        let again = r.get("a/b").await.unwrap_err();
+        assert!(matches!(again, BackendError::GaveUp { .. }), "{again}");
+        assert!(start.elapsed() < Duration::from_secs(4));
+    }
+
+    /// An attempt that hangs during an outage (no timeout yet) is dropped
+    /// on cancellation too.
+    #[tokio::test(start_paused = true)]
+    async fn cancellation_drops_a_hanging_retry() {
+        #[derive(Debug)]
+        struct Hang(Mutex<u32>);
+        #[async_trait]
+        impl Backend for Hang {
+            fn location(&self) -> String {
+                "hang://".into()
+            }
+            async fn list(&self, _: &str) -> Result<Vec<ObjectInfo>> {
+                unreachable!()
+            }
+            async fn get(&self, key: &str) -> Result<Bytes> {
+                let first = {
+                    let mut n = self.0.lock().unwrap();
+                    *n += 1;
+                    *n == 1
+                };
+                if first {
+                    return Err(BackendError::Transient {
+                        location: "hang://".into(),
+                        op: "get",
+                        key: key.into(),
+                        message: "connection reset".into(),
+                    });
+                }
+                std::future::pending().await
+            }
+            async fn get_range(&self, _: &str, _: u64, _: u64) -> Result<Bytes> {
+                unreachable!()
+            }
+            async fn put(&self, _: &str, _: Bytes) -> Result<()> {
+                unreachable!()
+            }
+            async fn delete(&self, _: &str) -> Result<()> {
+                unreachable!()
+            }
+            async fn head(&self, _: &str) -> Result<Option<u64>> {
+                unreachable!()
+            }
+        }
+        let cancel = CancellationToken::new();
+        let r = RetryBackend::with_cancel(
+            Arc::new(Hang(Mutex::new(0))),
+            Duration::from_secs(300),
+            cancel.clone(),
+        );
+        let start = tokio::time::Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            cancel.cancel();
+        });
+        let err = r.get("k").await.unwrap_err();
+        assert!(err.to_string().contains("stopping"), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(31));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn giving_up_names_the_window() {
+        let flaky = Arc::new(Flaky {
+            inner: Default::default(),
+            failures: Mutex::new(u32::MAX),
+        });
+        let r =
+            RetryBackend::with_cancel(flaky, Duration::from_secs(120), CancellationToken::new());
+        let err = r.get("a/b").await.unwrap_err().to_string();
+        assert!(
+            err.contains("flaky://") && err.contains("STOW_RECONNECT_TIMEOUT=2m"),
+            "{err}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -27,6 +27,8 @@ pub struct S3Backend {
     bucket: String,
     prefix: String,
     multipart_threshold: usize,
+    /// `AWS_ENDPOINT_URL`, named when it cannot be reached.
+    endpoint: Option<String>,
 }
 
 impl std::fmt::Debug for S3Backend {
@@ -56,7 +58,11 @@ impl S3Backend {
         if shared.region().is_none() {
             builder = builder.region(aws_sdk_s3::config::Region::new("us-east-1"));
         }
-        Self::new(Client::from_conf(builder.build()), bucket, prefix)
+        let endpoint = shared.endpoint_url().map(String::from);
+        Self {
+            endpoint,
+            ..Self::new(Client::from_conf(builder.build()), bucket, prefix)
+        }
     }
 
     pub fn new(client: Client, bucket: &str, prefix: &str) -> Self {
@@ -65,6 +71,7 @@ impl S3Backend {
             bucket: bucket.into(),
             prefix: prefix.trim_matches('/').into(),
             multipart_threshold: MULTIPART_THRESHOLD,
+            endpoint: None,
         }
     }
 
@@ -138,7 +145,13 @@ impl S3Backend {
                 location,
                 op,
                 key,
-                message,
+                // The error chain alone: the SDK's context adds a Debug dump.
+                message: match &self.endpoint {
+                    Some(url) => {
+                        format!("cannot reach {url}: {}", crate::cluster::error_chain(&err))
+                    }
+                    None => crate::cluster::error_chain(&err),
+                },
             },
         }
     }

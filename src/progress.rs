@@ -135,6 +135,45 @@ fn mib(b: f64) -> String {
     format!("{:.1}", b / (1u64 << 20) as f64)
 }
 
+/// Progress lines for a loop that cannot run a task of its own (the
+/// blocking walkers of volume backup and restore): call [`Ticker::tick`]
+/// as often as convenient; it logs every [`EVERY`].
+#[derive(Debug)]
+pub struct Ticker {
+    what: &'static str,
+    started: Instant,
+    last: Instant,
+    total: Option<u64>,
+}
+
+impl Ticker {
+    pub fn new(what: &'static str, total: Option<u64>) -> Ticker {
+        let now = Instant::now();
+        Ticker {
+            what,
+            started: now,
+            last: now,
+            total,
+        }
+    }
+
+    /// Logs `bytes` and `files` so far if the last line is old enough.
+    pub fn tick(&mut self, bytes: impl FnOnce() -> u64, files: impl FnOnce() -> u64) {
+        if self.last.elapsed() < EVERY {
+            return;
+        }
+        self.last = Instant::now();
+        let reading = Reading {
+            bytes: bytes(),
+            files: files(),
+            objects: 0,
+            total: self.total,
+            elapsed: self.started.elapsed(),
+        };
+        log(self.what, &reading);
+    }
+}
+
 /// One log line, fields first.
 pub fn log(what: &str, r: &Reading) {
     info!(

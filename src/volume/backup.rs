@@ -22,7 +22,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::runtime::Handle;
@@ -46,7 +46,6 @@ const CHUNKS_QUEUED: usize = 2;
 /// Largest blob plaintext (docs/format.md §5); a directory whose listing
 /// is larger cannot be stored as one tree.
 const MAX_TREE_BYTES: usize = 64 << 20;
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// What to back up and how the snapshot is labelled.
 #[derive(Clone)]
@@ -244,10 +243,7 @@ struct Walker {
     /// (dev, inode) → relative path of the first occurrence, for regular
     /// files with more than one link.
     hardlinks: HashMap<(u64, u64), Vec<u8>>,
-    last_progress: Instant,
-    started: Instant,
-    /// The parent snapshot's size of this volume, for the estimate.
-    expected: Option<u64>,
+    progress: crate::progress::Ticker,
 }
 
 impl Walker {
@@ -258,20 +254,11 @@ impl Walker {
             if self.sh.stop.is_cancelled() {
                 return None;
             }
-            if self.last_progress.elapsed() >= PROGRESS_EVERY {
-                self.last_progress = Instant::now();
-                let s = &self.sh.stats;
-                crate::progress::log(
-                    "volume backup",
-                    &crate::progress::Reading {
-                        bytes: get(&s.bytes_read) + get(&s.bytes_reused) + get(&s.bytes_resumed),
-                        files: get(&s.files),
-                        objects: 0,
-                        total: self.expected,
-                        elapsed: self.started.elapsed(),
-                    },
-                );
-            }
+            let s = &self.sh.stats;
+            self.progress.tick(
+                || get(&s.bytes_read) + get(&s.bytes_reused) + get(&s.bytes_resumed),
+                || get(&s.files),
+            );
             let top = self
                 .stack
                 .last_mut()
@@ -831,9 +818,11 @@ pub async fn backup(
             parent: parent.as_ref().and_then(|p| p.listing.clone()),
         }],
         hardlinks: HashMap::new(),
-        last_progress: Instant::now(),
-        started,
-        expected: parent.as_ref().and_then(|p| p.bytes),
+        // The parent's size of this volume makes the estimate.
+        progress: crate::progress::Ticker::new(
+            "volume backup",
+            parent.as_ref().and_then(|p| p.bytes),
+        ),
     };
     let root_task = tokio::task::spawn_blocking(move || walker.run())
         .await

@@ -27,7 +27,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -46,7 +46,6 @@ use crate::summary::{ItemError, Report};
 
 /// Chunks fetched ahead per file, and queued for its writer.
 const PREFETCH: usize = 2;
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
@@ -239,10 +238,7 @@ struct Frame {
 struct Walker {
     sh: Arc<Shared>,
     stack: Vec<Frame>,
-    last_progress: Instant,
-    started: Instant,
-    /// The volume's size as the snapshot recorded it, for the estimate.
-    expected: Option<u64>,
+    progress: crate::progress::Ticker,
 }
 
 impl Walker {
@@ -251,20 +247,11 @@ impl Walker {
             if self.sh.stop.is_cancelled() {
                 return None;
             }
-            if self.last_progress.elapsed() >= PROGRESS_EVERY {
-                self.last_progress = Instant::now();
-                let s = &self.sh.stats;
-                crate::progress::log(
-                    "volume restore",
-                    &crate::progress::Reading {
-                        bytes: get(&s.bytes_written) + get(&s.bytes_sparse) + get(&s.bytes_reused),
-                        files: get(&s.files),
-                        objects: 0,
-                        total: self.expected,
-                        elapsed: self.started.elapsed(),
-                    },
-                );
-            }
+            let s = &self.sh.stats;
+            self.progress.tick(
+                || get(&s.bytes_written) + get(&s.bytes_sparse) + get(&s.bytes_reused),
+                || get(&s.files),
+            );
             let top = self
                 .stack
                 .last_mut()
@@ -797,9 +784,11 @@ pub async fn restore(
             nodes: listing.into_iter(),
             pending: Vec::new(),
         }],
-        last_progress: Instant::now(),
-        started,
-        expected: entry.stats.get("bytes").and_then(|b| b.as_u64()),
+        // The snapshot's size of this volume makes the estimate.
+        progress: crate::progress::Ticker::new(
+            "volume restore",
+            entry.stats.get("bytes").and_then(|b| b.as_u64()),
+        ),
     };
     let root_task = tokio::task::spawn_blocking(move || walker.run())
         .await

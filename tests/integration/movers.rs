@@ -526,7 +526,11 @@ async fn a_crashed_mover_is_retried_and_resumes() {
             }))
         })
     });
-    let run = binary::run(st.cmd("backup")).await;
+    // Throttled so the mover is still uploading when its first pack is
+    // indexed: the kill then always lands mid-run, however fast the disk.
+    let mut backup = st.cmd("backup");
+    backup.env("STOW_RATE_LIMIT", "16MiB");
+    let run = binary::run(backup).await;
     ok(&run, &st);
     let movers: Vec<_> = st
         .kubelet

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -1072,50 +1071,9 @@ async fn an_rbac_denial_fails_only_the_denied_items() {
         "subjects": [{"kind": "ServiceAccount", "name": "restorer", "namespace": target}]}),
     )
     .await;
-    let sa_path = format!("/api/v1/namespaces/{target}/serviceaccounts/restorer");
-    wait_until(
-        "a token for the ServiceAccount",
-        Duration::from_secs(30),
-        || async {
-            must_get(&client, &sa_path).await["secrets"]
-                .as_array()
-                .is_some_and(|s| !s.is_empty())
-        },
-    )
-    .await;
-    let secret = must_get(&client, &sa_path).await["secrets"][0]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let token_b64 = must_get(
-        &client,
-        &format!("/api/v1/namespaces/{target}/secrets/{secret}"),
-    )
-    .await["data"]["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let token = String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(token_b64)
-            .unwrap(),
-    )
-    .unwrap();
-    let admin = std::fs::read_to_string(env::kubeconfig_path()).unwrap();
-    let limited: String = admin
-        .lines()
-        .map(|l| {
-            if l.trim_start().starts_with("token:") {
-                format!("    token: {token}")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, limited).unwrap();
+    let kubeconfig =
+        crate::helm::service_account_kubeconfig(&client, &target, "restorer", dir.path()).await;
 
     let mut cmd = command(
         "restore",

@@ -116,21 +116,21 @@ impl<'a> Runner<'a> {
     /// `claim`, only those that mount it.
     async fn select(&self, pods: &Pods, claim: Option<&str>) -> Result<Vec<String>, String> {
         let kube = self.kube().await.map_err(|e| e.to_string())?;
-        let items = crate::mover::list_all(
-            kube,
-            &crate::mover::pods(),
-            Some(&pods.namespace),
-            Some(&pods.selector),
-        )
-        .await
-        .map_err(|e| {
-            format!(
-                "listing pods in {} ({}): {}",
-                pods.namespace,
-                pods.selector,
-                message(&e)
+        let items = kube
+            .list_all(
+                &crate::mover::pods(),
+                Some(&pods.namespace),
+                Some(&pods.selector),
             )
-        })?;
+            .await
+            .map_err(|e| {
+                format!(
+                    "listing pods in {} ({}): {}",
+                    pods.namespace,
+                    pods.selector,
+                    message(&e)
+                )
+            })?;
         let mut names: Vec<String> = items
             .iter()
             .filter(|p| p.pointer("/status/phase").and_then(Value::as_str) == Some("Running"))
@@ -316,17 +316,17 @@ impl<'a> Runner<'a> {
             }
             Target::Exec { pods, argv } => {
                 let kube = self.kube().await?;
-                let items = crate::mover::list_all(
-                    kube,
-                    &crate::mover::pods(),
-                    Some(&pods.namespace),
-                    Some(&pods.selector),
-                )
-                .await
-                .map_err(|e| {
-                    kube.cluster
-                        .err(format!("listing pods in {}", pods.namespace), e)
-                })?;
+                let items = kube
+                    .list_all(
+                        &crate::mover::pods(),
+                        Some(&pods.namespace),
+                        Some(&pods.selector),
+                    )
+                    .await
+                    .map_err(|e| {
+                        kube.cluster
+                            .err(format!("listing pods in {}", pods.namespace), e)
+                    })?;
                 let mut running: Vec<&Value> = items
                     .iter()
                     .filter(|p| {

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::job::{self, Mount, PODS_MOUNT, VOLUME_MOUNT};
 use super::plan::{self, Planned, Source};
-use super::{JobEnd, Runner, list_all, str_at};
+use super::{JobEnd, Runner, str_at};
 use crate::config::{Config, VolumeSource, vars};
 use crate::repo::{MoverResult, Repository, VolumeEntry};
 use crate::resources::kubeapi::{Kube, message};
@@ -57,11 +57,12 @@ async fn inputs(kube: &Kube, claims: &[Value], channels: usize) -> Result<[Vec<V
         .into_iter()
         .filter_map(|r| r.ok().flatten())
         .collect();
-    let scs = list_all(kube, &super::storage_classes(), None, None)
+    let scs = kube
+        .list_all(&super::storage_classes(), None, None)
         .await
         .map_err(|e| format!("listing storage classes: {}", message(&e)))?;
     // No snapshot CRDs (404) means no classes; a denial is worth a warning.
-    let vscs = list_all(kube, &super::snapshot_classes(), None, None)
+    let vscs = kube.list_all(&super::snapshot_classes(), None, None)
         .await
         .unwrap_or_else(|e| {
             warn!(error = %message(&e), "cannot list VolumeSnapshotClasses; snapshots are not used");
@@ -74,7 +75,7 @@ async fn inputs(kube: &Kube, claims: &[Value], channels: usize) -> Result<[Vec<V
     let mut pods = Vec::new();
     for ns in namespaces {
         pods.extend(
-            list_all(kube, &super::pods(), Some(ns), None)
+            kube.list_all(&super::pods(), Some(ns), None)
                 .await
                 .map_err(|e| format!("listing pods in {ns}: {}", message(&e)))?,
         );

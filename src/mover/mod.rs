@@ -26,7 +26,6 @@ pub mod restore;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use kube::api::ListParams;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -134,34 +133,6 @@ pub enum JobEnd {
     Succeeded,
     /// Failed for good (after the Job's retries), or never started.
     Failed(String),
-}
-
-/// Lists every object of a type (all pages); a type the server does not
-/// serve (404) is empty.
-pub(crate) async fn list_all(
-    kube: &Kube,
-    rt: &ResourceType,
-    ns: Option<&str>,
-    labels: Option<&str>,
-) -> Result<Vec<Value>, kube::Error> {
-    let mut lp = ListParams {
-        limit: Some(500),
-        label_selector: labels.map(String::from),
-        ..ListParams::default()
-    };
-    let mut out = Vec::new();
-    loop {
-        let page = match kube.list_page(rt, ns, &lp).await {
-            Ok(p) => p,
-            Err(e) if status(&e) == Some(404) => return Ok(out),
-            Err(e) => return Err(e),
-        };
-        out.extend(page.items);
-        match page.metadata.continue_ {
-            Some(c) if !c.is_empty() => lp.continue_token = Some(c),
-            _ => return Ok(out),
-        }
-    }
 }
 
 fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
@@ -418,14 +389,11 @@ impl<'a> Runner<'a> {
                 return JobEnd::Failed(format!("{what} failed after its retries: {why}"));
             }
             if !started {
-                let pods = list_all(
-                    self.kube,
-                    &pods(),
-                    Some(ns),
-                    Some(&format!("job-name={name}")),
-                )
-                .await
-                .unwrap_or_default();
+                let pods = self
+                    .kube
+                    .list_all(&pods(), Some(ns), Some(&format!("job-name={name}")))
+                    .await
+                    .unwrap_or_default();
                 started = pods
                     .iter()
                     .any(|p| str_at(p, "/status/phase").is_some_and(|ph| ph != "Pending"))
@@ -448,14 +416,11 @@ impl<'a> Runner<'a> {
     /// Why the last failed pod of a Job failed: its summary's reason or
     /// first error, else its exit code.
     async fn last_failure(&self, ns: &str, job: &str) -> String {
-        let pods = list_all(
-            self.kube,
-            &pods(),
-            Some(ns),
-            Some(&format!("job-name={job}")),
-        )
-        .await
-        .unwrap_or_default();
+        let pods = self
+            .kube
+            .list_all(&pods(), Some(ns), Some(&format!("job-name={job}")))
+            .await
+            .unwrap_or_default();
         let mut failed: Vec<&Value> = pods
             .iter()
             .filter(|p| str_at(p, "/status/phase") == Some("Failed"))
@@ -539,7 +504,7 @@ impl<'a> Runner<'a> {
         let deadline = tokio::time::Instant::now() + CLEANUP_WAIT;
         for ns in &namespaces {
             for rt in &deleted {
-                let found = match list_all(self.kube, rt, Some(ns), Some(&selector)).await {
+                let found = match self.kube.list_all(rt, Some(ns), Some(&selector)).await {
                     Ok(f) => f,
                     Err(e) => {
                         warn!(namespace = %ns, kind = %rt.kind, error = %message(&e), "cannot list temporary objects to delete");
@@ -558,7 +523,9 @@ impl<'a> Runner<'a> {
         for ns in &namespaces {
             for rt in &kinds {
                 loop {
-                    let left = list_all(self.kube, rt, Some(ns), Some(&selector))
+                    let left = self
+                        .kube
+                        .list_all(rt, Some(ns), Some(&selector))
                         .await
                         .map(|l| l.len())
                         .unwrap_or(0);

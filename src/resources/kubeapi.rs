@@ -209,6 +209,34 @@ impl Kube {
         .await
     }
 
+    /// Every object of a type (all pages), optionally by label selector;
+    /// a type the server does not serve (404) is empty.
+    pub(crate) async fn list_all(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        labels: Option<&str>,
+    ) -> Result<Vec<Value>, kube::Error> {
+        let mut lp = ListParams {
+            limit: Some(500),
+            label_selector: labels.map(String::from),
+            ..ListParams::default()
+        };
+        let mut out = Vec::new();
+        loop {
+            let page = match self.list_page(rt, ns, &lp).await {
+                Ok(p) => p,
+                Err(e) if status(&e) == Some(404) => return Ok(out),
+                Err(e) => return Err(e),
+            };
+            out.extend(page.items);
+            match page.metadata.continue_ {
+                Some(c) if !c.is_empty() => lp.continue_token = Some(c),
+                _ => return Ok(out),
+            }
+        }
+    }
+
     /// Names of the existing objects of a type in a namespace (metadata
     /// only, paged).
     pub(crate) async fn list_names(

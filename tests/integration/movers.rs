@@ -508,9 +508,9 @@ async fn a_crashed_mover_is_retried_and_resumes() {
     .await;
     st.claim("big").await;
     let dir = st.csi.pvc_dir(&st.ns, "big").await;
-    let size = 48 * MIB;
+    let size = 64 * MIB;
     fs::write(dir.join("data.bin"), random(size, 77)).unwrap();
-    // Kill the first mover once it has checkpointed a pack to the index
+    // Kill the first mover once it has checkpointed two packs to the index
     // (STOW_RESUME_BUFFER, default 10 MiB: every pack).
     let index = repo_path.join("index");
     st.kubelet.set_fault(move |pod| {
@@ -522,11 +522,11 @@ async fn a_crashed_mover_is_retried_and_resumes() {
                 .is_some_and(|j| j.contains("-backup-")))
         .then(|| {
             Fault::KillWhen(Arc::new(move || {
-                fs::read_dir(&index).map(|d| d.count()).unwrap_or(0) >= 1
+                fs::read_dir(&index).map(|d| d.count()).unwrap_or(0) >= 2
             }))
         })
     });
-    // Throttled so the mover is still uploading when its first pack is
+    // Throttled so the mover is still uploading when its second pack is
     // indexed: the kill then always lands mid-run, however fast the disk.
     let mut backup = st.cmd("backup");
     backup.env("STOW_RATE_LIMIT", "16MiB");

@@ -657,9 +657,11 @@ async fn repository_outage_longer_than_the_window_fails_then_resumes() {
         },
     )
     .await;
+    // Timed from the cut itself: the listing below takes a moment, and
+    // the run may see the outage (and start its window) during it.
+    let cut_at = Instant::now();
     proxy.cut();
     let checkpointed = !objects(&bucket, "checkpoints/").await.is_empty();
-    let cut_at = Instant::now();
     // The window is at least a minute; the cut lasts until the run gives up.
     let deadline = cut_at + Duration::from_secs(90);
     while run.is_running() {

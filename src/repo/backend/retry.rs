@@ -58,7 +58,10 @@ impl RetryBackend {
         Fut: Future<Output = Result<T>> + Send,
         T: Send,
     {
-        let start = Instant::now();
+        // The window measures the outage: from this operation's first
+        // failure, not from when it started (an upload begun just before
+        // the loss would otherwise get less than the window).
+        let mut failing_since: Option<Instant> = None;
         let mut delay = FIRST_DELAY;
         let mut retrying = false;
         loop {
@@ -87,7 +90,7 @@ impl RetryBackend {
                     return Ok(v);
                 }
                 Err(BackendError::Transient { message, .. }) => {
-                    let waited = start.elapsed();
+                    let waited = failing_since.get_or_insert_with(Instant::now).elapsed();
                     let gave_up = |message: String| BackendError::GaveUp {
                         location: self.inner.location(),
                         op,

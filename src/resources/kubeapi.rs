@@ -139,7 +139,9 @@ impl Kube {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, kube::Error>>,
     {
-        let started = tokio::time::Instant::now();
+        // The window measures the outage, from this call's first failure
+        // (as the repository's retry layer does).
+        let mut failing_since: Option<tokio::time::Instant> = None;
         let mut delay = Duration::from_millis(200);
         loop {
             let e = match op().await {
@@ -152,7 +154,9 @@ impl Kube {
                 Err(e) if retriable(&e) => e,
                 Err(e) => return Err(e),
             };
-            let waited = started.elapsed();
+            let waited = failing_since
+                .get_or_insert_with(tokio::time::Instant::now)
+                .elapsed();
             if self.cancel.is_cancelled() {
                 tracing::warn!(what, error = %message(&e), "not retrying: the run is stopping");
                 return Err(e);

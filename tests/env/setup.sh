@@ -52,7 +52,9 @@ if [ ! -x "$K8S_BIN/kube-apiserver" ] || [ ! -x "$K8S_BIN/kube-controller-manage
   src=$(find "$work" -maxdepth 1 -type d -name 'kubernetes-*' | head -n1)
   [ -n "$src" ] || { log "apt-get source kubernetes produced no tree"; exit 1; }
   # See K8S_BUILD above.
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq golang-github-modern-go-reflect2-dev >/dev/null
+  # Kubernetes 1.20 builds in GOPATH mode, which current Go (first on PATH on
+  # these machines) no longer supports; Debian's Go 1.19 builds it.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq golang-github-modern-go-reflect2-dev golang-1.19-go >/dev/null
   reflect2_src=/usr/share/gocode/src/github.com/modern-go/reflect2
   [ -f "$reflect2_src/go_above_118.go" ] || { log "Debian's reflect2 lacks go_above_118.go; cannot fix the apiserver build"; exit 1; }
   rm -rf "$src/vendor/github.com/modern-go/reflect2"
@@ -63,6 +65,7 @@ if [ ! -x "$K8S_BIN/kube-apiserver" ] || [ ! -x "$K8S_BIN/kube-controller-manage
     mkdir -p .go/src/k8s.io
     ln -sfn "$src" .go/src/k8s.io/kubernetes
     cd .go/src/k8s.io/kubernetes
+    export PATH="/usr/lib/go-1.19/bin:$PATH"
     export GOPATH="$src/.go" CGO_ENABLED=0 GO111MODULE=off GOFLAGS=
     export GOCACHE="$CACHE/go-build-cache"
     make WHAT="cmd/kube-apiserver cmd/kube-controller-manager"

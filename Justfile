@@ -15,6 +15,12 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
 
+# Fast inner loop: format check, clippy, and the unit tests; starts no servers.
+check:
+    cargo fmt --all -- --check
+    cargo clippy --all-targets -- -D warnings
+    cargo test --lib --quiet
+
 # Set up, lint, then run every test (unit and integration against the real servers).
 test: setup lint
     mkdir -p target

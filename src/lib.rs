@@ -1,27 +1,29 @@
 //! kubestow: backup and restore for Kubernetes.
 //!
-//! One run, one mode, then exit (see `DESIGN.md`). Modules are named after
-//! concepts: [`config`] reads the environment, [`run`] is the frame around a
-//! mode, [`cluster`] talks to Kubernetes, [`repo`] stores data.
+//! One run, one mode, then exit (`docs/design.md`). The modules form floors,
+//! and each imports only from the floors below it (`docs/architecture.md`):
+//!
+//! 1. [`run`]: the frame around a run (configuration, signals, schedule
+//!    guards, hooks, summary, metrics, exit code);
+//! 2. [`modes`]: one per `STOW_MODE`;
+//! 3. engines: [`resources`] (rules for Kubernetes objects), [`volume`]
+//!    (directory trees), [`mover`] (mover Jobs), [`hooks`], [`preflight`];
+//! 4. [`repo`] (the repository and its operations) and [`cluster`] (the API
+//!    server);
+//! 5. [`config`], [`context`], [`summary`], [`progress`], [`error`].
 
-pub mod cancel;
-pub mod check;
 pub mod cluster;
 pub mod config;
-pub mod copy;
+pub mod context;
 pub mod error;
 pub mod hooks;
-pub mod list;
-pub mod logging;
-pub mod metrics;
+pub mod modes;
 pub mod mover;
 pub mod preflight;
 pub mod progress;
-pub mod prune;
 pub mod repo;
 pub mod resources;
 pub mod run;
-pub mod schedule;
 pub mod summary;
 #[cfg(test)]
 mod testutil;

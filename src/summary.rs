@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-/// How a run ended. Each status has exactly one exit code (DESIGN.md §1).
+/// How a run ended. Each status has exactly one exit code (docs/design.md §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -174,4 +174,9 @@ mod tests {
         assert_eq!(v["status"], "success");
         assert_eq!(v["counts"]["objects"], 3);
     }
+}
+
+/// What a run's error tells the frame: how the run ended.
+pub trait Outcome {
+    fn status(&self) -> Status;
 }

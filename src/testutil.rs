@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::config::{Compression, Secret};
 use crate::repo::backend::{Backend, MemBackend};
-use crate::repo::{KeyParams, Repository, Writer};
+use crate::repo::{KeyParams, OpenOptions, Repository, Writer};
 
 pub const PW: &str = "unit test password";
 
@@ -14,13 +14,19 @@ pub fn params() -> KeyParams {
 }
 
 pub async fn init(backend: Arc<dyn Backend>) -> Repository {
-    Repository::init_with_params(backend, &Secret::new(PW), Compression::FAST, params())
+    OpenOptions::new(backend, &Secret::new(PW))
+        .compression(Compression::FAST)
+        .key_params(params())
+        .create()
         .await
         .unwrap()
 }
 
 pub async fn open(backend: Arc<dyn Backend>) -> Repository {
-    Repository::open_with_params(backend, &Secret::new(PW), Compression::FAST, params())
+    OpenOptions::new(backend, &Secret::new(PW))
+        .compression(Compression::FAST)
+        .key_params(params())
+        .open()
         .await
         .unwrap()
 }

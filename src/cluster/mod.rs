@@ -1,4 +1,28 @@
-//! The Kubernetes side: connecting to the API server and classifying its errors.
+//! The Kubernetes side: connecting to the API server, classifying its
+//! errors, the retrying client ([`api::Kube`]), discovery, and the API
+//! types kubestow names itself ([`types`]).
+
+pub mod api;
+pub mod discovery;
+pub mod types;
+
+pub use types::ResourceType;
+
+use crate::error::error_chain;
+
+/// Label kubestow puts on the objects it creates itself (mover Jobs, their
+/// pods, temporary PVCs and snapshots). Objects carrying
+/// `app.kubernetes.io/managed-by=kubestow` are never backed up or restored.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "kubestow";
+
+/// Whether an object carries kubestow's own label.
+pub fn is_kubestow_owned(obj: &serde_json::Value) -> bool {
+    obj.pointer("/metadata/labels")
+        .and_then(|l| l.get(MANAGED_BY_LABEL))
+        .and_then(|v| v.as_str())
+        == Some(MANAGED_BY_VALUE)
+}
 
 use std::time::Duration;
 
@@ -46,21 +70,6 @@ impl ClusterError {
             ClusterError::Api { code, .. } => *code == 429 || *code >= 500,
         }
     }
-}
-
-/// "outer: inner: root" — hyper's top-level messages alone say too little.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let msg = inner.to_string();
-        if !s.contains(&msg) {
-            s.push_str(": ");
-            s.push_str(&msg);
-        }
-        src = inner.source();
-    }
-    s
 }
 
 /// A connected client plus the URL, for error messages.

@@ -5,8 +5,10 @@
 //! Validation touches nothing but the environment and the password files, so
 //! a [`ConfigErrors`] always means exit code 2 before any side effect.
 
+pub mod hooks;
 pub mod rate;
 mod secret;
+pub mod selector;
 pub mod vars;
 
 use std::collections::BTreeMap;
@@ -19,6 +21,7 @@ use serde::Deserialize;
 
 pub use rate::RateSchedule;
 pub use secret::Secret;
+pub use selector::LabelSelector;
 use vars as v;
 
 /// The operation one run performs.
@@ -150,9 +153,34 @@ pub enum Compression {
     Level(i32),
 }
 
+/// `STOW_REPOSITORY` with its password: what opening a repository needs.
+#[derive(Debug, Clone, Copy)]
+pub struct RepositoryAccess<'a> {
+    pub location: &'a Location,
+    pub password: &'a Secret,
+}
+
+impl Config {
+    /// The repository and its password, when both are set (validation
+    /// requires both for every mode that opens a repository).
+    pub fn repository_access(&self) -> Option<RepositoryAccess<'_>> {
+        Some(RepositoryAccess {
+            location: self.repository.as_ref()?,
+            password: self.password.as_ref()?,
+        })
+    }
+}
+
 impl Compression {
     /// `fast`: zstd level 1, the fastest level that still shrinks text well.
     pub const FAST: Compression = Compression::Level(1);
+}
+
+/// `STOW_COMPRESSION`'s default.
+impl Default for Compression {
+    fn default() -> Self {
+        Compression::FAST
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -298,9 +326,9 @@ pub struct Config {
     pub reconnect_timeout: Duration,
     pub resume_buffer: u64,
     /// `STOW_PRECONDITION`: all must be met, else the run is skipped.
-    pub precondition: Vec<crate::hooks::Hook>,
-    pub pre_hooks: Vec<crate::hooks::Hook>,
-    pub post_hooks: Vec<crate::hooks::Hook>,
+    pub precondition: Vec<hooks::Hook>,
+    pub pre_hooks: Vec<hooks::Hook>,
+    pub post_hooks: Vec<hooks::Hook>,
     pub copy_to: Option<CopyTarget>,
     pub retention: Retention,
     /// `prune`: marked packs are deleted by a later prune once older than this.
@@ -313,7 +341,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub once: bool,
     pub min_interval: Option<Duration>,
-    /// `STOW_LAST_DAY_OF_MONTH`: run only on the month's last day (see [`crate::schedule`]).
+    /// `STOW_LAST_DAY_OF_MONTH`: run only on the month's last day (see the run frame's schedule guards).
     pub last_day_of_month: bool,
     pub identity: RunIdentity,
 }
@@ -1174,9 +1202,9 @@ impl RawConfig {
                 return Vec::new();
             };
             let parsed = if conditions {
-                crate::hooks::parse_preconditions(&text)
+                hooks::parse_preconditions(&text)
             } else {
-                crate::hooks::parse_hooks(&text)
+                hooks::parse_hooks(&text)
             };
             c.take(parsed.map_err(|why| ConfigError::invalid(var, &text, why)))
                 .unwrap_or_default()
@@ -1226,7 +1254,7 @@ impl RawConfig {
             }
             for (var, list) in [(v::PRE_HOOKS, &pre_hooks), (v::POST_HOOKS, &post_hooks)] {
                 if mode != Mode::Backup
-                    && let Some(h) = list.iter().find(|h| h.scope == crate::hooks::Scope::Volume)
+                    && let Some(h) = list.iter().find(|h| h.scope == hooks::Scope::Volume)
                 {
                     c.0.push(ConfigError::invalid(
                         var,
@@ -1324,82 +1352,8 @@ fn resource_list(var: &'static str, raw: &Option<String>) -> Result<Vec<String>,
 /// requirements), so a typo fails with exit 2 instead of mid-run.
 fn label_selector(s: &str) -> Result<String, ConfigError> {
     let s = s.trim();
-    check_label_selector(s).map_err(|why| ConfigError::invalid(v::LABEL_SELECTOR, s, why))?;
+    LabelSelector::parse(s).map_err(|why| ConfigError::invalid(v::LABEL_SELECTOR, s, why))?;
     Ok(s.to_string())
-}
-
-/// [`label_selector`]'s rules; the error is the reason only, so that hook
-/// selectors (inside `STOW_*_HOOKS`) are checked the same way.
-pub(crate) fn check_label_selector(s: &str) -> Result<(), String> {
-    let s = s.trim();
-    let bad = |why: String| format!("{why}; expected e.g. app=shop,tier!=cache,env in (a,b)");
-    // Split on commas outside parentheses.
-    let (mut reqs, mut depth, mut cur) = (Vec::new(), 0i32, String::new());
-    for ch in s.chars() {
-        match ch {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => {
-                reqs.push(std::mem::take(&mut cur));
-                continue;
-            }
-            _ => {}
-        }
-        if !(0..=1).contains(&depth) {
-            return Err(bad("unbalanced parentheses".into()));
-        }
-        cur.push(ch);
-    }
-    if depth != 0 {
-        return Err(bad("unbalanced parentheses".into()));
-    }
-    reqs.push(cur);
-    for req in &reqs {
-        let req = req.trim();
-        let (key, values): (&str, Vec<&str>) = if let Some(k) = req.strip_prefix('!') {
-            (k, vec![])
-        } else if let Some((k, rest)) = req.split_once(" notin ").or_else(|| req.split_once(" in "))
-        {
-            let inner = rest
-                .trim()
-                .strip_prefix('(')
-                .and_then(|r| r.strip_suffix(')'))
-                .ok_or_else(|| bad(format!("`{req}`: set values go in parentheses")))?;
-            (k, inner.split(',').map(str::trim).collect())
-        } else if let Some((k, val)) = req
-            .split_once("!=")
-            .or_else(|| req.split_once("=="))
-            .or_else(|| req.split_once('='))
-        {
-            (k, vec![val])
-        } else {
-            (req, vec![])
-        };
-        if !is_label_key(key.trim()) {
-            return Err(bad(format!("`{}` is not a label key", key.trim())));
-        }
-        if let Some(val) = values.iter().find(|val| !is_label_value(val.trim())) {
-            return Err(bad(format!("`{val}` is not a label value")));
-        }
-    }
-    Ok(())
-}
-
-fn is_label_value(s: &str) -> bool {
-    s.len() <= 63
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-        && (s.is_empty()
-            || (s.starts_with(|c: char| c.is_ascii_alphanumeric())
-                && s.ends_with(|c: char| c.is_ascii_alphanumeric())))
-}
-
-fn is_label_key(s: &str) -> bool {
-    let (prefix, name) = match s.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, s),
-    };
-    prefix.is_none_or(is_dns_subdomain) && !name.is_empty() && is_label_value(name)
 }
 
 const MOVER_RESOURCE_KEYS: [&str; 6] = [

@@ -263,7 +263,7 @@ pub fn exit_code(s: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Status) -> 
 
 /// kube's upgrade errors carry the API server's answer; show it.
 fn exec_error(e: &kube::Error) -> String {
-    let mut s = crate::resources::kubeapi::message(e);
+    let mut s = crate::cluster::api::message(e);
     if let kube::Error::Api(st) = e
         && st.code == 403
     {

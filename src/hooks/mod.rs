@@ -1,5 +1,5 @@
 //! `STOW_PRECONDITION`, `STOW_PRE_HOOKS` and `STOW_POST_HOOKS` (README
-//! "Hooks and preconditions"; DESIGN.md §5).
+//! "Hooks and preconditions"; docs/design.md §5).
 //!
 //! [`around`] wraps the mode in the run frame, after the schedule guards:
 //! 1. the preconditions, in order; the first one not met ends the run as
@@ -17,7 +17,6 @@
 //! orchestrating run has the hooks).
 
 pub mod exec;
-pub mod spec;
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -27,14 +26,26 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::cluster::api::{Kube, message};
+pub use crate::config::hooks::{Hook, OnError, Pods, Scope, Target};
 use crate::config::{Config, Mode};
-use crate::error::Error;
+use crate::context::RunContext;
 use crate::mover::backup::Consistency;
 use crate::mover::plan::Planned;
-use crate::resources::kubeapi::{Kube, message};
-use crate::run::RunContext;
-use crate::summary::{ItemError, Report, Status};
-pub use spec::{Hook, OnError, Pods, Scope, Target, parse_hooks, parse_preconditions};
+use crate::summary::{ItemError, Outcome, Report, Status};
+
+/// Why hooks stopped a run.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    /// A pre hook with `on-error=fail` failed; the mode did not run.
+    #[error("{0}")]
+    Failed(String),
+    /// The API server did not answer a precondition's question.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error("cancelled by signal")]
+    Cancelled,
+}
 
 /// Whether this run evaluates preconditions and runs hooks.
 pub fn applies(config: &Config) -> bool {
@@ -118,7 +129,7 @@ impl<'a> Runner<'a> {
         let kube = self.kube().await.map_err(|e| e.to_string())?;
         let items = kube
             .list_all(
-                &crate::mover::pods(),
+                &crate::cluster::types::pods(),
                 Some(&pods.namespace),
                 Some(&pods.selector),
             )
@@ -269,7 +280,7 @@ impl<'a> Runner<'a> {
     /// Why the run is skipped, if a condition is not met. Errors are for
     /// the cluster failing to answer (a retry may do better), not for
     /// conditions that are false.
-    async fn precondition(&self, cancel: &CancellationToken) -> Result<Option<String>, Error> {
+    async fn precondition(&self, cancel: &CancellationToken) -> Result<Option<String>, HookError> {
         for cond in &self.config.precondition {
             let check = async {
                 // Commands enforce their own timeout (and kill what they
@@ -288,10 +299,10 @@ impl<'a> Runner<'a> {
             };
             let r = tokio::select! {
                 r = check => r,
-                _ = cancel.cancelled() => Err(Error::Cancelled),
+                _ = cancel.cancelled() => Err(HookError::Cancelled),
             }?;
             if cancel.is_cancelled() {
-                return Err(Error::Cancelled);
+                return Err(HookError::Cancelled);
             }
             match r {
                 None => info!(condition = %cond, "precondition met"),
@@ -306,7 +317,7 @@ impl<'a> Runner<'a> {
         &self,
         cond: &Hook,
         cancel: &CancellationToken,
-    ) -> Result<Option<String>, Error> {
+    ) -> Result<Option<String>, HookError> {
         let phase = Phase::Precondition;
         match &cond.target {
             Target::Local { argv } => {
@@ -318,7 +329,7 @@ impl<'a> Runner<'a> {
                 let kube = self.kube().await?;
                 let items = kube
                     .list_all(
-                        &crate::mover::pods(),
+                        &crate::cluster::types::pods(),
                         Some(&pods.namespace),
                         Some(&pods.selector),
                     )
@@ -367,7 +378,7 @@ impl<'a> Runner<'a> {
             } => {
                 let kube = self.kube().await?;
                 let discovered =
-                    crate::resources::discovery::discover(kube, usize::from(self.config.channels))
+                    crate::cluster::discovery::discover(kube, usize::from(self.config.channels))
                         .await
                         .map_err(|e| kube.cluster.err("discovering API resources", e))?;
                 let rt = match resolve_kind(&discovered, kind, namespace.is_some()) {
@@ -461,16 +472,16 @@ fn for_volume(hook: &Hook, v: &Planned) -> bool {
 /// The served type for `kind`: a kind, plural or singular name, with an
 /// optional `.group`, case-insensitive; the core group wins a tie.
 pub(crate) fn resolve_kind(
-    discovered: &crate::resources::discovery::Discovered,
+    discovered: &crate::cluster::discovery::Discovered,
     kind: &str,
     namespaced: bool,
-) -> Result<crate::resources::ResourceType, String> {
+) -> Result<crate::cluster::ResourceType, String> {
     let lower = kind.to_ascii_lowercase();
     let (name, group) = match lower.split_once('.') {
         Some((n, g)) => (n, Some(g)),
         None => (lower.as_str(), None),
     };
-    let mut found: Vec<&crate::resources::ResourceType> = discovered
+    let mut found: Vec<&crate::cluster::ResourceType> = discovered
         .types
         .iter()
         .map(|t| &t.rt)
@@ -558,9 +569,10 @@ pub fn ready(kind: &str, obj: &Value) -> Result<(), String> {
 }
 
 /// The run frame's part: preconditions, pre hooks, `mode`, post hooks.
-pub async fn around<F>(config: &Config, ctx: &RunContext, mode: F) -> Result<Report, Error>
+pub async fn around<F, E>(config: &Config, ctx: &RunContext, mode: F) -> Result<Report, E>
 where
-    F: Future<Output = Result<Report, Error>>,
+    F: Future<Output = Result<Report, E>>,
+    E: From<HookError> + Outcome,
 {
     let has_run_hooks = config
         .pre_hooks
@@ -590,9 +602,9 @@ where
         )
         .await;
     let mut result = if ctx.cancel.is_cancelled() {
-        Err(Error::Cancelled)
+        Err(HookError::Cancelled.into())
     } else if let Some(f) = failures.first() {
-        Err(Error::Hook(f.clone()))
+        Err(HookError::Failed(f.clone()).into())
     } else {
         mode.await
     };

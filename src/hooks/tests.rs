@@ -1,11 +1,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::spec::*;
 use super::*;
+use crate::cluster::ResourceType;
+use crate::cluster::discovery::{Discovered, DiscoveredType};
+use crate::config::hooks::*;
 use crate::config::{ConfigError, vars as v};
-use crate::resources::ResourceType;
-use crate::resources::discovery::{Discovered, DiscoveredType};
+use crate::modes::Error;
 
 fn argv(words: &[&str]) -> Vec<String> {
     words.iter().map(|w| w.to_string()).collect()
@@ -548,7 +549,7 @@ async fn post_hooks_run_after_a_failed_mode_and_all_of_them() {
         note(&log, "post3")
     );
     let c = config(&[(v::POST_HOOKS, &post)], "backup").unwrap();
-    let e = around(&c, &ctx(), mode(&log, Err(Error::Prune("boom".into()))))
+    let e = around(&c, &ctx(), mode(&log, Err(Error::Missing("boom"))))
         .await
         .unwrap_err();
     assert_eq!(
@@ -556,7 +557,7 @@ async fn post_hooks_run_after_a_failed_mode_and_all_of_them() {
         ["mode", "post1:post:failed", "post3:post:failed"]
     );
     // The mode's error stays the run's error.
-    assert_eq!(e.to_string(), "prune: boom");
+    assert_eq!(e.to_string(), "boom");
 
     // After a successful mode, a failed post hook (on-error=fail) makes it partial.
     std::fs::remove_file(&log).unwrap();
@@ -600,14 +601,14 @@ async fn an_unmet_precondition_skips_without_hooks_or_mode() {
 
     // Met: the run goes on.
     let c = config(&[(v::PRECONDITION, "true")], "backup").unwrap();
-    let r = around(&c, &ctx(), async { Ok(Report::default()) })
+    let r = around(&c, &ctx(), async { Ok::<_, Error>(Report::default()) })
         .await
         .unwrap();
     assert_eq!(r.status(), Status::Success);
 
     // A command that does not exist is a condition not met, not a crash.
     let c = config(&[(v::PRECONDITION, "/no/such/command")], "backup").unwrap();
-    let r = around(&c, &ctx(), async { Ok(Report::default()) })
+    let r = around(&c, &ctx(), async { Ok::<_, Error>(Report::default()) })
         .await
         .unwrap();
     assert!(
@@ -624,7 +625,7 @@ async fn list_and_preflight_ignore_hooks() {
         "list",
     )
     .unwrap();
-    let r = around(&c, &ctx(), async { Ok(Report::default()) })
+    let r = around(&c, &ctx(), async { Ok::<_, Error>(Report::default()) })
         .await
         .unwrap();
     assert_eq!(r.status(), Status::Success);
@@ -641,7 +642,7 @@ async fn a_timeout_kills_the_hook_and_what_it_started() {
     );
     let c = config(&[(v::PRE_HOOKS, &pre)], "backup").unwrap();
     let started = std::time::Instant::now();
-    let e = around(&c, &ctx(), async { Ok(Report::default()) })
+    let e = around(&c, &ctx(), async { Ok::<_, Error>(Report::default()) })
         .await
         .unwrap_err();
     assert!(

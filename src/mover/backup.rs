@@ -11,10 +11,11 @@ use tracing::{info, warn};
 use super::job::{self, Mount, PODS_MOUNT, VOLUME_MOUNT};
 use super::plan::{self, Planned, Source};
 use super::{JobEnd, Runner, str_at};
+use crate::cluster::api::{Kube, message};
+use crate::cluster::types;
 use crate::config::{Config, VolumeSource, vars};
+use crate::context::RunContext;
 use crate::repo::{MoverResult, Repository, VolumeEntry};
-use crate::resources::kubeapi::{Kube, message};
-use crate::run::RunContext;
 use crate::summary::Report;
 
 /// Where consistency hooks (freeze, flush; the hooks issue) plug in: called
@@ -50,7 +51,7 @@ async fn inputs(kube: &Kube, claims: &[Value], channels: usize) -> Result<[Vec<V
         .filter_map(|c| str_at(c, "/spec/volumeName"))
         .collect();
     let pvs: Vec<Value> = futures::stream::iter(pv_names)
-        .map(|n| async move { kube.get(&super::volumes(), None, n).await })
+        .map(|n| async move { kube.get(&types::volumes(), None, n).await })
         .buffer_unordered(channels)
         .collect::<Vec<_>>()
         .await
@@ -58,11 +59,11 @@ async fn inputs(kube: &Kube, claims: &[Value], channels: usize) -> Result<[Vec<V
         .filter_map(|r| r.ok().flatten())
         .collect();
     let scs = kube
-        .list_all(&super::storage_classes(), None, None)
+        .list_all(&types::storage_classes(), None, None)
         .await
         .map_err(|e| format!("listing storage classes: {}", message(&e)))?;
     // No snapshot CRDs (404) means no classes; a denial is worth a warning.
-    let vscs = kube.list_all(&super::snapshot_classes(), None, None)
+    let vscs = kube.list_all(&types::snapshot_classes(), None, None)
         .await
         .unwrap_or_else(|e| {
             warn!(error = %message(&e), "cannot list VolumeSnapshotClasses; snapshots are not used");
@@ -75,7 +76,7 @@ async fn inputs(kube: &Kube, claims: &[Value], channels: usize) -> Result<[Vec<V
     let mut pods = Vec::new();
     for ns in namespaces {
         pods.extend(
-            kube.list_all(&super::pods(), Some(ns), None)
+            kube.list_all(&types::pods(), Some(ns), None)
                 .await
                 .map_err(|e| format!("listing pods in {ns}: {}", message(&e)))?,
         );
@@ -282,7 +283,7 @@ impl VolumeBackup<'_> {
         });
         let r = self
             .runner
-            .create(&super::volume_snapshots(), &v.namespace, &body)
+            .create(&types::volume_snapshots(), &v.namespace, &body)
             .await;
         self.hooks.after(v).await;
         r.map(|_| ())
@@ -297,7 +298,7 @@ impl VolumeBackup<'_> {
             let obj = self
                 .runner
                 .kube
-                .get(&super::volume_snapshots(), Some(&v.namespace), snap)
+                .get(&types::volume_snapshots(), Some(&v.namespace), snap)
                 .await
                 .map_err(|e| format!("reading {what}: {}", message(&e)))?
                 .ok_or_else(|| format!("{what} disappeared"))?;
@@ -359,7 +360,7 @@ impl VolumeBackup<'_> {
                     },
                 });
                 self.runner
-                    .create(&super::claims(), &v.namespace, &body)
+                    .create(&types::claims(), &v.namespace, &body)
                     .await?;
                 let mount = Mount::Claim {
                     name: clone.clone(),
@@ -406,8 +407,8 @@ impl VolumeBackup<'_> {
         // Free the clone's storage now rather than at the end of the run.
         if matches!(v.source, Source::Snapshot { .. }) {
             for (rt, name) in [
-                (super::claims(), &clone),
-                (super::volume_snapshots(), &snap),
+                (types::claims(), &clone),
+                (types::volume_snapshots(), &snap),
             ] {
                 if let Err(e) = self.runner.kube.delete(&rt, Some(&v.namespace), name).await {
                     warn!(kind = %rt.kind, name = %name, error = %message(&e), "could not delete; the clean-up at the end retries");

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::resources::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::cluster::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
 /// Label holding the run tag on everything a run creates.
 pub const RUN_LABEL: &str = "kubestow.io/run";

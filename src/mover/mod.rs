@@ -1,4 +1,4 @@
-//! Persistent-volume data through mover Jobs (DESIGN.md §4).
+//! Persistent-volume data through mover Jobs (docs/design.md §4).
 //!
 //! `backup` plans a source for every selected claim ([`plan`]), then runs
 //! one mover Job per claim, at most `STOW_CHANNELS` at a time: the same
@@ -30,9 +30,10 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::cluster::ResourceType;
+use crate::cluster::api::{Kube, message, status};
+use crate::cluster::types::{claims, jobs, pods, secrets, service_accounts, volume_snapshots};
 use crate::config::{Config, vars};
-use crate::resources::ResourceType;
-use crate::resources::kubeapi::{Kube, message, status};
 use job::{MoverJob, Owner};
 
 /// How often a waiting orchestrator looks at a Job or snapshot.
@@ -64,68 +65,6 @@ const PASSED_ON: &[&str] = &[
     vars::LOG_FORMAT,
     "RUST_LOG",
 ];
-
-pub(crate) fn rt(group: &str, version: &str, kind: &str, plural: &str, ns: bool) -> ResourceType {
-    ResourceType {
-        group: group.into(),
-        version: version.into(),
-        kind: kind.into(),
-        plural: plural.into(),
-        namespaced: ns,
-    }
-}
-
-pub(crate) fn jobs() -> ResourceType {
-    rt("batch", "v1", "Job", "jobs", true)
-}
-pub(crate) fn pods() -> ResourceType {
-    rt("", "v1", "Pod", "pods", true)
-}
-pub(crate) fn claims() -> ResourceType {
-    rt(
-        "",
-        "v1",
-        "PersistentVolumeClaim",
-        "persistentvolumeclaims",
-        true,
-    )
-}
-pub(crate) fn volumes() -> ResourceType {
-    rt("", "v1", "PersistentVolume", "persistentvolumes", false)
-}
-fn secrets() -> ResourceType {
-    rt("", "v1", "Secret", "secrets", true)
-}
-fn service_accounts() -> ResourceType {
-    rt("", "v1", "ServiceAccount", "serviceaccounts", true)
-}
-pub(crate) fn storage_classes() -> ResourceType {
-    rt(
-        "storage.k8s.io",
-        "v1",
-        "StorageClass",
-        "storageclasses",
-        false,
-    )
-}
-pub(crate) fn volume_snapshots() -> ResourceType {
-    rt(
-        "snapshot.storage.k8s.io",
-        "v1",
-        "VolumeSnapshot",
-        "volumesnapshots",
-        true,
-    )
-}
-pub(crate) fn snapshot_classes() -> ResourceType {
-    rt(
-        "snapshot.storage.k8s.io",
-        "v1",
-        "VolumeSnapshotClass",
-        "volumesnapshotclasses",
-        false,
-    )
-}
 
 /// How one mover Job ended.
 #[derive(Debug)]

@@ -8,10 +8,10 @@ use tracing::{info, warn};
 
 use super::job::{self, Mount, VOLUME_MOUNT};
 use super::{JobEnd, Runner};
+use crate::cluster::api::Kube;
 use crate::config::{Config, vars};
+use crate::context::RunContext;
 use crate::repo::SnapshotId;
-use crate::resources::kubeapi::Kube;
-use crate::run::RunContext;
 use crate::summary::Report;
 
 /// One claim to fill.

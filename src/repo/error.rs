@@ -58,6 +58,15 @@ pub enum RepoError {
     /// deleting anything more.
     #[error("prune lock {key} lost: {reason}")]
     LockLost { key: String, reason: String },
+    /// An operation (prune, copy) refused to go on, to keep data safe.
+    #[error("{operation}: {reason}")]
+    Refused {
+        operation: &'static str,
+        reason: String,
+    },
+    /// The run was cancelled (SIGTERM) before the operation finished.
+    #[error("cancelled by signal")]
+    Cancelled,
     #[error("{location}: {what} failed: {reason}")]
     Internal {
         location: String,
@@ -80,6 +89,13 @@ impl RepoError {
         RepoError::Corrupt {
             key: key.to_string(),
             blob: blob.map(BlobId::to_hex),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn refused(operation: &'static str, reason: impl Into<String>) -> Self {
+        RepoError::Refused {
+            operation,
             reason: reason.into(),
         }
     }

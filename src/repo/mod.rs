@@ -6,9 +6,12 @@
 //! in index objects; snapshot manifests are written last.
 
 pub mod backend;
+pub mod check;
 mod checkpoint;
+pub mod copy;
 mod crypto;
 mod error;
+mod filter;
 #[doc(hidden)]
 pub mod fixture;
 mod id;
@@ -16,7 +19,9 @@ mod index;
 mod keys;
 pub mod lock;
 mod mover;
+mod open;
 mod pack;
+pub mod prune;
 mod snapshot;
 pub mod walk;
 mod writer;
@@ -39,12 +44,17 @@ use index::Index;
 
 pub use checkpoint::{CheckpointHeader, PREFIX as CHECKPOINT_PREFIX};
 pub use error::RepoError;
+pub use filter::RunFilter;
 pub use id::{BlobId, BlobKind, PackId, ParseIdError, SnapshotId};
 pub use index::IndexEntry;
 pub use keys::{KeyParams, MIN_ITERATIONS};
 pub use mover::{MoverResult, PREFIX as MOVER_PREFIX};
+pub use open::OpenOptions;
 pub use pack::PACK_TARGET;
-pub use snapshot::{Run, SnapshotManifest, SnapshotStatus, VolumeEntry, group_runs};
+pub use snapshot::{
+    MIN_PREFIX, Run, SnapshotManifest, SnapshotRef, SnapshotRefError, SnapshotStatus, VolumeEntry,
+    group_runs,
+};
 pub use writer::{CHECKPOINT_EVERY, WriteStats, Writer};
 
 const CONFIG_KEY: &str = "config";
@@ -156,80 +166,7 @@ fn check_content_name(key: &str, prefix: &str, bytes: &[u8]) -> Result<(), RepoE
 }
 
 impl Repository {
-    /// Creates a repository: a key object for `password`, then `config`.
-    /// Refuses if `config` exists. Two `init`s racing on one empty location
-    /// are not detected (the backends have no create-if-absent); the
-    /// STOW_INIT flag is meant for the first run only.
-    pub async fn init(
-        backend: Arc<dyn Backend>,
-        password: &Secret,
-        compression: Compression,
-    ) -> Result<Repository, RepoError> {
-        Self::init_with_params(backend, password, compression, KeyParams::default()).await
-    }
-
-    /// [`init`](Self::init) with explicit key derivation parameters.
-    pub async fn init_with_params(
-        backend: Arc<dyn Backend>,
-        password: &Secret,
-        compression: Compression,
-        params: KeyParams,
-    ) -> Result<Repository, RepoError> {
-        let material = crypto::random::<{ crypto::MASTER_LEN }>();
-        Self::init_from(
-            backend,
-            password,
-            compression,
-            params,
-            material,
-            ChunkerParams::default(),
-        )
-        .await
-    }
-
-    /// Creates a repository whose blob ids equal `source`'s: it shares the
-    /// id key and the chunker parameters (so the same content has the same
-    /// blob id and trees copy unchanged), but has its own data key and
-    /// password. The destination of `copy`.
-    pub async fn init_sharing_ids(
-        backend: Arc<dyn Backend>,
-        password: &Secret,
-        compression: Compression,
-        source: &Repository,
-    ) -> Result<Repository, RepoError> {
-        Self::init_sharing_ids_with_params(
-            backend,
-            password,
-            compression,
-            KeyParams::default(),
-            source,
-        )
-        .await
-    }
-
-    /// [`init_sharing_ids`](Self::init_sharing_ids) with explicit key
-    /// derivation parameters.
-    pub async fn init_sharing_ids_with_params(
-        backend: Arc<dyn Backend>,
-        password: &Secret,
-        compression: Compression,
-        params: KeyParams,
-        source: &Repository,
-    ) -> Result<Repository, RepoError> {
-        let mut material = crypto::random::<{ crypto::MASTER_LEN }>();
-        material[32..].copy_from_slice(&source.inner.master.material()[32..]);
-        Self::init_from(
-            backend,
-            password,
-            compression,
-            params,
-            material,
-            source.chunker_params(),
-        )
-        .await
-    }
-
-    async fn init_from(
+    pub(super) async fn init_from(
         backend: Arc<dyn Backend>,
         password: &Secret,
         compression: Compression,
@@ -272,43 +209,7 @@ impl Repository {
         ))
     }
 
-    /// Opens a repository: unlocks a key with `password`, reads `config`,
-    /// and loads every index object.
-    pub async fn open(
-        backend: Arc<dyn Backend>,
-        password: &Secret,
-        compression: Compression,
-    ) -> Result<Repository, RepoError> {
-        Self::open_with_params(backend, password, compression, KeyParams::default()).await
-    }
-
-    /// [`open`](Self::open); `params` apply to keys added later.
-    pub async fn open_with_params(
-        backend: Arc<dyn Backend>,
-        password: &Secret,
-        compression: Compression,
-        params: KeyParams,
-    ) -> Result<Repository, RepoError> {
-        Ok(
-            Self::open_inner(backend, password, compression, params, false)
-                .await?
-                .0,
-        )
-    }
-
-    /// Opens like [`open`](Self::open), but an index object that cannot be
-    /// read is skipped instead of failing the open; its error is returned
-    /// alongside. For `check`, which must report every damaged object.
-    pub async fn open_lenient(
-        backend: Arc<dyn Backend>,
-        password: &Secret,
-        compression: Compression,
-        params: KeyParams,
-    ) -> Result<(Repository, Vec<RepoError>), RepoError> {
-        Self::open_inner(backend, password, compression, params, true).await
-    }
-
-    async fn open_inner(
+    pub(super) async fn open_inner(
         backend: Arc<dyn Backend>,
         password: &Secret,
         compression: Compression,
@@ -383,38 +284,6 @@ impl Repository {
         }
     }
 
-    /// Opens `STOW_REPOSITORY` with `STOW_PASSWORD`, retrying network errors
-    /// for `STOW_RECONNECT_TIMEOUT`; creates it when `STOW_INIT` is set and
-    /// `allow_init` (only writing modes create repositories).
-    pub async fn from_config(
-        config: &crate::config::Config,
-        allow_init: bool,
-    ) -> Result<Repository, RepoError> {
-        let location = config
-            .repository
-            .as_ref()
-            .expect("validated: modes that open a repository require STOW_REPOSITORY");
-        let password = config
-            .password
-            .as_ref()
-            .expect("validated: modes that open a repository require a password");
-        let backend = backend::open(
-            location,
-            config.reconnect_timeout,
-            backend::Throttle::for_config(config),
-        )
-        .await;
-        let repo = Self::open_or_init(
-            backend,
-            password,
-            config.compression,
-            allow_init && config.init,
-        )
-        .await?;
-        repo.set_resume_buffer(config.resume_buffer);
-        Ok(repo)
-    }
-
     /// Writers list their packs in an index object at least every `bytes`
     /// of packs (rounded up to whole packs), so a crashed run that is run
     /// again finds, and does not upload again, all but that much.
@@ -423,34 +292,6 @@ impl Repository {
         self.inner
             .packs_per_index
             .store(packs, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Opens the repository, or creates it when `init` is set and there is
-    /// none; without `init`, a missing repository is
-    /// [`RepoError::NotInitialised`].
-    pub async fn open_or_init(
-        backend: Arc<dyn Backend>,
-        password: &Secret,
-        compression: Compression,
-        init: bool,
-    ) -> Result<Repository, RepoError> {
-        Self::open_or_init_with_params(backend, password, compression, init, KeyParams::default())
-            .await
-    }
-
-    pub async fn open_or_init_with_params(
-        backend: Arc<dyn Backend>,
-        password: &Secret,
-        compression: Compression,
-        init: bool,
-        params: KeyParams,
-    ) -> Result<Repository, RepoError> {
-        match Self::open_with_params(backend.clone(), password, compression, params).await {
-            Err(RepoError::NotInitialised { .. }) if init => {
-                Self::init_with_params(backend, password, compression, params).await
-            }
-            other => other,
-        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -741,6 +582,11 @@ impl Repository {
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.inner.backend
+    }
+
+    /// The master key's bytes, for a repository that shares its blob ids.
+    fn master_material(&self) -> &[u8] {
+        self.inner.master.material()
     }
 
     pub fn chunker_params(&self) -> ChunkerParams {
@@ -1224,6 +1070,9 @@ pub const DATA_PREFIX: &str = "data/";
 pub const INDEX_PREFIX: &str = index::PREFIX;
 /// Prefix of snapshot manifests.
 pub const SNAPSHOT_PREFIX: &str = snapshot::PREFIX;
+/// Prefix of the per-item restore reports (`docs/format.md` §13); prune
+/// keeps the blobs they reference.
+pub const REPORT_PREFIX: &str = "restores/";
 
 /// The pack a `data/<2 hex>/<id>` key names, if it is one.
 pub fn pack_id_from_key(key: &str) -> Option<PackId> {

@@ -162,3 +162,63 @@ mod tests {
         assert_eq!(back, m);
     }
 }
+
+/// The shortest snapshot-id prefix that names a snapshot.
+pub const MIN_PREFIX: usize = 8;
+
+/// A snapshot as a person names it (`STOW_SNAPSHOT`): a run id, a snapshot
+/// id, or a prefix of a snapshot id of at least [`MIN_PREFIX`] hex digits.
+/// The one rule that `list`, `copy`, `restore` and `volume-restore` share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRef(String);
+
+/// Why a [`SnapshotRef`] names no single run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotRefError {
+    #[error("no snapshot or run with that id in the repository")]
+    NotFound,
+    #[error("it matches {0} runs; give more of the id")]
+    Ambiguous(usize),
+}
+
+impl SnapshotRef {
+    pub fn new(text: &str) -> Self {
+        Self(text.trim().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The whole id, or a prefix of at least [`MIN_PREFIX`] hex digits.
+    pub fn matches_id(&self, id: &SnapshotId) -> bool {
+        let want = self.0.to_ascii_lowercase();
+        let hex = id.to_hex();
+        hex == want
+            || (want.len() >= MIN_PREFIX
+                && want.bytes().all(|b| b.is_ascii_hexdigit())
+                && hex.starts_with(&want))
+    }
+
+    /// The run's id, or an id of one of its parts.
+    pub fn matches_run(&self, run: &Run) -> bool {
+        run.run_id.eq_ignore_ascii_case(&self.0)
+            || run.parts.iter().any(|(id, _)| self.matches_id(id))
+    }
+
+    /// The one run of `runs` this names.
+    pub fn find<'a>(&self, runs: &'a [Run]) -> Result<&'a Run, SnapshotRefError> {
+        let mut hits = runs.iter().filter(|r| self.matches_run(r));
+        match (hits.next(), hits.count()) {
+            (Some(run), 0) => Ok(run),
+            (None, _) => Err(SnapshotRefError::NotFound),
+            (Some(_), more) => Err(SnapshotRefError::Ambiguous(more + 1)),
+        }
+    }
+}
+
+impl std::fmt::Display for SnapshotRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}

@@ -23,13 +23,20 @@ fn params() -> KeyParams {
 }
 
 async fn init(backend: Arc<dyn Backend>) -> Repository {
-    Repository::init_with_params(backend, &pw(PW), Compression::FAST, params())
+    OpenOptions::new(backend, &pw(PW))
+        .compression(Compression::FAST)
+        .key_params(params())
+        .create()
         .await
         .unwrap()
 }
 
 async fn reopen(backend: Arc<dyn Backend>) -> Result<Repository, RepoError> {
-    Repository::open_with_params(backend, &pw(PW), Compression::FAST, params()).await
+    OpenOptions::new(backend, &pw(PW))
+        .compression(Compression::FAST)
+        .key_params(params())
+        .open()
+        .await
 }
 
 /// Deterministic test data: random (BLAKE3 output) or compressible text.
@@ -247,7 +254,10 @@ async fn tampered_snapshot_fails_listing_naming_it() {
 async fn wrong_password_names_the_location() {
     let mem: Arc<dyn Backend> = Arc::new(MemBackend::new());
     init(mem.clone()).await;
-    let err = Repository::open_with_params(mem, &pw("wrong"), Compression::FAST, params())
+    let err = OpenOptions::new(mem, &pw("wrong"))
+        .compression(Compression::FAST)
+        .key_params(params())
+        .open()
         .await
         .unwrap_err();
     assert!(matches!(err, RepoError::WrongPassword { .. }), "{err}");
@@ -260,7 +270,10 @@ async fn plaintext_never_reaches_storage() {
     const MARKER: &[u8] = b"PLAINTEXT-MARKER-123";
     for compression in [Compression::FAST, Compression::None] {
         let mem = Arc::new(MemBackend::new());
-        let repo = Repository::init_with_params(mem.clone(), &pw(PW), compression, params())
+        let repo = OpenOptions::new(mem.clone(), &pw(PW))
+            .compression(compression)
+            .key_params(params())
+            .create()
             .await
             .unwrap();
         let w = repo.writer_with(1, 64 << 10, 1);
@@ -293,39 +306,36 @@ async fn init_open_and_key_management() {
     assert!(err.to_string().contains("STOW_INIT") && err.to_string().contains("mem://"));
 
     // open_or_init creates only when asked to.
-    let err = Repository::open_or_init_with_params(
-        mem.clone(),
-        &pw(PW),
-        Compression::FAST,
-        false,
-        params(),
-    )
-    .await
-    .unwrap_err();
+    let err = OpenOptions::new(mem.clone(), &pw(PW))
+        .compression(Compression::FAST)
+        .create_if_missing(false)
+        .key_params(params())
+        .open()
+        .await
+        .unwrap_err();
     assert!(matches!(err, RepoError::NotInitialised { .. }));
-    let repo = Repository::open_or_init_with_params(
-        mem.clone(),
-        &pw(PW),
-        Compression::FAST,
-        true,
-        params(),
-    )
-    .await
-    .unwrap();
+    let repo = OpenOptions::new(mem.clone(), &pw(PW))
+        .compression(Compression::FAST)
+        .create_if_missing(true)
+        .key_params(params())
+        .open()
+        .await
+        .unwrap();
     assert_eq!(repo.chunker_params(), ChunkerParams::default());
     // A second open_or_init with init opens the same repository.
-    let same = Repository::open_or_init_with_params(
-        mem.clone(),
-        &pw(PW),
-        Compression::FAST,
-        true,
-        params(),
-    )
-    .await
-    .unwrap();
+    let same = OpenOptions::new(mem.clone(), &pw(PW))
+        .compression(Compression::FAST)
+        .create_if_missing(true)
+        .key_params(params())
+        .open()
+        .await
+        .unwrap();
     assert_eq!(same.id(), repo.id());
 
-    let err = Repository::init_with_params(mem.clone(), &pw(PW), Compression::FAST, params())
+    let err = OpenOptions::new(mem.clone(), &pw(PW))
+        .compression(Compression::FAST)
+        .key_params(params())
+        .create()
         .await
         .unwrap_err();
     assert!(matches!(err, RepoError::AlreadyExists { .. }), "{err}");
@@ -336,14 +346,12 @@ async fn init_open_and_key_management() {
     assert!(err.to_string().contains("last key"), "{err}");
 
     let new_id = repo.add_key(&pw("second password")).await.unwrap();
-    let second = Repository::open_with_params(
-        mem.clone(),
-        &pw("second password"),
-        Compression::FAST,
-        params(),
-    )
-    .await
-    .unwrap();
+    let second = OpenOptions::new(mem.clone(), &pw("second password"))
+        .compression(Compression::FAST)
+        .key_params(params())
+        .open()
+        .await
+        .unwrap();
     assert_eq!(second.id(), repo.id());
     assert_eq!(second.key_id(), new_id);
     assert_eq!(repo.list_keys().await.unwrap().len(), 2);
@@ -619,9 +627,18 @@ fn public_futures_are_send(repo: Repository, backend: Arc<dyn Backend>) {
     fn send<T: Send>(_: T) {}
     let w = repo.writer(1);
     let (s, c) = (pw(""), Compression::FAST);
-    send(Repository::init(backend.clone(), &s, c));
-    send(Repository::open(backend.clone(), &s, c));
-    send(Repository::open_or_init(backend, &s, c, true));
+    send(
+        OpenOptions::new(backend.clone(), &s)
+            .compression(c)
+            .create(),
+    );
+    send(OpenOptions::new(backend.clone(), &s).compression(c).open());
+    send(
+        OpenOptions::new(backend, &s)
+            .compression(c)
+            .create_if_missing(true)
+            .open(),
+    );
     send(repo.add_key(&s));
     send(repo.remove_key(""));
     send(repo.read_blob(&BlobId([0; 32])));
@@ -648,7 +665,10 @@ async fn throughput_of_writer_add() {
         ("none", Compression::None),
     ] {
         let mem: Arc<dyn Backend> = Arc::new(MemBackend::new());
-        let repo = Repository::init_with_params(mem, &pw(PW), compression, params())
+        let repo = OpenOptions::new(mem, &pw(PW))
+            .compression(compression)
+            .key_params(params())
+            .create()
             .await
             .unwrap();
         let w = repo.writer(4);

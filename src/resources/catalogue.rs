@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::ResourceType;
 use crate::repo::{BlobId, BlobKind, RepoError, Repository, Writer};
 
 /// Name of the root node that holds cluster-scoped objects. Not a valid
@@ -22,54 +23,6 @@ use crate::repo::{BlobId, BlobKind, RepoError, Repository, Writer};
 pub const CLUSTER_NODE: &str = "_cluster";
 /// Tree blobs read at once.
 const READ_PARALLEL: usize = 16;
-
-/// One API resource type at one version.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ResourceType {
-    /// `""` for the core group.
-    pub group: String,
-    pub version: String,
-    pub kind: String,
-    /// The resource name in URLs: `deployments`.
-    pub plural: String,
-    pub namespaced: bool,
-}
-
-impl ResourceType {
-    /// `v1` or `apps/v1`.
-    pub fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.clone()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
-    }
-
-    /// `deployments.apps` or `configmaps`: how kubectl and the
-    /// `STOW_*_RESOURCES` variables name a type.
-    pub fn name(&self) -> String {
-        if self.group.is_empty() {
-            self.plural.clone()
-        } else {
-            format!("{}.{}", self.plural, self.group)
-        }
-    }
-
-    pub fn is(&self, group: &str, plural: &str) -> bool {
-        self.group == group && self.plural == plural
-    }
-
-    /// The type of Namespace objects.
-    pub fn namespaces() -> Self {
-        Self {
-            group: String::new(),
-            version: "v1".into(),
-            kind: "Namespace".into(),
-            plural: "namespaces".into(),
-            namespaced: false,
-        }
-    }
-}
 
 /// The objects of one type in one scope, by name.
 #[derive(Debug, Clone, PartialEq)]
@@ -373,19 +326,18 @@ pub(crate) mod tests {
     use super::*;
     use crate::config::{Compression, Secret};
     use crate::repo::KeyParams;
+    use crate::repo::OpenOptions;
     use crate::repo::backend::{Backend, MemBackend};
     use std::sync::Arc;
 
     pub(crate) async fn mem_repo() -> Repository {
         let mem: Arc<dyn Backend> = Arc::new(MemBackend::new());
-        Repository::init_with_params(
-            mem,
-            &Secret::new("pw"),
-            Compression::FAST,
-            KeyParams::insecure_for_tests(1),
-        )
-        .await
-        .unwrap()
+        OpenOptions::new(mem, &Secret::new("pw"))
+            .compression(Compression::FAST)
+            .key_params(KeyParams::insecure_for_tests(1))
+            .create()
+            .await
+            .unwrap()
     }
 
     fn cm() -> ResourceType {

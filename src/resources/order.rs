@@ -1,4 +1,4 @@
-//! Restore order (DESIGN.md §3): what others depend on goes first.
+//! Restore order (docs/design.md §3): what others depend on goes first.
 //!
 //! Each entry is one level; objects of one level are created concurrently,
 //! and a level starts only when the one before it has finished. Custom

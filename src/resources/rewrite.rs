@@ -1,4 +1,4 @@
-//! Restore rules (DESIGN.md §3, after Velero's restore item actions): what
+//! Restore rules (docs/design.md §3, after Velero's restore item actions): what
 //! is not restored, and how a stored object is changed before it is
 //! created in the target cluster.
 
@@ -41,18 +41,6 @@ const STORAGE_CLASS_ANNOTATION: &str = "volume.beta.kubernetes.io/storage-class"
 const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 /// Labels the Job controller sets from the Job's uid.
 const JOB_UID_LABELS: &[&str] = &["controller-uid", "batch.kubernetes.io/controller-uid"];
-/// Types the backup never stores; an old or foreign snapshot might.
-const NEVER: &[(&str, &str)] = &[
-    ("", "nodes"),
-    ("", "events"),
-    ("events.k8s.io", "events"),
-    ("discovery.k8s.io", "endpointslices"),
-    ("coordination.k8s.io", "leases"),
-    ("", "componentstatuses"),
-    ("storage.k8s.io", "csinodes"),
-    ("storage.k8s.io", "volumeattachments"),
-];
-
 fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
     v.pointer(ptr).and_then(Value::as_str)
 }
@@ -69,10 +57,11 @@ fn obj_mut<'a>(v: &'a mut Value, key: &str) -> Option<&'a mut Map<String, Value>
 
 /// Why a stored object is not restored, or `None` to restore it.
 pub fn skip_reason(rt: &ResourceType, obj: &Value, maps: &Maps) -> Option<String> {
-    if NEVER.iter().any(|(g, p)| rt.is(g, p)) {
+    // The backup never stores these; an old or foreign snapshot might.
+    if super::skipped_type(rt) {
         return Some(format!("{} are never restored", rt.plural));
     }
-    if super::is_kubestow_owned(obj) {
+    if crate::cluster::is_kubestow_owned(obj) {
         return Some("kubestow's own object".into());
     }
     let name = str_at(obj, "/metadata/name").unwrap_or_default();

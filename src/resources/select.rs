@@ -7,7 +7,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde_json::{Value, json};
 
 use super::ResourceType;
-use crate::config::{ClusterResources, Selection};
+use crate::config::{ClusterResources, LabelSelector, Selection};
 
 #[derive(Debug, Clone)]
 pub struct Selector {
@@ -184,83 +184,6 @@ pub fn to_json(sel: &Selection) -> Value {
     })
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Req {
-    Eq(String, String),
-    Ne(String, String),
-    In(String, Vec<String>),
-    NotIn(String, Vec<String>),
-    Exists(String),
-    NotExists(String),
-}
-
-/// A Kubernetes label selector, evaluated client-side (restore filters
-/// objects that are already in hand). Same grammar as the config check:
-/// `k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`, `k`, `!k`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LabelSelector(Vec<Req>);
-
-impl LabelSelector {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let (mut parts, mut depth, mut cur) = (Vec::new(), 0i32, String::new());
-        for ch in s.chars() {
-            match ch {
-                '(' => depth += 1,
-                ')' => depth -= 1,
-                ',' if depth == 0 => {
-                    parts.push(std::mem::take(&mut cur));
-                    continue;
-                }
-                _ => {}
-            }
-            cur.push(ch);
-        }
-        parts.push(cur);
-        let mut reqs = Vec::new();
-        for p in parts {
-            let p = p.trim();
-            if p.is_empty() {
-                continue;
-            }
-            let set = |rest: &str| -> Result<Vec<String>, String> {
-                let inner = rest
-                    .trim()
-                    .strip_prefix('(')
-                    .and_then(|r| r.strip_suffix(')'))
-                    .ok_or_else(|| format!("`{p}`: set values go in parentheses"))?;
-                Ok(inner.split(',').map(|v| v.trim().to_string()).collect())
-            };
-            let req = if let Some(k) = p.strip_prefix('!') {
-                Req::NotExists(k.trim().into())
-            } else if let Some((k, rest)) = p.split_once(" notin ") {
-                Req::NotIn(k.trim().into(), set(rest)?)
-            } else if let Some((k, rest)) = p.split_once(" in ") {
-                Req::In(k.trim().into(), set(rest)?)
-            } else if let Some((k, v)) = p.split_once("!=") {
-                Req::Ne(k.trim().into(), v.trim().into())
-            } else if let Some((k, v)) = p.split_once("==").or_else(|| p.split_once('=')) {
-                Req::Eq(k.trim().into(), v.trim().into())
-            } else {
-                Req::Exists(p.into())
-            };
-            reqs.push(req);
-        }
-        Ok(Self(reqs))
-    }
-
-    pub fn matches(&self, labels: Option<&Value>) -> bool {
-        let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
-        self.0.iter().all(|r| match r {
-            Req::Eq(k, v) => get(k) == Some(v.as_str()),
-            Req::Ne(k, v) => get(k) != Some(v.as_str()),
-            Req::In(k, vs) => get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
-            Req::NotIn(k, vs) => get(k).is_none_or(|x| !vs.iter().any(|v| v == x)),
-            Req::Exists(k) => get(k).is_some(),
-            Req::NotExists(k) => get(k).is_none(),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,24 +196,6 @@ mod tests {
             plural: plural.into(),
             namespaced: true,
         }
-    }
-
-    #[test]
-    fn label_selectors_match_like_the_api_server() {
-        let labels = json!({"app": "shop", "tier": "web"});
-        let m = |s: &str| LabelSelector::parse(s).unwrap().matches(Some(&labels));
-        assert!(m("app=shop"));
-        assert!(m("app==shop,tier"));
-        assert!(!m("app!=shop"));
-        assert!(m("env!=prod"));
-        assert!(m("tier in (web, db)"));
-        assert!(!m("tier notin (web)"));
-        assert!(m("env notin (prod)"));
-        assert!(m("!env"));
-        assert!(!m("!app"));
-        assert!(!m("app=shop,env"));
-        assert!(!LabelSelector::parse("app=x").unwrap().matches(None));
-        assert!(LabelSelector::parse("!app").unwrap().matches(None));
     }
 
     #[test]

@@ -35,7 +35,6 @@ use tracing::{debug, info, warn};
 use super::checkpoint::{CHECKPOINT_EVERY, POLL, Recorder, Resume};
 use super::tree::{Node, NodeType, ROOT_NAME, Tree, display_path, join_rel, mtime_ns};
 use super::{Chunker, MAX_LISTED, VolumeError, is_item_error, join_err, load_tree};
-use crate::error::Error;
 use crate::repo::{
     BlobKind, MoverResult, Repository, SnapshotId, SnapshotManifest, VolumeEntry, Writer,
 };
@@ -125,7 +124,7 @@ struct Shared {
     files: Arc<Semaphore>,
     /// Cancelled on SIGTERM (parent token) or on the first fatal error.
     stop: CancellationToken,
-    fatal: Mutex<Option<Error>>,
+    fatal: Mutex<Option<VolumeError>>,
     stats: Stats,
     errors: Mutex<Vec<ItemError>>,
     changed: Mutex<Vec<String>>,
@@ -142,7 +141,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn fail(&self, e: impl Into<Error>) -> Stopped {
+    fn fail(&self, e: impl Into<VolumeError>) -> Stopped {
         let e = e.into();
         let mut slot = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
@@ -674,7 +673,11 @@ struct Parent {
 }
 
 /// The newest complete run of `plan` with this volume.
-async fn find_parent(repo: &Repository, plan: &str, name: &str) -> Result<Option<Parent>, Error> {
+async fn find_parent(
+    repo: &Repository,
+    plan: &str,
+    name: &str,
+) -> Result<Option<Parent>, VolumeError> {
     let runs = match repo.complete_runs().await {
         Ok(r) => r,
         Err(e) if is_item_error(&e) => {
@@ -739,7 +742,7 @@ pub async fn backup(
     repo: &Repository,
     opts: &BackupOptions,
     cancel: &CancellationToken,
-) -> Result<Report, Error> {
+) -> Result<Report, VolumeError> {
     let started = Instant::now();
     let chunker = Chunker::new(repo.chunker_params())?;
     let shown_root = opts.path.display().to_string();
@@ -846,7 +849,7 @@ pub async fn backup(
         // On SIGTERM the retries stop with an error: the run was stopped.
         if cancel.is_cancelled() {
             warn!(error = %e, "stopped");
-            return Err(Error::Cancelled);
+            return Err(VolumeError::Cancelled);
         }
         return Err(e);
     }
@@ -857,7 +860,7 @@ pub async fn backup(
             volume = %opts.name,
             "cancelled: what was written is flushed for a retry; no snapshot was saved"
         );
-        return Err(Error::Cancelled);
+        return Err(VolumeError::Cancelled);
     };
     info!(volume = %opts.name, files = get(&sh.stats.files), "all files read; storing the last packs, then the snapshot");
     let (root_id, _) = writer
@@ -868,7 +871,7 @@ pub async fn backup(
         .await?;
     let ws = writer.finish().await?;
     if cancel.is_cancelled() {
-        return Err(Error::Cancelled);
+        return Err(VolumeError::Cancelled);
     }
 
     let s = &sh.stats;

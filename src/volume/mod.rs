@@ -16,13 +16,7 @@ pub mod tree;
 #[cfg(test)]
 mod tests;
 
-use std::path::PathBuf;
-
-use crate::config::Config;
-use crate::error::Error;
-use crate::repo::{ChunkerParams, RepoError, Repository, SnapshotId};
-use crate::run::RunContext;
-use crate::summary::Report;
+use crate::repo::{ChunkerParams, RepoError, Repository};
 
 pub use backup::{BackupOptions, backup};
 pub use restore::{RestoreOptions, restore};
@@ -48,7 +42,7 @@ pub enum VolumeError {
     ChunkerParams { min: u32, avg: u32, max: u32 },
     #[error("no complete snapshot {scope}contains volume `{volume}`")]
     NoSnapshot { volume: String, scope: String },
-    #[error("no snapshot matches STOW_SNAPSHOT={wanted}{reason}")]
+    #[error("STOW_SNAPSHOT={wanted}: {reason}")]
     SnapshotNotFound { wanted: String, reason: String },
     #[error("snapshot {snapshot} has no volume `{volume}`; it has: {available}")]
     NotInSnapshot {
@@ -60,6 +54,21 @@ pub enum VolumeError {
     BadTree { id: String, reason: String },
     #[error("internal error: {0}")]
     Internal(String),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error("cancelled by signal")]
+    Cancelled,
+}
+
+impl VolumeError {
+    /// Whether a Job retry could succeed where this run failed.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            VolumeError::Repo(e) => e.is_retriable(),
+            VolumeError::Cancelled => true,
+            _ => false,
+        }
+    }
 }
 
 /// The repository's chunk sizes, checked against FastCDC 2020's limits
@@ -93,64 +102,6 @@ impl Chunker {
     }
 }
 
-/// The volume's name in snapshots: `STOW_VOLUME_NAME`, else the path.
-pub fn volume_name(config: &Config) -> String {
-    config.volume.name.clone().unwrap_or_else(|| {
-        config
-            .volume
-            .path
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default()
-    })
-}
-
-fn volume_path(config: &Config) -> PathBuf {
-    config
-        .volume
-        .path
-        .clone()
-        .expect("validated: volume modes require STOW_VOLUME_PATH")
-}
-
-/// `volume-backup`: opens (or with `STOW_INIT`, creates) the repository and
-/// backs up `STOW_VOLUME_PATH`.
-pub async fn run_backup(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
-    // SIGTERM stops the retries of the repository and the API at once.
-    crate::cancel::link(&ctx.cancel);
-    let repo = Repository::from_config(config, true).await?;
-    // Before any blob is added or reused, so a concurrent prune keeps our packs.
-    repo.announce_writer(&ctx.run_id).await?;
-    let opts = BackupOptions {
-        path: volume_path(config),
-        name: volume_name(config),
-        plan: config.plan.clone(),
-        tags: config.tags.clone(),
-        run_id: ctx.run_id.clone(),
-        channels: usize::from(config.channels),
-        mover: config.volume.mover,
-        resume_buffer: config.resume_buffer,
-        #[cfg(test)]
-        hooks: Default::default(),
-    };
-    backup(&repo, &opts, &ctx.cancel).await
-}
-
-/// `volume-restore`: restores a volume into `STOW_VOLUME_PATH`.
-pub async fn run_restore(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
-    // SIGTERM stops the retries of the repository and the API at once.
-    crate::cancel::link(&ctx.cancel);
-    let repo = Repository::from_config(config, false).await?;
-    let opts = RestoreOptions {
-        path: volume_path(config),
-        name: volume_name(config),
-        snapshot: config.restore.snapshot.clone(),
-        point: config.restore.point,
-        channels: usize::from(config.channels),
-    };
-    restore(&repo, &opts, &ctx.cancel).await
-}
-
 /// Whether a repository error concerns one blob (damaged, missing) rather
 /// than the repository as a whole (unreachable, denied).
 fn is_item_error(e: &RepoError) -> bool {
@@ -172,12 +123,6 @@ async fn load_tree(repo: &Repository, id: &crate::repo::BlobId) -> Result<tree::
     })
 }
 
-/// Checks a snapshot id the user typed: full or a unique prefix.
-fn matches_snapshot(id: &SnapshotId, wanted: &str) -> bool {
-    let wanted = wanted.trim().to_ascii_lowercase();
-    !wanted.is_empty() && id.to_hex().starts_with(&wanted)
-}
-
-fn join_err(e: tokio::task::JoinError) -> Error {
-    VolumeError::Internal(format!("a volume task failed: {e}")).into()
+fn join_err(e: tokio::task::JoinError) -> VolumeError {
+    VolumeError::Internal(format!("a volume task failed: {e}"))
 }

@@ -39,9 +39,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::tree::{Node, NodeType, ROOT_NAME, display_path, is_safe_name, is_safe_rel, join_rel};
-use super::{VolumeError, is_item_error, join_err, load_tree, matches_snapshot};
-use crate::error::Error;
-use crate::repo::{BlobId, Repository, SnapshotId, SnapshotManifest, VolumeEntry};
+use super::{VolumeError, is_item_error, join_err, load_tree};
+use crate::repo::{BlobId, Repository, SnapshotId, SnapshotManifest, SnapshotRef, VolumeEntry};
 use crate::summary::{ItemError, Report};
 
 /// Chunks fetched ahead per file, and queued for its writer.
@@ -95,7 +94,7 @@ struct Shared {
     tracker: TaskTracker,
     files: Arc<Semaphore>,
     stop: CancellationToken,
-    fatal: Mutex<Option<Error>>,
+    fatal: Mutex<Option<VolumeError>>,
     stats: Stats,
     errors: Mutex<Vec<ItemError>>,
     /// Owners are restored only by root.
@@ -103,7 +102,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn fail(&self, e: impl Into<Error>) -> Stopped {
+    fn fail(&self, e: impl Into<VolumeError>) -> Stopped {
         let e = e.into();
         let mut slot = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
@@ -659,31 +658,27 @@ async fn finalize(sh: Arc<Shared>, frame: Frame) -> Result<(), Stopped> {
 async fn select(
     repo: &Repository,
     opts: &RestoreOptions,
-) -> Result<(SnapshotId, SnapshotManifest, VolumeEntry), Error> {
+) -> Result<(SnapshotId, SnapshotManifest, VolumeEntry), VolumeError> {
     let runs = repo.complete_runs().await?;
     if let Some(wanted) = &opts.snapshot {
-        let found: Vec<_> = runs
+        let wanted = SnapshotRef::new(wanted);
+        let run = wanted
+            .find(&runs)
+            .map_err(|e| VolumeError::SnapshotNotFound {
+                wanted: wanted.to_string(),
+                reason: e.to_string(),
+            })?;
+        // A snapshot id names its part; a run id, the part with the volume.
+        let (id, m) = run
+            .parts
             .iter()
-            .flat_map(|r| r.parts.iter().map(move |p| (r, p)))
-            .filter(|(_, (id, _))| matches_snapshot(id, wanted))
-            .collect();
-        let (run, (id, m)) = match found.as_slice() {
-            [one] => *one,
-            [] => {
-                return Err(VolumeError::SnapshotNotFound {
-                    wanted: wanted.clone(),
-                    reason: String::new(),
-                }
-                .into());
-            }
-            many => {
-                return Err(VolumeError::SnapshotNotFound {
-                    wanted: wanted.clone(),
-                    reason: format!(" uniquely: {} snapshots start with it", many.len()),
-                }
-                .into());
-            }
-        };
+            .find(|(id, _)| wanted.matches_id(id))
+            .or_else(|| {
+                run.parts
+                    .iter()
+                    .find(|(_, m)| m.volumes.contains_key(&opts.name))
+            })
+            .unwrap_or(&run.parts[0]);
         if !run.complete {
             warn!(snapshot = %id, run = %run.run_id, "the snapshot's run is incomplete; restoring this part anyway");
         }
@@ -730,7 +725,7 @@ pub async fn restore(
     repo: &Repository,
     opts: &RestoreOptions,
     cancel: &CancellationToken,
-) -> Result<Report, Error> {
+) -> Result<Report, VolumeError> {
     let started = Instant::now();
     let (snapshot, manifest, entry) = select(repo, opts).await?;
     info!(volume = %opts.name, snapshot = %snapshot, run = %manifest.run_id, time = %manifest.time, "restoring");
@@ -804,12 +799,12 @@ pub async fn restore(
         // On SIGTERM the retries stop with an error: the run was stopped.
         if cancel.is_cancelled() {
             warn!(error = %e, "stopped");
-            return Err(Error::Cancelled);
+            return Err(VolumeError::Cancelled);
         }
         return Err(e);
     }
     if !done || cancel.is_cancelled() {
-        return Err(Error::Cancelled);
+        return Err(VolumeError::Cancelled);
     }
 
     let s = &sh.stats;

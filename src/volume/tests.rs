@@ -19,8 +19,8 @@ use super::tree::{Node, NodeType, Tree};
 use super::*;
 use crate::config::{Compression, Secret};
 use crate::repo::backend::{Backend, FsBackend};
-use crate::repo::{BlobKind, KeyParams, SnapshotManifest, VolumeEntry};
-use crate::summary::Status;
+use crate::repo::{BlobKind, KeyParams, OpenOptions, SnapshotManifest, VolumeEntry};
+use crate::summary::{Report, Status};
 
 const MIB: u64 = 1 << 20;
 
@@ -33,14 +33,12 @@ impl Fixture {
     async fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(FsBackend::new(dir.path().join("repo")));
-        let repo = Repository::init_with_params(
-            backend,
-            &Secret::new("pw"),
-            Compression::FAST,
-            KeyParams::insecure_for_tests(10),
-        )
-        .await
-        .unwrap();
+        let repo = OpenOptions::new(backend, &Secret::new("pw"))
+            .compression(Compression::FAST)
+            .key_params(KeyParams::insecure_for_tests(10))
+            .create()
+            .await
+            .unwrap();
         Fixture { dir, repo }
     }
 
@@ -579,7 +577,7 @@ async fn cancelled_backup_flushes_but_saves_no_snapshot() {
     let c = cancel.clone();
     opts.hooks.after_first_chunk = Some(Arc::new(move |_: &Path| c.cancel()));
     let err = backup(&fx.repo, &opts, &cancel).await.unwrap_err();
-    assert!(matches!(err, Error::Cancelled), "{err}");
+    assert!(matches!(err, VolumeError::Cancelled), "{err}");
     assert!(fx.repo.list_snapshots().await.unwrap().is_empty());
     // What was added is durable, so the retry reuses it.
     assert!(!fx.repo.backend().list("index/").await.unwrap().is_empty());
@@ -892,27 +890,6 @@ async fn generic_walker_reaches_every_blob_of_a_volume() {
     assert_eq!(walk.reachable, stored);
 }
 
-#[test]
-fn volume_name_defaults_to_the_path() {
-    let vars = |extra: &[(&str, &str)]| {
-        let mut v: Vec<(String, String)> = [
-            ("STOW_MODE", "volume-backup"),
-            ("STOW_REPOSITORY", "file:///tmp/repo"),
-            ("STOW_PASSWORD", "pw"),
-            ("STOW_VOLUME_PATH", "/data"),
-        ]
-        .iter()
-        .chain(extra)
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        v.sort();
-        crate::config::Config::from_vars(v, None).unwrap()
-    };
-    assert_eq!(volume_name(&vars(&[])), "/data");
-    let named = vars(&[("STOW_VOLUME_NAME", "shop/data-db-0")]);
-    assert_eq!(volume_name(&named), "shop/data-db-0");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mover_mode_saves_a_result_not_a_snapshot() {
     let fx = Fixture::new().await;
@@ -1047,7 +1024,7 @@ async fn rerun_after_an_unfinished_backup_skips_checkpointed_files() {
     // The repository writer indexes every pack (like the 10 MiB default).
     fx.repo.set_resume_buffer(1);
     let err = backup(&fx.repo, &opts, &cancel).await.unwrap_err();
-    assert!(matches!(err, Error::Cancelled), "{err}");
+    assert!(matches!(err, VolumeError::Cancelled), "{err}");
     assert!(fx.repo.list_snapshots().await.unwrap().is_empty());
 
     // One file changed since: it is read again. The rest were saved by

@@ -5,6 +5,7 @@ mod api;
 mod backend;
 mod binary;
 mod cli;
+mod compat;
 mod env;
 mod environment;
 mod helm;

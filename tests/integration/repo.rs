@@ -6,14 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
-use kubestow::check;
+use kubestow::repo::check;
 use kubestow::config::{Compression, ReadData, Retention, Secret};
-use kubestow::copy;
-use kubestow::list::RunFilter;
-use kubestow::prune;
+use kubestow::repo::copy;
+use kubestow::repo::RunFilter;
+use kubestow::repo::prune;
 use kubestow::repo::backend::{Backend, FsBackend, S3Backend};
 use kubestow::repo::fixture::{self, Files, files};
-use kubestow::repo::{KeyParams, Repository, SnapshotId, SnapshotManifest, VolumeEntry};
+use kubestow::repo::{
+    KeyParams, OpenOptions, Repository, SnapshotId, SnapshotManifest, VolumeEntry,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{binary, env};
@@ -31,7 +33,10 @@ async fn s3(hint: &str) -> (aws_sdk_s3::Client, String, Arc<dyn Backend>) {
 }
 
 async fn open(backend: Arc<dyn Backend>) -> Repository {
-    Repository::open_with_params(backend, &Secret::new(PW), Compression::FAST, params())
+    OpenOptions::new(backend, &Secret::new(PW))
+        .compression(Compression::FAST)
+        .key_params(params())
+        .open()
         .await
         .unwrap()
 }
@@ -78,14 +83,12 @@ async fn backup(backend: Arc<dyn Backend>, run: &str, time: &str, files: &Files)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_writers_at_once_then_check_and_read_back() {
     let (_, _, backend) = s3("repo-writers").await;
-    Repository::init_with_params(
-        backend.clone(),
-        &Secret::new(PW),
-        Compression::FAST,
-        params(),
-    )
-    .await
-    .unwrap();
+    OpenOptions::new(backend.clone(), &Secret::new(PW))
+        .compression(Compression::FAST)
+        .key_params(params())
+        .create()
+        .await
+        .unwrap();
     let shared = files(999, 4, 100 << 10);
     let mut tasks = Vec::new();
     for i in 0..8u64 {
@@ -116,14 +119,12 @@ async fn eight_writers_at_once_then_check_and_read_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prune_beside_a_writer_loses_nothing() {
     let (_, _, backend) = s3("repo-prune").await;
-    let repo = Repository::init_with_params(
-        backend.clone(),
-        &Secret::new(PW),
-        Compression::FAST,
-        params(),
-    )
-    .await
-    .unwrap();
+    let repo = OpenOptions::new(backend.clone(), &Secret::new(PW))
+        .compression(Compression::FAST)
+        .key_params(params())
+        .create()
+        .await
+        .unwrap();
     let mut runs = Vec::new();
     for i in 0..4u64 {
         let f = files(i, 4, 80 << 10);
@@ -204,14 +205,12 @@ async fn prune_beside_a_writer_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn copy_from_garage_to_a_filesystem_repository() {
     let (_, _, backend) = s3("repo-copy").await;
-    Repository::init_with_params(
-        backend.clone(),
-        &Secret::new(PW),
-        Compression::FAST,
-        params(),
-    )
-    .await
-    .unwrap();
+    OpenOptions::new(backend.clone(), &Secret::new(PW))
+        .compression(Compression::FAST)
+        .key_params(params())
+        .create()
+        .await
+        .unwrap();
     let mut runs = Vec::new();
     for i in 0..3u64 {
         let mut f = files(100, 2, 64 << 10);
@@ -230,12 +229,9 @@ async fn copy_from_garage_to_a_filesystem_repository() {
     let fs: Arc<dyn Backend> = Arc::new(FsBackend::new(dir.path().join("copy")));
     let dest_pw = Secret::new("another password");
     let dest = copy::open_destination(
-        fs.clone(),
-        &dest_pw,
-        Compression::FAST,
+        OpenOptions::new(fs.clone(), &dest_pw).key_params(params()),
         true,
         &source,
-        params(),
     )
     .await
     .unwrap();
@@ -255,7 +251,10 @@ async fn copy_from_garage_to_a_filesystem_repository() {
     assert_eq!(r.counts.get("blobs_copied"), None);
 
     check_clean(&source).await;
-    let dest = Repository::open_with_params(fs, &dest_pw, Compression::FAST, params())
+    let dest = OpenOptions::new(fs, &dest_pw)
+        .compression(Compression::FAST)
+        .key_params(params())
+        .open()
         .await
         .unwrap();
     check_clean(&dest).await;
@@ -298,14 +297,12 @@ async fn flip_byte(client: &aws_sdk_s3::Client, bucket: &str, key: &str, at: usi
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tampered_pack_is_named_by_check() {
     let (client, bucket, backend) = s3("repo-tamper").await;
-    Repository::init_with_params(
-        backend.clone(),
-        &Secret::new(PW),
-        Compression::FAST,
-        params(),
-    )
-    .await
-    .unwrap();
+    OpenOptions::new(backend.clone(), &Secret::new(PW))
+        .compression(Compression::FAST)
+        .key_params(params())
+        .create()
+        .await
+        .unwrap();
     backup(
         backend.clone(),
         "run-0",
@@ -350,11 +347,15 @@ fn stow(mode: &str, bucket: &str) -> std::process::Command {
 async fn the_binary_checks_lists_and_prunes() {
     let (client, bucket, backend) = s3("repo-binary").await;
     // Production key parameters: the binary opens with the default count.
-    Repository::init(backend.clone(), &Secret::new(PW), Compression::FAST)
+    OpenOptions::new(backend.clone(), &Secret::new(PW))
+        .compression(Compression::FAST)
+        .create()
         .await
         .unwrap();
     for i in 0..3u64 {
-        let repo = Repository::open(backend.clone(), &Secret::new(PW), Compression::FAST)
+        let repo = OpenOptions::new(backend.clone(), &Secret::new(PW))
+            .compression(Compression::FAST)
+            .open()
             .await
             .unwrap();
         repo.announce_writer(&format!("run-{i}")).await.unwrap();
@@ -418,7 +419,9 @@ async fn the_binary_checks_lists_and_prunes() {
     assert_eq!(run.summary["counts"]["snapshots"], 1);
 
     // Tampered: exit 1, the summary names the pack.
-    let repo = Repository::open(backend.clone(), &Secret::new(PW), Compression::FAST)
+    let repo = OpenOptions::new(backend.clone(), &Secret::new(PW))
+        .compression(Compression::FAST)
+        .open()
         .await
         .unwrap();
     let key = kubestow::repo::pack_key(&repo.packs()[0]);
@@ -454,22 +457,18 @@ async fn the_binary_checks_lists_and_prunes() {
 async fn repository_guarantees_hold_on_garage() {
     use kubestow::repo::{BlobKind, RepoError};
     let (client, bucket, backend) = s3("guarantees").await;
-    let repo = Repository::init_with_params(
-        backend.clone(),
-        &Secret::new(PW),
-        Compression::FAST,
-        params(),
-    )
-    .await
-    .unwrap();
+    let repo = OpenOptions::new(backend.clone(), &Secret::new(PW))
+        .compression(Compression::FAST)
+        .key_params(params())
+        .create()
+        .await
+        .unwrap();
     assert!(matches!(
-        Repository::init_with_params(
-            backend.clone(),
-            &Secret::new(PW),
-            Compression::FAST,
-            params()
-        )
-        .await,
+        OpenOptions::new(backend.clone(), &Secret::new(PW))
+            .compression(Compression::FAST)
+            .key_params(params())
+            .create()
+            .await,
         Err(RepoError::AlreadyExists { .. })
     ));
 
@@ -519,14 +518,12 @@ async fn repository_guarantees_hold_on_garage() {
     }
 
     // Wrong password: clear, names the repository.
-    let err = Repository::open_with_params(
-        backend.clone(),
-        &Secret::new("wrong"),
-        Compression::FAST,
-        params(),
-    )
-    .await
-    .unwrap_err();
+    let err = OpenOptions::new(backend.clone(), &Secret::new("wrong"))
+        .compression(Compression::FAST)
+        .key_params(params())
+        .open()
+        .await
+        .unwrap_err();
     assert!(matches!(err, RepoError::WrongPassword { .. }), "{err}");
     assert!(err.to_string().contains(&bucket), "{err}");
 
@@ -564,14 +561,12 @@ async fn repository_guarantees_hold_on_garage() {
     // snapshot object, listing names it.
     let index_key = keys.iter().find(|k| k.contains("/index/")).unwrap().clone();
     flip_byte(&client, &bucket, &index_key, 40).await;
-    let err = Repository::open_with_params(
-        backend.clone(),
-        &Secret::new(PW),
-        Compression::FAST,
-        params(),
-    )
-    .await
-    .unwrap_err();
+    let err = OpenOptions::new(backend.clone(), &Secret::new(PW))
+        .compression(Compression::FAST)
+        .key_params(params())
+        .open()
+        .await
+        .unwrap_err();
     let short = index_key.trim_start_matches("repo/");
     assert!(err.to_string().contains(short), "{err}");
     flip_byte(&client, &bucket, &index_key, 40).await; // restore it

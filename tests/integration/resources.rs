@@ -951,8 +951,9 @@ async fn restore_into_another_cluster_and_an_unknown_type_fails_only_its_item() 
 #[tokio::test]
 async fn a_malformed_object_in_the_repository_fails_only_its_item() {
     use kubestow::config::{Compression, Location, Secret};
-    use kubestow::repo::{BlobKind, Repository, SnapshotManifest, backend};
-    use kubestow::resources::{Catalogue, ResourceType};
+    use kubestow::repo::{BlobKind, OpenOptions, SnapshotManifest, backend};
+    use kubestow::cluster::ResourceType;
+    use kubestow::resources::Catalogue;
 
     let (client, ns) = env::namespace("malformed").await;
     let (_dir, repo_url) = file_repo();
@@ -969,11 +970,12 @@ async fn a_malformed_object_in_the_repository_fails_only_its_item() {
 
     // Through the library: the latest snapshot plus one broken object.
     let location = Location::parse(&repo_url).unwrap();
-    let repo = Repository::open(
+    let repo = OpenOptions::new(
         backend::open(&location, Duration::from_secs(60), None).await,
         &Secret::new(PW),
-        Compression::FAST,
     )
+    .compression(Compression::FAST)
+    .open()
     .await
     .unwrap();
     let (_, latest) = repo.list_snapshots().await.unwrap().pop().unwrap();

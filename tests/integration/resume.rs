@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use kubestow::config::{Compression, Secret};
 use kubestow::repo::backend::{Backend, S3Backend};
-use kubestow::repo::{PackId, Repository, pack_id_from_key};
+use kubestow::repo::{OpenOptions, PackId, Repository, pack_id_from_key};
 use kubestow::volume::compare::compare_trees;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -185,7 +185,9 @@ fn count(run: &Run, key: &str) -> u64 {
 
 async fn open(bucket: &str) -> Repository {
     let backend: Arc<dyn Backend> = Arc::new(S3Backend::new(env::s3_client(), bucket, ""));
-    Repository::open(backend, &Secret::new(PW), Compression::FAST)
+    OpenOptions::new(backend, &Secret::new(PW))
+        .compression(Compression::FAST)
+        .open()
         .await
         .unwrap()
 }

@@ -100,7 +100,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 }
 
 /// Opens the backend for a location, wrapped in retries for `reconnect` and,
-/// with `STOW_RATE_LIMIT` ([`Throttle::for_config`]), in the rate limit.
+/// with `STOW_RATE_LIMIT` ([`Throttle::shared`]), in the rate limit.
 pub async fn open(
     location: &Location,
     reconnect: Duration,

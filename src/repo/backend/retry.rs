@@ -30,9 +30,9 @@ pub struct RetryBackend {
 }
 
 impl RetryBackend {
-    /// Stops waiting when the run is cancelled ([`crate::cancel`]).
+    /// Stops waiting when the run is cancelled ([`crate::context`]).
     pub fn new(inner: Arc<dyn Backend>, window: Duration) -> Self {
-        Self::with_cancel(inner, window, crate::cancel::run_token())
+        Self::with_cancel(inner, window, crate::context::run_token())
     }
 
     pub fn with_cancel(

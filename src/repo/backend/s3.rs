@@ -148,9 +148,9 @@ impl S3Backend {
                 // The error chain alone: the SDK's context adds a Debug dump.
                 message: match &self.endpoint {
                     Some(url) => {
-                        format!("cannot reach {url}: {}", crate::cluster::error_chain(&err))
+                        format!("cannot reach {url}: {}", crate::error::error_chain(&err))
                     }
-                    None => crate::cluster::error_chain(&err),
+                    None => crate::error::error_chain(&err),
                 },
             },
         }

@@ -100,14 +100,9 @@ impl Throttle {
         throttle
     }
 
-    /// The process-wide throttle for `STOW_RATE_LIMIT`, or `None` without a
-    /// limit. Every repository opened in this process with the same schedule
-    /// (e.g. source and target of `copy`) shares one bucket.
-    pub fn for_config(config: &crate::config::Config) -> Option<Arc<Throttle>> {
-        let schedule = config.rate_limit.as_ref()?;
-        Some(Self::shared(schedule, &config.timezone))
-    }
-
+    /// The process-wide throttle for `schedule` (`STOW_RATE_LIMIT`): every
+    /// repository opened in this process with the same schedule (e.g.
+    /// source and target of `copy`) shares one bucket.
     pub fn shared(schedule: &RateSchedule, tz: &TimeZone) -> Arc<Throttle> {
         // Weak: the bucket lives as long as some backend uses it.
         type Registry = Mutex<Vec<Weak<Throttle>>>;

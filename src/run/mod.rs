@@ -1,4 +1,9 @@
-//! The run frame: configuration, logging, signals, dispatch, summary, exit.
+//! The run frame: configuration, logging, signals, schedule guards, hooks
+//! around the mode, summary, metrics, exit.
+
+mod logging;
+mod metrics;
+mod schedule;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -7,19 +12,12 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, Mode};
-use crate::error::Error;
+use crate::config::Config;
+use crate::context::RunContext;
 use crate::summary::{ItemError, Report, Status, Summary};
 
 /// Where Kubernetes reads a container's termination message.
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
-
-/// Everything a mode needs besides the configuration.
-#[derive(Debug, Clone)]
-pub struct RunContext {
-    pub run_id: String,
-    pub cancel: CancellationToken,
-}
 
 /// The binary's whole life. `args` excludes the program name.
 pub fn main(args: &[String]) -> ExitCode {
@@ -39,7 +37,7 @@ pub fn main(args: &[String]) -> ExitCode {
     let config = match Config::from_env(mode_arg) {
         Ok(c) => c,
         Err(errors) => {
-            crate::logging::init(crate::logging::format_hint());
+            logging::init(logging::format_hint());
             for e in &errors.0 {
                 error!(variable = e.var(), "{e}");
             }
@@ -71,7 +69,7 @@ pub fn main(args: &[String]) -> ExitCode {
         }
     };
 
-    crate::logging::init(config.log_format);
+    logging::init(config.log_format);
     let run_id = run_id(&config, started_at);
     info!(run_id = %run_id, mode = %config.mode, config = ?config, "effective configuration");
 
@@ -85,22 +83,21 @@ pub fn main(args: &[String]) -> ExitCode {
             return ExitCode::from(Status::Failed.exit_code());
         }
     };
-    let ctx = RunContext {
-        run_id: run_id.clone(),
-        cancel: CancellationToken::new(),
-    };
+    let ctx = RunContext::new(run_id.clone());
     let result = runtime.block_on(async {
         spawn_signal_handler(ctx.cancel.clone());
         // STOW_LAST_DAY_OF_MONTH / STOW_MIN_INTERVAL may skip the run;
         // STOW_ONCE suspends the CronJob after a success (see `schedule`).
         // STOW_PRECONDITION may skip it too; hooks wrap the mode (`hooks`).
-        let mut result = match crate::schedule::before(&config).await {
+        let mut result = match schedule::before(&config).await {
             Ok(Some(skipped)) => Ok(skipped),
-            Ok(None) => crate::hooks::around(&config, &ctx, dispatch(&config, &ctx)).await,
+            Ok(None) => {
+                crate::hooks::around(&config, &ctx, crate::modes::dispatch(&config, &ctx)).await
+            }
             Err(e) => Err(e),
         };
         if let Ok(report) = &mut result {
-            crate::schedule::after(&config, report.status(), report).await;
+            schedule::after(&config, report.status(), report).await;
         }
         result
     });
@@ -136,31 +133,17 @@ pub fn main(args: &[String]) -> ExitCode {
     info!(status = ?status, seconds = summary.duration_seconds, "run finished");
     summary.emit(Path::new(TERMINATION_LOG));
     if let Some(url) = &config.pushgateway_url {
-        let group = crate::metrics::Group {
+        let group = metrics::Group {
             plan: config.plan.clone(),
             mode: config.mode.to_string(),
             cluster: config.cluster_name.clone(),
         };
         // A failed push is logged; the summary above is the record.
-        let _ = runtime.block_on(crate::metrics::push(url, &group, &summary));
+        let _ = runtime.block_on(metrics::push(url, &group, &summary));
     }
     // Stragglers (e.g. a hung connection) must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     ExitCode::from(status.exit_code())
-}
-
-async fn dispatch(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
-    match config.mode {
-        Mode::Preflight => crate::preflight::run(config, ctx).await,
-        Mode::Backup => crate::resources::backup::run(config, ctx).await,
-        Mode::Restore => crate::resources::restore::run(config, ctx).await,
-        Mode::Check => crate::check::run(config, ctx).await,
-        Mode::Prune => crate::prune::run(config, ctx).await,
-        Mode::Copy => crate::copy::run(config, ctx).await,
-        Mode::List => crate::list::run(config, ctx).await,
-        Mode::VolumeBackup => crate::volume::run_backup(config, ctx).await,
-        Mode::VolumeRestore => crate::volume::run_restore(config, ctx).await,
-    }
 }
 
 /// Stable across Job retries (so a retry resumes the same run): explicit id,

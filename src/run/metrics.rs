@@ -213,7 +213,7 @@ async fn post(target: &str, body: String) -> Result<(), String> {
     let resp = client
         .request(req)
         .await
-        .map_err(|e| format!("{target}: {}", crate::cluster::error_chain(&e)))?;
+        .map_err(|e| format!("{target}: {}", crate::error::error_chain(&e)))?;
     let status = resp.status();
     if status.is_success() {
         return Ok(());

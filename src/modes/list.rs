@@ -20,121 +20,26 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 
+use super::Error;
 use crate::config::Config;
-use crate::error::Error;
-use crate::repo::{Repository, Run, SnapshotManifest, group_runs};
-use crate::run::RunContext;
+use crate::context::RunContext;
+use crate::repo::{Repository, Run, RunFilter, group_runs};
 use crate::summary::Report;
 
-/// Which runs `list` and `copy` consider.
-#[derive(Debug, Clone, Default)]
-pub struct RunFilter {
-    pub plan: Option<String>,
-    pub tags: Vec<String>,
-    pub cluster: Option<String>,
-    pub namespaces: Vec<String>,
-    pub before: Option<jiff::Timestamp>,
-    pub snapshot: Option<String>,
-}
-
-impl RunFilter {
-    pub fn from_config(config: &Config) -> Self {
-        RunFilter {
-            plan: config.plan_explicit.then(|| config.plan.clone()),
-            tags: config.tags.clone(),
-            cluster: config.restore.source_cluster.clone(),
-            namespaces: config.selection.namespaces.clone(),
-            before: config.restore.point,
-            snapshot: config.restore.snapshot.clone(),
-        }
+/// The run filter from `STOW_PLAN` (when set explicitly), `STOW_TAGS`,
+/// `STOW_SOURCE_CLUSTER`, `STOW_NAMESPACES`, `STOW_RESTORE_POINT` and
+/// `STOW_SNAPSHOT`; `copy` uses it too.
+pub fn run_filter(config: &Config) -> RunFilter {
+    RunFilter {
+        plan: config.plan_explicit.then(|| config.plan.clone()),
+        tags: config.tags.clone(),
+        cluster: config.restore.source_cluster.clone(),
+        namespaces: config.selection.namespaces.clone(),
+        before: config.restore.point,
+        snapshot: config.restore.snapshot.clone(),
     }
-
-    pub fn matches(&self, run: &Run) -> bool {
-        let first = &run.parts[0].1;
-        if self.plan.as_ref().is_some_and(|p| *p != first.plan) {
-            return false;
-        }
-        let tags: BTreeSet<&str> = run
-            .parts
-            .iter()
-            .flat_map(|p| p.1.tags.iter().map(String::as_str))
-            .collect();
-        if !self.tags.iter().all(|t| tags.contains(t.as_str())) {
-            return false;
-        }
-        if let Some(c) = &self.cluster
-            && !run
-                .parts
-                .iter()
-                .any(|p| p.1.cluster_id.as_deref() == Some(c.as_str()))
-        {
-            return false;
-        }
-        if self.before.is_some_and(|t| run.time > t) {
-            return false;
-        }
-        if let Some(s) = &self.snapshot {
-            let s = s.to_ascii_lowercase();
-            let prefix_ok = s.len() >= 8 && s.bytes().all(|b| b.is_ascii_hexdigit());
-            let hit = run.run_id == *s
-                || run.parts.iter().any(|p| {
-                    let hex = p.0.to_hex();
-                    hex == s || (prefix_ok && hex.starts_with(&s))
-                });
-            if !hit {
-                return false;
-            }
-        }
-        self.namespaces_match(run)
-    }
-
-    fn namespaces_match(&self, run: &Run) -> bool {
-        if self.namespaces.is_empty() {
-            return true;
-        }
-        let recorded: Vec<String> = run
-            .parts
-            .iter()
-            .flat_map(|p| recorded_namespaces(&p.1))
-            .collect();
-        if recorded.is_empty() {
-            return true;
-        }
-        let wanted = globset(&self.namespaces);
-        recorded.iter().any(|r| {
-            wanted.is_match(r)
-                || Glob::new(r)
-                    .map(|g| g.compile_matcher())
-                    .is_ok_and(|m| self.namespaces.iter().any(|n| m.is_match(n)))
-        })
-    }
-}
-
-fn globset(globs: &[String]) -> GlobSet {
-    let mut b = GlobSetBuilder::new();
-    for g in globs {
-        // Validated with the configuration; a bad one matches nothing.
-        if let Ok(g) = Glob::new(g) {
-            b.add(g);
-        }
-    }
-    b.build().unwrap_or_else(|_| GlobSet::empty())
-}
-
-/// `selection.namespaces` of a manifest, when it records them.
-fn recorded_namespaces(m: &SnapshotManifest) -> Vec<String> {
-    m.selection
-        .get("namespaces")
-        .and_then(|v| v.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// One run as listed.
@@ -261,9 +166,9 @@ pub fn table(rows: &[RunRow]) -> String {
 
 pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     // SIGTERM stops the repository's retries at once.
-    crate::cancel::link(&ctx.cancel);
-    let repo = Repository::from_config(config, false).await?;
-    let (report, rows) = list(&repo, &RunFilter::from_config(config)).await?;
+    crate::context::link(&ctx.cancel);
+    let repo = super::repository(config).open().await?;
+    let (report, rows) = list(&repo, &run_filter(config)).await?;
     let mut report = report;
     if std::io::stdout().is_terminal() {
         print!("{}", table(&rows));
@@ -304,7 +209,7 @@ pub async fn list(repo: &Repository, filter: &RunFilter) -> Result<(Report, Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::{BlobId, SnapshotId, VolumeEntry};
+    use crate::repo::{BlobId, SnapshotId, SnapshotManifest, VolumeEntry};
 
     fn part(run: &str, part: u32, parts: u32, time: &str) -> (SnapshotId, SnapshotManifest) {
         let mut m = SnapshotManifest::new(run, part, parts, "daily");

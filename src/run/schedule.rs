@@ -28,8 +28,8 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 
 use crate::config::{Config, Mode};
-use crate::error::Error;
-use crate::repo::{RepoError, Repository, Run, group_runs};
+use crate::modes::Error;
+use crate::repo::{RepoError, Run, group_runs};
 use crate::summary::{Report, Status};
 
 /// Whether `now` is the last day of its month in `tz`.
@@ -88,11 +88,11 @@ pub async fn before(config: &Config) -> Result<Option<Report>, Error> {
         ))));
     }
     if let (Mode::Backup, Some(interval)) = (config.mode, config.min_interval) {
-        let repo = match Repository::from_config(config, false).await {
+        let repo = match crate::modes::repository(config).open().await {
             Ok(repo) => repo,
             // No repository yet: no previous run, so nothing is too recent.
-            Err(RepoError::NotInitialised { .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
+            Err(Error::Repo(RepoError::NotInitialised { .. })) => return Ok(None),
+            Err(e) => return Err(e),
         };
         let runs = group_runs(repo.list_snapshots().await?);
         if let Some(reason) = min_interval_skip(&runs, &config.plan, interval, now) {

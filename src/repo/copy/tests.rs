@@ -1,8 +1,10 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::check;
+use crate::config::{Compression, Secret};
+use crate::repo::backend::Backend;
 use crate::repo::backend::{FsBackend, MemBackend};
+use crate::repo::check;
 use crate::repo::fixture;
 use crate::repo::{SnapshotId, SnapshotManifest};
 use crate::testutil::{self, files, t, writer};
@@ -108,23 +110,17 @@ async fn copy_to_a_second_repository_then_again() {
     let fs: Arc<dyn Backend> = Arc::new(FsBackend::new(dir.path().join("dest")));
     // No destination and no init: refused.
     let err = open_destination(
-        fs.clone(),
-        &dest_pw(),
-        Compression::FAST,
+        OpenOptions::new(fs.clone(), &dest_pw()).key_params(testutil::params()),
         false,
         &source,
-        testutil::params(),
     )
     .await
     .unwrap_err();
     assert!(err.to_string().contains("STOW_INIT"), "{err}");
     let dest = open_destination(
-        fs.clone(),
-        &dest_pw(),
-        Compression::FAST,
+        OpenOptions::new(fs.clone(), &dest_pw()).key_params(testutil::params()),
         true,
         &source,
-        testutil::params(),
     )
     .await
     .unwrap();
@@ -143,24 +139,20 @@ async fn copy_to_a_second_repository_then_again() {
     // Both check clean; the destination reads back the same content with
     // its own password (the source's does not open it).
     check_ok(&source).await;
-    let dest = Repository::open_with_params(
-        fs.clone(),
-        &dest_pw(),
-        Compression::FAST,
-        testutil::params(),
-    )
-    .await
-    .unwrap();
+    let dest = OpenOptions::new(fs.clone(), &dest_pw())
+        .compression(Compression::FAST)
+        .key_params(testutil::params())
+        .open()
+        .await
+        .unwrap();
     check_ok(&dest).await;
     assert_eq!(same_runs(&source, &dest).await, 3);
     assert!(matches!(
-        Repository::open_with_params(
-            fs.clone(),
-            &Secret::new(testutil::PW),
-            Compression::FAST,
-            testutil::params()
-        )
-        .await,
+        OpenOptions::new(fs.clone(), &Secret::new(testutil::PW))
+            .compression(Compression::FAST)
+            .key_params(testutil::params())
+            .open()
+            .await,
         Err(RepoError::WrongPassword { .. })
     ));
     // Its own data key: no stored object equals one in the source.
@@ -201,7 +193,10 @@ async fn copy_to_a_second_repository_then_again() {
         .unwrap();
     assert_eq!(r.counts["runs_copied"], 1, "{:?}", r.counts);
     assert!(r.counts["blobs_copied"] < 8, "{:?}", r.counts);
-    let dest = Repository::open_with_params(fs, &dest_pw(), Compression::FAST, testutil::params())
+    let dest = OpenOptions::new(fs, &dest_pw())
+        .compression(Compression::FAST)
+        .key_params(testutil::params())
+        .open()
         .await
         .unwrap();
     check_ok(&dest).await;
@@ -212,25 +207,29 @@ async fn copy_to_a_second_repository_then_again() {
 async fn a_destination_with_other_ids_is_refused() {
     let (_, source, _) = source_with_runs().await;
     let other: Arc<dyn Backend> = Arc::new(MemBackend::new());
-    Repository::init_with_params(
-        other.clone(),
-        &dest_pw(),
-        Compression::FAST,
-        testutil::params(),
-    )
-    .await
-    .unwrap();
+    OpenOptions::new(other.clone(), &dest_pw())
+        .compression(Compression::FAST)
+        .key_params(testutil::params())
+        .create()
+        .await
+        .unwrap();
     let err = open_destination(
-        other,
-        &dest_pw(),
-        Compression::FAST,
+        OpenOptions::new(other, &dest_pw()).key_params(testutil::params()),
         true,
         &source,
-        testutil::params(),
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, Error::Copy(_)), "{err}");
+    assert!(
+        matches!(
+            err,
+            RepoError::Refused {
+                operation: "copy",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("different id key"), "{err}");
 }
 
@@ -239,12 +238,9 @@ async fn copy_one_snapshot_by_filter() {
     let (_, source, ids) = source_with_runs().await;
     let mem: Arc<dyn Backend> = Arc::new(MemBackend::new());
     let dest = open_destination(
-        mem,
-        &dest_pw(),
-        Compression::FAST,
+        OpenOptions::new(mem, &dest_pw()).key_params(testutil::params()),
         true,
         &source,
-        testutil::params(),
     )
     .await
     .unwrap();
@@ -270,12 +266,9 @@ async fn a_damaged_source_run_is_reported_and_the_rest_copied() {
     mem.delete(&crate::repo::pack_key(&pack)).await.unwrap();
     let dest_mem: Arc<dyn Backend> = Arc::new(MemBackend::new());
     let dest = open_destination(
-        dest_mem,
-        &dest_pw(),
-        Compression::FAST,
+        OpenOptions::new(dest_mem, &dest_pw()).key_params(testutil::params()),
         true,
         &source,
-        testutil::params(),
     )
     .await
     .unwrap();

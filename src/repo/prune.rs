@@ -29,12 +29,12 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{Config, Retention};
-use crate::error::Error;
+use crate::config::Retention;
 use crate::repo::lock::{self, LockTiming, Mark, PruneLock, WRITER_MAX_AGE, age};
 use crate::repo::walk::{self, Root};
-use crate::repo::{BlobId, BlobKind, IndexEntry, IndexFile, PackId, Repository, Run, SnapshotId};
-use crate::run::RunContext;
+use crate::repo::{
+    BlobId, BlobKind, IndexEntry, IndexFile, PackId, RepoError, Repository, Run, SnapshotId,
+};
 use crate::summary::Report;
 
 /// Writer markers this much younger than a mark still hold it back: covers
@@ -86,26 +86,6 @@ impl Options {
             channels: 2,
         }
     }
-
-    pub fn from_config(config: &Config, run_id: &str) -> Self {
-        let mut o = Self::new(run_id, config.retention.clone(), config.prune_grace);
-        o.plan = config.plan_explicit.then(|| config.plan.clone());
-        o.timezone = config.timezone.clone();
-        o.channels = usize::from(config.channels).max(2);
-        o
-    }
-}
-
-pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
-    // SIGTERM stops the retries of the repository and the API at once.
-    crate::cancel::link(&ctx.cancel);
-    let repo = Repository::from_config(config, false).await?;
-    prune(
-        &repo,
-        &Options::from_config(config, &ctx.run_id),
-        &ctx.cancel,
-    )
-    .await
 }
 
 /// One prune run: sweep, forget, mark; under the prune lock.
@@ -113,7 +93,7 @@ pub async fn prune(
     repo: &Repository,
     opts: &Options,
     cancel: &CancellationToken,
-) -> Result<Report, Error> {
+) -> Result<Report, RepoError> {
     let lock = PruneLock::acquire(repo, &opts.run_id, opts.lock).await?;
     let mut report = Report::default();
     let mut details = Details::default();
@@ -135,9 +115,9 @@ pub async fn prune(
     Ok(report)
 }
 
-fn stop_if_cancelled(cancel: &CancellationToken) -> Result<(), Error> {
+fn stop_if_cancelled(cancel: &CancellationToken) -> Result<(), RepoError> {
     if cancel.is_cancelled() {
-        Err(Error::Cancelled)
+        Err(RepoError::Cancelled)
     } else {
         Ok(())
     }
@@ -292,7 +272,7 @@ async fn forget(
     lock: &PruneLock,
     report: &mut Report,
     details: &mut Details,
-) -> Result<(), Error> {
+) -> Result<(), RepoError> {
     let runs = repo.complete_runs().await?;
     let subject: Vec<&Run> = runs
         .iter()
@@ -376,7 +356,7 @@ struct View {
 /// Reads the index (replacing the in-memory one), then lists the packs,
 /// then the snapshots, then walks them. In this order: a pack indexed
 /// after the index was read shows as unindexed, never the reverse.
-async fn view(repo: &Repository, channels: usize) -> Result<View, Error> {
+async fn view(repo: &Repository, channels: usize) -> Result<View, RepoError> {
     let files = repo.reload_index().await?;
     let data = list_packs(repo).await?;
     let snapshots = repo.list_snapshots().await?;
@@ -386,11 +366,14 @@ async fn view(repo: &Repository, channels: usize) -> Result<View, Error> {
         .collect();
     let w = walk::walk(repo, roots, channels * 4).await;
     if let Some(first) = w.problems.first() {
-        return Err(Error::Prune(format!(
-            "the repository has {} damaged or missing blob(s) reachable from snapshots, e.g. {first}; \
+        return Err(RepoError::refused(
+            "prune",
+            format!(
+                "the repository has {} damaged or missing blob(s) reachable from snapshots, e.g. {first}; \
              prune refuses to decide what is unused; run check",
-            w.problems.len()
-        )));
+                w.problems.len()
+            ),
+        ));
     }
     let mut entries: HashMap<PackId, Vec<(BlobId, IndexEntry)>> = HashMap::new();
     let mut listed_in: HashMap<PackId, Vec<usize>> = HashMap::new();
@@ -423,8 +406,8 @@ async fn view(repo: &Repository, channels: usize) -> Result<View, Error> {
 
 /// Restore reports are leaf blobs named by `restores/<blob id>` pointers,
 /// outside any snapshot; they are kept as long as their pointer exists.
-async fn restore_reports(repo: &Repository) -> Result<Vec<BlobId>, Error> {
-    let prefix = crate::resources::restore::REPORT_PREFIX;
+async fn restore_reports(repo: &Repository) -> Result<Vec<BlobId>, RepoError> {
+    let prefix = crate::repo::REPORT_PREFIX;
     Ok(repo
         .backend()
         .list(prefix)
@@ -434,7 +417,7 @@ async fn restore_reports(repo: &Repository) -> Result<Vec<BlobId>, Error> {
         .collect())
 }
 
-async fn list_packs(repo: &Repository) -> Result<HashMap<PackId, u64>, Error> {
+async fn list_packs(repo: &Repository) -> Result<HashMap<PackId, u64>, RepoError> {
     let mut out = HashMap::new();
     for o in repo.backend().list(crate::repo::DATA_PREFIX).await? {
         match crate::repo::pack_id_from_key(&o.key) {
@@ -455,7 +438,7 @@ async fn writers_in_flight(
     repo: &Repository,
     opts: &Options,
     report: &mut Report,
-) -> Result<Vec<(String, Option<lock::WriterMarker>)>, Error> {
+) -> Result<Vec<(String, Option<lock::WriterMarker>)>, RepoError> {
     let now = Timestamp::now();
     let markers = lock::list_writer_markers(repo).await?;
     if markers.is_empty() {
@@ -498,7 +481,7 @@ async fn mover_results(
     repo: &Repository,
     opts: &Options,
     report: &mut Report,
-) -> Result<(), Error> {
+) -> Result<(), RepoError> {
     let results = repo.all_mover_results().await?;
     if results.is_empty() {
         return Ok(());
@@ -531,7 +514,7 @@ const CHECKPOINT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Removes volume checkpoints that a complete backup of the same plan and
 /// volume, saved after them, has made useless, and very old ones. Safe at
 /// any time: a rerun takes from a checkpoint only blobs its index has.
-async fn checkpoints(repo: &Repository, report: &mut Report) -> Result<(), Error> {
+async fn checkpoints(repo: &Repository, report: &mut Report) -> Result<(), RepoError> {
     let all = repo.all_checkpoints().await?;
     if all.is_empty() {
         return Ok(());
@@ -576,7 +559,7 @@ async fn sweep(
     lock: &PruneLock,
     report: &mut Report,
     details: &mut Details,
-) -> Result<(), Error> {
+) -> Result<(), RepoError> {
     let now = Timestamp::now();
     let live = writers_in_flight(repo, opts, report).await?;
     let marks = lock::list_marks(repo).await?;
@@ -740,7 +723,7 @@ async fn write_index_files(
     repo: &Repository,
     mut packs: Vec<(PackId, Vec<(BlobId, IndexEntry)>)>,
     report: &mut Report,
-) -> Result<(), Error> {
+) -> Result<(), RepoError> {
     packs.sort_by_key(|p| p.0);
     for chunk in packs.chunks(PACKS_PER_INDEX_FILE) {
         repo.write_index_file(chunk).await?;
@@ -757,7 +740,7 @@ async fn mark(
     lock: &PruneLock,
     report: &mut Report,
     details: &mut Details,
-) -> Result<(), Error> {
+) -> Result<(), RepoError> {
     let pending = lock::list_marks(repo).await?;
     let pending_packs: HashSet<PackId> = pending
         .iter()
@@ -827,9 +810,10 @@ async fn mark(
             for (id, kind, data) in blobs {
                 let (stored, _) = writer.add(kind, data).await?;
                 if stored != id {
-                    return Err(Error::Prune(format!(
-                        "blob {id} got id {stored} when rewritten; refusing to continue"
-                    )));
+                    return Err(RepoError::refused(
+                        "prune",
+                        format!("blob {id} got id {stored} when rewritten; refusing to continue"),
+                    ));
                 }
                 copied += 1;
             }
@@ -914,8 +898,9 @@ async fn mark(
         }
         repo.backend().delete(&key).await?;
         if attempt >= 2 {
-            return Err(Error::Prune(
-                "storing the prune mark keeps taking over a minute; nothing was marked".into(),
+            return Err(RepoError::refused(
+                "prune",
+                "storing the prune mark keeps taking over a minute; nothing was marked",
             ));
         }
     }
@@ -927,7 +912,7 @@ async fn read_used(
     repo: &Repository,
     pack: PackId,
     blobs: Vec<(BlobId, IndexEntry)>,
-) -> Result<Vec<(BlobId, BlobKind, Bytes)>, Error> {
+) -> Result<Vec<(BlobId, BlobKind, Bytes)>, RepoError> {
     if blobs.is_empty() {
         return Ok(Vec::new());
     }

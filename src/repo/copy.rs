@@ -16,18 +16,14 @@
 //! The run filter of `list` applies (`STOW_SNAPSHOT` names one run).
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use tracing::{info, warn};
 
-use crate::config::{Compression, Config, Secret};
-use crate::error::Error;
-use crate::list::RunFilter;
-use crate::repo::backend::{self, Backend};
+use crate::repo::RunFilter;
+use crate::repo::backend;
 use crate::repo::walk::{self, Root};
-use crate::repo::{BlobId, KeyParams, RepoError, Repository, group_runs};
-use crate::run::RunContext;
+use crate::repo::{BlobId, OpenOptions, RepoError, Repository, group_runs};
 use crate::summary::Report;
 
 /// Problems listed per failed run; the rest are counted.
@@ -39,66 +35,29 @@ pub struct Options {
     pub channels: usize,
 }
 
-pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
-    // SIGTERM stops the retries of the repository and the API at once.
-    crate::cancel::link(&ctx.cancel);
-    let source = Repository::from_config(config, false).await?;
-    let target = config
-        .copy_to
-        .as_ref()
-        .expect("validated: copy requires STOW_COPY_TO_REPOSITORY and a password");
-    let backend = backend::open(
-        &target.repository,
-        config.reconnect_timeout,
-        backend::Throttle::for_config(config),
-    )
-    .await;
-    let dest = open_destination(
-        backend,
-        &target.password,
-        config.compression,
-        config.init,
-        &source,
-        KeyParams::default(),
-    )
-    .await?;
-    let opts = Options {
-        run_id: ctx.run_id.clone(),
-        channels: usize::from(config.channels),
-    };
-    copy(&source, &dest, &RunFilter::from_config(config), &opts).await
-}
-
 /// Opens the destination, or creates it sharing the source's blob ids
 /// when `init` is set; refuses a destination whose ids differ.
 pub async fn open_destination(
-    backend: Arc<dyn Backend>,
-    password: &Secret,
-    compression: Compression,
+    dest: OpenOptions,
     init: bool,
     source: &Repository,
-    params: KeyParams,
-) -> Result<Repository, Error> {
-    match Repository::open_with_params(backend.clone(), password, compression, params).await {
-        Ok(dest) if dest.shares_ids_with(source) => Ok(dest),
-        Ok(dest) => Err(Error::Copy(format!(
-            "{} has a different id key or chunker parameters than {}, so blob ids differ; \
-             copy needs a destination that copy created (STOW_INIT=true on an empty location)",
-            dest.location(),
-            source.location()
-        ))),
+) -> Result<Repository, RepoError> {
+    match dest.clone().open().await {
+        Ok(repo) if repo.shares_ids_with(source) => Ok(repo),
+        Ok(repo) => Err(RepoError::refused(
+            "copy",
+            format!(
+                "{} has a different id key or chunker parameters than {}, so blob ids differ; \
+                 copy needs a destination that copy created (STOW_INIT=true on an empty location)",
+                repo.location(),
+                source.location()
+            ),
+        )),
         Err(RepoError::NotInitialised { location }) if init => {
             info!(%location, "creating the copy destination with the source's id key and chunker parameters");
-            Ok(Repository::init_sharing_ids_with_params(
-                backend,
-                password,
-                compression,
-                params,
-                source,
-            )
-            .await?)
+            dest.create_sharing_ids(source).await
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
@@ -108,13 +67,16 @@ pub async fn copy(
     dest: &Repository,
     filter: &RunFilter,
     opts: &Options,
-) -> Result<Report, Error> {
+) -> Result<Report, RepoError> {
     if !dest.shares_ids_with(source) {
-        return Err(Error::Copy(format!(
-            "{} does not share the blob ids of {}",
-            dest.location(),
-            source.location()
-        )));
+        return Err(RepoError::refused(
+            "copy",
+            format!(
+                "{} does not share the blob ids of {}",
+                dest.location(),
+                source.location()
+            ),
+        ));
     }
     let mut report = Report::default();
     let (snapshots, errors) = source.list_snapshots_lenient().await?;

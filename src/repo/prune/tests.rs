@@ -2,9 +2,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::check;
 use crate::repo::SnapshotManifest;
 use crate::repo::backend::{Backend, MemBackend};
+use crate::repo::check;
 use crate::repo::fixture::{self, Files};
 use crate::repo::lock::{LockInfo, PRUNE_LOCK_PREFIX, WRITER_PREFIX};
 use crate::testutil::{self, files, t, writer};
@@ -559,10 +559,7 @@ async fn lock_contention() {
     );
     if a.is_err() || b.is_err() {
         let e = a.err().or(b.err()).unwrap();
-        assert!(
-            matches!(e, Error::Repo(crate::repo::RepoError::Locked { .. })),
-            "{e}"
-        );
+        assert!(matches!(e, RepoError::Locked { .. }), "{e}");
     }
     assert_eq!(objects(&mem, PRUNE_LOCK_PREFIX).await, 0);
 
@@ -626,7 +623,16 @@ async fn prune_refuses_when_a_tree_is_missing() {
     let err = prune(&repo, &opts("p", |r| r.last = Some(1)), &never())
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Prune(_)), "{err}");
+    assert!(
+        matches!(
+            err,
+            RepoError::Refused {
+                operation: "prune",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("run check"), "{err}");
     assert_eq!(objects(&mem, "prune/marks/").await, 0);
     assert_eq!(objects(&mem, PRUNE_LOCK_PREFIX).await, 0);
@@ -743,11 +749,7 @@ async fn restore_reports_survive_prune() {
         .await
         .unwrap();
     w.finish().await.unwrap();
-    let pointer = format!(
-        "{}{}",
-        crate::resources::restore::REPORT_PREFIX,
-        id.to_hex()
-    );
+    let pointer = format!("{}{}", crate::repo::REPORT_PREFIX, id.to_hex());
     mem.put(&pointer, bytes::Bytes::from_static(b"{}"))
         .await
         .unwrap();

@@ -30,14 +30,12 @@ use futures::StreamExt;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::config::{Config, ReadData};
-use crate::error::Error;
+use crate::config::ReadData;
 use crate::repo::walk::{self, Root};
 use crate::repo::{
-    BlobId, IndexEntry, KeyParams, PackId, RepoError, Repository, SnapshotId, backend, group_runs,
-    pack_key, pack_size_bounds,
+    BlobId, IndexEntry, PackId, RepoError, Repository, SnapshotId, backend, group_runs, pack_key,
+    pack_size_bounds,
 };
-use crate::run::RunContext;
 use crate::summary::Report;
 
 /// Error items listed in the summary; the rest are counted.
@@ -47,52 +45,6 @@ pub const MAX_ITEMS: usize = 1000;
 pub struct Options {
     pub read_data: Option<ReadData>,
     pub channels: usize,
-}
-
-impl Options {
-    pub fn from_config(config: &Config) -> Self {
-        Options {
-            read_data: config.check_read_data,
-            channels: usize::from(config.channels).max(2),
-        }
-    }
-}
-
-pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
-    // SIGTERM stops the repository's retries at once instead of after the
-    // reconnect window.
-    crate::cancel::link(&ctx.cancel);
-    let location = config
-        .repository
-        .as_ref()
-        .expect("validated: check requires STOW_REPOSITORY");
-    let password = config
-        .password
-        .as_ref()
-        .expect("validated: check requires a password");
-    let backend = backend::open(
-        location,
-        config.reconnect_timeout,
-        backend::Throttle::for_config(config),
-    )
-    .await;
-    let report = async {
-        // Lenient: a damaged index object is reported below, not fatal here.
-        let (repo, _) =
-            Repository::open_lenient(backend, password, config.compression, KeyParams::default())
-                .await?;
-        check(&repo, &Options::from_config(config)).await
-    }
-    .await;
-    // Errors and findings made while the retries were being cut short say
-    // nothing about the repository.
-    if ctx.cancel.is_cancelled() {
-        if let Err(e) = &report {
-            warn!(error = %e, "stopped");
-        }
-        return Err(Error::Cancelled);
-    }
-    report
 }
 
 /// What a check found, before it becomes a report.
@@ -141,7 +93,7 @@ struct Details {
 }
 
 /// Checks `repo`; see the module documentation for what.
-pub async fn check(repo: &Repository, opts: &Options) -> Result<Report, Error> {
+pub async fn check(repo: &Repository, opts: &Options) -> Result<Report, RepoError> {
     let mut f = Findings::default();
     let mut report = Report::default();
 

@@ -128,7 +128,7 @@ enum Kind {
 }
 
 /// `STOW_PRECONDITION`: every condition must be met. The error is the
-/// reason for [`crate::config::ConfigError`].
+/// reason for [`super::ConfigError`].
 pub fn parse_preconditions(text: &str) -> Result<Vec<Hook>, String> {
     parse(text, Kind::Precondition)
 }
@@ -258,15 +258,12 @@ fn set_option(hook: &mut Hook, kind: Kind, key: &str, value: &str) -> Result<(),
 }
 
 fn parse_timeout(value: &str) -> Result<Duration, String> {
-    let d = crate::config::parse_duration(
-        crate::config::vars::PRE_HOOKS,
-        value,
-        Duration::from_secs(1),
-    )
-    .map_err(|e| match e {
-        crate::config::ConfigError::Invalid { reason, .. } => format!("timeout={value}: {reason}"),
-        other => other.to_string(),
-    })?;
+    let d = super::parse_duration(super::vars::PRE_HOOKS, value, Duration::from_secs(1)).map_err(
+        |e| match e {
+            super::ConfigError::Invalid { reason, .. } => format!("timeout={value}: {reason}"),
+            other => other.to_string(),
+        },
+    )?;
     if d.is_zero() {
         return Err(format!("timeout={value}: must be more than zero"));
     }
@@ -307,7 +304,8 @@ fn pods(
     if selector.is_empty() {
         return Err("the label selector is empty; name the pods, e.g. app=db".into());
     }
-    crate::config::check_label_selector(selector)
+    super::LabelSelector::parse(selector)
+        .map(|_| ())
         .map_err(|e| format!("selector `{selector}`: {e}"))?;
     if !is_dns_label(container) {
         return Err(format!("`{container}` is not a container name"));

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::repo::OpenOptions;
 use crate::repo::backend::{Backend, MemBackend};
 use crate::repo::fixture;
 use crate::repo::{BlobKind, SnapshotId, SnapshotManifest};
@@ -185,23 +186,19 @@ async fn corrupted_index_is_named() {
     });
     // open fails on it; the lenient open used by check does not.
     assert!(
-        Repository::open_with_params(
-            mem.clone(),
-            &crate::config::Secret::new(testutil::PW),
-            crate::config::Compression::FAST,
-            testutil::params()
-        )
-        .await
-        .is_err()
+        OpenOptions::new(mem.clone(), &crate::config::Secret::new(testutil::PW))
+            .compression(crate::config::Compression::FAST)
+            .key_params(testutil::params())
+            .open()
+            .await
+            .is_err()
     );
-    let (repo, errs) = Repository::open_lenient(
-        mem.clone(),
-        &crate::config::Secret::new(testutil::PW),
-        crate::config::Compression::FAST,
-        testutil::params(),
-    )
-    .await
-    .unwrap();
+    let (repo, errs) = OpenOptions::new(mem.clone(), &crate::config::Secret::new(testutil::PW))
+        .compression(crate::config::Compression::FAST)
+        .key_params(testutil::params())
+        .open_lenient()
+        .await
+        .unwrap();
     assert_eq!(errs.len(), 1);
     let r = check(&repo, &opts(None)).await.unwrap();
     assert!(r.failed);

@@ -16,7 +16,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::ResourceType;
-use crate::cluster::{Cluster, error_chain};
+use crate::cluster::Cluster;
+use crate::error::error_chain;
 
 /// One page of a list call.
 #[derive(Debug, Deserialize)]
@@ -114,12 +115,12 @@ fn outage(e: &kube::Error) -> bool {
 }
 
 impl Kube {
-    /// Stops waiting when the run is cancelled ([`crate::cancel`]).
+    /// Stops waiting when the run is cancelled ([`crate::context`]).
     pub(crate) fn new(cluster: Cluster, window: Duration) -> Self {
         Self {
             cluster,
             window,
-            cancel: crate::cancel::run_token(),
+            cancel: crate::context::run_token(),
             lost_since: Arc::default(),
         }
     }

@@ -14,38 +14,21 @@ use kube::api::ListParams;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use super::discovery::{Discovered, discover};
-use super::kubeapi::{Kube, message, status};
-use super::normalise::{canonical_bytes, for_storage};
-use super::select::{self, ClusterRef, Selector};
-use super::{Catalogue, ResourceError, ResourceType, is_kubestow_owned};
+use super::Error;
 use crate::cluster::Cluster;
+use crate::cluster::api::{Kube, message, status};
+use crate::cluster::discovery::{Discovered, discover};
+use crate::cluster::{ResourceType, is_kubestow_owned};
 use crate::config::{ClusterResources, Config};
-use crate::error::Error;
-use crate::repo::{BlobKind, RepoError, Repository, SnapshotManifest, Writer};
-use crate::run::RunContext;
+use crate::context::RunContext;
+use crate::repo::{BlobKind, RepoError, SnapshotManifest, Writer};
+use crate::resources::normalise::{canonical_bytes, for_storage};
+use crate::resources::select::{self, ClusterRef, Selector};
+use crate::resources::{Catalogue, ResourceError, skipped_type};
 use crate::summary::Report;
 
 /// Objects per list call.
 const PAGE: u32 = 500;
-
-/// Types that are never backed up: node-bound or ephemeral state that a
-/// cluster rebuilds itself (DESIGN.md §3 skip list, plus the node-bound
-/// CSINodes and VolumeAttachments and the deprecated ComponentStatuses).
-pub const SKIPPED_TYPES: &[(&str, &str)] = &[
-    ("", "nodes"),
-    ("", "events"),
-    ("events.k8s.io", "events"),
-    ("discovery.k8s.io", "endpointslices"),
-    ("coordination.k8s.io", "leases"),
-    ("", "componentstatuses"),
-    ("storage.k8s.io", "csinodes"),
-    ("storage.k8s.io", "volumeattachments"),
-];
-
-pub fn skipped_type(rt: &ResourceType) -> bool {
-    SKIPPED_TYPES.iter().any(|(g, p)| rt.is(g, p))
-}
 
 /// What the listing tasks share.
 #[derive(Default)]
@@ -325,7 +308,7 @@ fn tasks(discovered: &Discovered, selector: &Selector, namespaces: &[String]) ->
 
 pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     // SIGTERM stops the retries of the repository and the API at once.
-    crate::cancel::link(&ctx.cancel);
+    crate::context::link(&ctx.cancel);
     let started = jiff::Timestamp::now();
     let selector = Selector::new(&config.selection).map_err(ResourceError::Cluster)?;
     // The same checks as `preflight`: fail before changing anything.
@@ -333,7 +316,8 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     let channels = usize::from(config.channels).max(1);
     let cluster = Cluster::connect().await?;
     let kube = Kube::new(cluster, config.reconnect_timeout);
-    let (repo, ident) = tokio::join!(Repository::from_config(config, true), identify(&kube));
+    let access = super::repository(config);
+    let (repo, ident) = tokio::join!(access.open_or_create(config.init), identify(&kube));
     let repo = repo?;
     let (server_version, cluster_id) = ident?;
     // Pruning safety (docs/format.md §14): announce before adding blobs.

@@ -10,13 +10,13 @@ use kube::api::{Api, ListParams};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::cluster::{Cluster, error_chain};
+use crate::cluster::Cluster;
 use crate::config::{Config, Mode, VolumeSource};
-use crate::error::Error;
-use crate::run::RunContext;
-use crate::summary::Report;
+use crate::context::RunContext;
+use crate::error::error_chain;
+use crate::repo::OpenOptions;
 
-/// Oldest Kubernetes minor version we support (DESIGN: users run 1.17+).
+/// Oldest Kubernetes minor version we support (docs/design.md: users run 1.17+).
 pub const MIN_MINOR: u32 = 17;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -59,26 +59,38 @@ impl Checks {
     }
 }
 
+/// Why the checks stopped a run.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    /// Required checks failed: `"<check>: <message>"` each.
+    #[error("preflight failed: {}", .0.join("; "))]
+    Failed(Vec<String>),
+    #[error("cancelled by signal during preflight")]
+    Cancelled,
+}
+
 /// What the checks are for: `preflight` checks for `STOW_PREFLIGHT_MODE`;
 /// `backup` and `restore` check for themselves before they start.
-pub async fn all_checks(config: &Config, mode: Mode, open_repository: bool) -> Checks {
+///
+/// With `open`, the repository is opened too, which proves the password.
+pub async fn all_checks(config: &Config, mode: Mode, open: Option<OpenOptions>) -> Checks {
     let mut checks = Checks::default();
     if let Some(cluster) = check_cluster(&mut checks).await {
         check_storage(&cluster, config, mode, &mut checks).await;
         check_rbac(&cluster, config, mode, &mut checks).await;
     }
-    check_repository(config, open_repository, &mut checks).await;
+    check_repository(config, open, &mut checks).await;
     checks
 }
 
 /// The same checks, run first by `backup` and `restore`: any failure stops
 /// the run before it changes anything, with the same messages.
-pub async fn gate(config: &Config, ctx: &RunContext) -> Result<(), Error> {
+pub async fn gate(config: &Config, ctx: &RunContext) -> Result<(), PreflightError> {
     let checks = tokio::select! {
         // The run opens the repository itself right after (a second
         // index load would double its start-up on a large repository).
-        c = all_checks(config, config.mode, false) => c,
-        () = ctx.cancel.cancelled() => return Err(Error::Cancelled),
+        c = all_checks(config, config.mode, None) => c,
+        () = ctx.cancel.cancelled() => return Err(PreflightError::Cancelled),
     };
     let failed: Vec<String> = checks
         .failed()
@@ -87,38 +99,8 @@ pub async fn gate(config: &Config, ctx: &RunContext) -> Result<(), Error> {
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(Error::Preflight(format!(
-            "preflight failed: {}",
-            failed.join("; ")
-        )))
+        Err(PreflightError::Failed(failed))
     }
-}
-
-pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
-    let mut checks = Checks::default();
-    let all = async {
-        checks = all_checks(config, config.preflight_mode, true).await;
-    };
-    // Checks only read, so there is nothing to drain: stop at once.
-    tokio::select! {
-        () = all => {}
-        () = ctx.cancel.cancelled() => return Err(Error::Cancelled),
-    }
-
-    let mut report = Report::default();
-    for c in checks.failed() {
-        report.fail_item(c.name.clone(), c.message.clone());
-    }
-    report.failed = !report.errors.is_empty();
-    if report.failed {
-        report.reason = Some(format!("{} required check(s) failed", report.errors.len()));
-    }
-    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        print!("{}", table(&checks.0));
-    }
-    report.details =
-        serde_json::json!({ "checks": checks.0, "for_mode": config.preflight_mode.to_string() });
-    Ok(report)
 }
 
 /// The checks as a table, for people at a terminal.
@@ -231,7 +213,7 @@ fn is_ready(node: &Node) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-async fn check_repository(config: &Config, open: bool, checks: &mut Checks) {
+async fn check_repository(config: &Config, open: Option<OpenOptions>, checks: &mut Checks) {
     let Some(location) = &config.repository else {
         return checks.push(
             "repository",
@@ -263,12 +245,10 @@ async fn check_repository(config: &Config, open: bool, checks: &mut Checks) {
                 Level::Ok,
                 format!("{location} is reachable and {state}"),
             );
-            if open && initialised && config.password.is_some() {
-                let opened = tokio::time::timeout(
-                    Duration::from_secs(60),
-                    crate::repo::Repository::from_config(config, false),
-                )
-                .await;
+            if let Some(open) = open
+                && initialised
+            {
+                let opened = tokio::time::timeout(Duration::from_secs(60), open.open()).await;
                 match opened {
                     Ok(Ok(_)) => {
                         checks.push("password", Level::Ok, "the password opens the repository")

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList;
 
 use super::ResourceType;
-use super::kubeapi::{Kube, message};
+use super::api::{Kube, message};
 
 /// A served type and its verbs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,113 @@
+//! The API types kubestow names itself, and what a type is.
+
+use serde::{Deserialize, Serialize};
+
+/// One API resource type at one version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ResourceType {
+    /// `""` for the core group.
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    /// The resource name in URLs: `deployments`.
+    pub plural: String,
+    pub namespaced: bool,
+}
+
+impl ResourceType {
+    /// `v1` or `apps/v1`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// `deployments.apps` or `configmaps`: how kubectl and the
+    /// `STOW_*_RESOURCES` variables name a type.
+    pub fn name(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.clone()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    pub fn is(&self, group: &str, plural: &str) -> bool {
+        self.group == group && self.plural == plural
+    }
+
+    /// The type of Namespace objects.
+    pub fn namespaces() -> Self {
+        Self {
+            group: String::new(),
+            version: "v1".into(),
+            kind: "Namespace".into(),
+            plural: "namespaces".into(),
+            namespaced: false,
+        }
+    }
+}
+
+pub fn rt(group: &str, version: &str, kind: &str, plural: &str, ns: bool) -> ResourceType {
+    ResourceType {
+        group: group.into(),
+        version: version.into(),
+        kind: kind.into(),
+        plural: plural.into(),
+        namespaced: ns,
+    }
+}
+
+pub fn jobs() -> ResourceType {
+    rt("batch", "v1", "Job", "jobs", true)
+}
+pub fn pods() -> ResourceType {
+    rt("", "v1", "Pod", "pods", true)
+}
+pub fn claims() -> ResourceType {
+    rt(
+        "",
+        "v1",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        true,
+    )
+}
+pub fn volumes() -> ResourceType {
+    rt("", "v1", "PersistentVolume", "persistentvolumes", false)
+}
+pub fn secrets() -> ResourceType {
+    rt("", "v1", "Secret", "secrets", true)
+}
+pub fn service_accounts() -> ResourceType {
+    rt("", "v1", "ServiceAccount", "serviceaccounts", true)
+}
+pub fn storage_classes() -> ResourceType {
+    rt(
+        "storage.k8s.io",
+        "v1",
+        "StorageClass",
+        "storageclasses",
+        false,
+    )
+}
+pub fn volume_snapshots() -> ResourceType {
+    rt(
+        "snapshot.storage.k8s.io",
+        "v1",
+        "VolumeSnapshot",
+        "volumesnapshots",
+        true,
+    )
+}
+pub fn snapshot_classes() -> ResourceType {
+    rt(
+        "snapshot.storage.k8s.io",
+        "v1",
+        "VolumeSnapshotClass",
+        "volumesnapshotclasses",
+        false,
+    )
+}

@@ -1,0 +1,531 @@
+//! Creating the plan's objects level by level, and filling restored claims.
+
+use super::*;
+
+impl Restorer<'_> {
+    pub(super) async fn discover(&self) -> Result<Discovered, Error> {
+        discover(&self.kube, self.channels)
+            .await
+            .map_err(|e| self.kube.cluster.err("discovering API resources", e).into())
+    }
+
+    /// Finds each open item's type in the target. A custom resource whose
+    /// CRD is in the plan waits for it (`defer`); anything else the target
+    /// does not serve fails.
+    pub(super) fn resolve(&self, items: &mut [Item], discovered: &Discovered, defer: bool) {
+        let crds: HashSet<String> = items
+            .iter()
+            .filter(|i| i.open() && i.rt.is(select::CRDS.0, select::CRDS.1))
+            .map(|i| i.name.clone())
+            .collect();
+        for it in items.iter_mut().filter(|i| i.open() && i.target.is_none()) {
+            let rt = &it.rt;
+            match discovered.find(&rt.group, &rt.version, &rt.kind) {
+                Some(t) => {
+                    let target = t.rt.clone();
+                    if target.version != rt.version {
+                        it.notes.push(format!("as {}", target.api_version()));
+                    }
+                    if let Some(o) = it.obj.as_mut().and_then(Value::as_object_mut) {
+                        o.insert("apiVersion".into(), Value::String(target.api_version()));
+                    }
+                    it.target = Some(target);
+                }
+                None if defer && crds.contains(&format!("{}.{}", rt.plural, rt.group)) => {}
+                None => {
+                    let gv = rt.api_version();
+                    it.done(
+                        Outcome::Failed,
+                        format!(
+                            "the target cluster does not serve {gv} {} ({}); restore its \
+                             CustomResourceDefinition or exclude it with STOW_EXCLUDE_RESOURCES",
+                            rt.kind,
+                            rt.name()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits out namespaces that are Terminating, and plans a bare
+    /// Namespace for target namespaces that neither exist nor come with
+    /// the snapshot.
+    pub(super) async fn prepare_namespaces(&self, items: &mut Vec<Item>) {
+        let ns_type = ResourceType::namespaces();
+        let targets: BTreeSet<String> = items
+            .iter()
+            .filter(|i| i.open())
+            .filter_map(|i| {
+                if i.rt.is("", "namespaces") {
+                    Some(i.name.clone())
+                } else {
+                    i.ns.clone()
+                }
+            })
+            .collect();
+        let planned: HashSet<String> = items
+            .iter()
+            .filter(|i| i.open() && i.rt.is("", "namespaces"))
+            .map(|i| i.name.clone())
+            .collect();
+        for ns in targets {
+            match self.wait_namespace_gone_if_terminating(&ns).await {
+                Ok(exists) => {
+                    if !exists && !planned.contains(&ns) {
+                        let mut it = item(&ns_type, None, None, &ns, BlobId([0; 32]));
+                        it.blob = None;
+                        it.obj = Some(
+                            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                        );
+                        it.target = Some(ns_type.clone());
+                        it.notes.push("not in the snapshot; created empty".into());
+                        items.push(it);
+                    }
+                }
+                Err(why) => {
+                    for it in items.iter_mut().filter(|i| {
+                        i.open()
+                            && (i.ns.as_deref() == Some(ns.as_str())
+                                || (i.rt.is("", "namespaces") && i.name == ns))
+                    }) {
+                        it.done(Outcome::Failed, why.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// `Ok(true)` if the namespace exists (and is not terminating),
+    /// `Ok(false)` if it does not (or cannot be read).
+    pub(super) async fn wait_namespace_gone_if_terminating(
+        &self,
+        ns: &str,
+    ) -> Result<bool, String> {
+        let rt = ResourceType::namespaces();
+        let deadline = tokio::time::Instant::now() + NAMESPACE_WAIT;
+        let mut logged = false;
+        loop {
+            match self.kube.get(&rt, None, ns).await {
+                Ok(None) => return Ok(false),
+                Ok(Some(live)) if live.pointer("/metadata/deletionTimestamp").is_none() => {
+                    return Ok(true);
+                }
+                Ok(Some(_)) => {
+                    if !logged {
+                        info!(
+                            namespace = ns,
+                            "namespace is terminating; waiting until it is gone"
+                        );
+                        logged = true;
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(format!(
+                            "namespace {ns} is still terminating after {}s",
+                            NAMESPACE_WAIT.as_secs()
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                // Not allowed to look: let the creates speak for themselves.
+                Err(_) => return Ok(true),
+            }
+        }
+    }
+
+    pub(super) async fn apply(&self, items: &mut Vec<Item>) -> Result<(), Error> {
+        self.prepare_namespaces(items).await;
+        items.sort_by_cached_key(|i| (order::level(&i.rt), i.label()));
+        let mut by_level: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (n, it) in items.iter().enumerate() {
+            by_level.entry(order::level(&it.rt)).or_default().push(n);
+        }
+        for (level, indices) in by_level {
+            if self.ctx.cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            if level > order::CRDS {
+                self.after_crds(items).await?;
+            }
+            let open: Vec<usize> = indices.into_iter().filter(|n| items[*n].open()).collect();
+            if open.is_empty() {
+                continue;
+            }
+            info!(level = %order::level_name(level), objects = open.len(), "restoring");
+            let results: Vec<(usize, Outcome, String)> = {
+                let items = &*items;
+                futures::stream::iter(open)
+                    .map(|n| async move {
+                        let (o, why) = self.apply_one(&items[n]).await;
+                        (n, o, why)
+                    })
+                    .buffer_unordered(self.channels)
+                    .collect()
+                    .await
+            };
+            self.progress.add_objects(results.len() as u64);
+            for (n, outcome, why) in results {
+                items[n].done(outcome, why);
+            }
+            if level == order::level(&crate::cluster::types::claims()) {
+                self.fill_volumes(items).await;
+                if self.ctx.cancel.is_cancelled() {
+                    return Err(Error::Cancelled);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Once the claims exist: fill the ones this run created with their
+    /// data, before any workload that mounts them is created.
+    pub(super) async fn fill_volumes(&self, items: &[Item]) {
+        let Some(v) = &self.volumes else {
+            return;
+        };
+        let fills: Vec<crate::mover::restore::Fill> = items
+            .iter()
+            .filter(|i| {
+                i.rt.is("", "persistentvolumeclaims")
+                    && matches!(i.result, Some((Outcome::Created, _)))
+            })
+            .filter_map(|i| {
+                let volume = format!("{}/{}", i.source_ns.as_deref()?, i.name);
+                let namespace = i.ns.clone()?;
+                v.available
+                    .contains(&volume)
+                    .then(|| crate::mover::restore::Fill {
+                        volume,
+                        namespace,
+                        claim: i.name.clone(),
+                    })
+            })
+            .collect();
+        let mut report = Report::default();
+        crate::mover::restore::fill(
+            &self.kube,
+            v.config,
+            self.ctx,
+            &v.snapshot,
+            &fills,
+            &mut report,
+        )
+        .await;
+        v.report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .absorb(report);
+    }
+
+    /// Once the CRD level is done: wait until the restored CRDs are
+    /// Established, then find the types of the custom resources that
+    /// waited for them. Runs once.
+    pub(super) async fn after_crds(&self, items: &mut [Item]) -> Result<(), Error> {
+        let waiting = items.iter().any(|i| i.open() && i.target.is_none());
+        if !waiting {
+            return Ok(());
+        }
+        let crds: Vec<(ResourceType, String)> = items
+            .iter()
+            .filter(|i| {
+                i.rt.is(select::CRDS.0, select::CRDS.1)
+                    && matches!(i.result, Some((o, _)) if o != Outcome::Failed)
+            })
+            .filter_map(|i| Some((i.target.clone()?, i.name.clone())))
+            .collect();
+        for (rt, name) in &crds {
+            self.wait_established(rt, name).await;
+        }
+        // Discovery follows an Established CRD within moments.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let discovered = self.discover().await?;
+            let missing = items.iter().any(|i| {
+                i.open()
+                    && i.target.is_none()
+                    && discovered
+                        .find(&i.rt.group, &i.rt.version, &i.rt.kind)
+                        .is_none()
+            });
+            if !missing || tokio::time::Instant::now() > deadline {
+                self.resolve(items, &discovered, false);
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    pub(super) async fn wait_established(&self, rt: &ResourceType, name: &str) {
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        loop {
+            let established = match self.kube.get(rt, None, name).await {
+                Ok(Some(crd)) => crd
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Established" && c["status"] == "True"),
+                _ => false,
+            };
+            if established {
+                info!(crd = name, "established");
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                warn!(
+                    crd = name,
+                    "not Established after {}s",
+                    SETTLE_WAIT.as_secs()
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Creates one object, then follows `STOW_EXISTING` if it exists.
+    pub(super) async fn apply_one(&self, it: &Item) -> (Outcome, String) {
+        if self.ctx.cancel.is_cancelled() {
+            return (Outcome::Skipped, "the run was cancelled first".into());
+        }
+        let (Some(rt), Some(obj)) = (it.target.as_ref(), it.obj.as_ref()) else {
+            return (Outcome::Failed, "no target type".into());
+        };
+        let ns = it.ns.as_deref();
+        let mut notes = it.notes.clone();
+        let mut obj = obj.clone();
+        let created = self.create(rt, ns, &mut obj, &mut notes).await;
+        match created {
+            Ok(()) => (Outcome::Created, notes.join("; ")),
+            Err(e) if status(&e) == Some(409) && reason(&e) == Some("AlreadyExists") => {
+                // Deleting a Namespace or a CRD would take everything in it:
+                // those are updated instead of recreated.
+                let cascades = rt.is("", "namespaces") || rt.is(select::CRDS.0, select::CRDS.1);
+                match self.existing {
+                    Existing::Skip => (
+                        Outcome::Skipped,
+                        "already exists (STOW_EXISTING=skip)".into(),
+                    ),
+                    Existing::Update => self.update(rt, ns, &it.name, obj, notes).await,
+                    Existing::Recreate if cascades => {
+                        notes.push(
+                            "updated, not recreated: deleting it would delete what it holds".into(),
+                        );
+                        self.update(rt, ns, &it.name, obj, notes).await
+                    }
+                    Existing::Recreate => self.recreate(rt, ns, &it.name, obj, notes).await,
+                }
+            }
+            Err(e) => (Outcome::Failed, message(&e)),
+        }
+    }
+
+    /// POST, retrying once without nodePorts that are already taken.
+    pub(super) async fn create(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        obj: &mut Value,
+        notes: &mut Vec<String>,
+    ) -> Result<(), kube::Error> {
+        match self.kube.create(rt, ns, obj, false).await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if rt.is("", "services")
+                    && status(&e) == Some(422)
+                    && message(&e).contains("already allocated")
+                    && message(&e).contains("nodePort") =>
+            {
+                let taken = rewrite::allocated_node_ports(&message(&e));
+                rewrite::drop_node_ports(obj, &taken);
+                notes.retain(|n| !n.starts_with("keeps nodePort"));
+                notes.push(format!(
+                    "nodePort {} already allocated in the target; the server assigned a new one",
+                    taken
+                        .iter()
+                        .map(i64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ));
+                self.kube.create(rt, ns, obj, false).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) async fn update(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        obj: Value,
+        mut notes: Vec<String>,
+    ) -> (Outcome, String) {
+        for _ in 0..3 {
+            let live = match self.kube.get(rt, ns, name).await {
+                Ok(Some(l)) => l,
+                Ok(None) => {
+                    let mut obj = obj.clone();
+                    return match self.create(rt, ns, &mut obj, &mut notes).await {
+                        Ok(()) => (Outcome::Created, notes.join("; ")),
+                        Err(e) => (Outcome::Failed, message(&e)),
+                    };
+                }
+                Err(e) => return (Outcome::Failed, message(&e)),
+            };
+            let mut ours = obj.clone();
+            rewrite::carry_over(rt, &mut ours, &live);
+            match self.kube.replace(rt, ns, name, &ours).await {
+                Ok(_) => return (Outcome::Updated, notes.join("; ")),
+                // Changed between get and put: try again.
+                Err(e) if status(&e) == Some(409) => continue,
+                Err(e) => {
+                    return (
+                        Outcome::Failed,
+                        format!(
+                            "exists and cannot be updated: {} (STOW_EXISTING=recreate replaces it)",
+                            message(&e)
+                        ),
+                    );
+                }
+            }
+        }
+        (
+            Outcome::Failed,
+            "exists and kept changing while it was updated".into(),
+        )
+    }
+
+    pub(super) async fn recreate(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        mut obj: Value,
+        mut notes: Vec<String>,
+    ) -> (Outcome, String) {
+        let old_uid = match self.kube.get(rt, ns, name).await {
+            Ok(Some(l)) => l.pointer("/metadata/uid").cloned(),
+            Ok(None) => None,
+            Err(e) => return (Outcome::Failed, message(&e)),
+        };
+        if let Err(e) = self.kube.delete(rt, ns, name).await {
+            return (
+                Outcome::Failed,
+                format!("cannot delete the existing object: {}", message(&e)),
+            );
+        }
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        loop {
+            match self.kube.get(rt, ns, name).await {
+                Ok(None) => break,
+                Ok(Some(l)) if l.pointer("/metadata/uid").cloned() != old_uid => break,
+                Ok(Some(l)) => {
+                    if tokio::time::Instant::now() > deadline {
+                        return (
+                            Outcome::Failed,
+                            format!(
+                                "the existing object is still there {}s after deletion (finalizers: {})",
+                                SETTLE_WAIT.as_secs(),
+                                l.pointer("/metadata/finalizers").unwrap_or(&Value::Null)
+                            ),
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return (Outcome::Failed, message(&e)),
+            }
+        }
+        notes.insert(0, "replaced the existing object".into());
+        match self.create(rt, ns, &mut obj, &mut notes).await {
+            Ok(()) => (Outcome::Created, notes.join("; ")),
+            // A controller recreated it first (a namespace's `default`
+            // ServiceAccount, say): make that one match instead.
+            Err(e) if status(&e) == Some(409) => {
+                notes[0] = "deleted, recreated by the cluster meanwhile, then updated".into();
+                self.update(rt, ns, name, obj, notes).await
+            }
+            Err(e) => (Outcome::Failed, message(&e)),
+        }
+    }
+
+    /// Plans without changing anything: every item gets what would happen
+    /// to it; an object that exists is a conflict. Prints the plan.
+    pub(super) async fn dry_run(&self, items: &mut [Item]) -> Vec<Value> {
+        // Existing names per (type, namespace), one metadata list each.
+        let mut keys: BTreeSet<(ResourceType, Option<String>)> = BTreeSet::new();
+        for it in items.iter().filter(|i| i.open()) {
+            if let Some(t) = &it.target {
+                keys.insert((t.clone(), it.ns.clone()));
+            }
+        }
+        let listed: Vec<(Scope, Result<HashSet<String>, String>)> = futures::stream::iter(keys)
+            .map(|(rt, ns)| async move {
+                let r = self
+                    .kube
+                    .list_names(&rt, ns.as_deref())
+                    .await
+                    .map_err(|e| message(&e));
+                ((rt, ns), r)
+            })
+            .buffer_unordered(self.channels)
+            .collect()
+            .await;
+        let existing: HashMap<Scope, Result<HashSet<String>, String>> =
+            listed.into_iter().collect();
+        let mut conflicts = Vec::new();
+        for it in items.iter_mut().filter(|i| i.open()) {
+            let Some(t) = it.target.clone() else {
+                it.done(Outcome::Created, "would create once its CRD is Established");
+                continue;
+            };
+            let exists = match existing.get(&(t, it.ns.clone())) {
+                Some(Ok(names)) => names.contains(&it.name),
+                Some(Err(e)) => {
+                    it.done(Outcome::Failed, format!("cannot check the target: {e}"));
+                    continue;
+                }
+                None => false,
+            };
+            if exists {
+                let what = match self.existing {
+                    Existing::Skip => "exists; would skip (STOW_EXISTING=skip)",
+                    Existing::Update => "exists; would update (STOW_EXISTING=update)",
+                    Existing::Recreate => {
+                        "exists; would delete and recreate (STOW_EXISTING=recreate)"
+                    }
+                };
+                conflicts.push(json!({"item": it.label(), "conflict": what}));
+                let outcome = match self.existing {
+                    Existing::Skip => Outcome::Skipped,
+                    Existing::Update => Outcome::Updated,
+                    Existing::Recreate => Outcome::Created,
+                };
+                it.done(outcome, what);
+            } else {
+                let why = it.notes.join("; ");
+                it.done(Outcome::Created, why);
+            }
+        }
+        for it in items.iter() {
+            let (o, why) = it.result.as_ref().expect("decided");
+            let verb = match o {
+                Outcome::Created => "create",
+                Outcome::Updated => "update",
+                Outcome::Skipped => "skip",
+                Outcome::Failed => "FAIL",
+            };
+            let level = order::level_name(order::level(&it.rt));
+            if why.is_empty() {
+                println!("plan: {verb:<6} {:<40} [{level}]", it.label());
+            } else {
+                println!("plan: {verb:<6} {:<40} [{level}] {why}", it.label());
+            }
+        }
+        println!(
+            "plan: {} conflict(s) with existing objects",
+            conflicts.len()
+        );
+        conflicts
+    }
+}

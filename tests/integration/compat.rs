@@ -1,0 +1,110 @@
+//! The on-disk format stays readable: `tests/fixtures/repo-v1` is a
+//! filesystem repository written by kubestow before the module floor plan
+//! changed (commit 909b1f9, see `tests/fixtures/README.md`). Today's binary
+//! must open it, check every byte of it, list it, restore it byte for
+//! byte, and add a backup to it that the same checks accept.
+
+use std::path::Path;
+use std::process::Command;
+
+use kubestow::volume::compare::compare_trees;
+
+use crate::binary;
+
+const PASSWORD: &str = "compat-fixture-password";
+const VOLUME: &str = "compat/data";
+/// The run and snapshot the fixture holds.
+const RUN_ID: &str = "compat-run-1";
+
+fn fixtures() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
+}
+
+/// A copy of the fixture repository (tests must not write to the tree).
+fn fixture_copy(dir: &Path) -> String {
+    let repo = dir.join("repo");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(fixtures().join("repo-v1"))
+        .arg(&repo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    format!("file://{}", repo.display())
+}
+
+/// The binary with a clean environment: no cluster, no S3.
+fn kubestow(mode: &str, repo: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubestow"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .arg(mode)
+        .env("STOW_REPOSITORY", repo)
+        .env("STOW_PASSWORD", PASSWORD);
+    cmd
+}
+
+fn ok(run: &binary::Run) {
+    assert_eq!(
+        run.code,
+        Some(0),
+        "stderr: {}\nstdout: {}",
+        run.stderr,
+        run.stdout
+    );
+    assert_eq!(run.summary["status"], "success", "{}", run.stdout);
+}
+
+async fn check_all(repo: &str) {
+    let mut check = kubestow("check", repo);
+    check.env("STOW_CHECK_READ_DATA", "all");
+    let check = binary::run(check).await;
+    ok(&check);
+    assert!(check.summary["errors"].as_array().is_none_or(Vec::is_empty));
+}
+
+#[tokio::test]
+async fn a_repository_written_before_the_change_opens_checks_and_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = fixture_copy(dir.path());
+    let source = fixtures().join("repo-v1-source");
+
+    check_all(&repo).await;
+
+    let list = binary::run(kubestow("list", &repo)).await;
+    ok(&list);
+    let runs = list.summary["details"]["snapshots"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{}", list.stdout);
+    assert_eq!(runs[0]["run_id"], RUN_ID, "{}", list.stdout);
+
+    let out = dir.path().join("restored");
+    let mut restore = kubestow("volume-restore", &repo);
+    restore
+        .env("STOW_VOLUME_PATH", &out)
+        .env("STOW_VOLUME_NAME", VOLUME)
+        .env("STOW_SNAPSHOT", RUN_ID);
+    let restore = binary::run(restore).await;
+    ok(&restore);
+    let diffs = compare_trees(&source, &out);
+    assert!(diffs.is_empty(), "{diffs:#?}");
+
+    // Today's writer adds to the old repository: it finds the old snapshot
+    // as its parent, computes the same blob ids for the same bytes (so
+    // nothing new is stored), and the result still checks.
+    let mut backup = kubestow("volume-backup", &repo);
+    backup
+        .env("STOW_VOLUME_PATH", &out)
+        .env("STOW_VOLUME_NAME", VOLUME)
+        .env("STOW_RUN_ID", "compat-run-2");
+    let backup = binary::run(backup).await;
+    ok(&backup);
+    assert_eq!(
+        backup.summary["details"]["parent"].as_str().map(str::len),
+        Some(64),
+        "{}",
+        backup.stdout
+    );
+    assert_eq!(backup.summary["bytes"]["new"], 0, "{}", backup.stdout);
+    check_all(&repo).await;
+}

@@ -26,10 +26,15 @@ pub struct Progress {
 /// One reading of the counters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Reading {
+    /// Bytes moved so far.
     pub bytes: u64,
+    /// Files done so far.
     pub files: u64,
+    /// Kubernetes objects done so far.
     pub objects: u64,
+    /// Bytes expected in all, when known.
     pub total: Option<u64>,
+    /// Time since the start.
     pub elapsed: Duration,
 }
 
@@ -55,6 +60,7 @@ impl Reading {
         Some(Duration::from_secs_f64(left / rate))
     }
 
+    /// How much of the total is done, when the total is known.
     pub fn percent(&self) -> Option<f64> {
         self.total
             .filter(|t| *t > 0)
@@ -63,6 +69,7 @@ impl Reading {
 }
 
 impl Progress {
+    /// Counters for `what` ("volume backup", …), starting now.
     pub fn new(what: impl Into<String>) -> Arc<Progress> {
         Arc::new(Progress {
             what: what.into(),
@@ -74,12 +81,15 @@ impl Progress {
         })
     }
 
+    /// Counts `n` bytes moved.
     pub fn add_bytes(&self, n: u64) {
         self.bytes.fetch_add(n, Relaxed);
     }
+    /// Counts `n` files done.
     pub fn add_files(&self, n: u64) {
         self.files.fetch_add(n, Relaxed);
     }
+    /// Counts `n` objects done.
     pub fn add_objects(&self, n: u64) {
         self.objects.fetch_add(n, Relaxed);
     }
@@ -89,6 +99,7 @@ impl Progress {
         self.total.store(bytes, Relaxed);
     }
 
+    /// The counters now.
     pub fn read(&self) -> Reading {
         let total = self.total.load(Relaxed);
         Reading {
@@ -147,6 +158,7 @@ pub struct Ticker {
 }
 
 impl Ticker {
+    /// A ticker for `what`, with the expected total when known.
     pub fn new(what: &'static str, total: Option<u64>) -> Ticker {
         let now = Instant::now();
         Ticker {

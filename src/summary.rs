@@ -10,18 +10,22 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// Everything the mode set out to do was done.
     Success,
     /// A precondition was not met; nothing was written.
     Skipped,
+    /// The run as a whole failed; `reason` says why.
     Failed,
     /// Some items failed; `errors` lists each.
     Partial,
     /// SIGTERM/SIGINT stopped the run after in-flight work drained.
     Cancelled,
+    /// The configuration is invalid; nothing was touched.
     ConfigError,
 }
 
 impl Status {
+    /// The process exit code for this status (0, 1, 2 or 3).
     pub fn exit_code(self) -> u8 {
         match self {
             Status::Success | Status::Skipped => 0,
@@ -35,15 +39,20 @@ impl Status {
 /// One failed item: a GVK/name, an object key, a PVC, a check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ItemError {
+    /// What failed, named so an operator can find it.
     pub item: String,
+    /// Why it failed.
     pub message: String,
 }
 
 /// What a mode reports back to the run frame.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
+    /// Things counted (files, objects, snapshots, …) by name.
     pub counts: BTreeMap<String, u64>,
+    /// Bytes read, stored, reused, … by name.
     pub bytes: BTreeMap<String, u64>,
+    /// Every item that failed.
     pub errors: Vec<ItemError>,
     /// Set when the run is skipped or failed as a whole.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,6 +60,7 @@ pub struct Report {
     /// Mode-specific detail (snapshot id, preflight checks, …).
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     pub details: serde_json::Value,
+    /// The run was skipped (a precondition or schedule guard).
     #[serde(skip)]
     pub skipped: bool,
     /// The run as a whole failed (e.g. a required preflight check), though
@@ -60,10 +70,12 @@ pub struct Report {
 }
 
 impl Report {
+    /// Adds `n` to the count `key`.
     pub fn count(&mut self, key: &str, n: u64) {
         *self.counts.entry(key.to_string()).or_default() += n;
     }
 
+    /// Adds `n` to the byte total `key`.
     pub fn add_bytes(&mut self, key: &str, n: u64) {
         *self.bytes.entry(key.to_string()).or_default() += n;
     }
@@ -79,6 +91,7 @@ impl Report {
         self.errors.extend(other.errors);
     }
 
+    /// Records a failed item.
     pub fn fail_item(&mut self, item: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ItemError {
             item: item.into(),
@@ -100,18 +113,26 @@ impl Report {
     }
 }
 
+/// The whole record of a run, as printed.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    /// The run id (stable across the Job's retries).
     pub run_id: String,
+    /// The mode that ran.
     pub mode: String,
+    /// How it ended.
     pub status: Status,
+    /// When it started (RFC 3339).
     pub started_at: String,
+    /// How long it took.
     pub duration_seconds: f64,
+    /// What the mode reported.
     #[serde(flatten)]
     pub report: Report,
 }
 
 impl Summary {
+    /// The summary as one line of JSON.
     pub fn to_line(&self) -> String {
         serde_json::to_string(self).expect("summary serialises")
     }
@@ -178,5 +199,6 @@ mod tests {
 
 /// What a run's error tells the frame: how the run ended.
 pub trait Outcome {
+    /// The status a run that ended with this error has.
     fn status(&self) -> Status;
 }

@@ -9,6 +9,7 @@ use crate::summary::Report;
 
 use super::Error;
 
+/// `check`: opens the repository leniently and checks it.
 pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     // SIGTERM stops the repository's retries at once instead of after the
     // reconnect window.

@@ -9,6 +9,7 @@ use crate::summary::Report;
 
 use super::Error;
 
+/// `copy`: opens both repositories and copies the selected runs.
 pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     // SIGTERM stops the retries of the repository and the API at once.
     ctx.link();

@@ -45,17 +45,26 @@ pub fn run_filter(config: &Config) -> RunFilter {
 /// One run as listed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunRow {
+    /// The run id.
     pub run_id: String,
+    /// Time of the run's latest part.
     pub time: jiff::Timestamp,
+    /// The backup plan.
     pub plan: String,
+    /// Tags of all parts.
     pub tags: Vec<String>,
+    /// The source cluster's id, when recorded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_id: Option<String>,
+    /// Parts stored.
     pub parts_present: usize,
+    /// Parts the run was written in.
     pub parts_total: u32,
+    /// Every part is present.
     pub complete: bool,
     /// Snapshot ids of the parts, in part order.
     pub snapshots: Vec<String>,
+    /// Volumes (`namespace/claim`) the run holds.
     pub volumes: Vec<String>,
     /// Numeric counters summed over the parts' `stats` and, prefixed with
     /// `volume_`, over their volumes' `stats` (e.g. `objects`,
@@ -64,6 +73,7 @@ pub struct RunRow {
 }
 
 impl RunRow {
+    /// The row of one run.
     pub fn of_run(run: &Run) -> Self {
         let first = &run.parts[0].1;
         let mut tags: BTreeSet<String> = BTreeSet::new();
@@ -164,9 +174,10 @@ pub fn table(rows: &[RunRow]) -> String {
     out
 }
 
+/// `list`: the runs as a table on a terminal, else as JSON in the summary.
 pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     // SIGTERM stops the repository's retries at once.
-    crate::context::link(&ctx.cancel);
+    ctx.link();
     let repo = super::repository(config).open().await?;
     let (report, rows) = list(&repo, &run_filter(config)).await?;
     let mut report = report;

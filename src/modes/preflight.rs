@@ -8,6 +8,7 @@ use crate::summary::Report;
 
 use super::Error;
 
+/// `preflight`: runs every check for `STOW_PREFLIGHT_MODE`.
 pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     let open = match config.repository_access() {
         Some(_) => Some(super::repository(config).options().await?),

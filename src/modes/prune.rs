@@ -7,6 +7,7 @@ use crate::summary::Report;
 
 use super::Error;
 
+/// `prune`: retention and garbage collection under the prune lock.
 pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     // SIGTERM stops the retries of the repository and the API at once.
     ctx.link();

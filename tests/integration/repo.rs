@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
-use kubestow::repo::check;
 use kubestow::config::{Compression, ReadData, Retention, Secret};
-use kubestow::repo::copy;
 use kubestow::repo::RunFilter;
-use kubestow::repo::prune;
 use kubestow::repo::backend::{Backend, FsBackend, S3Backend};
+use kubestow::repo::check;
+use kubestow::repo::copy;
 use kubestow::repo::fixture::{self, Files, files};
+use kubestow::repo::prune;
 use kubestow::repo::{
     KeyParams, OpenOptions, Repository, SnapshotId, SnapshotManifest, VolumeEntry,
 };

@@ -950,9 +950,9 @@ async fn restore_into_another_cluster_and_an_unknown_type_fails_only_its_item() 
 /// denial. Each fails its item with a clear message; the rest restores.
 #[tokio::test]
 async fn a_malformed_object_in_the_repository_fails_only_its_item() {
+    use kubestow::cluster::ResourceType;
     use kubestow::config::{Compression, Location, Secret};
     use kubestow::repo::{BlobKind, OpenOptions, SnapshotManifest, backend};
-    use kubestow::cluster::ResourceType;
     use kubestow::resources::Catalogue;
 
     let (client, ns) = env::namespace("malformed").await;

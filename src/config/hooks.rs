@@ -176,8 +176,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pods to exec in: `namespace`, label selector, container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pods {
+    /// The namespace the pods are in.
     pub namespace: String,
+    /// A label selector for the pods.
     pub selector: String,
+    /// The container to exec in.
     pub container: String,
 }
 
@@ -185,13 +188,24 @@ pub struct Pods {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// A process started by kubestow itself.
-    Local { argv: Vec<String> },
+    Local {
+        /// The command and its arguments; never run through a shell.
+        argv: Vec<String>,
+    },
     /// A command in each selected Running pod (a condition: the first).
-    Exec { pods: Pods, argv: Vec<String> },
+    Exec {
+        /// Which pods, and the container in them.
+        pods: Pods,
+        /// The command and its arguments, as pod exec takes them.
+        argv: Vec<String>,
+    },
     /// Preconditions only: the object exists and is ready.
     Resource {
+        /// Kind, plural or `plural.group`, as written.
         kind: String,
+        /// `None` for cluster-scoped objects.
         namespace: Option<String>,
+        /// The object's name.
         name: String,
     },
 }
@@ -200,7 +214,9 @@ pub enum Target {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnError {
     #[default]
+    /// The run fails (after the post hooks).
     Fail,
+    /// The failure is logged and the run goes on.
     Continue,
 }
 
@@ -208,16 +224,22 @@ pub enum OnError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Scope {
     #[default]
+    /// Once around the whole run.
     Run,
+    /// Around each volume of a backup.
     Volume,
 }
 
 /// One hook, or one precondition (which ignores `on_error` and `scope`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hook {
+    /// What runs, or what is checked.
     pub target: Target,
+    /// How long it may take before it is killed (or the condition fails).
     pub timeout: Duration,
+    /// What a failure does; preconditions ignore it.
     pub on_error: OnError,
+    /// When it runs; preconditions ignore it.
     pub scope: Scope,
 }
 

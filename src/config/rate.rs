@@ -16,6 +16,7 @@ use jiff::civil::{DateTime, Weekday};
 /// Bytes per second; `None` means unlimited.
 pub type Rate = Option<u64>;
 
+/// A parsed `STOW_RATE_LIMIT`: rules tried in order at a local time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateSchedule {
     rules: Vec<Rule>,

@@ -1,122 +1,31 @@
-//! Stage two: [`RawConfig`] to [`Config`]. One function per section, each
-//! reading its variables and recording every problem in the shared [`Check`],
-//! so that one run reports all mistakes. Sections run in a fixed order, which
-//! is the order errors are reported in.
+//! The sections of validation, in the order [`RawConfig::validate`] runs
+//! them. Each reads its variables from the raw configuration and records
+//! every problem in the shared [`Check`].
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::error::{Check, ConfigError, ConfigErrors};
-use super::hooks::{self, Hook};
-use super::parse::{
-    globs, is_dns_label, is_dns_subdomain, label_selector, list, mover_resources, opt, parse_bool,
+use crate::config::error::{Check, ConfigError};
+use crate::config::hooks::{self, Hook};
+use crate::config::parse::{
+    globs, is_dns_label, is_dns_subdomain, label_selector, mover_resources, opt, parse_bool,
     parse_count, parse_duration, parse_enum, parse_map, parse_size, positive_duration,
     read_password, resource_list,
 };
-use super::raw::RawConfig;
-use super::vars as v;
-use super::{
-    ClusterResources, Compression, Config, CopyTarget, Existing, Location, LogFormat, Mode,
-    RateSchedule, ReadData, RestoreOptions, Retention, RunIdentity, Secret, Selection,
-    VolumeOptions, VolumeSource,
+use crate::config::raw::RawConfig;
+use crate::config::vars as v;
+use crate::config::{
+    ClusterResources, Compression, CopyTarget, Existing, Location, LogFormat, Mode, RateSchedule,
+    ReadData, RestoreOptions, Retention, Secret, Selection, VolumeOptions, VolumeSource,
 };
-
-impl RawConfig {
-    /// Stage two. Returns every problem, not just the first.
-    pub fn validate(self, mode_override: Option<&str>) -> Result<Config, ConfigErrors> {
-        let raw = &self;
-        let mut c = Check::default();
-        let mode = mode(raw, mode_override, &mut c);
-        let repo = repository(raw, &mut c);
-        let ops = operations(raw, &mut c);
-        let selection = selection(raw, &mut c);
-        let restore = restore(raw, &mut c);
-        let volume = volume(raw, &mut c);
-        let copy_to = copy_target(raw, &mut c);
-        let prune = retention(raw, &mut c);
-        let report = reporting(raw, &mut c);
-        let guards = schedule_guards(raw, &mut c);
-        // Read here rather than with the repository, to keep the order in
-        // which errors have always been reported.
-        let init = c
-            .take(parse_bool(v::INIT, &raw.init, false))
-            .unwrap_or(false);
-        let hooks = hooks(raw, &mut c);
-        if let Some(mode) = mode {
-            requirements(raw, mode, &repo, &volume, &hooks, &prune.retention, &mut c);
-        }
-
-        if !c.0.is_empty() {
-            return Err(ConfigErrors(c.0));
-        }
-        Ok(Config {
-            mode: mode.expect("mode is set when there are no errors"),
-            repository: repo.location,
-            password: repo.password,
-            init,
-            compression: repo.compression,
-            plan: repo.plan,
-            plan_explicit: opt(&raw.plan).is_some(),
-            tags: list(&raw.tags),
-            selection,
-            restore,
-            volume,
-            channels: ops.channels,
-            rate_limit: ops.rate_limit,
-            timezone: ops.timezone,
-            reconnect_timeout: ops.reconnect_timeout,
-            resume_buffer: ops.resume_buffer,
-            precondition: hooks.precondition,
-            pre_hooks: hooks.pre,
-            post_hooks: hooks.post,
-            copy_to,
-            retention: prune.retention,
-            prune_grace: prune.grace,
-            check_read_data: prune.check_read_data,
-            pushgateway_url: report.pushgateway_url,
-            cluster_name: opt(&raw.cluster_name).unwrap_or_else(|| "default".into()),
-            preflight_mode: report.preflight_mode,
-            log_format: report.log_format,
-            once: guards.once,
-            min_interval: guards.min_interval,
-            last_day_of_month: guards.last_day_of_month,
-            identity: identity(raw),
-        })
-    }
-}
-
-fn mode_names() -> String {
-    Mode::ALL.map(Mode::as_str).join(", ")
-}
-
-/// `STOW_MODE`, or the first CLI argument, which wins.
-fn mode(raw: &RawConfig, mode_override: Option<&str>, c: &mut Check) -> Option<Mode> {
-    let text = mode_override.map(String::from).or(raw.mode.clone());
-    match text.as_deref() {
-        None => {
-            c.push(ConfigError::Missing {
-                var: v::MODE,
-                why: format!("(or a first argument): one of {}", mode_names()),
-            });
-            None
-        }
-        Some(s) => c.take(s.trim().parse::<Mode>().map_err(|_| {
-            ConfigError::invalid(
-                v::MODE,
-                s,
-                format!("unknown mode; expected one of {}", mode_names()),
-            )
-        })),
-    }
-}
 
 /// The repository, its password, how new blobs are written, and the plan
 /// that names this run's snapshots.
-struct Repository {
-    location: Option<Location>,
-    password: Option<Secret>,
-    compression: Compression,
-    plan: String,
+pub(super) struct Repository {
+    pub(super) location: Option<Location>,
+    pub(super) password: Option<Secret>,
+    pub(super) compression: Compression,
+    pub(super) plan: String,
 }
 
 /// A `STOW_*REPOSITORY` value; the error names `var`.
@@ -130,7 +39,7 @@ fn location(var: &'static str, s: &str) -> Result<Location, ConfigError> {
     })
 }
 
-fn repository(raw: &RawConfig, c: &mut Check) -> Repository {
+pub(super) fn repository(raw: &RawConfig, c: &mut Check) -> Repository {
     let location = raw
         .repository
         .as_deref()
@@ -181,15 +90,15 @@ fn repository(raw: &RawConfig, c: &mut Check) -> Repository {
 }
 
 /// How transfers run: channels, rate, reconnects and resumption.
-struct Operations {
-    channels: u8,
-    rate_limit: Option<RateSchedule>,
-    timezone: jiff::tz::TimeZone,
-    reconnect_timeout: Duration,
-    resume_buffer: u64,
+pub(super) struct Operations {
+    pub(super) channels: u8,
+    pub(super) rate_limit: Option<RateSchedule>,
+    pub(super) timezone: jiff::tz::TimeZone,
+    pub(super) reconnect_timeout: Duration,
+    pub(super) resume_buffer: u64,
 }
 
-fn operations(raw: &RawConfig, c: &mut Check) -> Operations {
+pub(super) fn operations(raw: &RawConfig, c: &mut Check) -> Operations {
     let channels = match raw.channels.as_deref() {
         None => 1,
         Some(s) => c
@@ -261,7 +170,7 @@ fn operations(raw: &RawConfig, c: &mut Check) -> Operations {
     }
 }
 
-fn selection(raw: &RawConfig, c: &mut Check) -> Selection {
+pub(super) fn selection(raw: &RawConfig, c: &mut Check) -> Selection {
     Selection {
         namespaces: c
             .take(globs(v::NAMESPACES, &raw.namespaces))
@@ -292,7 +201,7 @@ fn selection(raw: &RawConfig, c: &mut Check) -> Selection {
     }
 }
 
-fn restore(raw: &RawConfig, c: &mut Check) -> RestoreOptions {
+pub(super) fn restore(raw: &RawConfig, c: &mut Check) -> RestoreOptions {
     let point = raw.restore_point.as_deref().and_then(|s| {
         c.take(s.trim().parse::<jiff::Timestamp>().map_err(|_| {
             ConfigError::invalid(
@@ -351,7 +260,7 @@ fn restore(raw: &RawConfig, c: &mut Check) -> RestoreOptions {
 }
 
 /// Volumes and the mover pods that copy them.
-fn volume(raw: &RawConfig, c: &mut Check) -> VolumeOptions {
+pub(super) fn volume(raw: &RawConfig, c: &mut Check) -> VolumeOptions {
     let volume = VolumeOptions {
         path: opt(&raw.volume_path).map(PathBuf::from),
         name: opt(&raw.volume_name),
@@ -427,7 +336,7 @@ fn volume(raw: &RawConfig, c: &mut Check) -> VolumeOptions {
 
 /// `copy`'s second repository; `None` unless both it and its password are
 /// usable (the mode requirements report which is missing).
-fn copy_target(raw: &RawConfig, c: &mut Check) -> Option<CopyTarget> {
+pub(super) fn copy_target(raw: &RawConfig, c: &mut Check) -> Option<CopyTarget> {
     let password = c
         .take(read_password(
             v::COPY_TO_PASSWORD,
@@ -447,13 +356,13 @@ fn copy_target(raw: &RawConfig, c: &mut Check) -> Option<CopyTarget> {
 }
 
 /// What `prune` keeps and when it deletes, and how much `check` reads.
-struct Maintenance {
-    retention: Retention,
-    grace: Duration,
-    check_read_data: Option<ReadData>,
+pub(super) struct Maintenance {
+    pub(super) retention: Retention,
+    pub(super) grace: Duration,
+    pub(super) check_read_data: Option<ReadData>,
 }
 
-fn retention(raw: &RawConfig, c: &mut Check) -> Maintenance {
+pub(super) fn retention(raw: &RawConfig, c: &mut Check) -> Maintenance {
     let retention = Retention {
         last: c.take(parse_count(v::KEEP_LAST, &raw.keep_last)).flatten(),
         hourly: c
@@ -518,13 +427,13 @@ fn retention(raw: &RawConfig, c: &mut Check) -> Maintenance {
 }
 
 /// Logs, metrics, and the mode `preflight` checks for.
-struct Reporting {
-    preflight_mode: Mode,
-    pushgateway_url: Option<String>,
-    log_format: LogFormat,
+pub(super) struct Reporting {
+    pub(super) preflight_mode: Mode,
+    pub(super) pushgateway_url: Option<String>,
+    pub(super) log_format: LogFormat,
 }
 
-fn reporting(raw: &RawConfig, c: &mut Check) -> Reporting {
+pub(super) fn reporting(raw: &RawConfig, c: &mut Check) -> Reporting {
     let preflight_mode = c
         .take(parse_enum(
             v::PREFLIGHT_MODE,
@@ -560,13 +469,13 @@ fn reporting(raw: &RawConfig, c: &mut Check) -> Reporting {
 }
 
 /// When a scheduled run actually runs (the run frame applies them).
-struct ScheduleGuards {
-    once: bool,
-    min_interval: Option<Duration>,
-    last_day_of_month: bool,
+pub(super) struct ScheduleGuards {
+    pub(super) once: bool,
+    pub(super) min_interval: Option<Duration>,
+    pub(super) last_day_of_month: bool,
 }
 
-fn schedule_guards(raw: &RawConfig, c: &mut Check) -> ScheduleGuards {
+pub(super) fn schedule_guards(raw: &RawConfig, c: &mut Check) -> ScheduleGuards {
     let once = c
         .take(parse_bool(v::ONCE, &raw.once, false))
         .unwrap_or(false);
@@ -588,13 +497,13 @@ fn schedule_guards(raw: &RawConfig, c: &mut Check) -> ScheduleGuards {
     }
 }
 
-struct Hooks {
-    precondition: Vec<Hook>,
-    pre: Vec<Hook>,
-    post: Vec<Hook>,
+pub(super) struct Hooks {
+    pub(super) precondition: Vec<Hook>,
+    pub(super) pre: Vec<Hook>,
+    pub(super) post: Vec<Hook>,
 }
 
-fn hooks(raw: &RawConfig, c: &mut Check) -> Hooks {
+pub(super) fn hooks(raw: &RawConfig, c: &mut Check) -> Hooks {
     let mut parse = |var: &'static str, value: &Option<String>, conditions: bool| {
         let Some(text) = opt(value) else {
             return Vec::new();
@@ -611,90 +520,5 @@ fn hooks(raw: &RawConfig, c: &mut Check) -> Hooks {
         precondition: parse(v::PRECONDITION, &raw.precondition, true),
         pre: parse(v::PRE_HOOKS, &raw.pre_hooks, false),
         post: parse(v::POST_HOOKS, &raw.post_hooks, false),
-    }
-}
-
-/// The downward API's view of this pod; nothing to validate.
-fn identity(raw: &RawConfig) -> RunIdentity {
-    RunIdentity {
-        run_id: opt(&raw.run_id),
-        pod_name: opt(&raw.pod_name),
-        pod_namespace: opt(&raw.pod_namespace),
-        job_name: opt(&raw.job_name),
-    }
-}
-
-/// Requirements that depend on the mode. They look at the raw values too: a
-/// set but invalid variable has already been reported, not missing.
-fn requirements(
-    raw: &RawConfig,
-    mode: Mode,
-    repo: &Repository,
-    volume: &VolumeOptions,
-    lists: &Hooks,
-    retention: &Retention,
-    c: &mut Check,
-) {
-    if mode.needs_repository() {
-        if repo.location.is_none() && raw.repository.is_none() {
-            c.push(ConfigError::Missing {
-                var: v::REPOSITORY,
-                why: format!("for mode {mode}"),
-            });
-        }
-        if repo.password.is_none() && raw.password.is_none() && raw.password_file.is_none() {
-            c.push(ConfigError::Missing {
-                var: v::PASSWORD,
-                why: format!(
-                    "(or {}) for mode {mode}: the repository is encrypted",
-                    v::PASSWORD_FILE
-                ),
-            });
-        }
-    }
-    if matches!(mode, Mode::VolumeBackup | Mode::VolumeRestore) && volume.path.is_none() {
-        c.push(ConfigError::Missing {
-            var: v::VOLUME_PATH,
-            why: format!("for mode {mode}"),
-        });
-    }
-    if mode == Mode::Copy {
-        if raw.copy_to_repository.is_none() {
-            c.push(ConfigError::Missing {
-                var: v::COPY_TO_REPOSITORY,
-                why: "for mode copy".into(),
-            });
-        }
-        if raw.copy_to_password.is_none() && raw.copy_to_password_file.is_none() {
-            c.push(ConfigError::Missing {
-                var: v::COPY_TO_PASSWORD,
-                why: format!("(or {}) for mode copy", v::COPY_TO_PASSWORD_FILE),
-            });
-        }
-    }
-    for (var, list) in [(v::PRE_HOOKS, &lists.pre), (v::POST_HOOKS, &lists.post)] {
-        if mode != Mode::Backup
-            && let Some(h) = list.iter().find(|h| h.scope == hooks::Scope::Volume)
-        {
-            c.push(ConfigError::invalid(
-                var,
-                &h.to_string(),
-                format!(
-                    "scope=volume hooks run around the volumes of a backup; mode {mode} has none"
-                ),
-            ));
-        }
-    }
-    if mode == Mode::Prune && *retention == Retention::default() {
-        c.push(ConfigError::Missing {
-            var: v::KEEP_LAST,
-            why: "(or another STOW_KEEP_* rule) for mode prune: without one, prune would remove every snapshot".into(),
-        });
-    } else if mode == Mode::Prune && !retention.keeps_anything() {
-        c.push(ConfigError::invalid(
-            v::KEEP_LAST,
-            "0",
-            "every STOW_KEEP_* rule is 0: prune would remove every snapshot",
-        ));
     }
 }

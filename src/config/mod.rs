@@ -4,11 +4,19 @@
 //!
 //! Validation touches nothing but the environment and the password files, so
 //! a [`ConfigErrors`] always means exit code 2 before any side effect.
+//!
+//! Layout: this file holds the validated types; `raw` reads the environment,
+//! `validate` turns it into a [`Config`] section by section, `parse` holds
+//! the value parsers and `error` the error types.
 
+mod error;
 pub mod hooks;
+mod parse;
 pub mod rate;
+mod raw;
 mod secret;
 pub mod selector;
+mod validate;
 pub mod vars;
 
 use std::collections::BTreeMap;
@@ -17,29 +25,40 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Deserialize;
-
-pub use rate::RateSchedule;
+pub use error::{ConfigError, ConfigErrors};
+pub use hooks::HookSpecError;
+pub use parse::DurationError;
+pub use rate::{RateError, RateSchedule};
+pub use raw::RawConfig;
 pub use secret::Secret;
-pub use selector::LabelSelector;
-use vars as v;
+pub use selector::{LabelSelector, SelectorError};
 
 /// The operation one run performs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
+    /// A backup of the selected objects and their volumes.
     Backup,
+    /// A restore of objects (and volumes) from a snapshot.
     Restore,
+    /// One volume's data, from `STOW_VOLUME_PATH` (what a mover Job runs).
     VolumeBackup,
+    /// One volume's data back into `STOW_VOLUME_PATH`.
     VolumeRestore,
+    /// Verifies the repository's structure (and data, per `STOW_CHECK_READ_DATA`).
     Check,
+    /// Removes the snapshots the `STOW_KEEP_*` rules do not keep, and data no snapshot uses.
     Prune,
+    /// Copies snapshots to `STOW_COPY_TO_REPOSITORY`.
     Copy,
+    /// Lists snapshots.
     List,
+    /// Checks the cluster for what `STOW_PREFLIGHT_MODE` needs; opens no repository.
     Preflight,
 }
 
 impl Mode {
+    /// Every mode, in the order help texts list them.
     pub const ALL: [Mode; 9] = [
         Mode::Backup,
         Mode::Restore,
@@ -52,6 +71,7 @@ impl Mode {
         Mode::Preflight,
     ];
 
+    /// The name `STOW_MODE` and the first argument use.
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Backup => "backup",
@@ -78,18 +98,36 @@ impl fmt::Display for Mode {
     }
 }
 
+/// A mode name that is not one of [`Mode::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown mode `{0}`")]
+pub struct UnknownMode(pub String);
+
 impl FromStr for Mode {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        Mode::ALL.into_iter().find(|m| m.as_str() == s).ok_or(())
+    type Err = UnknownMode;
+    fn from_str(s: &str) -> Result<Self, UnknownMode> {
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| UnknownMode(s.to_string()))
     }
 }
 
 /// Where the repository lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
-    S3 { bucket: String, prefix: String },
-    File { path: PathBuf },
+    /// Objects in an S3 bucket (or an S3-compatible store).
+    S3 {
+        /// The bucket's name.
+        bucket: String,
+        /// Key prefix without leading or trailing `/`; may be empty.
+        prefix: String,
+    },
+    /// A directory.
+    File {
+        /// Absolute, and not `/`.
+        path: PathBuf,
+    },
 }
 
 impl fmt::Display for Location {
@@ -102,14 +140,36 @@ impl fmt::Display for Location {
     }
 }
 
+/// Why a `STOW_REPOSITORY`-style value is not a [`Location`]. The text is
+/// the reason the configuration error gives after the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LocationError {
+    /// Neither `s3://` nor `file://`.
+    #[error("unknown scheme")]
+    UnknownScheme,
+    /// The bucket breaks S3's naming rules.
+    #[error("`{0}` is not a valid S3 bucket name (3-63 lowercase letters, digits, `-` or `.`)")]
+    Bucket(String),
+    /// A `.` or `..` segment would escape or alias the prefix.
+    #[error("the prefix must not contain `.` or `..` segments")]
+    DotSegment,
+    /// `file://relative`: the path must be absolute.
+    #[error("a file repository needs an absolute path: file:///path")]
+    RelativePath,
+    /// `file:///`: the whole filesystem.
+    #[error("refusing to use `/` as a repository")]
+    Root,
+}
+
 impl Location {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    /// Parses `s3://bucket[/prefix]` or `file:///absolute/path`.
+    pub fn parse(s: &str) -> Result<Self, LocationError> {
         if let Some(rest) = s.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             validate_bucket(bucket)?;
             let prefix = prefix.trim_matches('/');
             if prefix.split('/').any(|seg| seg == "." || seg == "..") {
-                return Err("the prefix must not contain `.` or `..` segments".into());
+                return Err(LocationError::DotSegment);
             }
             Ok(Location::S3 {
                 bucket: bucket.to_string(),
@@ -117,21 +177,21 @@ impl Location {
             })
         } else if let Some(path) = s.strip_prefix("file://") {
             if !path.starts_with('/') {
-                return Err("a file repository needs an absolute path: file:///path".into());
+                return Err(LocationError::RelativePath);
             }
             if path.trim_end_matches('/').is_empty() {
-                return Err("refusing to use `/` as a repository".into());
+                return Err(LocationError::Root);
             }
             Ok(Location::File {
                 path: PathBuf::from(path),
             })
         } else {
-            Err("unknown scheme".into())
+            Err(LocationError::UnknownScheme)
         }
     }
 }
 
-fn validate_bucket(b: &str) -> Result<(), String> {
+fn validate_bucket(b: &str) -> Result<(), LocationError> {
     let ok_chars = b
         .bytes()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.');
@@ -140,23 +200,25 @@ fn validate_bucket(b: &str) -> Result<(), String> {
     if (3..=63).contains(&b.len()) && ok_chars && ok_ends {
         Ok(())
     } else {
-        Err(format!(
-            "`{b}` is not a valid S3 bucket name (3-63 lowercase letters, digits, `-` or `.`)"
-        ))
+        Err(LocationError::Bucket(b.to_string()))
     }
 }
 
 /// zstd setting for new blobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Compression {
+    /// Blobs are stored uncompressed.
     None,
+    /// A zstd level, 1..=19.
     Level(i32),
 }
 
 /// `STOW_REPOSITORY` with its password: what opening a repository needs.
 #[derive(Debug, Clone, Copy)]
 pub struct RepositoryAccess<'a> {
+    /// Where the repository lives.
     pub location: &'a Location,
+    /// The repository's password.
     pub password: &'a Secret,
 }
 
@@ -183,80 +245,123 @@ impl Default for Compression {
     }
 }
 
+/// `STOW_INCLUDE_CLUSTER_RESOURCES`: which cluster-scoped objects a run covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClusterResources {
+    /// Those the selected namespaced objects use.
     Auto,
+    /// All of them.
     All,
+    /// None.
     None,
 }
 
+/// `STOW_EXISTING`: what restore does with objects that already exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Existing {
+    /// Leave them as they are.
     Skip,
+    /// Update them to the snapshot's version.
     Update,
+    /// Delete them and create them again.
     Recreate,
 }
 
+/// `STOW_VOLUME_SOURCE`: how volume data is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VolumeSource {
+    /// Choose a source automatically.
     Auto,
+    /// From a VolumeSnapshot of the PVC.
     Snapshot,
+    /// From the kubelet's directory on the node that mounts the volume.
     Kubelet,
+    /// Back up no volume data.
     Skip,
 }
 
+/// `STOW_CHECK_READ_DATA`: how much pack data `check` reads and verifies.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub enum ReadData {
+    /// Every pack.
     All,
     /// Fraction of packs, in percent (0, 100].
     Percent(f64),
 }
 
+/// `STOW_LOG_FORMAT`: how log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines.
     Plain,
+    /// One JSON object per line.
     Json,
 }
 
 /// What a run backs up or restores.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
+    /// `STOW_NAMESPACES`: globs of namespaces to include; empty means all.
     pub namespaces: Vec<String>,
+    /// `STOW_EXCLUDE_NAMESPACES`: globs of namespaces to leave out.
     pub exclude_namespaces: Vec<String>,
+    /// `STOW_INCLUDE_RESOURCES`: resource names to include; empty means all.
     pub include_resources: Vec<String>,
+    /// `STOW_EXCLUDE_RESOURCES`: resource names to leave out.
     pub exclude_resources: Vec<String>,
+    /// `STOW_LABEL_SELECTOR`, already checked to parse.
     pub label_selector: Option<String>,
+    /// `STOW_INCLUDE_CLUSTER_RESOURCES`.
     pub cluster_resources: Option<ClusterResources>,
 }
 
+/// What a restore restores, from where, and how.
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
+    /// `STOW_RESTORE_POINT`: restore the latest snapshot at or before this time.
     pub point: Option<jiff::Timestamp>,
+    /// `STOW_SNAPSHOT`: the snapshot id to restore.
     pub snapshot: Option<String>,
+    /// `STOW_SOURCE_CLUSTER`: only snapshots taken from this cluster id.
     pub source_cluster: Option<String>,
+    /// `STOW_NAMESPACE_MAP`: old namespace to new.
     pub namespace_map: BTreeMap<String, String>,
+    /// `STOW_STORAGE_CLASS_MAP`: old storage class to new.
     pub storage_class_map: BTreeMap<String, String>,
+    /// `STOW_EXISTING`.
     pub existing: Existing,
+    /// `STOW_DRY_RUN`: print the plan and the conflicts, change nothing.
     pub dry_run: bool,
+    /// `STOW_RESTORE_VOLUMES`: also restore volume data.
     pub volumes: bool,
 }
 
+/// How volumes are read and written, and the mover Jobs that do it.
 #[derive(Debug, Clone)]
 pub struct VolumeOptions {
+    /// `STOW_VOLUME_PATH`: the volume's absolute path, for the volume modes.
     pub path: Option<PathBuf>,
     /// The volume's key in snapshots (`STOW_VOLUME_NAME`); `None` means the path.
     pub name: Option<String>,
+    /// `STOW_VOLUME_SOURCE`.
     pub source: VolumeSource,
+    /// `STOW_EXCLUDE_VOLUMES`: globs of `namespace/pvc` whose data is not backed up.
     pub exclude: Vec<String>,
+    /// `STOW_IMAGE`: image for mover Jobs; `None` means the running pod's image.
     pub image: Option<String>,
+    /// `STOW_MOVER_RESOURCES`: mover pod requests and limits, by key such as `limits.memory`.
     pub mover_resources: BTreeMap<String, String>,
+    /// `STOW_MOVER_SERVICE_ACCOUNT`: the ServiceAccount mover pods run as.
     pub mover_service_account: Option<String>,
+    /// `STOW_MOVER_START_TIMEOUT`: how long a mover may stay unscheduled or unstarted.
     pub mover_start_timeout: Duration,
+    /// `STOW_SNAPSHOT_TIMEOUT`: how long to wait for a VolumeSnapshot to become ready.
     pub snapshot_timeout: Duration,
+    /// `STOW_KUBELET_DIR`: the kubelet's root directory on the nodes (absolute).
     pub kubelet_dir: PathBuf,
     /// `STOW_MOVER`: this `volume-backup` runs for an orchestrating backup.
     pub mover: bool,
@@ -265,11 +370,17 @@ pub struct VolumeOptions {
 /// Retention counts for `prune`; `None` means the rule is not used.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Retention {
+    /// `STOW_KEEP_LAST`: the most recent snapshots.
     pub last: Option<u32>,
+    /// `STOW_KEEP_HOURLY`: the last snapshot of each of so many hours.
     pub hourly: Option<u32>,
+    /// `STOW_KEEP_DAILY`: the last snapshot of each of so many days.
     pub daily: Option<u32>,
+    /// `STOW_KEEP_WEEKLY`: the last snapshot of each of so many weeks.
     pub weekly: Option<u32>,
+    /// `STOW_KEEP_MONTHLY`: the last snapshot of each of so many months.
     pub monthly: Option<u32>,
+    /// `STOW_KEEP_YEARLY`: the last snapshot of each of so many years.
     pub yearly: Option<u32>,
 }
 
@@ -289,1117 +400,94 @@ impl Retention {
     }
 }
 
+/// `copy`'s destination: `STOW_COPY_TO_REPOSITORY` and its password.
 #[derive(Debug, Clone)]
 pub struct CopyTarget {
+    /// Where snapshots are copied to.
     pub repository: Location,
+    /// The destination repository's password.
     pub password: Secret,
 }
 
 /// Identity of this run, from the downward API.
 #[derive(Debug, Clone, Default)]
 pub struct RunIdentity {
+    /// `STOW_RUN_ID`: stable across Job retries, so that a retry resumes.
     pub run_id: Option<String>,
+    /// `STOW_POD_NAME`: this pod's name.
     pub pod_name: Option<String>,
+    /// `STOW_POD_NAMESPACE`: this pod's namespace.
     pub pod_namespace: Option<String>,
+    /// `STOW_JOB_NAME`: the Job running this pod.
     pub job_name: Option<String>,
 }
 
 /// The validated configuration. `Debug` is safe to log: secrets are redacted.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `STOW_MODE`, or the first CLI argument.
     pub mode: Mode,
+    /// `STOW_REPOSITORY`; set for every mode but `preflight`.
     pub repository: Option<Location>,
+    /// `STOW_PASSWORD` or the content of `STOW_PASSWORD_FILE`.
     pub password: Option<Secret>,
+    /// `STOW_INIT`: create the repository on first backup if it does not exist.
     pub init: bool,
+    /// `STOW_COMPRESSION`.
     pub compression: Compression,
+    /// `STOW_PLAN`: the plan this run's snapshots belong to.
     pub plan: String,
     /// `STOW_PLAN` was set (not just defaulted): `list`, `copy` and `prune`
     /// then only consider snapshots of that plan.
     pub plan_explicit: bool,
+    /// `STOW_TAGS`: tags recorded in the snapshot.
     pub tags: Vec<String>,
+    /// What a run backs up or restores.
     pub selection: Selection,
+    /// Restore options.
     pub restore: RestoreOptions,
+    /// Volume and mover options.
     pub volume: VolumeOptions,
+    /// `STOW_CHANNELS`: parallel upload streams, mover Jobs and API calls, 1..=255.
     pub channels: u8,
+    /// `STOW_RATE_LIMIT`; `None` means unlimited.
     pub rate_limit: Option<RateSchedule>,
+    /// `STOW_TIMEZONE`: for rate-limit windows and `STOW_LAST_DAY_OF_MONTH`.
     pub timezone: jiff::tz::TimeZone,
+    /// `STOW_RECONNECT_TIMEOUT`: how long network and server errors are retried.
     pub reconnect_timeout: Duration,
+    /// `STOW_RESUME_BUFFER`: bytes of unsaved progress a crash may lose.
     pub resume_buffer: u64,
     /// `STOW_PRECONDITION`: all must be met, else the run is skipped.
     pub precondition: Vec<hooks::Hook>,
+    /// `STOW_PRE_HOOKS`, run in order before the mode.
     pub pre_hooks: Vec<hooks::Hook>,
+    /// `STOW_POST_HOOKS`, run in order after the mode.
     pub post_hooks: Vec<hooks::Hook>,
+    /// `copy`'s destination; set when mode is `copy`.
     pub copy_to: Option<CopyTarget>,
+    /// `STOW_KEEP_*`: what `prune` keeps.
     pub retention: Retention,
     /// `prune`: marked packs are deleted by a later prune once older than this.
     pub prune_grace: Duration,
+    /// `STOW_CHECK_READ_DATA`; `None` means `check` reads no pack data.
     pub check_read_data: Option<ReadData>,
+    /// `STOW_PUSHGATEWAY_URL`: where metrics are pushed; `None` means nowhere.
     pub pushgateway_url: Option<String>,
+    /// `STOW_CLUSTER_NAME`: this cluster's name in metrics.
     pub cluster_name: String,
     /// `preflight`: the mode whose needs are checked.
     pub preflight_mode: Mode,
+    /// `STOW_LOG_FORMAT`.
     pub log_format: LogFormat,
+    /// `STOW_ONCE`: suspend the CronJob that started this run after it succeeds.
     pub once: bool,
+    /// `STOW_MIN_INTERVAL`: skip the run if the plan's last complete snapshot is younger.
     pub min_interval: Option<Duration>,
     /// `STOW_LAST_DAY_OF_MONTH`: run only on the month's last day (see the run frame's schedule guards).
     pub last_day_of_month: bool,
+    /// Who this run is, from the downward API.
     pub identity: RunIdentity,
-}
-
-/// Stage one: the environment as strings. Field names are the variable names
-/// without the `STOW_` prefix, in lower case (envy's convention).
-#[derive(Debug, Default, Deserialize)]
-pub struct RawConfig {
-    mode: Option<String>,
-    repository: Option<String>,
-    password: Option<Secret>,
-    password_file: Option<String>,
-    init: Option<String>,
-    compression: Option<String>,
-    plan: Option<String>,
-    tags: Option<String>,
-    namespaces: Option<String>,
-    exclude_namespaces: Option<String>,
-    include_resources: Option<String>,
-    exclude_resources: Option<String>,
-    label_selector: Option<String>,
-    include_cluster_resources: Option<String>,
-    restore_point: Option<String>,
-    snapshot: Option<String>,
-    source_cluster: Option<String>,
-    namespace_map: Option<String>,
-    storage_class_map: Option<String>,
-    existing: Option<String>,
-    dry_run: Option<String>,
-    restore_volumes: Option<String>,
-    volume_path: Option<String>,
-    volume_name: Option<String>,
-    volume_source: Option<String>,
-    exclude_volumes: Option<String>,
-    image: Option<String>,
-    mover_resources: Option<String>,
-    mover_service_account: Option<String>,
-    mover_start_timeout: Option<String>,
-    snapshot_timeout: Option<String>,
-    kubelet_dir: Option<String>,
-    mover: Option<String>,
-    channels: Option<String>,
-    rate_limit: Option<String>,
-    timezone: Option<String>,
-    reconnect_timeout: Option<String>,
-    resume_buffer: Option<String>,
-    precondition: Option<String>,
-    pre_hooks: Option<String>,
-    post_hooks: Option<String>,
-    copy_to_repository: Option<String>,
-    copy_to_password: Option<Secret>,
-    copy_to_password_file: Option<String>,
-    keep_last: Option<String>,
-    keep_hourly: Option<String>,
-    keep_daily: Option<String>,
-    keep_weekly: Option<String>,
-    keep_monthly: Option<String>,
-    keep_yearly: Option<String>,
-    prune_grace: Option<String>,
-    check_read_data: Option<String>,
-    pushgateway_url: Option<String>,
-    cluster_name: Option<String>,
-    preflight_mode: Option<String>,
-    log_format: Option<String>,
-    once: Option<String>,
-    min_interval: Option<String>,
-    last_day_of_month: Option<String>,
-    run_id: Option<String>,
-    pod_name: Option<String>,
-    pod_namespace: Option<String>,
-    job_name: Option<String>,
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret::new)
-    }
-}
-
-/// One problem with one variable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{var}={value} is invalid: {reason}")]
-    Invalid {
-        var: &'static str,
-        /// Already quoted, or `<redacted>` for secrets.
-        value: String,
-        reason: String,
-    },
-    #[error("{var} is required {why}")]
-    Missing { var: &'static str, why: String },
-    #[error("{a} and {b} cannot both be set; {hint}")]
-    Conflict {
-        a: &'static str,
-        b: &'static str,
-        hint: &'static str,
-    },
-    #[error("unknown variable {var}{}", suggestion.map(|s| format!("; did you mean {s}?")).unwrap_or_default())]
-    Unknown {
-        var: String,
-        suggestion: Option<&'static str>,
-    },
-    #[error("{var}: cannot read {path}: {reason}")]
-    File {
-        var: &'static str,
-        path: String,
-        reason: String,
-    },
-}
-
-impl ConfigError {
-    fn invalid(var: &'static str, value: &str, reason: impl Into<String>) -> Self {
-        let secret = v::find(var).is_some_and(|d| d.secret);
-        ConfigError::Invalid {
-            var,
-            value: if secret {
-                "<redacted>".into()
-            } else {
-                format!("{value:?}")
-            },
-            reason: reason.into(),
-        }
-    }
-
-    /// The variable the error is about.
-    pub fn var(&self) -> &str {
-        match self {
-            ConfigError::Invalid { var, .. }
-            | ConfigError::Missing { var, .. }
-            | ConfigError::File { var, .. } => var,
-            ConfigError::Conflict { a, .. } => a,
-            ConfigError::Unknown { var, .. } => var,
-        }
-    }
-}
-
-/// Every problem found, so one run reports them all.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
-/// Variables that are not ours but look like ours are typos; the rest of the
-/// environment is ignored.
-const PREFIX: &str = "STOW_";
-
-impl Config {
-    /// Reads the process environment. `mode_override` is the first CLI argument.
-    pub fn from_env(mode_override: Option<&str>) -> Result<Config, ConfigErrors> {
-        Self::from_vars(
-            std::env::vars_os().filter_map(|(k, v)| {
-                Some((k.into_string().ok()?, v.into_string().unwrap_or_default()))
-            }),
-            mode_override,
-        )
-    }
-
-    /// Reads configuration from explicit pairs (tests use this).
-    pub fn from_vars(
-        vars: impl IntoIterator<Item = (String, String)>,
-        mode_override: Option<&str>,
-    ) -> Result<Config, ConfigErrors> {
-        let vars: Vec<(String, String)> = vars.into_iter().collect();
-        let mut errors = Vec::new();
-        for (name, _) in &vars {
-            if name.starts_with(PREFIX) && v::find(name).is_none() {
-                errors.push(ConfigError::Unknown {
-                    var: name.clone(),
-                    suggestion: closest(name),
-                });
-            }
-        }
-        // Empty values mean "unset": Kubernetes manifests often template `value: ""`.
-        let ours = vars
-            .into_iter()
-            .filter(|(k, val)| k.starts_with(PREFIX) && !val.is_empty());
-        let raw: RawConfig = match envy::prefixed(PREFIX).from_iter(ours) {
-            Ok(raw) => raw,
-            Err(e) => {
-                // All fields are strings, so this only happens on non-string input.
-                errors.push(ConfigError::Invalid {
-                    var: v::MODE,
-                    value: String::new(),
-                    reason: e.to_string(),
-                });
-                return Err(ConfigErrors(errors));
-            }
-        };
-        match raw.validate(mode_override) {
-            Ok(cfg) if errors.is_empty() => Ok(cfg),
-            Ok(_) => Err(ConfigErrors(errors)),
-            Err(ConfigErrors(mut more)) => {
-                errors.append(&mut more);
-                Err(ConfigErrors(errors))
-            }
-        }
-    }
-}
-
-fn closest(name: &str) -> Option<&'static str> {
-    v::ALL
-        .iter()
-        .map(|var| (strsim::jaro_winkler(name, var.name), var.name))
-        .filter(|(score, _)| *score > 0.85)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, n)| n)
-}
-
-/// Collects errors while parsing fields, so validation reports all of them.
-struct Check(Vec<ConfigError>);
-
-impl Check {
-    fn take<T>(&mut self, r: Result<T, ConfigError>) -> Option<T> {
-        r.map_err(|e| self.0.push(e)).ok()
-    }
-}
-
-fn parse_bool(var: &'static str, raw: &Option<String>, default: bool) -> Result<bool, ConfigError> {
-    match raw.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        None => Ok(default),
-        Some("true" | "1" | "yes" | "on") => Ok(true),
-        Some("false" | "0" | "no" | "off") => Ok(false),
-        Some(_) => Err(ConfigError::invalid(
-            var,
-            raw.as_deref().unwrap_or_default(),
-            "expected true or false",
-        )),
-    }
-}
-
-fn parse_enum<T: Copy>(
-    var: &'static str,
-    raw: &Option<String>,
-    default: T,
-    choices: &[(&str, T)],
-) -> Result<T, ConfigError> {
-    let Some(s) = raw.as_deref() else {
-        return Ok(default);
-    };
-    choices
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(s.trim()))
-        .map(|(_, val)| *val)
-        .ok_or_else(|| {
-            let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
-            ConfigError::invalid(var, s, format!("expected one of {}", names.join(", ")))
-        })
-}
-
-fn list(raw: &Option<String>) -> Vec<String> {
-    raw.as_deref()
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect()
-}
-
-fn globs(var: &'static str, raw: &Option<String>) -> Result<Vec<String>, ConfigError> {
-    let items = list(raw);
-    for g in &items {
-        globset::Glob::new(g).map_err(|e| {
-            ConfigError::invalid(
-                var,
-                raw.as_deref().unwrap_or_default(),
-                format!("bad glob `{g}`: {}", e.kind()),
-            )
-        })?;
-    }
-    Ok(items)
-}
-
-/// RFC 1123 label: namespaces, plan names.
-fn is_dns_label(s: &str) -> bool {
-    (1..=63).contains(&s.len())
-        && s.bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// RFC 1123 subdomain: storage class names.
-fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
-}
-
-fn parse_map(
-    var: &'static str,
-    raw: &Option<String>,
-    valid: fn(&str) -> bool,
-    what: &str,
-) -> Result<BTreeMap<String, String>, ConfigError> {
-    let mut map = BTreeMap::new();
-    let text = raw.as_deref().unwrap_or_default();
-    for pair in list(raw) {
-        let Some((from, to)) = pair.split_once('=') else {
-            return Err(ConfigError::invalid(
-                var,
-                text,
-                format!("`{pair}` is not `old=new`"),
-            ));
-        };
-        let (from, to) = (from.trim(), to.trim());
-        for side in [from, to] {
-            if !valid(side) {
-                return Err(ConfigError::invalid(
-                    var,
-                    text,
-                    format!("`{side}` is not a valid {what}"),
-                ));
-            }
-        }
-        if map.insert(from.to_string(), to.to_string()).is_some() {
-            return Err(ConfigError::invalid(
-                var,
-                text,
-                format!("`{from}` is mapped twice"),
-            ));
-        }
-    }
-    Ok(map)
-}
-
-fn parse_size(var: &'static str, raw: &Option<String>, default: u64) -> Result<u64, ConfigError> {
-    let Some(s) = raw.as_deref() else {
-        return Ok(default);
-    };
-    let size: bytesize::ByteSize = s
-        .trim()
-        .parse()
-        .map_err(|_| ConfigError::invalid(var, s, "expected a size such as 10MiB"))?;
-    if size.as_u64() == 0 {
-        return Err(ConfigError::invalid(var, s, "must be greater than zero"));
-    }
-    Ok(size.as_u64())
-}
-
-/// A duration of at least one second, in seconds when bare.
-fn positive_duration(
-    var: &'static str,
-    raw: &Option<String>,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
-    let Some(s) = raw.as_deref() else {
-        return Ok(default);
-    };
-    let d = parse_duration(var, s, Duration::from_secs(1))?;
-    if d < Duration::from_secs(1) {
-        return Err(ConfigError::invalid(var, s, "must be at least 1 second"));
-    }
-    Ok(d)
-}
-
-/// A duration: jiff's friendly format (`5m`, `1h 30m`, `3d`) or ISO 8601, or
-/// a bare number in `bare_unit`.
-pub(crate) fn parse_duration(
-    var: &'static str,
-    s: &str,
-    bare_unit: Duration,
-) -> Result<Duration, ConfigError> {
-    let s = s.trim();
-    if let Ok(n) = s.parse::<u64>() {
-        return Ok(bare_unit * n as u32);
-    }
-    // Spans (not SignedDuration) so that `3d` means three 24-hour days.
-    let span: jiff::Span = s
-        .parse()
-        .map_err(|_| ConfigError::invalid(var, s, "expected a duration such as 5m, 90s or 3d"))?;
-    let secs = span
-        .total(jiff::SpanTotal::from(jiff::Unit::Second).days_are_24_hours())
-        .map_err(|e| ConfigError::invalid(var, s, e.to_string()))?;
-    if secs < 0.0 {
-        return Err(ConfigError::invalid(var, s, "must not be negative"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-fn parse_count(var: &'static str, raw: &Option<String>) -> Result<Option<u32>, ConfigError> {
-    raw.as_deref()
-        .map(|s| {
-            s.trim().parse::<u32>().map_err(|_| {
-                ConfigError::invalid(var, s, "expected a whole number of snapshots, 0 or more")
-            })
-        })
-        .transpose()
-}
-
-fn read_password(
-    inline_var: &'static str,
-    inline: &Option<Secret>,
-    file_var: &'static str,
-    file: &Option<String>,
-) -> Result<Option<Secret>, ConfigError> {
-    match (inline, file) {
-        (Some(_), Some(_)) => Err(ConfigError::Conflict {
-            a: inline_var,
-            b: file_var,
-            hint: "set only one",
-        }),
-        (Some(s), None) => Ok(Some(s.clone())),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-                var: file_var,
-                path: path.clone(),
-                reason: e.kind().to_string(),
-            })?;
-            let pw = text.trim_end_matches(['\n', '\r']);
-            if pw.is_empty() {
-                return Err(ConfigError::File {
-                    var: file_var,
-                    path: path.clone(),
-                    reason: "the file is empty".into(),
-                });
-            }
-            Ok(Some(Secret::new(pw)))
-        }
-        (None, None) => Ok(None),
-    }
-}
-
-fn opt(raw: &Option<String>) -> Option<String> {
-    raw.as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-}
-
-impl RawConfig {
-    /// Stage two. Returns every problem, not just the first.
-    pub fn validate(self, mode_override: Option<&str>) -> Result<Config, ConfigErrors> {
-        let mut c = Check(Vec::new());
-        let mode_text = mode_override.map(String::from).or(self.mode.clone());
-        let mode = match mode_text.as_deref() {
-            None => {
-                c.0.push(ConfigError::Missing {
-                    var: v::MODE,
-                    why: format!(
-                        "(or a first argument): one of {}",
-                        Mode::ALL.map(Mode::as_str).join(", ")
-                    ),
-                });
-                None
-            }
-            Some(s) => c.take(s.trim().parse::<Mode>().map_err(|()| {
-                ConfigError::invalid(
-                    v::MODE,
-                    s,
-                    format!(
-                        "unknown mode; expected one of {}",
-                        Mode::ALL.map(Mode::as_str).join(", ")
-                    ),
-                )
-            })),
-        };
-
-        let repository = self.repository.as_deref().and_then(|s| {
-            c.take(Location::parse(s.trim()).map_err(|r| {
-                ConfigError::invalid(
-                    v::REPOSITORY,
-                    s,
-                    format!("{r}; expected s3://bucket/prefix or file:///path"),
-                )
-            }))
-        });
-        let password = c
-            .take(read_password(
-                v::PASSWORD,
-                &self.password,
-                v::PASSWORD_FILE,
-                &self.password_file,
-            ))
-            .flatten();
-
-        let compression = match self.compression.as_deref().map(str::trim) {
-            None | Some("fast") => Compression::FAST,
-            Some("none") => Compression::None,
-            Some(s) => c
-                .take(
-                    s.parse::<i32>()
-                        .ok()
-                        .filter(|l| (1..=19).contains(l))
-                        .map(Compression::Level)
-                        .ok_or_else(|| {
-                            ConfigError::invalid(
-                                v::COMPRESSION,
-                                s,
-                                "expected none, fast, or a level 1..19",
-                            )
-                        }),
-                )
-                .unwrap_or(Compression::FAST),
-        };
-
-        let plan = opt(&self.plan).unwrap_or_else(|| "default".into());
-        if !is_dns_label(&plan) {
-            c.0.push(ConfigError::invalid(
-                v::PLAN,
-                &plan,
-                "expected a DNS label (lowercase letters, digits, `-`)",
-            ));
-        }
-
-        let channels = match self.channels.as_deref() {
-            None => 1,
-            Some(s) => c
-                .take(
-                    s.trim()
-                        .parse::<u8>()
-                        .ok()
-                        .filter(|n| *n >= 1)
-                        .ok_or_else(|| {
-                            ConfigError::invalid(v::CHANNELS, s, "expected a number from 1 to 255")
-                        }),
-                )
-                .unwrap_or(1),
-        };
-
-        let rate_limit = self.rate_limit.as_deref().and_then(|s| {
-            c.take(RateSchedule::parse(s).map_err(|r| {
-                ConfigError::invalid(
-                    v::RATE_LIMIT,
-                    s,
-                    format!("{r}; expected e.g. 50MiB or `mon-fri 09:00-18:00=10MiB,*=200MiB`"),
-                )
-            }))
-        });
-        let timezone = match self.timezone.as_deref() {
-            None => jiff::tz::TimeZone::UTC,
-            Some(s) => c
-                .take(jiff::tz::TimeZone::get(s.trim()).map_err(|_| {
-                    ConfigError::invalid(
-                        v::TIMEZONE,
-                        s,
-                        "unknown IANA time zone; expected e.g. UTC or Europe/Berlin",
-                    )
-                }))
-                .unwrap_or(jiff::tz::TimeZone::UTC),
-        };
-
-        let reconnect_timeout = match self.reconnect_timeout.as_deref() {
-            None => Duration::from_secs(300),
-            Some(s) => c
-                .take(
-                    parse_duration(v::RECONNECT_TIMEOUT, s, Duration::from_secs(60)).and_then(
-                        |d| {
-                            if (60..=3600).contains(&d.as_secs()) && d.subsec_nanos() == 0 {
-                                Ok(d)
-                            } else {
-                                Err(ConfigError::invalid(
-                                    v::RECONNECT_TIMEOUT,
-                                    s,
-                                    "must be between 1 and 60 minutes",
-                                ))
-                            }
-                        },
-                    ),
-                )
-                .unwrap_or(Duration::from_secs(300)),
-        };
-        let resume_buffer = c
-            .take(parse_size(
-                v::RESUME_BUFFER,
-                &self.resume_buffer,
-                10 * 1024 * 1024,
-            ))
-            .unwrap_or(10 * 1024 * 1024);
-
-        let selection = Selection {
-            namespaces: c
-                .take(globs(v::NAMESPACES, &self.namespaces))
-                .unwrap_or_default(),
-            exclude_namespaces: c
-                .take(globs(v::EXCLUDE_NAMESPACES, &self.exclude_namespaces))
-                .unwrap_or_default(),
-            include_resources: c
-                .take(resource_list(v::INCLUDE_RESOURCES, &self.include_resources))
-                .unwrap_or_default(),
-            exclude_resources: c
-                .take(resource_list(v::EXCLUDE_RESOURCES, &self.exclude_resources))
-                .unwrap_or_default(),
-            label_selector: self
-                .label_selector
-                .as_deref()
-                .and_then(|s| c.take(label_selector(s))),
-            cluster_resources: c.take(parse_enum(
-                v::INCLUDE_CLUSTER_RESOURCES,
-                &self.include_cluster_resources,
-                ClusterResources::Auto,
-                &[
-                    ("auto", ClusterResources::Auto),
-                    ("true", ClusterResources::All),
-                    ("false", ClusterResources::None),
-                ],
-            )),
-        };
-
-        let point = self.restore_point.as_deref().and_then(|s| {
-            c.take(s.trim().parse::<jiff::Timestamp>().map_err(|_| {
-                ConfigError::invalid(
-                    v::RESTORE_POINT,
-                    s,
-                    "expected an RFC 3339 time with offset, e.g. 2026-11-22T02:00:00Z",
-                )
-            }))
-        });
-        if self.restore_point.is_some() && self.snapshot.is_some() {
-            c.0.push(ConfigError::Conflict {
-                a: v::RESTORE_POINT,
-                b: v::SNAPSHOT,
-                hint: "name a snapshot or a point in time, not both",
-            });
-        }
-        let restore = RestoreOptions {
-            point,
-            snapshot: opt(&self.snapshot),
-            source_cluster: opt(&self.source_cluster),
-            namespace_map: c
-                .take(parse_map(
-                    v::NAMESPACE_MAP,
-                    &self.namespace_map,
-                    is_dns_label,
-                    "namespace name",
-                ))
-                .unwrap_or_default(),
-            storage_class_map: c
-                .take(parse_map(
-                    v::STORAGE_CLASS_MAP,
-                    &self.storage_class_map,
-                    is_dns_subdomain,
-                    "storage class name",
-                ))
-                .unwrap_or_default(),
-            existing: c
-                .take(parse_enum(
-                    v::EXISTING,
-                    &self.existing,
-                    Existing::Skip,
-                    &[
-                        ("skip", Existing::Skip),
-                        ("update", Existing::Update),
-                        ("recreate", Existing::Recreate),
-                    ],
-                ))
-                .unwrap_or(Existing::Skip),
-            dry_run: c
-                .take(parse_bool(v::DRY_RUN, &self.dry_run, false))
-                .unwrap_or(false),
-            volumes: c
-                .take(parse_bool(v::RESTORE_VOLUMES, &self.restore_volumes, true))
-                .unwrap_or(true),
-        };
-
-        let volume = VolumeOptions {
-            path: opt(&self.volume_path).map(PathBuf::from),
-            name: opt(&self.volume_name),
-            source: c
-                .take(parse_enum(
-                    v::VOLUME_SOURCE,
-                    &self.volume_source,
-                    VolumeSource::Auto,
-                    &[
-                        ("auto", VolumeSource::Auto),
-                        ("snapshot", VolumeSource::Snapshot),
-                        ("kubelet", VolumeSource::Kubelet),
-                        ("skip", VolumeSource::Skip),
-                    ],
-                ))
-                .unwrap_or(VolumeSource::Auto),
-            exclude: c
-                .take(globs(v::EXCLUDE_VOLUMES, &self.exclude_volumes))
-                .unwrap_or_default(),
-            image: opt(&self.image),
-            mover_resources: c
-                .take(mover_resources(&self.mover_resources))
-                .unwrap_or_default(),
-            mover_service_account: opt(&self.mover_service_account),
-            mover_start_timeout: c
-                .take(positive_duration(
-                    v::MOVER_START_TIMEOUT,
-                    &self.mover_start_timeout,
-                    Duration::from_secs(600),
-                ))
-                .unwrap_or(Duration::from_secs(600)),
-            snapshot_timeout: c
-                .take(positive_duration(
-                    v::SNAPSHOT_TIMEOUT,
-                    &self.snapshot_timeout,
-                    Duration::from_secs(600),
-                ))
-                .unwrap_or(Duration::from_secs(600)),
-            kubelet_dir: PathBuf::from(
-                opt(&self.kubelet_dir).unwrap_or_else(|| "/var/lib/kubelet".into()),
-            ),
-            mover: c
-                .take(parse_bool(v::MOVER, &self.mover, false))
-                .unwrap_or(false),
-        };
-        if !volume.kubelet_dir.is_absolute() {
-            c.0.push(ConfigError::invalid(
-                v::KUBELET_DIR,
-                &volume.kubelet_dir.display().to_string(),
-                "expected an absolute path",
-            ));
-        }
-        if let Some(sa) = &volume.mover_service_account
-            && !is_dns_subdomain(sa)
-        {
-            c.0.push(ConfigError::invalid(
-                v::MOVER_SERVICE_ACCOUNT,
-                sa,
-                "expected a ServiceAccount name (lowercase letters, digits, `-` and `.`)",
-            ));
-        }
-        if let Some(p) = &volume.path
-            && !p.is_absolute()
-        {
-            c.0.push(ConfigError::invalid(
-                v::VOLUME_PATH,
-                &p.display().to_string(),
-                "expected an absolute path",
-            ));
-        }
-
-        let copy_password = c
-            .take(read_password(
-                v::COPY_TO_PASSWORD,
-                &self.copy_to_password,
-                v::COPY_TO_PASSWORD_FILE,
-                &self.copy_to_password_file,
-            ))
-            .flatten();
-        let copy_repo = self.copy_to_repository.as_deref().and_then(|s| {
-            c.take(Location::parse(s.trim()).map_err(|r| {
-                ConfigError::invalid(
-                    v::COPY_TO_REPOSITORY,
-                    s,
-                    format!("{r}; expected s3://bucket/prefix or file:///path"),
-                )
-            }))
-        });
-
-        let retention = Retention {
-            last: c.take(parse_count(v::KEEP_LAST, &self.keep_last)).flatten(),
-            hourly: c
-                .take(parse_count(v::KEEP_HOURLY, &self.keep_hourly))
-                .flatten(),
-            daily: c
-                .take(parse_count(v::KEEP_DAILY, &self.keep_daily))
-                .flatten(),
-            weekly: c
-                .take(parse_count(v::KEEP_WEEKLY, &self.keep_weekly))
-                .flatten(),
-            monthly: c
-                .take(parse_count(v::KEEP_MONTHLY, &self.keep_monthly))
-                .flatten(),
-            yearly: c
-                .take(parse_count(v::KEEP_YEARLY, &self.keep_yearly))
-                .flatten(),
-        };
-
-        let prune_grace = match self.prune_grace.as_deref() {
-            None => Duration::from_secs(3600),
-            Some(s) => c
-                .take(
-                    parse_duration(v::PRUNE_GRACE, s, Duration::from_secs(1)).and_then(|d| {
-                        if d >= Duration::from_secs(1) {
-                            Ok(d)
-                        } else {
-                            Err(ConfigError::invalid(
-                                v::PRUNE_GRACE,
-                                s,
-                                "must be at least 1 second",
-                            ))
-                        }
-                    }),
-                )
-                .unwrap_or(Duration::from_secs(3600)),
-        };
-
-        let check_read_data = self.check_read_data.as_deref().and_then(|s| {
-            let t = s.trim();
-            let parsed = if t == "all" {
-                Some(ReadData::All)
-            } else {
-                t.strip_suffix('%')
-                    .and_then(|n| n.parse::<f64>().ok())
-                    .filter(|p| *p > 0.0 && *p <= 100.0)
-                    .map(ReadData::Percent)
-            };
-            c.take(parsed.ok_or_else(|| {
-                ConfigError::invalid(
-                    v::CHECK_READ_DATA,
-                    s,
-                    "expected `all` or a percentage such as 10%",
-                )
-            }))
-        });
-
-        let preflight_mode = c
-            .take(parse_enum(
-                v::PREFLIGHT_MODE,
-                &self.preflight_mode,
-                Mode::Backup,
-                &[("backup", Mode::Backup), ("restore", Mode::Restore)],
-            ))
-            .unwrap_or(Mode::Backup);
-        let pushgateway_url = opt(&self.pushgateway_url);
-        if let Some(u) = &pushgateway_url
-            && !(u.starts_with("http://") || u.starts_with("https://"))
-        {
-            c.0.push(ConfigError::invalid(
-                v::PUSHGATEWAY_URL,
-                u,
-                "expected an http:// or https:// URL",
-            ));
-        }
-
-        let log_format = c
-            .take(parse_enum(
-                v::LOG_FORMAT,
-                &self.log_format,
-                LogFormat::Plain,
-                &[("plain", LogFormat::Plain), ("json", LogFormat::Json)],
-            ))
-            .unwrap_or(LogFormat::Plain);
-        let once = c
-            .take(parse_bool(v::ONCE, &self.once, false))
-            .unwrap_or(false);
-        let min_interval = self
-            .min_interval
-            .as_deref()
-            .and_then(|s| c.take(parse_duration(v::MIN_INTERVAL, s, Duration::from_secs(1))));
-        let last_day_of_month = c
-            .take(parse_bool(
-                v::LAST_DAY_OF_MONTH,
-                &self.last_day_of_month,
-                false,
-            ))
-            .unwrap_or(false);
-        let init = c
-            .take(parse_bool(v::INIT, &self.init, false))
-            .unwrap_or(false);
-        let hooks = |c: &mut Check, var: &'static str, raw: &Option<String>, conditions: bool| {
-            let Some(text) = opt(raw) else {
-                return Vec::new();
-            };
-            let parsed = if conditions {
-                hooks::parse_preconditions(&text)
-            } else {
-                hooks::parse_hooks(&text)
-            };
-            c.take(parsed.map_err(|why| ConfigError::invalid(var, &text, why)))
-                .unwrap_or_default()
-        };
-        let precondition = hooks(&mut c, v::PRECONDITION, &self.precondition, true);
-        let pre_hooks = hooks(&mut c, v::PRE_HOOKS, &self.pre_hooks, false);
-        let post_hooks = hooks(&mut c, v::POST_HOOKS, &self.post_hooks, false);
-
-        // Requirements that depend on the mode.
-        if let Some(mode) = mode {
-            if mode.needs_repository() {
-                if repository.is_none() && self.repository.is_none() {
-                    c.0.push(ConfigError::Missing {
-                        var: v::REPOSITORY,
-                        why: format!("for mode {mode}"),
-                    });
-                }
-                if password.is_none() && self.password.is_none() && self.password_file.is_none() {
-                    c.0.push(ConfigError::Missing {
-                        var: v::PASSWORD,
-                        why: format!(
-                            "(or {}) for mode {mode}: the repository is encrypted",
-                            v::PASSWORD_FILE
-                        ),
-                    });
-                }
-            }
-            if matches!(mode, Mode::VolumeBackup | Mode::VolumeRestore) && volume.path.is_none() {
-                c.0.push(ConfigError::Missing {
-                    var: v::VOLUME_PATH,
-                    why: format!("for mode {mode}"),
-                });
-            }
-            if mode == Mode::Copy {
-                if self.copy_to_repository.is_none() {
-                    c.0.push(ConfigError::Missing {
-                        var: v::COPY_TO_REPOSITORY,
-                        why: "for mode copy".into(),
-                    });
-                }
-                if self.copy_to_password.is_none() && self.copy_to_password_file.is_none() {
-                    c.0.push(ConfigError::Missing {
-                        var: v::COPY_TO_PASSWORD,
-                        why: format!("(or {}) for mode copy", v::COPY_TO_PASSWORD_FILE),
-                    });
-                }
-            }
-            for (var, list) in [(v::PRE_HOOKS, &pre_hooks), (v::POST_HOOKS, &post_hooks)] {
-                if mode != Mode::Backup
-                    && let Some(h) = list.iter().find(|h| h.scope == hooks::Scope::Volume)
-                {
-                    c.0.push(ConfigError::invalid(
-                        var,
-                        &h.to_string(),
-                        format!("scope=volume hooks run around the volumes of a backup; mode {mode} has none"),
-                    ));
-                }
-            }
-            if mode == Mode::Prune && retention == Retention::default() {
-                c.0.push(ConfigError::Missing {
-                    var: v::KEEP_LAST,
-                    why: "(or another STOW_KEEP_* rule) for mode prune: without one, prune would remove every snapshot".into(),
-                });
-            } else if mode == Mode::Prune && !retention.keeps_anything() {
-                c.0.push(ConfigError::invalid(
-                    v::KEEP_LAST,
-                    "0",
-                    "every STOW_KEEP_* rule is 0: prune would remove every snapshot",
-                ));
-            }
-        }
-
-        if !c.0.is_empty() {
-            return Err(ConfigErrors(c.0));
-        }
-        Ok(Config {
-            mode: mode.expect("mode is set when there are no errors"),
-            repository,
-            password,
-            init,
-            compression,
-            plan,
-            plan_explicit: opt(&self.plan).is_some(),
-            tags: list(&self.tags),
-            selection,
-            restore,
-            volume,
-            channels,
-            rate_limit,
-            timezone,
-            reconnect_timeout,
-            resume_buffer,
-            precondition,
-            pre_hooks,
-            post_hooks,
-            copy_to: match (copy_repo, copy_password) {
-                (Some(repository), Some(password)) => Some(CopyTarget {
-                    repository,
-                    password,
-                }),
-                _ => None,
-            },
-            retention,
-            prune_grace,
-            check_read_data,
-            pushgateway_url,
-            cluster_name: opt(&self.cluster_name).unwrap_or_else(|| "default".into()),
-            preflight_mode,
-            log_format,
-            once,
-            min_interval,
-            last_day_of_month,
-            identity: RunIdentity {
-                run_id: opt(&self.run_id),
-                pod_name: opt(&self.pod_name),
-                pod_namespace: opt(&self.pod_namespace),
-                job_name: opt(&self.job_name),
-            },
-        })
-    }
-}
-
-/// `resource` or `resource.group`, lower case, as kubectl prints them.
-fn resource_list(var: &'static str, raw: &Option<String>) -> Result<Vec<String>, ConfigError> {
-    let items = list(raw);
-    for r in &items {
-        let ok = r != "*"
-            && r.split('.').all(|p| {
-                !p.is_empty()
-                    && p.bytes()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-            });
-        if !ok && r != "*" {
-            return Err(ConfigError::invalid(
-                var,
-                raw.as_deref().unwrap_or_default(),
-                format!("`{r}` is not a resource name such as deployments or widgets.example.com"),
-            ));
-        }
-    }
-    Ok(items)
-}
-
-/// Parses the selector the way the API server does (equality and set-based
-/// requirements), so a typo fails with exit 2 instead of mid-run.
-fn label_selector(s: &str) -> Result<String, ConfigError> {
-    let s = s.trim();
-    LabelSelector::parse(s).map_err(|why| ConfigError::invalid(v::LABEL_SELECTOR, s, why))?;
-    Ok(s.to_string())
-}
-
-const MOVER_RESOURCE_KEYS: [&str; 6] = [
-    "requests.cpu",
-    "requests.memory",
-    "requests.ephemeral-storage",
-    "limits.cpu",
-    "limits.memory",
-    "limits.ephemeral-storage",
-];
-
-fn mover_resources(raw: &Option<String>) -> Result<BTreeMap<String, String>, ConfigError> {
-    let text = raw.as_deref().unwrap_or_default();
-    let mut out = BTreeMap::new();
-    for pair in list(raw) {
-        let (k, val) = pair.split_once('=').ok_or_else(|| {
-            ConfigError::invalid(
-                v::MOVER_RESOURCES,
-                text,
-                format!("`{pair}` is not key=quantity"),
-            )
-        })?;
-        if !MOVER_RESOURCE_KEYS.contains(&k.trim()) {
-            return Err(ConfigError::invalid(
-                v::MOVER_RESOURCES,
-                text,
-                format!(
-                    "unknown key `{k}`; expected one of {}",
-                    MOVER_RESOURCE_KEYS.join(", ")
-                ),
-            ));
-        }
-        let q = val.trim();
-        let digits = q.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-        let suffix = &q[digits.len()..];
-        let ok_suffix = ["", "m", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"].contains(&suffix);
-        if digits.is_empty() || digits.parse::<f64>().is_err() || !ok_suffix {
-            return Err(ConfigError::invalid(
-                v::MOVER_RESOURCES,
-                text,
-                format!("`{q}` is not a quantity such as 100m or 512Mi"),
-            ));
-        }
-        out.insert(k.trim().to_string(), q.to_string());
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

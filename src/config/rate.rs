@@ -16,6 +16,7 @@ use jiff::civil::{DateTime, Weekday};
 /// Bytes per second; `None` means unlimited.
 pub type Rate = Option<u64>;
 
+/// A parsed `STOW_RATE_LIMIT`: rules tried in order at a local time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateSchedule {
     rules: Vec<Rule>,
@@ -32,11 +33,51 @@ struct Rule {
 
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
+/// Why a `STOW_RATE_LIMIT` value does not parse. The text is the reason the
+/// configuration error gives after the variable and value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RateError {
+    /// The value is blank.
+    #[error("empty value")]
+    Empty,
+    /// Not a size, a size per second, or `unlimited`.
+    #[error("`{0}` is not a rate such as `50MiB` or `unlimited`")]
+    Rate(String),
+    /// A zero rate; `unlimited` or a positive rate is meant.
+    #[error("`{0}` would stop all transfers; use `unlimited` or a positive rate")]
+    ZeroRate(String),
+    /// Nothing before the `=`.
+    #[error("empty window")]
+    EmptyWindow,
+    /// More than `DAYS HH:MM-HH:MM`.
+    #[error("window `{0}` has too many parts; expected `DAYS HH:MM-HH:MM`")]
+    TooManyParts(String),
+    /// `HH:MM-HH:MM DAYS`.
+    #[error("window `{0}`: days must come before the time span")]
+    DaysAfterSpan(String),
+    /// Not one of mon..sun.
+    #[error("`{0}` is not a weekday; use mon, tue, wed, thu, fri, sat, sun")]
+    Weekday(String),
+    /// Not `HH:MM` within 00:00..=24:00.
+    #[error("`{0}` is not a time HH:MM (00:00 to 24:00)")]
+    Clock(String),
+    /// Not `HH:MM-HH:MM`.
+    #[error("`{0}` is not a time span HH:MM-HH:MM")]
+    Span(String),
+    /// Start and end are the same minute.
+    #[error("time span `{0}` is empty")]
+    EmptySpan(String),
+    /// Starts at 24:00, which is the next day's 00:00.
+    #[error("time span `{0}` starts at 24:00")]
+    SpanStartsAt24(String),
+}
+
 impl RateSchedule {
-    pub fn parse(input: &str) -> Result<Self, String> {
+    /// Parses the `STOW_RATE_LIMIT` syntax (see the module docs).
+    pub fn parse(input: &str) -> Result<Self, RateError> {
         let input = input.trim();
         if input.is_empty() {
-            return Err("empty value".into());
+            return Err(RateError::Empty);
         }
         let mut rules = Vec::new();
         for part in input.split(',') {
@@ -191,19 +232,15 @@ fn weekday_index(w: Weekday) -> u8 {
     (w.to_monday_zero_offset()) as u8
 }
 
-fn parse_rate(s: &str) -> Result<Rate, String> {
+fn parse_rate(s: &str) -> Result<Rate, RateError> {
     let s = s.trim();
     if s.eq_ignore_ascii_case("unlimited") {
         return Ok(None);
     }
     let body = s.strip_suffix("/s").unwrap_or(s);
-    let size: bytesize::ByteSize = body
-        .parse()
-        .map_err(|_| format!("`{s}` is not a rate such as `50MiB` or `unlimited`"))?;
+    let size: bytesize::ByteSize = body.parse().map_err(|_| RateError::Rate(s.to_string()))?;
     if size.as_u64() == 0 {
-        return Err(format!(
-            "`{s}` would stop all transfers; use `unlimited` or a positive rate"
-        ));
+        return Err(RateError::ZeroRate(s.to_string()));
     }
     Ok(Some(size.as_u64()))
 }
@@ -211,18 +248,16 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
 /// Weekday mask and minute span of a window; `None` means "any".
 type When = (Option<u8>, Option<(u16, u16)>);
 
-fn parse_when(w: &str) -> Result<When, String> {
+fn parse_when(w: &str) -> Result<When, RateError> {
     let mut parts = w.split_whitespace();
-    let first = parts.next().ok_or("empty window")?;
+    let first = parts.next().ok_or(RateError::EmptyWindow)?;
     let second = parts.next();
     if parts.next().is_some() {
-        return Err(format!(
-            "window `{w}` has too many parts; expected `DAYS HH:MM-HH:MM`"
-        ));
+        return Err(RateError::TooManyParts(w.to_string()));
     }
     if first.contains(':') {
         if second.is_some() {
-            return Err(format!("window `{w}`: days must come before the time span"));
+            return Err(RateError::DaysAfterSpan(w.to_string()));
         }
         return Ok((None, Some(parse_span(first)?)));
     }
@@ -231,15 +266,15 @@ fn parse_when(w: &str) -> Result<When, String> {
     Ok((Some(days), span))
 }
 
-fn parse_day(s: &str) -> Result<u8, String> {
+fn parse_day(s: &str) -> Result<u8, RateError> {
     let lower = s.to_ascii_lowercase();
     DAYS.iter()
         .position(|d| lower == *d)
         .map(|i| i as u8)
-        .ok_or_else(|| format!("`{s}` is not a weekday; use mon, tue, wed, thu, fri, sat, sun"))
+        .ok_or_else(|| RateError::Weekday(s.to_string()))
 }
 
-fn parse_days(s: &str) -> Result<u8, String> {
+fn parse_days(s: &str) -> Result<u8, RateError> {
     let mut mask = 0u8;
     for item in s.split('+') {
         match item.split_once('-') {
@@ -259,8 +294,8 @@ fn parse_days(s: &str) -> Result<u8, String> {
     Ok(mask)
 }
 
-fn parse_clock(s: &str) -> Result<u16, String> {
-    let bad = || format!("`{s}` is not a time HH:MM (00:00 to 24:00)");
+fn parse_clock(s: &str) -> Result<u16, RateError> {
+    let bad = || RateError::Clock(s.to_string());
     let (h, m) = s.split_once(':').ok_or_else(bad)?;
     if h.len() != 2 || m.len() != 2 {
         return Err(bad());
@@ -273,16 +308,16 @@ fn parse_clock(s: &str) -> Result<u16, String> {
     Ok(h * 60 + m)
 }
 
-fn parse_span(s: &str) -> Result<(u16, u16), String> {
+fn parse_span(s: &str) -> Result<(u16, u16), RateError> {
     let (a, b) = s
         .split_once('-')
-        .ok_or_else(|| format!("`{s}` is not a time span HH:MM-HH:MM"))?;
+        .ok_or_else(|| RateError::Span(s.to_string()))?;
     let (start, end) = (parse_clock(a)?, parse_clock(b)?);
     if start == end {
-        return Err(format!("time span `{s}` is empty"));
+        return Err(RateError::EmptySpan(s.to_string()));
     }
     if start == 24 * 60 {
-        return Err(format!("time span `{s}` starts at 24:00"));
+        return Err(RateError::SpanStartsAt24(s.to_string()));
     }
     Ok((start, end))
 }

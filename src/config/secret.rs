@@ -8,6 +8,7 @@ use std::fmt;
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a password or key.
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }

@@ -26,27 +26,47 @@ pub struct LabelSelector(Vec<Req>);
 /// The example every selector error ends with.
 const EXPECTED: &str = "expected e.g. app=shop,tier!=cache,env in (a,b)";
 
+/// Why a label selector does not parse. The text ends with an example of
+/// the syntax; callers add the variable or the hook it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorError {
+    /// A `(` without its `)`, or the reverse, or nested parentheses.
+    #[error("unbalanced parentheses; {EXPECTED}")]
+    Unbalanced,
+    /// Two commas in a row, or a trailing comma.
+    #[error("an empty requirement (two commas in a row?); {EXPECTED}")]
+    EmptyRequirement,
+    /// `k in v` without parentheses.
+    #[error("`{0}`: set values go in parentheses; {EXPECTED}")]
+    SetWithoutParentheses(String),
+    /// Not `[prefix/]name` with a DNS-subdomain prefix.
+    #[error("`{0}` is not a label key; {EXPECTED}")]
+    Key(String),
+    /// Longer than 63 characters, or characters a label value cannot hold.
+    #[error("`{0}` is not a label value; {EXPECTED}")]
+    Value(String),
+}
+
 impl LabelSelector {
     /// Parses and validates `s`: label keys and values must be valid. The
     /// error is the reason only; callers name the variable.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let bad = |why: String| format!("{why}; {EXPECTED}");
+    pub fn parse(s: &str) -> Result<Self, SelectorError> {
         let mut reqs = Vec::new();
         // An empty selector selects everything, as with the API server.
         if s.trim().is_empty() {
             return Ok(Self(reqs));
         }
-        for part in split_requirements(s).map_err(|why| bad(why.into()))? {
+        for part in split_requirements(s)? {
             let p = part.trim();
             if p.is_empty() {
-                return Err(bad("an empty requirement (two commas in a row?)".into()));
+                return Err(SelectorError::EmptyRequirement);
             }
-            let set = |rest: &str| -> Result<Vec<String>, String> {
+            let set = |rest: &str| -> Result<Vec<String>, SelectorError> {
                 let inner = rest
                     .trim()
                     .strip_prefix('(')
                     .and_then(|r| r.strip_suffix(')'))
-                    .ok_or_else(|| bad(format!("`{p}`: set values go in parentheses")))?;
+                    .ok_or_else(|| SelectorError::SetWithoutParentheses(p.to_string()))?;
                 Ok(inner.split(',').map(|v| v.trim().to_string()).collect())
             };
             let req = if let Some(k) = p.strip_prefix('!') {
@@ -68,10 +88,10 @@ impl LabelSelector {
                 Req::Exists(k) | Req::NotExists(k) => (k, &[]),
             };
             if !is_label_key(key) {
-                return Err(bad(format!("`{key}` is not a label key")));
+                return Err(SelectorError::Key(key.to_string()));
             }
             if let Some(v) = values.iter().find(|v| !is_label_value(v)) {
-                return Err(bad(format!("`{v}` is not a label value")));
+                return Err(SelectorError::Value(v.to_string()));
             }
             reqs.push(req);
         }
@@ -93,7 +113,7 @@ impl LabelSelector {
 }
 
 /// Splits on commas outside parentheses; parentheses do not nest.
-fn split_requirements(s: &str) -> Result<Vec<String>, &'static str> {
+fn split_requirements(s: &str) -> Result<Vec<String>, SelectorError> {
     let (mut parts, mut depth, mut cur) = (Vec::new(), 0i32, String::new());
     for ch in s.chars() {
         match ch {
@@ -106,12 +126,12 @@ fn split_requirements(s: &str) -> Result<Vec<String>, &'static str> {
             _ => {}
         }
         if !(0..=1).contains(&depth) {
-            return Err("unbalanced parentheses");
+            return Err(SelectorError::Unbalanced);
         }
         cur.push(ch);
     }
     if depth != 0 {
-        return Err("unbalanced parentheses");
+        return Err(SelectorError::Unbalanced);
     }
     parts.push(cur);
     Ok(parts)
@@ -135,7 +155,7 @@ pub fn is_label_key(s: &str) -> bool {
         Some((p, n)) => (Some(p), n),
         None => (None, s),
     };
-    prefix.is_none_or(super::is_dns_subdomain) && !name.is_empty() && is_label_value(name)
+    prefix.is_none_or(super::parse::is_dns_subdomain) && !name.is_empty() && is_label_value(name)
 }
 
 /// A label value: up to 63 of `[A-Za-z0-9._-]`, alphanumeric at both ends.
@@ -186,7 +206,7 @@ mod tests {
             "app in (a,-b)",
             "a=b,,c",
         ] {
-            let e = LabelSelector::parse(bad).unwrap_err();
+            let e = LabelSelector::parse(bad).unwrap_err().to_string();
             assert!(e.contains(EXPECTED), "{bad}: {e}");
         }
         // A key that merely ends in "in" is a key, not an operator.

@@ -1,4 +1,7 @@
+use super::parse::label_selector;
+use super::raw::RawConfig;
 use super::*;
+use vars as v;
 
 fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
     Config::from_vars(

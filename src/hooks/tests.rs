@@ -131,16 +131,19 @@ fn preconditions_take_resources_and_no_hook_options() {
     assert!(
         parse_preconditions("on-error=continue true")
             .unwrap_err()
+            .to_string()
             .contains("hook option")
     );
     assert!(
         parse_preconditions("scope=volume true")
             .unwrap_err()
+            .to_string()
             .contains("hook option")
     );
     assert!(
         parse_hooks("resource:deployment/shop/web")
             .unwrap_err()
+            .to_string()
             .contains("precondition")
     );
 }
@@ -203,7 +206,7 @@ fn malformed_values_say_what_is_wrong() {
         ("[{\"resource\": \"pod/a/b\"}]", "precondition"),
     ];
     for (text, want) in cases {
-        let e = parse_hooks(text).expect_err(text);
+        let e = parse_hooks(text).expect_err(text).to_string();
         assert!(e.contains(want), "{text}: {e}");
     }
     for (text, want) in [
@@ -217,11 +220,11 @@ fn malformed_values_say_what_is_wrong() {
             "takes no `command`",
         ),
     ] {
-        let e = parse_preconditions(text).expect_err(text);
+        let e = parse_preconditions(text).expect_err(text).to_string();
         assert!(e.contains(want), "{text}: {e}");
     }
     // With several lines, the line is named.
-    let e = parse_hooks("true\nscope=pod true").unwrap_err();
+    let e = parse_hooks("true\nscope=pod true").unwrap_err().to_string();
     assert!(e.starts_with("line 2 (hook `scope=pod true`)"), "{e}");
 }
 

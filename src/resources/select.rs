@@ -58,7 +58,7 @@ impl Selector {
             labels: sel
                 .label_selector
                 .as_deref()
-                .map(LabelSelector::parse)
+                .map(|s| LabelSelector::parse(s).map_err(|e| e.to_string()))
                 .transpose()?,
             label_text: sel.label_selector.clone(),
             cluster: sel.cluster_resources.unwrap_or(ClusterResources::Auto),

@@ -21,14 +21,23 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod error;
+
+pub use error::HookSpecError;
+
+use super::selector::LabelSelector;
+
 /// How long a hook command may run unless `timeout=` says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Pods to exec in: `namespace`, label selector, container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pods {
+    /// The namespace the pods are in.
     pub namespace: String,
+    /// A label selector for the pods.
     pub selector: String,
+    /// The container to exec in.
     pub container: String,
 }
 
@@ -36,13 +45,24 @@ pub struct Pods {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// A process started by kubestow itself.
-    Local { argv: Vec<String> },
+    Local {
+        /// The command and its arguments; never run through a shell.
+        argv: Vec<String>,
+    },
     /// A command in each selected Running pod (a condition: the first).
-    Exec { pods: Pods, argv: Vec<String> },
+    Exec {
+        /// Which pods, and the container in them.
+        pods: Pods,
+        /// The command and its arguments, as pod exec takes them.
+        argv: Vec<String>,
+    },
     /// Preconditions only: the object exists and is ready.
     Resource {
+        /// Kind, plural or `plural.group`, as written.
         kind: String,
+        /// `None` for cluster-scoped objects.
         namespace: Option<String>,
+        /// The object's name.
         name: String,
     },
 }
@@ -51,7 +71,9 @@ pub enum Target {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnError {
     #[default]
+    /// The run fails (after the post hooks).
     Fail,
+    /// The failure is logged and the run goes on.
     Continue,
 }
 
@@ -59,16 +81,22 @@ pub enum OnError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Scope {
     #[default]
+    /// Once around the whole run.
     Run,
+    /// Around each volume of a backup.
     Volume,
 }
 
 /// One hook, or one precondition (which ignores `on_error` and `scope`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hook {
+    /// What runs, or what is checked.
     pub target: Target,
+    /// How long it may take before it is killed (or the condition fails).
     pub timeout: Duration,
+    /// What a failure does; preconditions ignore it.
     pub on_error: OnError,
+    /// When it runs; preconditions ignore it.
     pub scope: Scope,
 }
 
@@ -129,16 +157,16 @@ enum Kind {
 
 /// `STOW_PRECONDITION`: every condition must be met. The error is the
 /// reason for [`super::ConfigError`].
-pub fn parse_preconditions(text: &str) -> Result<Vec<Hook>, String> {
+pub fn parse_preconditions(text: &str) -> Result<Vec<Hook>, HookSpecError> {
     parse(text, Kind::Precondition)
 }
 
 /// `STOW_PRE_HOOKS` / `STOW_POST_HOOKS`, in order.
-pub fn parse_hooks(text: &str) -> Result<Vec<Hook>, String> {
+pub fn parse_hooks(text: &str) -> Result<Vec<Hook>, HookSpecError> {
     parse(text, Kind::Hooks)
 }
 
-fn parse(text: &str, kind: Kind) -> Result<Vec<Hook>, String> {
+fn parse(text: &str, kind: Kind) -> Result<Vec<Hook>, HookSpecError> {
     let t = text.trim();
     let what = match kind {
         Kind::Precondition => "condition",
@@ -159,7 +187,12 @@ fn parse(text: &str, kind: Kind) -> Result<Vec<Hook>, String> {
         .map(|(n, line)| {
             parse_line(line, kind).map_err(|e| {
                 if many {
-                    format!("line {n} ({what} `{line}`): {e}")
+                    HookSpecError::Line {
+                        number: n,
+                        what,
+                        line: line.to_string(),
+                        source: Box::new(e),
+                    }
                 } else {
                     e
                 }
@@ -178,7 +211,7 @@ fn looks_like_json(t: &str, kind: Kind) -> bool {
     kind == Kind::Precondition && t.starts_with('{')
 }
 
-fn parse_line(line: &str, kind: Kind) -> Result<Hook, String> {
+fn parse_line(line: &str, kind: Kind) -> Result<Hook, HookSpecError> {
     let mut hook = Hook {
         target: Target::Local { argv: Vec::new() },
         timeout: DEFAULT_TIMEOUT,
@@ -208,13 +241,13 @@ fn parse_line(line: &str, kind: Kind) -> Result<Hook, String> {
         parse_exec(spec)?
     } else if let Some(spec) = rest.strip_prefix("resource:") {
         if kind == Kind::Hooks {
-            return Err("`resource:` is a precondition; hooks run a command or exec".into());
+            return Err(HookSpecError::ResourceInHooks);
         }
         parse_resource(spec)?
     } else {
         let argv = split_words(rest)?;
         if argv.is_empty() {
-            return Err("no command after the options".into());
+            return Err(HookSpecError::NoCommand);
         }
         Target::Local { argv }
     };
@@ -222,50 +255,49 @@ fn parse_line(line: &str, kind: Kind) -> Result<Hook, String> {
     Ok(hook)
 }
 
-fn set_option(hook: &mut Hook, kind: Kind, key: &str, value: &str) -> Result<(), String> {
+fn set_option(hook: &mut Hook, kind: Kind, key: &str, value: &str) -> Result<(), HookSpecError> {
     match (key, kind) {
         ("timeout", _) => hook.timeout = parse_timeout(value)?,
         ("on-error" | "on_error", Kind::Hooks) => {
             hook.on_error = match value {
                 "fail" => OnError::Fail,
                 "continue" => OnError::Continue,
-                _ => return Err(format!("on-error={value}: expected fail or continue")),
+                _ => return Err(HookSpecError::OnError(value.to_string())),
             }
         }
         ("scope", Kind::Hooks) => {
             hook.scope = match value {
                 "run" => Scope::Run,
                 "volume" => Scope::Volume,
-                _ => return Err(format!("scope={value}: expected run or volume")),
+                _ => return Err(HookSpecError::Scope(value.to_string())),
             }
         }
         ("on-error" | "on_error" | "scope", Kind::Precondition) => {
-            return Err(format!(
-                "`{key}` is a hook option; a precondition that fails always skips the run"
-            ));
+            return Err(HookSpecError::HookOptionOnPrecondition(key.to_string()));
         }
         _ => {
             let known = match kind {
                 Kind::Precondition => "timeout",
                 Kind::Hooks => "timeout, on-error, scope",
             };
-            return Err(format!(
-                "unknown option `{key}` (known: {known}); to set a variable for a command, run it through `env` or `sh -c`"
-            ));
+            return Err(HookSpecError::UnknownOption {
+                key: key.to_string(),
+                known,
+            });
         }
     }
     Ok(())
 }
 
-fn parse_timeout(value: &str) -> Result<Duration, String> {
-    let d = super::parse_duration(super::vars::PRE_HOOKS, value, Duration::from_secs(1)).map_err(
-        |e| match e {
-            super::ConfigError::Invalid { reason, .. } => format!("timeout={value}: {reason}"),
-            other => other.to_string(),
-        },
-    )?;
+fn parse_timeout(value: &str) -> Result<Duration, HookSpecError> {
+    let d = super::parse::duration(value.trim(), Duration::from_secs(1)).map_err(|source| {
+        HookSpecError::Timeout {
+            value: value.to_string(),
+            source,
+        }
+    })?;
     if d.is_zero() {
-        return Err(format!("timeout={value}: must be more than zero"));
+        return Err(HookSpecError::ZeroTimeout(value.to_string()));
     }
     Ok(d)
 }
@@ -274,20 +306,14 @@ fn parse_timeout(value: &str) -> Result<Duration, String> {
 /// container names hold no `:`, so the first one ends the pod part; a
 /// selector may hold `/` (`app.kubernetes.io/name=db`), so the namespace
 /// ends at the first `/` and the container starts after the last.
-fn parse_exec(spec: &str) -> Result<Target, String> {
-    let form = "expected exec:<namespace>/<label selector>/<container>:<command>";
-    let (head, command) = spec
-        .split_once(':')
-        .ok_or_else(|| format!("no `:` before the command; {form}"))?;
-    let (namespace, more) = head
-        .split_once('/')
-        .ok_or_else(|| format!("`{head}`: {form}"))?;
-    let (selector, container) = more
-        .rsplit_once('/')
-        .ok_or_else(|| format!("`{head}`: {form}"))?;
+fn parse_exec(spec: &str) -> Result<Target, HookSpecError> {
+    let (head, command) = spec.split_once(':').ok_or(HookSpecError::ExecNoColon)?;
+    let bad_pods = || HookSpecError::ExecPods(head.to_string());
+    let (namespace, more) = head.split_once('/').ok_or_else(bad_pods)?;
+    let (selector, container) = more.rsplit_once('/').ok_or_else(bad_pods)?;
     let argv = split_words(command)?;
     if argv.is_empty() {
-        return Err(format!("no command after `exec:{head}:`"));
+        return Err(HookSpecError::ExecNoCommand(head.to_string()));
     }
     pods(namespace.trim(), selector.trim(), container.trim(), argv)
 }
@@ -297,18 +323,19 @@ fn pods(
     selector: &str,
     container: &str,
     argv: Vec<String>,
-) -> Result<Target, String> {
+) -> Result<Target, HookSpecError> {
     if !is_dns_label(namespace) {
-        return Err(format!("`{namespace}` is not a namespace name"));
+        return Err(HookSpecError::Namespace(namespace.to_string()));
     }
     if selector.is_empty() {
-        return Err("the label selector is empty; name the pods, e.g. app=db".into());
+        return Err(HookSpecError::EmptySelector);
     }
-    super::LabelSelector::parse(selector)
-        .map(|_| ())
-        .map_err(|e| format!("selector `{selector}`: {e}"))?;
+    LabelSelector::parse(selector).map_err(|source| HookSpecError::Selector {
+        selector: selector.to_string(),
+        source,
+    })?;
     if !is_dns_label(container) {
-        return Err(format!("`{container}` is not a container name"));
+        return Err(HookSpecError::Container(container.to_string()));
     }
     Ok(Target::Exec {
         pods: Pods {
@@ -321,33 +348,27 @@ fn pods(
 }
 
 /// `<kind>/<ns>/<name>`, or `<kind>/<name>` for cluster-scoped objects.
-fn parse_resource(spec: &str) -> Result<Target, String> {
+fn parse_resource(spec: &str) -> Result<Target, HookSpecError> {
     let parts: Vec<&str> = spec.trim().split('/').collect();
     let (kind, namespace, name) = match parts.as_slice() {
         [k, ns, n] => (*k, Some(*ns), *n),
         [k, n] => (*k, None, *n),
-        _ => {
-            return Err(format!(
-                "`{spec}`: expected resource:<kind>/<namespace>/<name>, or resource:<kind>/<name> for cluster-scoped objects"
-            ));
-        }
+        _ => return Err(HookSpecError::ResourceForm(spec.to_string())),
     };
     let kind_ok = !kind.is_empty()
         && kind
             .split('.')
             .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
     if !kind_ok {
-        return Err(format!(
-            "`{kind}` is not a kind (e.g. deployment, statefulsets.apps, Widget.example.com)"
-        ));
+        return Err(HookSpecError::Kind(kind.to_string()));
     }
     if let Some(ns) = namespace
         && !is_dns_label(ns)
     {
-        return Err(format!("`{ns}` is not a namespace name"));
+        return Err(HookSpecError::Namespace(ns.to_string()));
     }
     if name.is_empty() {
-        return Err("the object name is empty".into());
+        return Err(HookSpecError::EmptyName);
     }
     Ok(Target::Resource {
         kind: kind.into(),
@@ -357,7 +378,7 @@ fn parse_resource(spec: &str) -> Result<Target, String> {
 }
 
 /// Lines are the separator; a `;` between hooks is the likely mistake.
-fn check_argv(target: &Target) -> Result<(), String> {
+fn check_argv(target: &Target) -> Result<(), HookSpecError> {
     let argv = match target {
         Target::Local { argv } | Target::Exec { argv, .. } => argv,
         Target::Resource { .. } => return Ok(()),
@@ -366,9 +387,7 @@ fn check_argv(target: &Target) -> Result<(), String> {
         .iter()
         .any(|w| w.starts_with("exec:") || w.starts_with("resource:"))
     {
-        return Err(
-            "entries are separated by line breaks (or use the JSON form), not by `;`".into(),
-        );
+        return Err(HookSpecError::Semicolon);
     }
     Ok(())
 }
@@ -385,7 +404,11 @@ fn is_dns_label(s: &str) -> bool {
 /// Splits a command line into words as a POSIX shell would, without any
 /// expansion: `'…'` is literal, `"…"` allows `\"` and `\\`, a backslash
 /// outside quotes escapes the next character.
-pub fn split_words(s: &str) -> Result<Vec<String>, String> {
+pub fn split_words(s: &str) -> Result<Vec<String>, HookSpecError> {
+    let unterminated = |quote| HookSpecError::Unterminated {
+        quote,
+        text: s.to_string(),
+    };
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;
@@ -404,7 +427,7 @@ pub fn split_words(s: &str) -> Result<Vec<String>, String> {
                     match chars.next() {
                         Some('\'') => break,
                         Some(c) => cur.push(c),
-                        None => return Err(format!("unterminated ' in `{s}`")),
+                        None => return Err(unterminated('\'')),
                     }
                 }
             }
@@ -419,10 +442,10 @@ pub fn split_words(s: &str) -> Result<Vec<String>, String> {
                                 cur.push('\\');
                                 cur.push(c);
                             }
-                            None => return Err(format!("unterminated \" in `{s}`")),
+                            None => return Err(unterminated('"')),
                         },
                         Some(c) => cur.push(c),
-                        None => return Err(format!("unterminated \" in `{s}`")),
+                        None => return Err(unterminated('"')),
                     }
                 }
             }
@@ -430,7 +453,7 @@ pub fn split_words(s: &str) -> Result<Vec<String>, String> {
                 in_word = true;
                 match chars.next() {
                     Some(c) => cur.push(c),
-                    None => return Err(format!("`{s}` ends with a lone backslash")),
+                    None => return Err(HookSpecError::LoneBackslash(s.to_string())),
                 }
             }
             c => {
@@ -467,11 +490,11 @@ struct JsonPods {
     container: String,
 }
 
-fn parse_json(t: &str, kind: Kind) -> Result<Vec<Hook>, String> {
+fn parse_json(t: &str, kind: Kind) -> Result<Vec<Hook>, HookSpecError> {
     let entries: Vec<JsonHook> = if t.starts_with('{') {
-        vec![serde_json::from_str(t).map_err(|e| format!("invalid JSON: {e}"))?]
+        vec![serde_json::from_str(t).map_err(HookSpecError::Json)?]
     } else {
-        serde_json::from_str(t).map_err(|e| format!("invalid JSON: {e}"))?
+        serde_json::from_str(t).map_err(HookSpecError::Json)?
     };
     let what = match kind {
         Kind::Precondition => "condition",
@@ -481,12 +504,16 @@ fn parse_json(t: &str, kind: Kind) -> Result<Vec<Hook>, String> {
         .into_iter()
         .enumerate()
         .map(|(i, e)| {
-            json_hook(e, kind).map_err(|m| format!("{what} {} of the JSON array: {m}", i + 1))
+            json_hook(e, kind).map_err(|source| HookSpecError::JsonEntry {
+                what,
+                index: i + 1,
+                source: Box::new(source),
+            })
         })
         .collect()
 }
 
-fn json_hook(e: JsonHook, kind: Kind) -> Result<Hook, String> {
+fn json_hook(e: JsonHook, kind: Kind) -> Result<Hook, HookSpecError> {
     let mut hook = Hook {
         target: Target::Local { argv: Vec::new() },
         timeout: DEFAULT_TIMEOUT,
@@ -497,7 +524,7 @@ fn json_hook(e: JsonHook, kind: Kind) -> Result<Hook, String> {
         let text = match t {
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Number(n) => n.to_string(),
-            other => return Err(format!("timeout {other}: expected e.g. \"30s\" or 30")),
+            other => return Err(HookSpecError::JsonTimeout(other.clone())),
         };
         hook.timeout = parse_timeout(&text)?;
     }
@@ -507,15 +534,15 @@ fn json_hook(e: JsonHook, kind: Kind) -> Result<Hook, String> {
     if let Some(v) = &e.scope {
         set_option(&mut hook, kind, "scope", v)?;
     }
-    let argv = |cmd: Option<Vec<String>>| -> Result<Vec<String>, String> {
+    let argv = |cmd: Option<Vec<String>>| -> Result<Vec<String>, HookSpecError> {
         match cmd {
             Some(a) if !a.is_empty() && !a[0].is_empty() => Ok(a),
-            Some(_) => Err("`command` is empty".into()),
-            None => Err("`command` (a list of arguments) is missing".into()),
+            Some(_) => Err(HookSpecError::EmptyCommand),
+            None => Err(HookSpecError::MissingCommand),
         }
     };
     hook.target = match (e.exec, e.resource) {
-        (Some(_), Some(_)) => return Err("`exec` and `resource` exclude each other".into()),
+        (Some(_), Some(_)) => return Err(HookSpecError::ExecAndResource),
         (Some(p), None) => pods(
             p.namespace.trim(),
             p.selector.trim(),
@@ -524,10 +551,10 @@ fn json_hook(e: JsonHook, kind: Kind) -> Result<Hook, String> {
         )?,
         (None, Some(r)) => {
             if kind == Kind::Hooks {
-                return Err("`resource` is a precondition; hooks run a command or exec".into());
+                return Err(HookSpecError::JsonResourceInHooks);
             }
             if e.command.is_some() {
-                return Err("`resource` takes no `command`".into());
+                return Err(HookSpecError::ResourceWithCommand);
             }
             parse_resource(&r)?
         }

@@ -7,9 +7,11 @@
 /// How a variable is documented in the README table.
 #[derive(Debug, Clone, Copy)]
 pub struct Var {
+    /// The variable's name, e.g. `STOW_MODE`.
     pub name: &'static str,
     /// Default shown to users; empty when the variable has none.
     pub default: &'static str,
+    /// What it does and what it accepts (the README table and `--help`).
     pub doc: &'static str,
     /// Secret values are never echoed, not even in error messages.
     pub secret: bool,

@@ -222,6 +222,10 @@ kubelet_up() {
   for x in /var/log/pods /var/log/containers /var/lib/kubelet /run/containerd; do
     [ -e "$x" ] || echo "$x" >>"$D/made-paths"
   done
+  # kubelet adds iptables chains (KUBE-FIREWALL with jumps from INPUT and
+  # OUTPUT, KUBE-KUBELET-CANARY, KUBE-IPTABLES-HINT); `down` removes them
+  # unless they were there before.
+  iptables -S KUBE-FIREWALL >/dev/null 2>&1 || touch "$D/made-iptables"
   cat >"$k/config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -258,7 +262,13 @@ up() {
   [ ! -e "$D/pids" ] || die "$D exists: run '$0 down' first"
   [ -f "$IMAGE_TAR" ] || die "no image archive at $IMAGE_TAR: run 'just image' first"
   bash "$repo/tests/env/setup-node.sh" debian etcd k8s pause
-  command -v curl >/dev/null 2>&1 || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null; }
+  local need=() c
+  for c in curl jq openssl kubectl; do command -v "$c" >/dev/null 2>&1 || need+=("$c"); done
+  [[ " ${need[*]} " != *" kubectl "* ]] || need=("${need[@]/kubectl/kubernetes-client}")
+  if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
   mkdir -p "$D"
   pki
   network
@@ -279,7 +289,10 @@ metadata:
   labels:
     pod-security.kubernetes.io/enforce: restricted
     pod-security.kubernetes.io/enforce-version: latest
----
+EOF
+  # A new namespace's default ServiceAccount comes a moment later.
+  wait_for 30 "serviceaccount smoke/default" "${kc[@]}" -n smoke get serviceaccount default
+  "${kc[@]}" apply -f - >&2 <<EOF
 apiVersion: v1
 kind: Pod
 metadata:
@@ -304,8 +317,16 @@ EOF
   local t0=$SECONDS
   wait_for 120 "pod to finish" bash -c "[ \"\$(${kc[*]} -n smoke get pod kubestow-help -o jsonpath='{.status.phase}')\" = Succeeded ]" || true
   "${kc[@]}" -n smoke get pod kubestow-help -o wide >&2
-  log "pod Succeeded $((SECONDS - t0)) s after creation; it ran as: $("${kc[@]}" -n smoke get pod kubestow-help -o jsonpath='{.spec.containers[0].securityContext}')"
-  "${kc[@]}" -n smoke logs kubestow-help | head -n 5 >&2
+  local phase id
+  phase=$("${kc[@]}" -n smoke get pod kubestow-help -o jsonpath='{.status.phase}')
+  log "pod phase $phase, $((SECONDS - t0)) s after creation; log:"
+  "${kc[@]}" -n smoke logs kubestow-help | sed -n 1,3p >&2
+  # What the container really ran as, from the OCI spec containerd used.
+  id=$("${kc[@]}" -n smoke get pod kubestow-help -o jsonpath='{.status.containerStatuses[0].containerID}')
+  ctr -a "$D/containerd/containerd.sock" -n k8s.io containers info "${id#containerd://}" |
+    jq -c '{user: .Spec.process.user, readonlyRoot: .Spec.root.readonly, noNewPrivileges: .Spec.process.noNewPrivileges, capabilities: .Spec.process.capabilities.bounding, seccompDefault: .Spec.linux.seccomp.defaultAction}' >&2
+  "${kc[@]}" delete namespace smoke --wait=false >&2
+  [ "$phase" = Succeeded ]
 }
 
 down() {
@@ -343,6 +364,18 @@ down() {
   if [ -f "$D/sysctl.saved" ]; then
     local v=($(cat "$D/sysctl.saved"))
     sysctl -q -w vm.overcommit_memory="${v[0]}" kernel.panic="${v[1]}" kernel.panic_on_oops="${v[2]}"
+  fi
+  if [ -f "$D/made-iptables" ]; then
+    local ipt t ch
+    for ipt in iptables ip6tables; do
+      $ipt -D INPUT -j KUBE-FIREWALL 2>/dev/null || true
+      $ipt -D OUTPUT -j KUBE-FIREWALL 2>/dev/null || true
+      for t in filter nat mangle; do
+        for ch in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+          $ipt -t "$t" -F "$ch" 2>/dev/null && $ipt -t "$t" -X "$ch" 2>/dev/null || true
+        done
+      done
+    done
   fi
   if [ -f "$D/made-paths" ]; then
     while read -r x; do rm -rf "$x"; done <"$D/made-paths"

@@ -77,6 +77,7 @@ go_build_module() {
 build_k8s() {
   local v=$K8S_VERSION minor=${K8S_VERSION#*.}
   minor=${minor%%.*}
+  [ -f "$CACHE/kubernetes-$v/BUILD_SECONDS" ] && return 0
   # kubernetes' go.mod replaces each staging module k8s.io/<name> with
   # ./staging/src/k8s.io/<name>; the proxy serves them as k8s.io/<name> v0.<minor>.<patch>.
   local gomod

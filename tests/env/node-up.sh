@@ -7,6 +7,8 @@
 #   tests/env/node-up.sh up      start everything (builds via setup-node.sh, cached)
 #   tests/env/node-up.sh smoke   run the kubestow image in a pod (restricted
 #                                Pod Security, non-root, read-only root fs) to Completed
+#   tests/env/node-up.sh volume  volume-backup of a PVC to a file:// repository on
+#                                another PVC, volume-restore into a third, compare
 #   tests/env/node-up.sh down    stop everything and remove what `up` made
 #
 # Then: export KUBECONFIG=$KUBESTOW_NODE_DIR/admin.kubeconfig
@@ -279,6 +281,12 @@ up() {
   log "up: export KUBECONFIG=$D/admin.kubeconfig"
 }
 
+pod_finished() { # namespace pod
+  local p
+  p=$(kubectl --kubeconfig="$D/admin.kubeconfig" -n "$1" get pod "$2" -o jsonpath='{.status.phase}')
+  [ "$p" = Succeeded ] || [ "$p" = Failed ]
+}
+
 smoke() {
   local kc=(kubectl --kubeconfig="$D/admin.kubeconfig")
   "${kc[@]}" apply -f - >&2 <<EOF
@@ -315,7 +323,7 @@ spec:
         capabilities: {drop: [ALL]}
 EOF
   local t0=$SECONDS
-  wait_for 120 "pod to finish" bash -c "[ \"\$(${kc[*]} -n smoke get pod kubestow-help -o jsonpath='{.status.phase}')\" = Succeeded ]" || true
+  wait_for 120 "pod to finish" pod_finished smoke kubestow-help || true
   "${kc[@]}" -n smoke get pod kubestow-help -o wide >&2
   local phase id
   phase=$("${kc[@]}" -n smoke get pod kubestow-help -o jsonpath='{.status.phase}')
@@ -327,6 +335,111 @@ EOF
     jq -c '{user: .Spec.process.user, readonlyRoot: .Spec.root.readonly, noNewPrivileges: .Spec.process.noNewPrivileges, capabilities: .Spec.process.capabilities.bounding, seccompDefault: .Spec.linux.seccomp.defaultAction}' >&2
   "${kc[@]}" delete namespace smoke --wait=false >&2
   [ "$phase" = Succeeded ]
+}
+
+# Three PVCs bound to hostPath PVs under $D/volumes (data, repo, restore). A
+# volume-backup pod reads data into a file:// repository on repo; a
+# volume-restore pod fills restore from it; the host compares the trees. Runs
+# in a namespace with Pod Security 'restricted' enforced (PVCs are allowed
+# there; hostPath volumes in pods are not).
+volume() {
+  local kc=(kubectl --kubeconfig="$D/admin.kubeconfig") v="$D/volumes" n
+  rm -rf "$v"
+  mkdir -p "$v/data/sub" "$v/repo" "$v/restore"
+  head -c 3000000 /dev/urandom >"$v/data/random.bin"
+  echo hello >"$v/data/sub/hello.txt"
+  ln -s sub/hello.txt "$v/data/link"
+  chmod -R a+rX "$v/data"
+  chown 65532:65532 "$v/repo" "$v/restore"
+  {
+    cat <<EOF
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: smoke-volume
+  labels:
+    pod-security.kubernetes.io/enforce: restricted
+    pod-security.kubernetes.io/enforce-version: latest
+EOF
+    for n in data repo restore; do
+      cat <<EOF
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: smoke-$n}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: smoke
+  claimRef: {namespace: smoke-volume, name: $n}
+  hostPath: {path: $v/$n, type: Directory}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: $n, namespace: smoke-volume}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: smoke
+  volumeName: smoke-$n
+  resources: {requests: {storage: 1Gi}}
+EOF
+    done
+  } | "${kc[@]}" apply -f - >&2
+  wait_for 30 "serviceaccount smoke-volume/default" "${kc[@]}" -n smoke-volume get serviceaccount default
+  mover_pod() { # name mode volume-claim mount-read-only
+    cat <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: $1, namespace: smoke-volume}
+spec:
+  restartPolicy: Never
+  automountServiceAccountToken: false
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 65532
+    runAsGroup: 65532
+    seccompProfile: {type: RuntimeDefault}
+  containers:
+    - name: kubestow
+      image: $IMAGE
+      imagePullPolicy: Never
+      args: ["$2"]
+      env:
+        - {name: STOW_REPOSITORY, value: "file:///repo"}
+        - {name: STOW_PASSWORD, value: smoke-password}
+        - {name: STOW_INIT, value: "true"}
+        - {name: STOW_VOLUME_PATH, value: /volume}
+        - {name: STOW_VOLUME_NAME, value: smoke-volume/data}
+      securityContext:
+        readOnlyRootFilesystem: true
+        allowPrivilegeEscalation: false
+        capabilities: {drop: [ALL]}
+      volumeMounts:
+        - {name: volume, mountPath: /volume, readOnly: $4}
+        - {name: repo, mountPath: /repo}
+        - {name: tmp, mountPath: /tmp}
+  volumes:
+    - {name: volume, persistentVolumeClaim: {claimName: $3}}
+    - {name: repo, persistentVolumeClaim: {claimName: repo}}
+    - {name: tmp, emptyDir: {}}
+EOF
+  }
+  local pod mode claim ro t0 phase
+  for pod in backup:volume-backup:data:true restore:volume-restore:restore:false; do
+    IFS=: read -r pod mode claim ro <<<"$pod"
+    mover_pod "$pod" "$mode" "$claim" "$ro" | "${kc[@]}" apply -f - >&2
+    t0=$SECONDS
+    wait_for 120 "pod $pod to finish" pod_finished smoke-volume "$pod" || true
+    phase=$("${kc[@]}" -n smoke-volume get pod "$pod" -o jsonpath='{.status.phase}')
+    log "$pod: $phase after $((SECONDS - t0)) s"
+    "${kc[@]}" -n smoke-volume logs "$pod" | tail -n 1 | cut -c1-300 >&2
+    [ "$phase" = Succeeded ] || return 1
+  done
+  diff -r --no-dereference "$v/data" "$v/restore" >&2
+  log "restored tree is identical; repository files owned by $(stat -c %u:%g "$v/repo/config")"
+  "${kc[@]}" delete namespace smoke-volume --wait=true >&2
+  "${kc[@]}" delete pv smoke-data smoke-repo smoke-restore >&2
 }
 
 down() {
@@ -400,6 +513,7 @@ stop_pid() {
 case "${1:-}" in
   up) up ;;
   smoke) smoke ;;
+  volume) volume ;;
   down) down ;;
-  *) echo "usage: $0 up|smoke|down" >&2; exit 2 ;;
+  *) echo "usage: $0 up|smoke|volume|down" >&2; exit 2 ;;
 esac

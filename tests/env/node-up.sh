@@ -25,7 +25,7 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 CACHE="${KUBESTOW_CACHE:-$HOME/.cache/kubestow}"
-K8S_VERSION="${KUBESTOW_K8S_VERSION:-1.34.4}"
+K8S_VERSION="${KUBESTOW_K8S_VERSION:-1.37.2}"
 ETCD_VERSION=3.6.16
 PAUSE_IMAGE=localhost/kubestow/pause:1
 D="${KUBESTOW_NODE_DIR:-/tmp/kubestow-node}"

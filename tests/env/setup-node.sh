@@ -19,16 +19,17 @@
 set -euo pipefail
 
 CACHE="${KUBESTOW_CACHE:-$HOME/.cache/kubestow}"
-# The newest release from 1.34 on that builds and runs here. kubelet 1.35 and
-# later refuse cgroup v1 unless the config sets failCgroupV1: false.
-K8S_VERSION="${KUBESTOW_K8S_VERSION:-1.34.4}"
+# The newest release from 1.34 on that builds and runs here (1.34.4 does too:
+# KUBESTOW_K8S_VERSION=1.34.4). kubelet 1.35 and later refuse cgroup v1 unless
+# the config sets failCgroupV1: false, as node-up.sh does.
+K8S_VERSION="${KUBESTOW_K8S_VERSION:-1.37.2}"
 ETCD_VERSION=3.6.16
 # The external-snapshotter release built against the same Kubernetes minor
-# (its go.mod requires k8s.io/* v0.34). The CSI hostpath driver, the
+# (8.7.0 requires k8s.io/* v0.37; 8.4.0 requires v0.34). The CSI hostpath driver, the
 # external-provisioner and the node-driver-registrar are not served by the Go
 # module proxy reachable here (403 "This module version is not available"), so
 # they are not built; see build_csi.
-SNAPSHOTTER_VERSION=8.4.0
+SNAPSHOTTER_VERSION="${KUBESTOW_SNAPSHOTTER_VERSION:-8.7.0}"
 PAUSE_VERSION=1
 
 NICE=(nice -n 19)

@@ -62,12 +62,19 @@ cp "$repo/images/Containerfile" "$ctx/Containerfile"
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n1)
 revision=$(git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)
+old_id=$(buildah images --quiet --no-trunc "$tag" 2>/dev/null | head -n1 || true)
 log "buildah bud -t $tag (libraries: $(echo $libs))"
 buildah bud --quiet --layers=false \
   --label "org.opencontainers.image.title=kubestow" \
   --label "org.opencontainers.image.version=$version" \
   --label "org.opencontainers.image.revision=$revision" \
   -f "$ctx/Containerfile" -t "$tag" "$ctx" >/dev/null
+
+# A rebuild leaves the previous image untagged: remove it unless a container uses it.
+new_id=$(buildah images --quiet --no-trunc "$tag" | head -n1)
+if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
+  buildah rmi "$old_id" >/dev/null 2>&1 || true
+fi
 
 mkdir -p "$(dirname "$tar_out")"
 rm -f "$tar_out"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A one-node cluster at the current Kubernetes release, for a manual smoke
-# test: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# containerd (runc, CNI bridge) and kubelet, all as host processes. Not used by
+# test: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, the
+# VolumeSnapshot CRDs and snapshot-controller, containerd (runc, CNI bridge)
+# and kubelet, all as host processes. Not used by
 # `just test`.
 #
 #   tests/env/node-up.sh up      start everything (builds via setup-node.sh, cached)
@@ -27,6 +28,7 @@ repo="$(cd "$(dirname "$0")/../.." && pwd)"
 CACHE="${KUBESTOW_CACHE:-$HOME/.cache/kubestow}"
 K8S_VERSION="${KUBESTOW_K8S_VERSION:-1.37.2}"
 ETCD_VERSION=3.6.16
+SNAPSHOTTER_VERSION="${KUBESTOW_SNAPSHOTTER_VERSION:-8.7.0}"
 PAUSE_IMAGE=localhost/kubestow/pause:1
 D="${KUBESTOW_NODE_DIR:-/tmp/kubestow-node}"
 IMAGE_TAR="${KUBESTOW_IMAGE_TAR:-${CARGO_TARGET_DIR:-$repo/target}/image/kubestow-image.tar}"
@@ -47,6 +49,7 @@ ETCD_PORT=12379
 
 K8S_BIN="$CACHE/kubernetes-$K8S_VERSION/bin"
 ETCD_BIN="$CACHE/etcd-$ETCD_VERSION/bin/etcd"
+SNAP="$CACHE/external-snapshotter-$SNAPSHOTTER_VERSION"
 log() { printf '[node] %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (kubelet, containerd and ip netns need it)"
@@ -207,6 +210,10 @@ control_plane() {
     --cluster-signing-cert-file="$p/ca.crt" --cluster-signing-key-file="$p/ca.key" \
     --use-service-account-credentials=true --controllers='*' --cluster-name=kubestow-node \
     --service-cluster-ip-range="$SERVICE_CIDR" --profiling=false
+  # The VolumeSnapshot API: CRDs and the snapshot-controller of one release.
+  kubectl --kubeconfig="$D/admin.kubeconfig" apply -f "$SNAP/crd/" >/dev/null
+  start snapshot-controller "$SNAP/bin/snapshot-controller" \
+    --kubeconfig="$D/admin.kubeconfig" --leader-election=false
   start kube-scheduler "$K8S_BIN/kube-scheduler" \
     --kubeconfig="$D/scheduler.kubeconfig" \
     --authentication-kubeconfig="$D/scheduler.kubeconfig" --authorization-kubeconfig="$D/scheduler.kubeconfig" \
@@ -263,7 +270,7 @@ EOF
 up() {
   [ ! -e "$D/pids" ] || die "$D exists: run '$0 down' first"
   [ -f "$IMAGE_TAR" ] || die "no image archive at $IMAGE_TAR: run 'just image' first"
-  bash "$repo/tests/env/setup-node.sh" debian etcd k8s pause
+  bash "$repo/tests/env/setup-node.sh" debian etcd k8s pause csi
   local need=() c
   for c in curl jq openssl kubectl; do command -v "$c" >/dev/null 2>&1 || need+=("$c"); done
   [[ " ${need[*]} " != *" kubectl "* ]] || need=("${need[@]/kubectl/kubernetes-client}")
@@ -460,7 +467,7 @@ down() {
       ctr -a "$c" -n k8s.io containers delete "$id" >/dev/null 2>&1 || true
     done
   fi
-  for n in kube-scheduler kube-controller-manager kube-apiserver etcd containerd; do stop_pid "$n"; done
+  for n in snapshot-controller kube-scheduler kube-controller-manager kube-apiserver etcd containerd; do stop_pid "$n"; done
   # Mounts under the run directory: pod volumes, sandbox netns, overlay rootfs.
   local m
   for m in $(awk -v d="$D/" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r); do

@@ -172,13 +172,17 @@ build_csi() {
     "-s -w -X main.version=v$SNAPSHOTTER_VERSION" "" \
     github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller \
     github.com/kubernetes-csi/external-snapshotter/v8/cmd/csi-snapshotter
-  # The VolumeSnapshot CRDs of the same release.
+  # The VolumeSnapshot CRDs of the same release, and the VolumeGroupSnapshot
+  # ones where it has them (snapshot-controller 8.7 waits for those).
   local out="$CACHE/external-snapshotter-$SNAPSHOTTER_VERSION"
-  if [ ! -d "$out/crd" ]; then
+  if [ ! -f "$out/crd/.complete" ]; then
     local dir
     dir=$(cd "$CACHE" && GOFLAGS= go mod download -json "github.com/kubernetes-csi/external-snapshotter/client/v8@v$SNAPSHOTTER_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+    rm -rf "$out/crd" "$out/crd.tmp"
     mkdir -p "$out/crd.tmp"
-    cp "$dir"/config/crd/snapshot.storage.k8s.io_*.yaml "$out/crd.tmp/"
+    cp "$dir"/config/crd/*snapshot.storage.k8s.io_*.yaml "$out/crd.tmp/"
+    chmod u+w "$out/crd.tmp"/*
+    touch "$out/crd.tmp/.complete"
     mv "$out/crd.tmp" "$out/crd"
   fi
   log "not built: csi-driver-host-path, external-provisioner, node-driver-registrar (the Go module proxy refuses them here)"

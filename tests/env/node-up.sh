@@ -10,6 +10,7 @@
 #                                Pod Security, non-root, read-only root fs) to Completed
 #   tests/env/node-up.sh volume  volume-backup of a PVC to a file:// repository on
 #                                another PVC, volume-restore into a third, compare
+#   tests/env/node-up.sh api     kubestow preflight in a pod reaches the API server
 #   tests/env/node-up.sh down    stop everything and remove what `up` made
 #
 # Then: export KUBECONFIG=$KUBESTOW_NODE_DIR/admin.kubeconfig
@@ -118,7 +119,9 @@ network() {
   ip -n "$NETNS" link set lo up
   ip -n "$NETNS" link set eth0 up
   # The pod bridge carries its gateway address itself, so the CNI bridge
-  # plugin runs with isGateway false and leaves ip_forward alone.
+  # plugin runs with isGateway false and leaves ip_forward alone. Pods get
+  # their subnet and one host route, to the node IP (the apiserver listens
+  # there); both end on this host, so nothing is forwarded.
   ip link add "$BRIDGE" type bridge
   ip addr add "$BRIDGE_IP/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
@@ -167,6 +170,7 @@ EOF
       "ipam": {
         "type": "host-local",
         "ranges": [[{"subnet": "$POD_CIDR", "rangeStart": "${POD_CIDR%.*}.10", "gateway": "$BRIDGE_IP"}]],
+        "routes": [{"dst": "$NODE_IP/32", "gw": "$BRIDGE_IP"}],
         "dataDir": "$D/cni/ipam"
       }
     },
@@ -342,6 +346,51 @@ EOF
     jq -c '{user: .Spec.process.user, readonlyRoot: .Spec.root.readonly, noNewPrivileges: .Spec.process.noNewPrivileges, capabilities: .Spec.process.capabilities.bounding, seccompDefault: .Spec.linux.seccomp.defaultAction}' >&2
   "${kc[@]}" delete namespace smoke --wait=false >&2
   [ "$phase" = Succeeded ]
+}
+
+# kubestow in a pod reaches the API server with its ServiceAccount token: no
+# kube-proxy here, so the pod is pointed at the node IP instead of the
+# kubernetes Service. preflight reports the server version, then the RBAC it
+# lacks (the default ServiceAccount has none), and exits non-zero.
+api() {
+  local kc=(kubectl --kubeconfig="$D/admin.kubeconfig")
+  "${kc[@]}" apply -f - >&2 <<EOF
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: smoke-api
+  labels:
+    pod-security.kubernetes.io/enforce: restricted
+    pod-security.kubernetes.io/enforce-version: latest
+EOF
+  wait_for 30 "serviceaccount smoke-api/default" "${kc[@]}" -n smoke-api get serviceaccount default
+  "${kc[@]}" apply -f - >&2 <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: preflight, namespace: smoke-api}
+spec:
+  restartPolicy: Never
+  securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}
+  containers:
+    - name: kubestow
+      image: $IMAGE
+      imagePullPolicy: Never
+      args: [preflight]
+      env:
+        - {name: KUBERNETES_SERVICE_HOST, value: "$NODE_IP"}
+        - {name: KUBERNETES_SERVICE_PORT, value: "$APISERVER_PORT"}
+        - {name: STOW_REPOSITORY, value: "file:///tmp/repo"}
+        - {name: STOW_PASSWORD, value: smoke-password}
+      securityContext: {readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+      volumeMounts: [{name: tmp, mountPath: /tmp}]
+  volumes: [{name: tmp, emptyDir: {}}]
+EOF
+  wait_for 120 "pod preflight to finish" pod_finished smoke-api preflight || true
+  local out
+  out=$("${kc[@]}" -n smoke-api logs preflight | grep -o 'API server .* reachable, version [^ ]*' | head -n1 || true)
+  "${kc[@]}" delete namespace smoke-api --wait=false >&2
+  [ -n "$out" ] || { log "the pod did not reach the API server"; return 1; }
+  log "from the pod: $out"
 }
 
 # Three PVCs bound to hostPath PVs under $D/volumes (data, repo, restore). A
@@ -521,6 +570,7 @@ case "${1:-}" in
   up) up ;;
   smoke) smoke ;;
   volume) volume ;;
+  api) api ;;
   down) down ;;
-  *) echo "usage: $0 up|smoke|volume|down" >&2; exit 2 ;;
+  *) echo "usage: $0 up|smoke|volume|api|down" >&2; exit 2 ;;
 esac

@@ -45,3 +45,7 @@ image tag="localhost/kubestow:dev":
 # Build the real-node parts (current Kubernetes, etcd 3.6, containerd, CNI, pause, CSI sidecars); cached under ~/.cache/kubestow. Not used by `just test` yet.
 setup-node *steps:
     bash tests/env/setup-node.sh {{steps}}
+
+# A one-node cluster on the current release for a manual smoke test: `just node up`, `just node smoke`, `just node volume`, `just node api`, `just node down` (tests/env/node-up.sh; needs `just image` first).
+node cmd:
+    bash tests/env/node-up.sh {{cmd}}

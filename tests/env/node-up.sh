@@ -531,7 +531,8 @@ down() {
   ip link del "$HOST_IF" 2>/dev/null || true
   ip netns del "$NETNS" 2>/dev/null || true
   if [ -f "$D/sysctl.saved" ]; then
-    local v=($(cat "$D/sysctl.saved"))
+    local v
+    mapfile -t v <"$D/sysctl.saved"
     sysctl -q -w vm.overcommit_memory="${v[0]}" kernel.panic="${v[1]}" kernel.panic_on_oops="${v[2]}"
   fi
   if [ -f "$D/made-iptables" ]; then

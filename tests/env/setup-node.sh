@@ -80,7 +80,7 @@ build_k8s() {
   # kubernetes' go.mod replaces each staging module k8s.io/<name> with
   # ./staging/src/k8s.io/<name>; the proxy serves them as k8s.io/<name> v0.<minor>.<patch>.
   local gomod
-  gomod=$(cd "$CACHE" && GOFLAGS= go mod download -json "k8s.io/kubernetes@v$v" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  gomod=$(cd "$CACHE" && GOFLAGS='' go mod download -json "k8s.io/kubernetes@v$v" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
   [ -f "$gomod" ] || { log "go mod download k8s.io/kubernetes@v$v failed"; exit 1; }
   local extra
   extra=$(
@@ -175,7 +175,7 @@ build_csi() {
   local out="$CACHE/external-snapshotter-$SNAPSHOTTER_VERSION"
   if [ ! -f "$out/crd/.complete" ]; then
     local dir
-    dir=$(cd "$CACHE" && GOFLAGS= go mod download -json "github.com/kubernetes-csi/external-snapshotter/client/v8@v$SNAPSHOTTER_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+    dir=$(cd "$CACHE" && GOFLAGS='' go mod download -json "github.com/kubernetes-csi/external-snapshotter/client/v8@v$SNAPSHOTTER_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
     rm -rf "$out/crd" "$out/crd.tmp"
     mkdir -p "$out/crd.tmp"
     cp "$dir"/config/crd/*snapshot.storage.k8s.io_*.yaml "$out/crd.tmp/"

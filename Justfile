@@ -44,17 +44,14 @@ bench: setup
     cargo run --release --quiet --example bench_resources
     cargo test --release --test integration rate:: -- --ignored --nocapture
 
-# Build the container image (images/Dockerfile) with docker or podman, where one is running.
-image tag="kubestow:dev":
-    #!/usr/bin/env bash
-    set -euo pipefail
-    engine=""
-    for e in docker podman; do
-      if command -v "$e" >/dev/null 2>&1 && "$e" info >/dev/null 2>&1; then engine="$e"; break; fi
-    done
-    if [ -z "$engine" ]; then
-      echo "just image: no container engine is available (docker or podman, with a running daemon); nothing was built" >&2
-      exit 1
-    fi
-    echo "building {{tag}} with $engine"
-    "$engine" build -f images/Dockerfile -t "{{tag}}" .
+# Build the container image FROM scratch with buildah (images/build.sh; no registry needed) and write it as a docker-archive tar.
+image tag="localhost/kubestow:dev":
+    bash images/build.sh "{{tag}}"
+
+# Build the real-node parts (current Kubernetes, etcd 3.6, containerd, CNI, pause, CSI sidecars); cached under ~/.cache/kubestow. Not used by `just test` yet.
+setup-node *steps:
+    bash tests/env/setup-node.sh {{steps}}
+
+# A one-node cluster on the current release for a manual smoke test: `just node up`, `just node smoke`, `just node volume`, `just node api`, `just node down` (tests/env/node-up.sh; needs `just image` first).
+node cmd:
+    bash tests/env/node-up.sh {{cmd}}

@@ -415,14 +415,15 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     // Volume data, after the objects: mover Jobs read each selected claim.
     let mut volume_report = Report::default();
     // `scope=volume` hooks run around each volume's snapshot or read.
-    let volume_hooks = crate::hooks::VolumeHooks::new(config, ctx, &kube);
+    let hook_options = super::options::hooks(config);
+    let volume_hooks = crate::hooks::VolumeHooks::new(&hook_options, ctx, &kube);
     let volumes = if ctx.cancel.is_cancelled() {
         Default::default()
     } else {
         crate::mover::backup::back_up(
             &kube,
             &repo,
-            config,
+            &super::options::mover(config),
             ctx,
             std::mem::take(&mut shared.claims),
             &volume_hooks,

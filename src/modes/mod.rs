@@ -6,6 +6,7 @@ pub mod backup;
 pub mod check;
 pub mod copy;
 mod error;
+pub mod options;
 pub mod list;
 pub mod preflight;
 pub mod prune;

@@ -10,10 +10,10 @@ use tracing::{info, warn};
 
 use super::job::{self, Mount, PODS_MOUNT, VOLUME_MOUNT};
 use super::plan::{self, Planned, Source};
-use super::{JobEnd, Runner, str_at};
+use super::{JobEnd, MoverOptions, Runner, str_at};
 use crate::cluster::api::{Kube, message};
 use crate::cluster::types;
-use crate::config::{Config, VolumeSource, vars};
+use crate::config::{VolumeSource, vars};
 use crate::context::RunContext;
 use crate::repo::{MoverResult, Repository, VolumeEntry};
 use crate::summary::Report;
@@ -89,17 +89,17 @@ async fn inputs(kube: &Kube, claims: &[Value], channels: usize) -> Result<[Vec<V
 pub(crate) async fn back_up(
     kube: &Kube,
     repo: &Repository,
-    config: &Config,
+    options: &MoverOptions,
     ctx: &RunContext,
     claims: Vec<Value>,
     hooks: &dyn Consistency,
     report: &mut Report,
 ) -> Volumes {
     let mut out = Volumes::default();
-    if config.volume.source == VolumeSource::Skip || claims.is_empty() {
+    if options.source == VolumeSource::Skip || claims.is_empty() {
         return out;
     }
-    let channels = usize::from(config.channels).max(1);
+    let channels = usize::from(options.channels).max(1);
     let [pvs, scs, vscs, pods] = match inputs(kube, &claims, channels).await {
         Ok(i) => i,
         Err(e) => {
@@ -109,7 +109,7 @@ pub(crate) async fn back_up(
     };
     let exclude = {
         let mut b = globset::GlobSetBuilder::new();
-        for g in &config.volume.exclude {
+        for g in &options.exclude {
             if let Ok(g) = globset::Glob::new(g) {
                 b.add(g);
             }
@@ -122,7 +122,7 @@ pub(crate) async fn back_up(
         storage_classes: &scs,
         snapshot_classes: &vscs,
         pods: &pods,
-        source: config.volume.source,
+        source: options.source,
         exclude: &exclude,
     });
     let mut skipped = Vec::new();
@@ -145,7 +145,7 @@ pub(crate) async fn back_up(
     if planned.volumes.is_empty() {
         return out;
     }
-    let image = match super::mover_image(kube, config).await {
+    let image = match super::mover_image(kube, options).await {
         Ok(i) => i,
         Err(e) => {
             for v in &planned.volumes {
@@ -156,13 +156,13 @@ pub(crate) async fn back_up(
     };
     let mut runner = Runner::new(
         kube,
-        config,
+        options,
         &ctx.run_id,
         image,
         ctx.cancel.clone(),
         planned.volumes.len(),
     );
-    runner.find_orchestrator(config).await;
+    runner.find_orchestrator(options).await;
     let namespaces: Vec<String> = planned
         .volumes
         .iter()
@@ -176,7 +176,7 @@ pub(crate) async fn back_up(
     let vb = VolumeBackup {
         runner: &runner,
         repo,
-        config,
+        options,
         hooks,
     };
     // Snapshots first, all close together in time: the volumes of one
@@ -253,7 +253,7 @@ pub(crate) async fn back_up(
 struct VolumeBackup<'a> {
     runner: &'a Runner<'a>,
     repo: &'a Repository,
-    config: &'a Config,
+    options: &'a MoverOptions,
     hooks: &'a dyn Consistency,
 }
 
@@ -291,7 +291,7 @@ impl VolumeBackup<'_> {
 
     /// Waits until the snapshot is ready to use; returns its restore size.
     async fn wait_ready(&self, v: &Planned, snap: &str) -> Result<Option<String>, String> {
-        let timeout = self.config.volume.snapshot_timeout;
+        let timeout = self.options.snapshot_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let what = format!("VolumeSnapshot {}/{snap} of claim {}", v.namespace, v.claim);
         loop {
@@ -369,7 +369,7 @@ impl VolumeBackup<'_> {
                 (mount, None, VOLUME_MOUNT.to_string())
             }
             Source::Kubelet { node, pod_uid, rel } => {
-                let host_dir = self.config.volume.kubelet_dir.join("pods");
+                let host_dir = self.options.kubelet_dir.join("pods");
                 let mount = Mount::KubeletPods {
                     host_dir: host_dir.display().to_string(),
                 };

@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 use crate::cluster::ResourceType;
 use crate::cluster::api::{Kube, message, status};
 use crate::cluster::types::{claims, jobs, pods, secrets, service_accounts, volume_snapshots};
-use crate::config::{Config, vars};
+use crate::config::{RateSchedule, Secret, VolumeSource, vars};
 use job::{MoverJob, Owner};
 
 /// How often a waiting orchestrator looks at a Job or snapshot.
@@ -65,6 +65,40 @@ const PASSED_ON: &[&str] = &[
     vars::LOG_FORMAT,
     "RUST_LOG",
 ];
+
+/// What mover Jobs read from the configuration, built once by the mode so
+/// the engine never sees the whole `Config`.
+#[derive(Debug, Clone)]
+pub struct MoverOptions {
+    /// `STOW_IMAGE`; `None` means this pod's own image.
+    pub image: Option<String>,
+    /// This pod (downward API): its image is the movers' default.
+    pub pod_namespace: Option<String>,
+    /// See [`Self::pod_namespace`].
+    pub pod_name: Option<String>,
+    /// The orchestrating Job, which owns movers in its namespace.
+    pub job_name: Option<String>,
+    /// `STOW_MOVER_SERVICE_ACCOUNT`; `None` means one without API access per Job.
+    pub service_account: Option<String>,
+    /// Resource requests and limits of mover containers.
+    pub resources: BTreeMap<String, String>,
+    /// How long a mover pod may take to start.
+    pub start_timeout: Duration,
+    /// How long a VolumeSnapshot may take to become ready.
+    pub snapshot_timeout: Duration,
+    /// The kubelet's directory on nodes, for the `kubelet` source.
+    pub kubelet_dir: std::path::PathBuf,
+    /// The repository password movers get in their Secret.
+    pub password: Option<Secret>,
+    /// `STOW_CHANNELS`, shared out among the movers in flight.
+    pub channels: u8,
+    /// `STOW_RATE_LIMIT`, shared out among the movers in flight.
+    pub rate_limit: Option<RateSchedule>,
+    /// How volume data is read.
+    pub source: VolumeSource,
+    /// Globs of volumes not to back up.
+    pub exclude: Vec<String>,
+}
 
 /// How one mover Job ended.
 #[derive(Debug)]
@@ -100,12 +134,11 @@ pub(crate) struct Runner<'a> {
 }
 
 /// The image movers run: `STOW_IMAGE`, else this pod's own.
-pub(crate) async fn mover_image(kube: &Kube, config: &Config) -> Result<String, String> {
-    if let Some(i) = &config.volume.image {
+pub(crate) async fn mover_image(kube: &Kube, options: &MoverOptions) -> Result<String, String> {
+    if let Some(i) = &options.image {
         return Ok(i.clone());
     }
-    let id = &config.identity;
-    let (Some(ns), Some(pod)) = (&id.pod_namespace, &id.pod_name) else {
+    let (Some(ns), Some(pod)) = (&options.pod_namespace, &options.pod_name) else {
         return Err(format!(
             "cannot tell which image movers run: set {} (or {} and {} through the downward API)",
             vars::IMAGE,
@@ -141,22 +174,22 @@ pub(crate) async fn mover_image(kube: &Kube, config: &Config) -> Result<String, 
 impl<'a> Runner<'a> {
     pub fn new(
         kube: &'a Kube,
-        config: &Config,
+        options: &MoverOptions,
         run_id: &str,
         image: String,
         cancel: CancellationToken,
         movers: usize,
     ) -> Self {
-        let (secret_env, base_env) = mover_env(config, run_id, movers, |v| std::env::var(v).ok());
+        let (secret_env, base_env) = mover_env(options, run_id, movers, |v| std::env::var(v).ok());
         Runner {
             kube,
             tag: job::run_tag(run_id),
             run_id: run_id.to_string(),
             image,
             cancel,
-            service_account: config.volume.mover_service_account.clone(),
-            resources: config.volume.mover_resources.clone(),
-            start_timeout: config.volume.mover_start_timeout,
+            service_account: options.service_account.clone(),
+            resources: options.resources.clone(),
+            start_timeout: options.start_timeout,
             secret_env,
             base_env,
             orchestrator: None,
@@ -189,9 +222,8 @@ impl<'a> Runner<'a> {
 
     /// Looks up the Job this run belongs to (`STOW_JOB_NAME` in
     /// `STOW_POD_NAMESPACE`), so movers next to it are owned by it.
-    pub async fn find_orchestrator(&mut self, config: &Config) {
-        let id = &config.identity;
-        let (Some(ns), Some(job)) = (&id.pod_namespace, &id.job_name) else {
+    pub async fn find_orchestrator(&mut self, options: &MoverOptions) {
+        let (Some(ns), Some(job)) = (&options.pod_namespace, &options.job_name) else {
             return;
         };
         if let Ok(Some(obj)) = self.kube.get(&jobs(), Some(ns), job).await
@@ -486,7 +518,7 @@ impl<'a> Runner<'a> {
 /// credentials) and plain variables. `env` reads this process's
 /// environment (injectable for tests).
 fn mover_env(
-    config: &Config,
+    options: &MoverOptions,
     run_id: &str,
     movers: usize,
     env: impl Fn(&str) -> Option<String>,
@@ -495,7 +527,7 @@ fn mover_env(
     if let Some(repo) = env(vars::REPOSITORY) {
         secret_env.insert(vars::REPOSITORY.to_string(), repo.trim().to_string());
     }
-    if let Some(pw) = &config.password {
+    if let Some(pw) = &options.password {
         secret_env.insert(vars::PASSWORD.to_string(), pw.expose().to_string());
     }
     for var in AWS_VARS {
@@ -516,12 +548,12 @@ fn mover_env(
     base_env.insert(vars::RUN_ID.to_string(), run_id.to_string());
     // STOW_CHANNELS is shared out: with many volumes, many movers of
     // one stream each; with one volume, one mover with every stream.
-    let channels = usize::from(config.channels).max(1);
+    let channels = usize::from(options.channels).max(1);
     let mover_channels = (channels / movers.clamp(1, channels)).max(1);
     base_env.insert(vars::CHANNELS.to_string(), mover_channels.to_string());
     // The bandwidth limit is per pod: each mover in flight gets its
     // share, so all of them together stay at the limit.
-    if let Some(rate) = &config.rate_limit {
+    if let Some(rate) = &options.rate_limit {
         let in_flight = movers.clamp(1, channels) as u32;
         base_env.insert(vars::RATE_LIMIT.to_string(), rate.share(in_flight).to_env());
     }
@@ -569,6 +601,7 @@ fn pending_reason(pod: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     fn config(extra: &[(&str, &str)]) -> Config {
         let mut v = vec![
@@ -600,7 +633,12 @@ mod tests {
             (vars::RATE_LIMIT, "40MiB"),
         ];
         // Six volumes: four movers in flight, one stream and 10 MiB/s each.
-        let (secret, base) = mover_env(&c, "run-1", 6, env_of(&process));
+        let (secret, base) = mover_env(
+            &crate::modes::options::mover(&c),
+            "run-1",
+            6,
+            env_of(&process),
+        );
         assert_eq!(secret[vars::PASSWORD], "pw-123");
         assert_eq!(secret["AWS_SECRET_ACCESS_KEY"], "sekrit");
         assert!(!secret.contains_key("AWS_WEB_IDENTITY_TOKEN_FILE"));
@@ -610,7 +648,12 @@ mod tests {
         assert_eq!(base[vars::TIMEZONE], "Europe/Berlin");
         assert_eq!(base[vars::RUN_ID], "run-1");
         // One volume: one mover with every stream and the whole limit.
-        let (_, base) = mover_env(&c, "run-1", 1, env_of(&process));
+        let (_, base) = mover_env(
+            &crate::modes::options::mover(&c),
+            "run-1",
+            1,
+            env_of(&process),
+        );
         assert_eq!(base[vars::CHANNELS], "4");
         assert_eq!(base[vars::RATE_LIMIT], "*=40MiB");
     }

@@ -7,9 +7,9 @@ use futures::StreamExt;
 use tracing::{info, warn};
 
 use super::job::{self, Mount, VOLUME_MOUNT};
-use super::{JobEnd, Runner};
+use super::{JobEnd, MoverOptions, Runner};
 use crate::cluster::api::Kube;
-use crate::config::{Config, vars};
+use crate::config::vars;
 use crate::context::RunContext;
 use crate::repo::SnapshotId;
 use crate::summary::Report;
@@ -28,7 +28,7 @@ pub struct Fill {
 /// A claim that cannot be filled is an item failure.
 pub(crate) async fn fill(
     kube: &Kube,
-    config: &Config,
+    options: &MoverOptions,
     ctx: &RunContext,
     snapshot: &SnapshotId,
     fills: &[Fill],
@@ -38,7 +38,7 @@ pub(crate) async fn fill(
         return;
     }
     let item = |f: &Fill| format!("volume {}/{}", f.namespace, f.claim);
-    let image = match super::mover_image(kube, config).await {
+    let image = match super::mover_image(kube, options).await {
         Ok(i) => i,
         Err(e) => {
             for f in fills {
@@ -47,10 +47,10 @@ pub(crate) async fn fill(
             return;
         }
     };
-    let channels = usize::from(config.channels).max(1);
+    let channels = usize::from(options.channels).max(1);
     let runner = Runner::new(
         kube,
-        config,
+        options,
         &ctx.run_id,
         image,
         ctx.cancel.clone(),

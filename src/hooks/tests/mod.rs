@@ -6,7 +6,7 @@ mod rules;
 mod run;
 
 use super::*;
-use crate::config::vars as v;
+use crate::config::{Config, vars as v};
 
 fn config(extra: &[(&str, &str)], mode: &str) -> Result<Config, crate::config::ConfigErrors> {
     let mut pairs = vec![

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::modes::Error;
+use crate::modes::options::hooks as options;
 
 fn ctx() -> RunContext {
     RunContext {
@@ -48,7 +49,7 @@ async fn hooks_run_in_order_around_the_mode() {
     let pre = format!("{}\n{}", note(&log, "pre1"), note(&log, "pre2"));
     let post = format!("{}\n{}", note(&log, "post1"), note(&log, "post2"));
     let c = config(&[(v::PRE_HOOKS, &pre), (v::POST_HOOKS, &post)], "backup").unwrap();
-    let report = around(&c, &ctx(), mode(&log, Ok(Report::default())))
+    let report = around(&options(&c), &ctx(), mode(&log, Ok(Report::default())))
         .await
         .unwrap();
     assert_eq!(
@@ -83,7 +84,7 @@ async fn a_failed_pre_hook_stops_the_run_but_not_the_post_hooks() {
         "backup",
     )
     .unwrap();
-    let e = around(&c, &ctx(), mode(&log, Ok(Report::default())))
+    let e = around(&options(&c), &ctx(), mode(&log, Ok(Report::default())))
         .await
         .unwrap_err();
     assert_eq!(lines(&log), ["pre1:pre:", "post:post:failed"]);
@@ -102,7 +103,7 @@ async fn a_failed_pre_hook_stops_the_run_but_not_the_post_hooks() {
         "backup",
     )
     .unwrap();
-    let r = around(&c, &ctx(), mode(&log, Ok(Report::default())))
+    let r = around(&options(&c), &ctx(), mode(&log, Ok(Report::default())))
         .await
         .unwrap();
     assert_eq!(lines(&log), ["pre2:pre:", "mode", "post:post:success"]);
@@ -126,9 +127,13 @@ async fn post_hooks_run_after_a_failed_mode_and_all_of_them() {
         note(&log, "post3")
     );
     let c = config(&[(v::POST_HOOKS, &post)], "backup").unwrap();
-    let e = around(&c, &ctx(), mode(&log, Err(Error::Missing("boom"))))
-        .await
-        .unwrap_err();
+    let e = around(
+        &options(&c),
+        &ctx(),
+        mode(&log, Err(Error::Missing("boom"))),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         lines(&log),
         ["mode", "post1:post:failed", "post3:post:failed"]
@@ -138,7 +143,7 @@ async fn post_hooks_run_after_a_failed_mode_and_all_of_them() {
 
     // After a successful mode, a failed post hook (on-error=fail) makes it partial.
     std::fs::remove_file(&log).unwrap();
-    let r = around(&c, &ctx(), mode(&log, Ok(Report::default())))
+    let r = around(&options(&c), &ctx(), mode(&log, Ok(Report::default())))
         .await
         .unwrap();
     assert_eq!(r.status(), Status::Partial);
@@ -165,7 +170,7 @@ async fn an_unmet_precondition_skips_without_hooks_or_mode() {
         "backup",
     )
     .unwrap();
-    let r = around(&c, &ctx(), mode(&log, Ok(Report::default())))
+    let r = around(&options(&c), &ctx(), mode(&log, Ok(Report::default())))
         .await
         .unwrap();
     assert_eq!(r.status(), Status::Skipped);
@@ -178,16 +183,20 @@ async fn an_unmet_precondition_skips_without_hooks_or_mode() {
 
     // Met: the run goes on.
     let c = config(&[(v::PRECONDITION, "true")], "backup").unwrap();
-    let r = around(&c, &ctx(), async { Ok::<_, Error>(Report::default()) })
-        .await
-        .unwrap();
+    let r = around(&options(&c), &ctx(), async {
+        Ok::<_, Error>(Report::default())
+    })
+    .await
+    .unwrap();
     assert_eq!(r.status(), Status::Success);
 
     // A command that does not exist is a condition not met, not a crash.
     let c = config(&[(v::PRECONDITION, "/no/such/command")], "backup").unwrap();
-    let r = around(&c, &ctx(), async { Ok::<_, Error>(Report::default()) })
-        .await
-        .unwrap();
+    let r = around(&options(&c), &ctx(), async {
+        Ok::<_, Error>(Report::default())
+    })
+    .await
+    .unwrap();
     assert!(
         r.reason
             .unwrap()
@@ -202,9 +211,11 @@ async fn list_and_preflight_ignore_hooks() {
         "list",
     )
     .unwrap();
-    let r = around(&c, &ctx(), async { Ok::<_, Error>(Report::default()) })
-        .await
-        .unwrap();
+    let r = around(&options(&c), &ctx(), async {
+        Ok::<_, Error>(Report::default())
+    })
+    .await
+    .unwrap();
     assert_eq!(r.status(), Status::Success);
 }
 
@@ -219,9 +230,11 @@ async fn a_timeout_kills_the_hook_and_what_it_started() {
     );
     let c = config(&[(v::PRE_HOOKS, &pre)], "backup").unwrap();
     let started = std::time::Instant::now();
-    let e = around(&c, &ctx(), async { Ok::<_, Error>(Report::default()) })
-        .await
-        .unwrap_err();
+    let e = around(&options(&c), &ctx(), async {
+        Ok::<_, Error>(Report::default())
+    })
+    .await
+    .unwrap_err();
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "{:?}",
@@ -271,7 +284,7 @@ async fn a_signal_stops_pre_hooks_and_post_hooks_still_run() {
         cancel.cancel();
     });
     let started = std::time::Instant::now();
-    let e = around(&c, &ctx, mode(&log, Ok(Report::default())))
+    let e = around(&options(&c), &ctx, mode(&log, Ok(Report::default())))
         .await
         .unwrap_err();
     assert!(matches!(e, Error::Cancelled), "{e}");
@@ -289,7 +302,7 @@ async fn a_signal_stops_pre_hooks_and_post_hooks_still_run() {
         ctx2.cancel.cancel();
         mode(&log, Err(Error::Cancelled)).await
     };
-    let e = around(&c, &ctx2, cancelled).await.unwrap_err();
+    let e = around(&options(&c), &ctx2, cancelled).await.unwrap_err();
     assert!(matches!(e, Error::Cancelled));
     assert_eq!(lines(&log), ["mode", "post:post:cancelled"]);
 }
@@ -366,7 +379,8 @@ async fn volume_hooks_wrap_each_volume_and_undo_a_failed_freeze() {
     let c = config(&[(v::PRE_HOOKS, &pre), (v::POST_HOOKS, &post)], "backup").unwrap();
     let ctx = ctx();
     let kube = offline_kube();
-    let hooks = VolumeHooks::new(&c, &ctx, &kube);
+    let o = options(&c);
+    let hooks = VolumeHooks::new(&o, &ctx, &kube);
     hooks.before(&planned("shop", "data-0")).await.unwrap();
     hooks.after(&planned("shop", "data-0")).await;
     assert_eq!(

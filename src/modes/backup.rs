@@ -310,7 +310,7 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     // SIGTERM stops the retries of the repository and the API at once.
     crate::context::link(&ctx.cancel);
     let started = jiff::Timestamp::now();
-    let selector = Selector::new(&config.selection).map_err(ResourceError::Cluster)?;
+    let selector = Selector::new(&config.selection).map_err(ResourceError::from)?;
     // The same checks as `preflight`: fail before changing anything.
     crate::preflight::gate(config, ctx).await?;
     let channels = usize::from(config.channels).max(1);

@@ -700,7 +700,7 @@ impl<'a> VolumeHooks<'a> {
 
 #[async_trait::async_trait]
 impl Consistency for VolumeHooks<'_> {
-    async fn before(&self, v: &Planned) -> Result<(), String> {
+    async fn before(&self, v: &Planned) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let config = self.runner.options;
         if !self.has(&config.pre_hooks) {
             return Ok(());
@@ -720,7 +720,7 @@ impl Consistency for VolumeHooks<'_> {
             None => Ok(()),
             Some(f) => {
                 self.after(v).await;
-                Err(f)
+                Err(Box::new(HookError::Failed(f)))
             }
         }
     }

@@ -19,6 +19,7 @@
 //! retried run removes what an earlier attempt left.
 
 pub mod backup;
+mod error;
 pub mod job;
 pub mod plan;
 pub mod restore;
@@ -34,6 +35,7 @@ use crate::cluster::ResourceType;
 use crate::cluster::api::{Kube, message, status};
 use crate::cluster::types::{claims, jobs, pods, secrets, service_accounts, volume_snapshots};
 use crate::config::{RateSchedule, Secret, VolumeSource, vars};
+pub use error::MoverError;
 use job::{MoverJob, Owner};
 
 /// How often a waiting orchestrator looks at a Job or snapshot.
@@ -105,7 +107,7 @@ pub struct MoverOptions {
 pub enum JobEnd {
     Succeeded,
     /// Failed for good (after the Job's retries), or never started.
-    Failed(String),
+    Failed(MoverError),
 }
 
 fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
@@ -134,28 +136,25 @@ pub(crate) struct Runner<'a> {
 }
 
 /// The image movers run: `STOW_IMAGE`, else this pod's own.
-pub(crate) async fn mover_image(kube: &Kube, options: &MoverOptions) -> Result<String, String> {
+pub(crate) async fn mover_image(kube: &Kube, options: &MoverOptions) -> Result<String, MoverError> {
     if let Some(i) = &options.image {
         return Ok(i.clone());
     }
     let (Some(ns), Some(pod)) = (&options.pod_namespace, &options.pod_name) else {
-        return Err(format!(
-            "cannot tell which image movers run: set {} (or {} and {} through the downward API)",
-            vars::IMAGE,
-            vars::POD_NAME,
-            vars::POD_NAMESPACE
-        ));
+        return Err(MoverError::NoImage);
     };
     let obj = kube
         .get(&pods(), Some(ns), pod)
         .await
-        .map_err(|e| {
-            format!(
-                "reading this pod {ns}/{pod} to find its image: {}",
-                message(&e)
-            )
+        .map_err(|source| MoverError::ReadPod {
+            namespace: ns.clone(),
+            pod: pod.clone(),
+            source,
         })?
-        .ok_or_else(|| format!("this pod {ns}/{pod} does not exist; set {}", vars::IMAGE))?;
+        .ok_or_else(|| MoverError::PodGone {
+            namespace: ns.clone(),
+            pod: pod.clone(),
+        })?;
     let containers = obj
         .pointer("/spec/containers")
         .and_then(Value::as_array)
@@ -168,7 +167,10 @@ pub(crate) async fn mover_image(kube: &Kube, options: &MoverOptions) -> Result<S
         .or(containers.first())
         .and_then(|c| str_at(c, "/image"))
         .map(String::from)
-        .ok_or_else(|| format!("pod {ns}/{pod} has no container image; set {}", vars::IMAGE))
+        .ok_or_else(|| MoverError::NoContainerImage {
+            namespace: ns.clone(),
+            pod: pod.clone(),
+        })
 }
 
 impl<'a> Runner<'a> {
@@ -206,17 +208,37 @@ impl<'a> Runner<'a> {
 
     /// Creates an object, or returns the one a previous attempt of this
     /// run left under the same name.
-    pub async fn create(&self, rt: &ResourceType, ns: &str, body: &Value) -> Result<Value, String> {
+    pub async fn create(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        body: &Value,
+    ) -> Result<Value, MoverError> {
         self.touch(ns);
         let name = str_at(body, "/metadata/name").unwrap_or_default();
         match self.kube.create(rt, Some(ns), body, false).await {
             Ok(v) => Ok(v),
             Err(e) if status(&e) == Some(409) => match self.kube.get(rt, Some(ns), name).await {
                 Ok(Some(v)) => Ok(v),
-                Ok(None) => Err(format!("{} {ns}/{name}: {}", rt.kind, message(&e))),
-                Err(e) => Err(format!("{} {ns}/{name}: {}", rt.kind, message(&e))),
+                Ok(None) => Err(MoverError::Adopt {
+                    kind: rt.kind.clone(),
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    source: e,
+                }),
+                Err(source) => Err(MoverError::Adopt {
+                    kind: rt.kind.clone(),
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    source,
+                }),
             },
-            Err(e) => Err(format!("creating {} {ns}/{name}: {}", rt.kind, message(&e))),
+            Err(source) => Err(MoverError::Create {
+                kind: rt.kind.clone(),
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                source,
+            }),
         }
     }
 
@@ -234,7 +256,7 @@ impl<'a> Runner<'a> {
     }
 
     /// The Secret and service account of one mover Job, owned by it.
-    async fn job_companions(&self, spec: &MoverJob, job_uid: &str) -> Result<(), String> {
+    async fn job_companions(&self, spec: &MoverJob, job_uid: &str) -> Result<(), MoverError> {
         let ns = spec.namespace.as_str();
         let owner = Owner::job(&spec.name, job_uid);
         let secret = json!({
@@ -307,6 +329,7 @@ impl<'a> Runner<'a> {
     async fn wait_job(&self, spec: &MoverJob) -> JobEnd {
         let (ns, name) = (spec.namespace.as_str(), spec.name.as_str());
         let what = format!("mover Job {ns}/{name}");
+        let ids = || (ns.to_string(), name.to_string());
         let body = spec.to_json();
         let mut existing = match self.create(&jobs(), ns, &body).await {
             Ok(j) => j,
@@ -315,13 +338,25 @@ impl<'a> Runner<'a> {
         if condition(&existing, "Failed") {
             info!(job = %what, "replacing a failed mover Job of an earlier attempt");
             if let Err(e) = self.kube.delete(&jobs(), Some(ns), name).await {
-                return JobEnd::Failed(format!("deleting the failed {what}: {}", message(&e)));
+                let (namespace, job) = ids();
+                return JobEnd::Failed(MoverError::DeleteFailedJob {
+                    namespace,
+                    job,
+                    source: e,
+                });
             }
             existing = loop {
                 match self.kube.create(&jobs(), Some(ns), &body, false).await {
                     Ok(j) => break j,
                     Err(e) if status(&e) == Some(409) => tokio::time::sleep(POLL).await,
-                    Err(e) => return JobEnd::Failed(format!("creating {what}: {}", message(&e))),
+                    Err(source) => {
+                        let (namespace, job) = ids();
+                        return JobEnd::Failed(MoverError::CreateJob {
+                            namespace,
+                            job,
+                            source,
+                        });
+                    }
                 }
             };
         }
@@ -339,13 +374,23 @@ impl<'a> Runner<'a> {
         let mut started = false;
         loop {
             tokio::select! {
-                _ = self.cancel.cancelled() => return JobEnd::Failed("cancelled".into()),
+                _ = self.cancel.cancelled() => return JobEnd::Failed(MoverError::Cancelled),
                 _ = tokio::time::sleep(POLL) => {}
             }
             let job = match self.kube.get(&jobs(), Some(ns), name).await {
                 Ok(Some(j)) if str_at(&j, "/metadata/uid") == Some(&uid) => j,
-                Ok(_) => return JobEnd::Failed(format!("{what} was deleted by someone else")),
-                Err(e) => return JobEnd::Failed(format!("watching {what}: {}", message(&e))),
+                Ok(_) => {
+                    let (namespace, job) = ids();
+                    return JobEnd::Failed(MoverError::JobDeleted { namespace, job });
+                }
+                Err(source) => {
+                    let (namespace, job) = ids();
+                    return JobEnd::Failed(MoverError::WatchJob {
+                        namespace,
+                        job,
+                        source,
+                    });
+                }
             };
             if job
                 .pointer("/status/succeeded")
@@ -357,7 +402,12 @@ impl<'a> Runner<'a> {
             }
             if condition(&job, "Failed") {
                 let why = self.last_failure(ns, name).await;
-                return JobEnd::Failed(format!("{what} failed after its retries: {why}"));
+                let (namespace, job) = ids();
+                return JobEnd::Failed(MoverError::JobFailed {
+                    namespace,
+                    job,
+                    why,
+                });
             }
             if !started {
                 let pods = self
@@ -374,11 +424,13 @@ impl<'a> Runner<'a> {
                         "no pod was created (quota, admission or an unknown service account?)"
                             .into()
                     });
-                    return JobEnd::Failed(format!(
-                        "{what} did not start within {}s ({}): {why}",
-                        self.start_timeout.as_secs(),
-                        vars::MOVER_START_TIMEOUT
-                    ));
+                    let (namespace, job) = ids();
+                    return JobEnd::Failed(MoverError::NotStarted {
+                        namespace,
+                        job,
+                        seconds: self.start_timeout.as_secs(),
+                        why,
+                    });
                 }
             }
         }

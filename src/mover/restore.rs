@@ -7,7 +7,7 @@ use futures::StreamExt;
 use tracing::{info, warn};
 
 use super::job::{self, Mount, VOLUME_MOUNT};
-use super::{JobEnd, MoverOptions, Runner};
+use super::{JobEnd, MoverError, MoverOptions, Runner};
 use crate::cluster::api::Kube;
 use crate::config::vars;
 use crate::context::RunContext;
@@ -42,7 +42,7 @@ pub(crate) async fn fill(
         Ok(i) => i,
         Err(e) => {
             for f in fills {
-                report.fail_item(item(f), e.clone());
+                report.fail_item(item(f), e.to_string());
             }
             return;
         }
@@ -57,7 +57,7 @@ pub(crate) async fn fill(
         fills.len(),
     );
     info!(volumes = fills.len(), "filling restored claims");
-    let results: Vec<(&Fill, Result<(), String>)> = futures::stream::iter(fills)
+    let results: Vec<(&Fill, Result<(), MoverError>)> = futures::stream::iter(fills)
         .map(|f| {
             let runner = &runner;
             async move {
@@ -97,7 +97,7 @@ pub(crate) async fn fill(
             Ok(()) => filled += 1,
             Err(e) => {
                 warn!(volume = %f.volume, claim = %format!("{}/{}", f.namespace, f.claim), error = %e, "volume not restored");
-                report.fail_item(item(f), e);
+                report.fail_item(item(f), e.to_string());
             }
         }
     }

@@ -240,7 +240,9 @@ pub async fn push(url: &str, group: &Group, summary: &Summary) -> Result<(), Met
         });
     match &result {
         Ok(()) => info!(gateway = %url, "metrics pushed"),
-        Err(e) => warn!(gateway = %url, error = %e, "could not push metrics"),
+        Err(e) => {
+            warn!(gateway = %url, error = %e, retriable = e.is_retriable(), "could not push metrics")
+        }
     }
     result
 }

@@ -391,7 +391,11 @@ async fn volume_hooks_wrap_each_volume_and_undo_a_failed_freeze() {
 
     // A failing freeze fails the volume; the thaw runs all the same.
     std::fs::remove_file(&log).unwrap();
-    let e = hooks.before(&planned("shop", "bad")).await.unwrap_err();
+    let e = hooks
+        .before(&planned("shop", "bad"))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("pre hook 3") && e.contains("code 1"), "{e}");
     assert_eq!(lines(&log), ["freeze:pre:shop/bad", "thaw:post:shop/bad"]);
 

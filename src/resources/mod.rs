@@ -48,7 +48,8 @@ pub enum ResourceError {
     Catalogue {
         snapshot: String,
         #[source]
-        source: crate::repo::RepoError,
+        // Boxed: a repository error is large and this path is cold.
+        source: Box<crate::repo::RepoError>,
     },
     /// `STOW_NAMESPACES`, `STOW_EXCLUDE_NAMESPACES` or the label selector
     /// does not parse.

@@ -96,7 +96,7 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     .await
     .map_err(|source| ResourceError::Catalogue {
         snapshot: snapshot.to_hex(),
-        source,
+        source: Box::new(source),
     })?;
 
     let mut maps = Maps {

@@ -101,7 +101,7 @@ pub(crate) fn message(e: &kube::Error) -> String {
     }
 }
 
-fn retriable(e: &kube::Error) -> bool {
+pub(crate) fn retriable(e: &kube::Error) -> bool {
     match e {
         kube::Error::Api(s) => s.code == 429 || s.code >= 500,
         kube::Error::HyperError(_) | kube::Error::Service(_) => true,

@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cluster::api::{Kube, message};
+use crate::config::Mode;
 pub use crate::config::hooks::{Hook, OnError, Pods, Scope, Target};
-use crate::config::{Config, Mode};
 use crate::context::RunContext;
 use crate::mover::backup::Consistency;
 use crate::mover::plan::Planned;
@@ -47,9 +47,29 @@ pub enum HookError {
     Cancelled,
 }
 
+/// What hooks read from the configuration, built once by the mode so the
+/// engine never sees the whole `Config`.
+#[derive(Debug, Clone)]
+pub struct HookOptions {
+    /// The run's mode: hooks see it, and `list`/`preflight` have none.
+    pub mode: Mode,
+    /// `STOW_MOVER`: a mover Job's orchestrating run has the hooks.
+    pub mover: bool,
+    /// `STOW_RECONNECT_TIMEOUT`, for the cluster connection hooks open.
+    pub reconnect_timeout: std::time::Duration,
+    /// `STOW_CHANNELS`, for discovering resource types.
+    pub channels: u8,
+    /// `STOW_PRECONDITION`: all must be met, else the run is skipped.
+    pub precondition: Vec<Hook>,
+    /// `STOW_PRE_HOOKS`.
+    pub pre_hooks: Vec<Hook>,
+    /// `STOW_POST_HOOKS`.
+    pub post_hooks: Vec<Hook>,
+}
+
 /// Whether this run evaluates preconditions and runs hooks.
-pub fn applies(config: &Config) -> bool {
-    !matches!(config.mode, Mode::List | Mode::Preflight) && !config.volume.mover
+pub fn applies(options: &HookOptions) -> bool {
+    !matches!(options.mode, Mode::List | Mode::Preflight) && !options.mover
 }
 
 /// When a command runs; local commands see it as `KUBESTOW_HOOK`.
@@ -80,15 +100,15 @@ fn status_str(s: Status) -> String {
 /// Runs hooks; connects to the cluster on first need, so runs with only
 /// local commands never do.
 struct Runner<'a> {
-    config: &'a Config,
+    options: &'a HookOptions,
     run_id: &'a str,
     kube: tokio::sync::OnceCell<Kube>,
 }
 
 impl<'a> Runner<'a> {
-    fn new(config: &'a Config, run_id: &'a str, kube: Option<Kube>) -> Self {
+    fn new(options: &'a HookOptions, run_id: &'a str, kube: Option<Kube>) -> Self {
         Self {
-            config,
+            options,
             run_id,
             kube: tokio::sync::OnceCell::new_with(kube),
         }
@@ -98,7 +118,7 @@ impl<'a> Runner<'a> {
         self.kube
             .get_or_try_init(|| async {
                 let cluster = crate::cluster::Cluster::connect().await?;
-                Ok(Kube::new(cluster, self.config.reconnect_timeout))
+                Ok(Kube::new(cluster, self.options.reconnect_timeout))
             })
             .await
     }
@@ -111,7 +131,7 @@ impl<'a> Runner<'a> {
     ) -> Vec<(String, String)> {
         let mut env = vec![
             ("KUBESTOW_RUN_ID".to_string(), self.run_id.to_string()),
-            ("KUBESTOW_MODE".to_string(), self.config.mode.to_string()),
+            ("KUBESTOW_MODE".to_string(), self.options.mode.to_string()),
             ("KUBESTOW_HOOK".to_string(), phase.as_str().to_string()),
         ];
         if let Some(s) = status {
@@ -281,7 +301,7 @@ impl<'a> Runner<'a> {
     /// the cluster failing to answer (a retry may do better), not for
     /// conditions that are false.
     async fn precondition(&self, cancel: &CancellationToken) -> Result<Option<String>, HookError> {
-        for cond in &self.config.precondition {
+        for cond in &self.options.precondition {
             let check = async {
                 // Commands enforce their own timeout (and kill what they
                 // started); a resource check is bounded here.
@@ -378,7 +398,7 @@ impl<'a> Runner<'a> {
             } => {
                 let kube = self.kube().await?;
                 let discovered =
-                    crate::cluster::discovery::discover(kube, usize::from(self.config.channels))
+                    crate::cluster::discovery::discover(kube, usize::from(self.options.channels))
                         .await
                         .map_err(|e| kube.cluster.err("discovering API resources", e))?;
                 let rt = match resolve_kind(&discovered, kind, namespace.is_some()) {
@@ -569,7 +589,7 @@ pub fn ready(kind: &str, obj: &Value) -> Result<(), String> {
 }
 
 /// The run frame's part: preconditions, pre hooks, `mode`, post hooks.
-pub async fn around<F, E>(config: &Config, ctx: &RunContext, mode: F) -> Result<Report, E>
+pub async fn around<F, E>(config: &HookOptions, ctx: &RunContext, mode: F) -> Result<Report, E>
 where
     F: Future<Output = Result<Report, E>>,
     E: From<HookError> + Outcome,
@@ -661,7 +681,7 @@ pub(crate) struct VolumeHooks<'a> {
 }
 
 impl<'a> VolumeHooks<'a> {
-    pub(crate) fn new(config: &'a Config, ctx: &'a RunContext, kube: &Kube) -> Self {
+    pub(crate) fn new(config: &'a HookOptions, ctx: &'a RunContext, kube: &Kube) -> Self {
         Self {
             runner: Runner::new(config, &ctx.run_id, Some(kube.clone())),
             cancel: ctx.cancel.clone(),
@@ -674,14 +694,14 @@ impl<'a> VolumeHooks<'a> {
     }
 
     fn has(&self, hooks: &[Hook]) -> bool {
-        applies(self.runner.config) && hooks.iter().any(|h| h.scope == Scope::Volume)
+        applies(self.runner.options) && hooks.iter().any(|h| h.scope == Scope::Volume)
     }
 }
 
 #[async_trait::async_trait]
 impl Consistency for VolumeHooks<'_> {
-    async fn before(&self, v: &Planned) -> Result<(), String> {
-        let config = self.runner.config;
+    async fn before(&self, v: &Planned) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let config = self.runner.options;
         if !self.has(&config.pre_hooks) {
             return Ok(());
         }
@@ -700,13 +720,13 @@ impl Consistency for VolumeHooks<'_> {
             None => Ok(()),
             Some(f) => {
                 self.after(v).await;
-                Err(f)
+                Err(Box::new(HookError::Failed(f)))
             }
         }
     }
 
     async fn after(&self, v: &Planned) {
-        let config = self.runner.config;
+        let config = self.runner.options;
         if !self.has(&config.post_hooks) {
             return;
         }

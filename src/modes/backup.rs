@@ -310,7 +310,7 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     // SIGTERM stops the retries of the repository and the API at once.
     crate::context::link(&ctx.cancel);
     let started = jiff::Timestamp::now();
-    let selector = Selector::new(&config.selection).map_err(ResourceError::Cluster)?;
+    let selector = Selector::new(&config.selection).map_err(ResourceError::from)?;
     // The same checks as `preflight`: fail before changing anything.
     crate::preflight::gate(config, ctx).await?;
     let channels = usize::from(config.channels).max(1);
@@ -415,14 +415,15 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     // Volume data, after the objects: mover Jobs read each selected claim.
     let mut volume_report = Report::default();
     // `scope=volume` hooks run around each volume's snapshot or read.
-    let volume_hooks = crate::hooks::VolumeHooks::new(config, ctx, &kube);
+    let hook_options = super::options::hooks(config);
+    let volume_hooks = crate::hooks::VolumeHooks::new(&hook_options, ctx, &kube);
     let volumes = if ctx.cancel.is_cancelled() {
         Default::default()
     } else {
         crate::mover::backup::back_up(
             &kube,
             &repo,
-            config,
+            &super::options::mover(config),
             ctx,
             std::mem::take(&mut shared.claims),
             &volume_hooks,

@@ -91,11 +91,10 @@ impl Error {
             Error::Backend(e) => e.is_retriable(),
             Error::Repo(e) => e.is_retriable(),
             Error::Volume(e) => e.is_retriable(),
+            Error::Resources(e) => e.is_retriable(),
             // A hook's target (a pod, a service) may well be back later.
             Error::Cancelled | Error::Hook(_) => true,
-            Error::Config(_) | Error::Missing(_) | Error::Preflight(_) | Error::Resources(_) => {
-                false
-            }
+            Error::Config(_) | Error::Missing(_) | Error::Preflight(_) => false,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod check;
 pub mod copy;
 mod error;
 pub mod list;
+pub mod options;
 pub mod preflight;
 pub mod prune;
 pub mod restore;

@@ -10,10 +10,10 @@ use tracing::{info, warn};
 
 use super::job::{self, Mount, PODS_MOUNT, VOLUME_MOUNT};
 use super::plan::{self, Planned, Source};
-use super::{JobEnd, Runner, str_at};
+use super::{JobEnd, MoverError, MoverOptions, Runner, str_at};
 use crate::cluster::api::{Kube, message};
 use crate::cluster::types;
-use crate::config::{Config, VolumeSource, vars};
+use crate::config::{VolumeSource, vars};
 use crate::context::RunContext;
 use crate::repo::{MoverResult, Repository, VolumeEntry};
 use crate::summary::Report;
@@ -22,7 +22,10 @@ use crate::summary::Report;
 /// before a volume's snapshot is taken or its live data is read, and after.
 #[async_trait::async_trait]
 pub trait Consistency: Send + Sync {
-    async fn before(&self, _volume: &Planned) -> Result<(), String> {
+    async fn before(
+        &self,
+        _volume: &Planned,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         Ok(())
     }
     async fn after(&self, _volume: &Planned) {}
@@ -45,7 +48,11 @@ fn item(volume: &str) -> String {
 
 /// The objects the planner needs: volumes of the claims, storage and
 /// snapshot classes, pods of the claims' namespaces.
-async fn inputs(kube: &Kube, claims: &[Value], channels: usize) -> Result<[Vec<Value>; 4], String> {
+async fn inputs(
+    kube: &Kube,
+    claims: &[Value],
+    channels: usize,
+) -> Result<[Vec<Value>; 4], MoverError> {
     let pv_names: BTreeSet<&str> = claims
         .iter()
         .filter_map(|c| str_at(c, "/spec/volumeName"))
@@ -61,7 +68,10 @@ async fn inputs(kube: &Kube, claims: &[Value], channels: usize) -> Result<[Vec<V
     let scs = kube
         .list_all(&types::storage_classes(), None, None)
         .await
-        .map_err(|e| format!("listing storage classes: {}", message(&e)))?;
+        .map_err(|source| MoverError::List {
+            what: "storage classes".into(),
+            source,
+        })?;
     // No snapshot CRDs (404) means no classes; a denial is worth a warning.
     let vscs = kube.list_all(&types::snapshot_classes(), None, None)
         .await
@@ -78,7 +88,10 @@ async fn inputs(kube: &Kube, claims: &[Value], channels: usize) -> Result<[Vec<V
         pods.extend(
             kube.list_all(&types::pods(), Some(ns), None)
                 .await
-                .map_err(|e| format!("listing pods in {ns}: {}", message(&e)))?,
+                .map_err(|source| MoverError::List {
+                    what: format!("pods in {ns}"),
+                    source,
+                })?,
         );
     }
     Ok([pvs, scs, vscs, pods])
@@ -89,27 +102,27 @@ async fn inputs(kube: &Kube, claims: &[Value], channels: usize) -> Result<[Vec<V
 pub(crate) async fn back_up(
     kube: &Kube,
     repo: &Repository,
-    config: &Config,
+    options: &MoverOptions,
     ctx: &RunContext,
     claims: Vec<Value>,
     hooks: &dyn Consistency,
     report: &mut Report,
 ) -> Volumes {
     let mut out = Volumes::default();
-    if config.volume.source == VolumeSource::Skip || claims.is_empty() {
+    if options.source == VolumeSource::Skip || claims.is_empty() {
         return out;
     }
-    let channels = usize::from(config.channels).max(1);
+    let channels = usize::from(options.channels).max(1);
     let [pvs, scs, vscs, pods] = match inputs(kube, &claims, channels).await {
         Ok(i) => i,
         Err(e) => {
-            report.fail_item("volumes", e);
+            report.fail_item("volumes", e.to_string());
             return out;
         }
     };
     let exclude = {
         let mut b = globset::GlobSetBuilder::new();
-        for g in &config.volume.exclude {
+        for g in &options.exclude {
             if let Ok(g) = globset::Glob::new(g) {
                 b.add(g);
             }
@@ -122,7 +135,7 @@ pub(crate) async fn back_up(
         storage_classes: &scs,
         snapshot_classes: &vscs,
         pods: &pods,
-        source: config.volume.source,
+        source: options.source,
         exclude: &exclude,
     });
     let mut skipped = Vec::new();
@@ -145,24 +158,24 @@ pub(crate) async fn back_up(
     if planned.volumes.is_empty() {
         return out;
     }
-    let image = match super::mover_image(kube, config).await {
+    let image = match super::mover_image(kube, options).await {
         Ok(i) => i,
         Err(e) => {
             for v in &planned.volumes {
-                report.fail_item(item(&v.volume), e.clone());
+                report.fail_item(item(&v.volume), e.to_string());
             }
             return out;
         }
     };
     let mut runner = Runner::new(
         kube,
-        config,
+        options,
         &ctx.run_id,
         image,
         ctx.cancel.clone(),
         planned.volumes.len(),
     );
-    runner.find_orchestrator(config).await;
+    runner.find_orchestrator(options).await;
     let namespaces: Vec<String> = planned
         .volumes
         .iter()
@@ -176,30 +189,34 @@ pub(crate) async fn back_up(
     let vb = VolumeBackup {
         runner: &runner,
         repo,
-        config,
+        options,
         hooks,
     };
     // Snapshots first, all close together in time: the volumes of one
     // application are then as consistent with each other as the driver
     // allows. The slow part, moving data, follows STOW_CHANNELS.
-    let snapshots: BTreeMap<String, Result<(), String>> = futures::stream::iter(
-        planned
-            .volumes
-            .iter()
-            .filter(|v| matches!(v.source, Source::Snapshot { .. })),
-    )
-    .map(|v| async { (v.volume.clone(), vb.take_snapshot(v).await) })
-    .buffer_unordered(channels)
-    .collect()
-    .await;
+    let snapshots: BTreeMap<String, Result<(), std::sync::Arc<MoverError>>> =
+        futures::stream::iter(
+            planned
+                .volumes
+                .iter()
+                .filter(|v| matches!(v.source, Source::Snapshot { .. })),
+        )
+        .map(|v| async {
+            let r = vb.take_snapshot(v).await.map_err(std::sync::Arc::new);
+            (v.volume.clone(), r)
+        })
+        .buffer_unordered(channels)
+        .collect()
+        .await;
     let snapshots = &snapshots;
-    let results: Vec<(&Planned, Result<MoverResult, String>)> =
+    let results: Vec<(&Planned, Result<MoverResult, MoverError>)> =
         futures::stream::iter(&planned.volumes)
             .map(|v| {
                 let vb = &vb;
                 async move {
                     let r = match snapshots.get(&v.volume) {
-                        Some(Err(e)) => Err(e.clone()),
+                        Some(Err(e)) => Err(MoverError::Shared(e.clone())),
                         _ => vb.one(v).await,
                     };
                     (v, r)
@@ -242,7 +259,7 @@ pub(crate) async fn back_up(
             }
             Err(e) => {
                 warn!(volume = %v.volume, error = %e, "volume not backed up");
-                report.fail_item(item(&v.volume), e);
+                report.fail_item(item(&v.volume), e.to_string());
             }
         }
     }
@@ -253,7 +270,7 @@ pub(crate) async fn back_up(
 struct VolumeBackup<'a> {
     runner: &'a Runner<'a>,
     repo: &'a Repository,
-    config: &'a Config,
+    options: &'a MoverOptions,
     hooks: &'a dyn Consistency,
 }
 
@@ -268,12 +285,15 @@ impl VolumeBackup<'_> {
     }
 
     /// Creates the VolumeSnapshot of a claim (hooks around it).
-    async fn take_snapshot(&self, v: &Planned) -> Result<(), String> {
+    async fn take_snapshot(&self, v: &Planned) -> Result<(), MoverError> {
         let Source::Snapshot { class } = &v.source else {
             return Ok(());
         };
         let (snap, _, _) = self.names(v);
-        self.hooks.before(v).await?;
+        self.hooks
+            .before(v)
+            .await
+            .map_err(MoverError::Consistency)?;
         let body = json!({
             "apiVersion": "snapshot.storage.k8s.io/v1",
             "kind": "VolumeSnapshot",
@@ -290,18 +310,26 @@ impl VolumeBackup<'_> {
     }
 
     /// Waits until the snapshot is ready to use; returns its restore size.
-    async fn wait_ready(&self, v: &Planned, snap: &str) -> Result<Option<String>, String> {
-        let timeout = self.config.volume.snapshot_timeout;
+    async fn wait_ready(&self, v: &Planned, snap: &str) -> Result<Option<String>, MoverError> {
+        let timeout = self.options.snapshot_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let what = format!("VolumeSnapshot {}/{snap} of claim {}", v.namespace, v.claim);
         loop {
             let obj = self
                 .runner
                 .kube
                 .get(&types::volume_snapshots(), Some(&v.namespace), snap)
                 .await
-                .map_err(|e| format!("reading {what}: {}", message(&e)))?
-                .ok_or_else(|| format!("{what} disappeared"))?;
+                .map_err(|source| MoverError::ReadSnapshot {
+                    namespace: v.namespace.clone(),
+                    snapshot: snap.to_string(),
+                    claim: v.claim.clone(),
+                    source,
+                })?
+                .ok_or_else(|| MoverError::SnapshotGone {
+                    namespace: v.namespace.clone(),
+                    snapshot: snap.to_string(),
+                    claim: v.claim.clone(),
+                })?;
             if obj.pointer("/status/readyToUse").and_then(Value::as_bool) == Some(true) {
                 return Ok(str_at(&obj, "/status/restoreSize").map(String::from));
             }
@@ -309,14 +337,16 @@ impl VolumeBackup<'_> {
                 let err = str_at(&obj, "/status/error/message")
                     .map(|m| format!(": {m}"))
                     .unwrap_or_default();
-                return Err(format!(
-                    "{what} was not ready to use after {}s ({}){err}",
-                    timeout.as_secs(),
-                    vars::SNAPSHOT_TIMEOUT
-                ));
+                return Err(MoverError::SnapshotNotReady {
+                    namespace: v.namespace.clone(),
+                    snapshot: snap.to_string(),
+                    claim: v.claim.clone(),
+                    seconds: timeout.as_secs(),
+                    error: err,
+                });
             }
             tokio::select! {
-                _ = self.runner.cancel.cancelled() => return Err("cancelled".into()),
+                _ = self.runner.cancel.cancelled() => return Err(MoverError::Cancelled),
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
@@ -324,7 +354,7 @@ impl VolumeBackup<'_> {
 
     /// One volume: clone (for snapshots), mover, result; temporary
     /// objects of this volume are deleted as soon as it is done.
-    async fn one(&self, v: &Planned) -> Result<MoverResult, String> {
+    async fn one(&self, v: &Planned) -> Result<MoverResult, MoverError> {
         // A retried run keeps what its earlier attempt already finished.
         if let Ok(mut done) = self
             .repo
@@ -369,7 +399,7 @@ impl VolumeBackup<'_> {
                 (mount, None, VOLUME_MOUNT.to_string())
             }
             Source::Kubelet { node, pod_uid, rel } => {
-                let host_dir = self.config.volume.kubelet_dir.join("pods");
+                let host_dir = self.options.kubelet_dir.join("pods");
                 let mount = Mount::KubeletPods {
                     host_dir: host_dir.display().to_string(),
                 };
@@ -398,7 +428,10 @@ impl VolumeBackup<'_> {
         }
         let live = !matches!(v.source, Source::Snapshot { .. });
         if live {
-            self.hooks.before(v).await?;
+            self.hooks
+                .before(v)
+                .await
+                .map_err(MoverError::Consistency)?;
         }
         let end = self.runner.run_job(&spec).await;
         if live {
@@ -419,15 +452,18 @@ impl VolumeBackup<'_> {
             .repo
             .mover_results(&self.runner.run_id, &v.volume)
             .await
-            .map_err(|e| format!("reading the mover's result: {e}"))?;
+            .map_err(|source| MoverError::ReadResult {
+                volume: v.volume.clone(),
+                source,
+            })?;
         match (end, results.into_iter().next()) {
             // A Job that failed for good after saving a result (exit 3:
             // some files unreadable) still has a tree worth keeping.
             (_, Some(r)) => Ok(r),
-            (JobEnd::Succeeded, None) => Err(format!(
-                "mover Job {}/{} succeeded but saved no result to the repository",
-                v.namespace, spec.name
-            )),
+            (JobEnd::Succeeded, None) => Err(MoverError::NoResult {
+                namespace: v.namespace.clone(),
+                job: spec.name.clone(),
+            }),
             (JobEnd::Failed(e), None) => Err(e),
         }
     }

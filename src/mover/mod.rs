@@ -19,6 +19,7 @@
 //! retried run removes what an earlier attempt left.
 
 pub mod backup;
+mod error;
 pub mod job;
 pub mod plan;
 pub mod restore;
@@ -33,7 +34,8 @@ use tracing::{debug, info, warn};
 use crate::cluster::ResourceType;
 use crate::cluster::api::{Kube, message, status};
 use crate::cluster::types::{claims, jobs, pods, secrets, service_accounts, volume_snapshots};
-use crate::config::{Config, vars};
+use crate::config::{RateSchedule, Secret, VolumeSource, vars};
+pub use error::MoverError;
 use job::{MoverJob, Owner};
 
 /// How often a waiting orchestrator looks at a Job or snapshot.
@@ -66,12 +68,46 @@ const PASSED_ON: &[&str] = &[
     "RUST_LOG",
 ];
 
+/// What mover Jobs read from the configuration, built once by the mode so
+/// the engine never sees the whole `Config`.
+#[derive(Debug, Clone)]
+pub struct MoverOptions {
+    /// `STOW_IMAGE`; `None` means this pod's own image.
+    pub image: Option<String>,
+    /// This pod (downward API): its image is the movers' default.
+    pub pod_namespace: Option<String>,
+    /// See [`Self::pod_namespace`].
+    pub pod_name: Option<String>,
+    /// The orchestrating Job, which owns movers in its namespace.
+    pub job_name: Option<String>,
+    /// `STOW_MOVER_SERVICE_ACCOUNT`; `None` means one without API access per Job.
+    pub service_account: Option<String>,
+    /// Resource requests and limits of mover containers.
+    pub resources: BTreeMap<String, String>,
+    /// How long a mover pod may take to start.
+    pub start_timeout: Duration,
+    /// How long a VolumeSnapshot may take to become ready.
+    pub snapshot_timeout: Duration,
+    /// The kubelet's directory on nodes, for the `kubelet` source.
+    pub kubelet_dir: std::path::PathBuf,
+    /// The repository password movers get in their Secret.
+    pub password: Option<Secret>,
+    /// `STOW_CHANNELS`, shared out among the movers in flight.
+    pub channels: u8,
+    /// `STOW_RATE_LIMIT`, shared out among the movers in flight.
+    pub rate_limit: Option<RateSchedule>,
+    /// How volume data is read.
+    pub source: VolumeSource,
+    /// Globs of volumes not to back up.
+    pub exclude: Vec<String>,
+}
+
 /// How one mover Job ended.
 #[derive(Debug)]
 pub enum JobEnd {
     Succeeded,
     /// Failed for good (after the Job's retries), or never started.
-    Failed(String),
+    Failed(MoverError),
 }
 
 fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
@@ -100,29 +136,25 @@ pub(crate) struct Runner<'a> {
 }
 
 /// The image movers run: `STOW_IMAGE`, else this pod's own.
-pub(crate) async fn mover_image(kube: &Kube, config: &Config) -> Result<String, String> {
-    if let Some(i) = &config.volume.image {
+pub(crate) async fn mover_image(kube: &Kube, options: &MoverOptions) -> Result<String, MoverError> {
+    if let Some(i) = &options.image {
         return Ok(i.clone());
     }
-    let id = &config.identity;
-    let (Some(ns), Some(pod)) = (&id.pod_namespace, &id.pod_name) else {
-        return Err(format!(
-            "cannot tell which image movers run: set {} (or {} and {} through the downward API)",
-            vars::IMAGE,
-            vars::POD_NAME,
-            vars::POD_NAMESPACE
-        ));
+    let (Some(ns), Some(pod)) = (&options.pod_namespace, &options.pod_name) else {
+        return Err(MoverError::NoImage);
     };
     let obj = kube
         .get(&pods(), Some(ns), pod)
         .await
-        .map_err(|e| {
-            format!(
-                "reading this pod {ns}/{pod} to find its image: {}",
-                message(&e)
-            )
+        .map_err(|source| MoverError::ReadPod {
+            namespace: ns.clone(),
+            pod: pod.clone(),
+            source,
         })?
-        .ok_or_else(|| format!("this pod {ns}/{pod} does not exist; set {}", vars::IMAGE))?;
+        .ok_or_else(|| MoverError::PodGone {
+            namespace: ns.clone(),
+            pod: pod.clone(),
+        })?;
     let containers = obj
         .pointer("/spec/containers")
         .and_then(Value::as_array)
@@ -135,28 +167,31 @@ pub(crate) async fn mover_image(kube: &Kube, config: &Config) -> Result<String, 
         .or(containers.first())
         .and_then(|c| str_at(c, "/image"))
         .map(String::from)
-        .ok_or_else(|| format!("pod {ns}/{pod} has no container image; set {}", vars::IMAGE))
+        .ok_or_else(|| MoverError::NoContainerImage {
+            namespace: ns.clone(),
+            pod: pod.clone(),
+        })
 }
 
 impl<'a> Runner<'a> {
     pub fn new(
         kube: &'a Kube,
-        config: &Config,
+        options: &MoverOptions,
         run_id: &str,
         image: String,
         cancel: CancellationToken,
         movers: usize,
     ) -> Self {
-        let (secret_env, base_env) = mover_env(config, run_id, movers, |v| std::env::var(v).ok());
+        let (secret_env, base_env) = mover_env(options, run_id, movers, |v| std::env::var(v).ok());
         Runner {
             kube,
             tag: job::run_tag(run_id),
             run_id: run_id.to_string(),
             image,
             cancel,
-            service_account: config.volume.mover_service_account.clone(),
-            resources: config.volume.mover_resources.clone(),
-            start_timeout: config.volume.mover_start_timeout,
+            service_account: options.service_account.clone(),
+            resources: options.resources.clone(),
+            start_timeout: options.start_timeout,
             secret_env,
             base_env,
             orchestrator: None,
@@ -173,25 +208,44 @@ impl<'a> Runner<'a> {
 
     /// Creates an object, or returns the one a previous attempt of this
     /// run left under the same name.
-    pub async fn create(&self, rt: &ResourceType, ns: &str, body: &Value) -> Result<Value, String> {
+    pub async fn create(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        body: &Value,
+    ) -> Result<Value, MoverError> {
         self.touch(ns);
         let name = str_at(body, "/metadata/name").unwrap_or_default();
         match self.kube.create(rt, Some(ns), body, false).await {
             Ok(v) => Ok(v),
             Err(e) if status(&e) == Some(409) => match self.kube.get(rt, Some(ns), name).await {
                 Ok(Some(v)) => Ok(v),
-                Ok(None) => Err(format!("{} {ns}/{name}: {}", rt.kind, message(&e))),
-                Err(e) => Err(format!("{} {ns}/{name}: {}", rt.kind, message(&e))),
+                Ok(None) => Err(MoverError::Adopt {
+                    kind: rt.kind.clone(),
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    source: e,
+                }),
+                Err(source) => Err(MoverError::Adopt {
+                    kind: rt.kind.clone(),
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    source,
+                }),
             },
-            Err(e) => Err(format!("creating {} {ns}/{name}: {}", rt.kind, message(&e))),
+            Err(source) => Err(MoverError::Create {
+                kind: rt.kind.clone(),
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                source,
+            }),
         }
     }
 
     /// Looks up the Job this run belongs to (`STOW_JOB_NAME` in
     /// `STOW_POD_NAMESPACE`), so movers next to it are owned by it.
-    pub async fn find_orchestrator(&mut self, config: &Config) {
-        let id = &config.identity;
-        let (Some(ns), Some(job)) = (&id.pod_namespace, &id.job_name) else {
+    pub async fn find_orchestrator(&mut self, options: &MoverOptions) {
+        let (Some(ns), Some(job)) = (&options.pod_namespace, &options.job_name) else {
             return;
         };
         if let Ok(Some(obj)) = self.kube.get(&jobs(), Some(ns), job).await
@@ -202,7 +256,7 @@ impl<'a> Runner<'a> {
     }
 
     /// The Secret and service account of one mover Job, owned by it.
-    async fn job_companions(&self, spec: &MoverJob, job_uid: &str) -> Result<(), String> {
+    async fn job_companions(&self, spec: &MoverJob, job_uid: &str) -> Result<(), MoverError> {
         let ns = spec.namespace.as_str();
         let owner = Owner::job(&spec.name, job_uid);
         let secret = json!({
@@ -275,6 +329,7 @@ impl<'a> Runner<'a> {
     async fn wait_job(&self, spec: &MoverJob) -> JobEnd {
         let (ns, name) = (spec.namespace.as_str(), spec.name.as_str());
         let what = format!("mover Job {ns}/{name}");
+        let ids = || (ns.to_string(), name.to_string());
         let body = spec.to_json();
         let mut existing = match self.create(&jobs(), ns, &body).await {
             Ok(j) => j,
@@ -283,13 +338,25 @@ impl<'a> Runner<'a> {
         if condition(&existing, "Failed") {
             info!(job = %what, "replacing a failed mover Job of an earlier attempt");
             if let Err(e) = self.kube.delete(&jobs(), Some(ns), name).await {
-                return JobEnd::Failed(format!("deleting the failed {what}: {}", message(&e)));
+                let (namespace, job) = ids();
+                return JobEnd::Failed(MoverError::DeleteFailedJob {
+                    namespace,
+                    job,
+                    source: e,
+                });
             }
             existing = loop {
                 match self.kube.create(&jobs(), Some(ns), &body, false).await {
                     Ok(j) => break j,
                     Err(e) if status(&e) == Some(409) => tokio::time::sleep(POLL).await,
-                    Err(e) => return JobEnd::Failed(format!("creating {what}: {}", message(&e))),
+                    Err(source) => {
+                        let (namespace, job) = ids();
+                        return JobEnd::Failed(MoverError::CreateJob {
+                            namespace,
+                            job,
+                            source,
+                        });
+                    }
                 }
             };
         }
@@ -307,13 +374,23 @@ impl<'a> Runner<'a> {
         let mut started = false;
         loop {
             tokio::select! {
-                _ = self.cancel.cancelled() => return JobEnd::Failed("cancelled".into()),
+                _ = self.cancel.cancelled() => return JobEnd::Failed(MoverError::Cancelled),
                 _ = tokio::time::sleep(POLL) => {}
             }
             let job = match self.kube.get(&jobs(), Some(ns), name).await {
                 Ok(Some(j)) if str_at(&j, "/metadata/uid") == Some(&uid) => j,
-                Ok(_) => return JobEnd::Failed(format!("{what} was deleted by someone else")),
-                Err(e) => return JobEnd::Failed(format!("watching {what}: {}", message(&e))),
+                Ok(_) => {
+                    let (namespace, job) = ids();
+                    return JobEnd::Failed(MoverError::JobDeleted { namespace, job });
+                }
+                Err(source) => {
+                    let (namespace, job) = ids();
+                    return JobEnd::Failed(MoverError::WatchJob {
+                        namespace,
+                        job,
+                        source,
+                    });
+                }
             };
             if job
                 .pointer("/status/succeeded")
@@ -325,7 +402,12 @@ impl<'a> Runner<'a> {
             }
             if condition(&job, "Failed") {
                 let why = self.last_failure(ns, name).await;
-                return JobEnd::Failed(format!("{what} failed after its retries: {why}"));
+                let (namespace, job) = ids();
+                return JobEnd::Failed(MoverError::JobFailed {
+                    namespace,
+                    job,
+                    why,
+                });
             }
             if !started {
                 let pods = self
@@ -342,11 +424,13 @@ impl<'a> Runner<'a> {
                         "no pod was created (quota, admission or an unknown service account?)"
                             .into()
                     });
-                    return JobEnd::Failed(format!(
-                        "{what} did not start within {}s ({}): {why}",
-                        self.start_timeout.as_secs(),
-                        vars::MOVER_START_TIMEOUT
-                    ));
+                    let (namespace, job) = ids();
+                    return JobEnd::Failed(MoverError::NotStarted {
+                        namespace,
+                        job,
+                        seconds: self.start_timeout.as_secs(),
+                        why,
+                    });
                 }
             }
         }
@@ -486,7 +570,7 @@ impl<'a> Runner<'a> {
 /// credentials) and plain variables. `env` reads this process's
 /// environment (injectable for tests).
 fn mover_env(
-    config: &Config,
+    options: &MoverOptions,
     run_id: &str,
     movers: usize,
     env: impl Fn(&str) -> Option<String>,
@@ -495,7 +579,7 @@ fn mover_env(
     if let Some(repo) = env(vars::REPOSITORY) {
         secret_env.insert(vars::REPOSITORY.to_string(), repo.trim().to_string());
     }
-    if let Some(pw) = &config.password {
+    if let Some(pw) = &options.password {
         secret_env.insert(vars::PASSWORD.to_string(), pw.expose().to_string());
     }
     for var in AWS_VARS {
@@ -516,12 +600,12 @@ fn mover_env(
     base_env.insert(vars::RUN_ID.to_string(), run_id.to_string());
     // STOW_CHANNELS is shared out: with many volumes, many movers of
     // one stream each; with one volume, one mover with every stream.
-    let channels = usize::from(config.channels).max(1);
+    let channels = usize::from(options.channels).max(1);
     let mover_channels = (channels / movers.clamp(1, channels)).max(1);
     base_env.insert(vars::CHANNELS.to_string(), mover_channels.to_string());
     // The bandwidth limit is per pod: each mover in flight gets its
     // share, so all of them together stay at the limit.
-    if let Some(rate) = &config.rate_limit {
+    if let Some(rate) = &options.rate_limit {
         let in_flight = movers.clamp(1, channels) as u32;
         base_env.insert(vars::RATE_LIMIT.to_string(), rate.share(in_flight).to_env());
     }
@@ -569,6 +653,7 @@ fn pending_reason(pod: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     fn config(extra: &[(&str, &str)]) -> Config {
         let mut v = vec![
@@ -600,7 +685,12 @@ mod tests {
             (vars::RATE_LIMIT, "40MiB"),
         ];
         // Six volumes: four movers in flight, one stream and 10 MiB/s each.
-        let (secret, base) = mover_env(&c, "run-1", 6, env_of(&process));
+        let (secret, base) = mover_env(
+            &crate::modes::options::mover(&c),
+            "run-1",
+            6,
+            env_of(&process),
+        );
         assert_eq!(secret[vars::PASSWORD], "pw-123");
         assert_eq!(secret["AWS_SECRET_ACCESS_KEY"], "sekrit");
         assert!(!secret.contains_key("AWS_WEB_IDENTITY_TOKEN_FILE"));
@@ -610,7 +700,12 @@ mod tests {
         assert_eq!(base[vars::TIMEZONE], "Europe/Berlin");
         assert_eq!(base[vars::RUN_ID], "run-1");
         // One volume: one mover with every stream and the whole limit.
-        let (_, base) = mover_env(&c, "run-1", 1, env_of(&process));
+        let (_, base) = mover_env(
+            &crate::modes::options::mover(&c),
+            "run-1",
+            1,
+            env_of(&process),
+        );
         assert_eq!(base[vars::CHANNELS], "4");
         assert_eq!(base[vars::RATE_LIMIT], "*=40MiB");
     }

@@ -7,9 +7,9 @@ use futures::StreamExt;
 use tracing::{info, warn};
 
 use super::job::{self, Mount, VOLUME_MOUNT};
-use super::{JobEnd, Runner};
+use super::{JobEnd, MoverError, MoverOptions, Runner};
 use crate::cluster::api::Kube;
-use crate::config::{Config, vars};
+use crate::config::vars;
 use crate::context::RunContext;
 use crate::repo::SnapshotId;
 use crate::summary::Report;
@@ -28,7 +28,7 @@ pub struct Fill {
 /// A claim that cannot be filled is an item failure.
 pub(crate) async fn fill(
     kube: &Kube,
-    config: &Config,
+    options: &MoverOptions,
     ctx: &RunContext,
     snapshot: &SnapshotId,
     fills: &[Fill],
@@ -38,26 +38,26 @@ pub(crate) async fn fill(
         return;
     }
     let item = |f: &Fill| format!("volume {}/{}", f.namespace, f.claim);
-    let image = match super::mover_image(kube, config).await {
+    let image = match super::mover_image(kube, options).await {
         Ok(i) => i,
         Err(e) => {
             for f in fills {
-                report.fail_item(item(f), e.clone());
+                report.fail_item(item(f), e.to_string());
             }
             return;
         }
     };
-    let channels = usize::from(config.channels).max(1);
+    let channels = usize::from(options.channels).max(1);
     let runner = Runner::new(
         kube,
-        config,
+        options,
         &ctx.run_id,
         image,
         ctx.cancel.clone(),
         fills.len(),
     );
     info!(volumes = fills.len(), "filling restored claims");
-    let results: Vec<(&Fill, Result<(), String>)> = futures::stream::iter(fills)
+    let results: Vec<(&Fill, Result<(), MoverError>)> = futures::stream::iter(fills)
         .map(|f| {
             let runner = &runner;
             async move {
@@ -97,7 +97,7 @@ pub(crate) async fn fill(
             Ok(()) => filled += 1,
             Err(e) => {
                 warn!(volume = %f.volume, claim = %format!("{}/{}", f.namespace, f.claim), error = %e, "volume not restored");
-                report.fail_item(item(f), e);
+                report.fail_item(item(f), e.to_string());
             }
         }
     }

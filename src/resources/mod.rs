@@ -43,8 +43,26 @@ pub enum ResourceError {
     /// No snapshot matches what the restore asked for.
     #[error("{0}")]
     NoSnapshot(String),
-    #[error("snapshot {snapshot}: cannot read the resource catalogue: {reason}")]
-    Catalogue { snapshot: String, reason: String },
-    #[error("{0}")]
-    Cluster(String),
+    /// The snapshot's catalogue could not be read from the repository.
+    #[error("snapshot {snapshot}: cannot read the resource catalogue: {source}")]
+    Catalogue {
+        snapshot: String,
+        #[source]
+        // Boxed: a repository error is large and this path is cold.
+        source: Box<crate::repo::RepoError>,
+    },
+    /// `STOW_NAMESPACES`, `STOW_EXCLUDE_NAMESPACES` or the label selector
+    /// does not parse.
+    #[error(transparent)]
+    Selection(#[from] select::SelectError),
+}
+
+impl ResourceError {
+    /// Whether a retry could succeed: only a repository that did not answer.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ResourceError::Catalogue { source, .. } => source.is_retriable(),
+            ResourceError::NoSnapshot(_) | ResourceError::Selection(_) => false,
+        }
+    }
 }

@@ -22,12 +22,40 @@ pub struct Selector {
     pub cluster: ClusterResources,
 }
 
-fn globset(patterns: &[String]) -> Result<GlobSet, String> {
+/// Why a selection does not parse; the settings are fixed, so never retriable.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectError {
+    /// A namespace pattern is not a glob.
+    #[error("bad glob `{pattern}`: {source}")]
+    Glob {
+        pattern: String,
+        #[source]
+        source: globset::Error,
+    },
+    /// The patterns do not build into one matcher.
+    #[error("{source}")]
+    GlobSet {
+        patterns: Vec<String>,
+        #[source]
+        source: globset::Error,
+    },
+    /// The label selector does not parse.
+    #[error("{reason}")]
+    Labels { selector: String, reason: String },
+}
+
+fn globset(patterns: &[String]) -> Result<GlobSet, SelectError> {
     let mut b = GlobSetBuilder::new();
     for p in patterns {
-        b.add(Glob::new(p).map_err(|e| format!("bad glob `{p}`: {e}"))?);
+        b.add(Glob::new(p).map_err(|source| SelectError::Glob {
+            pattern: p.clone(),
+            source,
+        })?);
     }
-    b.build().map_err(|e| e.to_string())
+    b.build().map_err(|source| SelectError::GlobSet {
+        patterns: patterns.to_vec(),
+        source,
+    })
 }
 
 /// Whether `item` (a `STOW_*_RESOURCES` entry) names the type: `configmaps`,
@@ -43,7 +71,7 @@ pub fn names_type(item: &str, rt: &ResourceType) -> bool {
 }
 
 impl Selector {
-    pub fn new(sel: &Selection) -> Result<Self, String> {
+    pub fn new(sel: &Selection) -> Result<Self, SelectError> {
         let all = sel.namespaces.is_empty() || sel.namespaces.iter().any(|p| p == "*");
         Ok(Self {
             include_ns: if all {
@@ -58,7 +86,12 @@ impl Selector {
             labels: sel
                 .label_selector
                 .as_deref()
-                .map(|s| LabelSelector::parse(s).map_err(|e| e.to_string()))
+                .map(|s| {
+                    LabelSelector::parse(s).map_err(|e| SelectError::Labels {
+                        selector: s.to_string(),
+                        reason: e.to_string(),
+                    })
+                })
                 .transpose()?,
             label_text: sel.label_selector.clone(),
             cluster: sel.cluster_resources.unwrap_or(ClusterResources::Auto),

@@ -183,25 +183,74 @@ pub fn exposition(summary: &Summary, now: jiff::Timestamp) -> String {
     out
 }
 
+/// Why metrics did not reach the Pushgateway. All are worth a retry at
+/// the next run except a certificate store that cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("no answer within {seconds}s")]
+    Timeout { url: String, seconds: u64 },
+    #[error("loading the system's root certificates: {source}")]
+    RootCertificates {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{url}: {source}")]
+    Request {
+        url: String,
+        #[source]
+        source: http::Error,
+    },
+    #[error("{url}: {}", crate::error::error_chain(source))]
+    Send {
+        url: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("{url}: HTTP {status}: {body}")]
+    Status {
+        url: String,
+        status: http::StatusCode,
+        body: String,
+    },
+}
+
+impl MetricsError {
+    /// Whether pushing again could succeed (the gateway was away or busy).
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            MetricsError::Timeout { .. } | MetricsError::Send { .. } => true,
+            MetricsError::Status { status, .. } => status.is_server_error(),
+            MetricsError::RootCertificates { .. } | MetricsError::Request { .. } => false,
+        }
+    }
+}
+
 /// Pushes the run's metrics; logs and returns the error instead of
 /// failing the run.
-pub async fn push(url: &str, group: &Group, summary: &Summary) -> Result<(), String> {
+pub async fn push(url: &str, group: &Group, summary: &Summary) -> Result<(), MetricsError> {
     let body = exposition(summary, jiff::Timestamp::now());
     let target = format!("{}{}", url.trim_end_matches('/'), group.path());
     let result = tokio::time::timeout(PUSH_TIMEOUT, post(&target, body))
         .await
-        .unwrap_or_else(|_| Err(format!("no answer within {}s", PUSH_TIMEOUT.as_secs())));
+        .unwrap_or_else(|_| {
+            Err(MetricsError::Timeout {
+                url: target.clone(),
+                seconds: PUSH_TIMEOUT.as_secs(),
+            })
+        });
     match &result {
         Ok(()) => info!(gateway = %url, "metrics pushed"),
-        Err(e) => warn!(gateway = %url, error = %e, "could not push metrics"),
+        Err(e) => {
+            warn!(gateway = %url, error = %e, retriable = e.is_retriable(), "could not push metrics")
+        }
     }
     result
 }
 
-async fn post(target: &str, body: String) -> Result<(), String> {
+async fn post(target: &str, body: String) -> Result<(), MetricsError> {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_native_roots()
-        .map_err(|e| format!("loading the system's root certificates: {e}"))?
+        .map_err(|source| MetricsError::RootCertificates { source })?
         .https_or_http()
         .enable_http1()
         .build();
@@ -209,11 +258,17 @@ async fn post(target: &str, body: String) -> Result<(), String> {
     let req = http::Request::post(target)
         .header("content-type", "text/plain; version=0.0.4")
         .body(Full::new(bytes::Bytes::from(body)))
-        .map_err(|e| format!("{target}: {e}"))?;
+        .map_err(|source| MetricsError::Request {
+            url: target.to_string(),
+            source,
+        })?;
     let resp = client
         .request(req)
         .await
-        .map_err(|e| format!("{target}: {}", crate::error::error_chain(&e)))?;
+        .map_err(|source| MetricsError::Send {
+            url: target.to_string(),
+            source,
+        })?;
     let status = resp.status();
     if status.is_success() {
         return Ok(());
@@ -224,7 +279,11 @@ async fn post(target: &str, body: String) -> Result<(), String> {
         .await
         .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
         .unwrap_or_default();
-    Err(format!("{target}: HTTP {status}: {}", text.trim()))
+    Err(MetricsError::Status {
+        url: target.to_string(),
+        status,
+        body: text.trim().to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -92,7 +92,12 @@ pub fn main(args: &[String]) -> ExitCode {
         let mut result = match schedule::before(&config).await {
             Ok(Some(skipped)) => Ok(skipped),
             Ok(None) => {
-                crate::hooks::around(&config, &ctx, crate::modes::dispatch(&config, &ctx)).await
+                crate::hooks::around(
+                    &crate::modes::options::hooks(&config),
+                    &ctx,
+                    crate::modes::dispatch(&config, &ctx),
+                )
+                .await
             }
             Err(e) => Err(e),
         };

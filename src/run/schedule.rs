@@ -114,7 +114,7 @@ pub async fn after(config: &Config, status: Status, report: &mut Report) {
         }
         Err(e) => {
             warn!(error = %e, "STOW_ONCE: could not suspend the CronJob; it will run again");
-            json!({ "error": e })
+            json!({ "error": e.to_string() })
         }
     };
     match &mut report.details {
@@ -126,22 +126,57 @@ pub async fn after(config: &Config, status: Status, report: &mut Report) {
     }
 }
 
+/// Why `STOW_ONCE` could not suspend the CronJob.
+#[derive(Debug, thiserror::Error)]
+pub enum SuspendError {
+    #[error(
+        "STOW_POD_NAMESPACE and STOW_JOB_NAME are needed to find the CronJob (not running in a Job?)"
+    )]
+    NotInJob,
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error("reading Job {namespace}/{job}: {source}")]
+    ReadJob {
+        namespace: String,
+        job: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("Job {namespace}/{job} is not owned by a CronJob")]
+    NoCronJob { namespace: String, job: String },
+    #[error("patching CronJob {namespace}/{cronjob}: {source}")]
+    Patch {
+        namespace: String,
+        cronjob: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("CronJob {namespace}/{cronjob} not found ({last})")]
+    NotFound {
+        namespace: String,
+        cronjob: String,
+        last: String,
+    },
+}
+
 /// Finds the CronJob owning this pod's Job and sets `spec.suspend: true`.
-async fn suspend_own_cronjob(config: &Config) -> Result<String, String> {
+async fn suspend_own_cronjob(config: &Config) -> Result<String, SuspendError> {
     let (Some(ns), Some(job)) = (
         config.identity.pod_namespace.as_deref(),
         config.identity.job_name.as_deref(),
     ) else {
-        return Err("STOW_POD_NAMESPACE and STOW_JOB_NAME are needed to find the CronJob (not running in a Job?)".into());
+        return Err(SuspendError::NotInJob);
     };
-    let cluster = crate::cluster::Cluster::connect()
-        .await
-        .map_err(|e| e.to_string())?;
+    let cluster = crate::cluster::Cluster::connect().await?;
     let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), ns);
     let job_obj = jobs
         .get(job)
         .await
-        .map_err(|e| format!("reading Job {ns}/{job}: {e}"))?;
+        .map_err(|source| SuspendError::ReadJob {
+            namespace: ns.to_string(),
+            job: job.to_string(),
+            source,
+        })?;
     let owner = job_obj
         .metadata
         .owner_references
@@ -149,7 +184,10 @@ async fn suspend_own_cronjob(config: &Config) -> Result<String, String> {
         .into_iter()
         .find(|r| r.kind == "CronJob")
         .map(|r| r.name)
-        .ok_or_else(|| format!("Job {ns}/{job} is not owned by a CronJob"))?;
+        .ok_or_else(|| SuspendError::NoCronJob {
+            namespace: ns.to_string(),
+            job: job.to_string(),
+        })?;
     let patch = Patch::Merge(json!({ "spec": { "suspend": true } }));
     let mut last = String::new();
     for version in ["v1", "v1beta1"] {
@@ -161,10 +199,20 @@ async fn suspend_own_cronjob(config: &Config) -> Result<String, String> {
             Err(kube::Error::Api(s)) if s.code == 404 => {
                 last = format!("batch/{version}: {}", s.message);
             }
-            Err(e) => return Err(format!("patching CronJob {ns}/{owner}: {e}")),
+            Err(source) => {
+                return Err(SuspendError::Patch {
+                    namespace: ns.to_string(),
+                    cronjob: owner,
+                    source,
+                });
+            }
         }
     }
-    Err(format!("CronJob {ns}/{owner} not found ({last})"))
+    Err(SuspendError::NotFound {
+        namespace: ns.to_string(),
+        cronjob: owner,
+        last,
+    })
 }
 
 #[cfg(test)]

@@ -204,7 +204,7 @@ impl Restorer<'_> {
         let mut report = Report::default();
         crate::mover::restore::fill(
             &self.kube,
-            v.config,
+            &crate::modes::options::mover(v.config),
             self.ctx,
             &v.snapshot,
             &fills,

@@ -70,7 +70,7 @@ struct VolumeData<'a> {
 pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     // SIGTERM stops the retries of the repository and the API at once.
     crate::context::link(&ctx.cancel);
-    let selector = Selector::new(&config.selection).map_err(ResourceError::Cluster)?;
+    let selector = Selector::new(&config.selection).map_err(ResourceError::from)?;
     let opts = &config.restore;
     // The same checks as `preflight`: fail before changing anything.
     crate::preflight::gate(config, ctx).await?;
@@ -94,9 +94,9 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
         scope == CLUSTER_NODE || selector.namespace(scope)
     })
     .await
-    .map_err(|e| ResourceError::Catalogue {
+    .map_err(|source| ResourceError::Catalogue {
         snapshot: snapshot.to_hex(),
-        reason: e.to_string(),
+        source: Box::new(source),
     })?;
 
     let mut maps = Maps {

@@ -168,7 +168,7 @@ pub async fn copy(
                 continue;
             }
             // The destination's writer is broken for good: stop.
-            Err(CopyError::Dest(e)) => return Err(e.into()),
+            Err(CopyError::Dest(e)) => return Err(e),
         };
         // Manifests last, after everything they reference is indexed.
         writer.flush().await?;

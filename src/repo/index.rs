@@ -5,10 +5,16 @@
 //! `u8 1 || u32 LE pack count || per pack: pack id(32) || u32 LE entry
 //! count || entries` with entries encoded as in pack headers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{RwLockReadGuard, RwLockWriteGuard};
 
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::crypto::{MAX_META_LEN, kind};
 use super::id::{BlobId, BlobKind, PackId};
-use super::pack::{ENTRY_LEN, PackEntry, Reader, encode_entry};
+use super::pack::{self, DecodeError, ENTRY_LEN, PackEntry, Reader, encode_entry};
+use super::{META_PARALLEL, RepoError, Repository, check_content_name, open_error};
 
 pub(crate) const PREFIX: &str = "index/";
 
@@ -159,31 +165,265 @@ pub(crate) fn encode(packs: &[(PackId, Vec<PackEntry>)]) -> Vec<u8> {
     out
 }
 
-/// `Err((is_format, reason))`: a version we do not know, or damage.
-pub(crate) fn decode(plain: &[u8]) -> Result<PackList, (bool, String)> {
+/// A version we do not know ([`DecodeError::is_format`]), or damage.
+pub(crate) fn decode(plain: &[u8]) -> Result<PackList, DecodeError> {
     let mut r = Reader::new(plain);
-    let version = r.u8().map_err(|e| (false, e))?;
+    let version = r.u8()?;
     if version != INDEX_VERSION {
-        return Err((true, format!("index version {version}")));
+        return Err(DecodeError::IndexVersion(version));
     }
-    let mut parse = || -> Result<_, String> {
-        let count = r.u32()?;
-        // Each pack needs at least 36 bytes; check before allocating.
-        if (count as usize).saturating_mul(36) > r.remaining() {
-            return Err(format!("{count} packs announced but not present"));
+    let count = r.u32()?;
+    // Each pack needs at least 36 bytes; check before allocating.
+    if (count as usize).saturating_mul(36) > r.remaining() {
+        return Err(DecodeError::PacksMissing(count));
+    }
+    let mut packs = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let id = PackId(r.id32()?);
+        let n = r.u32()?;
+        packs.push((id, r.entries(n)?));
+    }
+    if r.remaining() != 0 {
+        return Err(DecodeError::StrayAtEnd(r.remaining()));
+    }
+    Ok(packs)
+}
+
+/// One index object as stored: its key, stored size and the packs it lists.
+#[derive(Debug, Clone)]
+pub struct IndexFile {
+    /// Object key, `index/<id>`.
+    pub key: String,
+    /// Stored (sealed) size in bytes.
+    pub size: u64,
+    /// The packs it lists, each with its blobs.
+    pub packs: Vec<(PackId, Vec<(BlobId, IndexEntry)>)>,
+}
+
+impl IndexFile {
+    fn from_raw((key, size, packs): (String, u64, PackList)) -> Self {
+        let packs = packs
+            .into_iter()
+            .map(|(pack, entries)| (pack, expand_entries(pack, entries)))
+            .collect();
+        IndexFile { key, size, packs }
+    }
+}
+
+/// Entries as stored (pack header or index object) with their pack, in
+/// the wide form callers use.
+pub(crate) fn expand_entries(pack: PackId, entries: Vec<PackEntry>) -> Vec<(BlobId, IndexEntry)> {
+    entries
+        .into_iter()
+        .map(|e| {
+            (
+                e.id,
+                IndexEntry {
+                    pack,
+                    kind: e.kind,
+                    offset: e.offset.into(),
+                    length: e.length.into(),
+                    raw_length: e.raw_length.into(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// An in-memory index of `files` without the packs in `exclude`, and the
+/// keys of the objects it came from.
+fn build(
+    files: &[(String, u64, PackList)],
+    exclude: &HashSet<PackId>,
+) -> (Index, BTreeSet<String>) {
+    let mut ix = Index::default();
+    let mut keys = BTreeSet::new();
+    for (key, _, packs) in files {
+        for (id, entries) in packs {
+            if !exclude.contains(id) {
+                ix.add_pack(*id, entries, true);
+            }
         }
-        let mut packs = Vec::with_capacity(count as usize);
-        for _ in 0..count {
-            let id = PackId(r.id32()?);
-            let n = r.u32()?;
-            packs.push((id, r.entries(n)?));
+        keys.insert(key.clone());
+    }
+    (ix, keys)
+}
+
+impl Repository {
+    /// Loads every index object into the in-memory index. Lenient: skips
+    /// unreadable ones and returns their errors.
+    pub(super) async fn load_index(&self, lenient: bool) -> Result<Vec<RepoError>, RepoError> {
+        let (files, errors) = self.read_index_objects(lenient).await?;
+        let (ix, keys) = build(&files, &HashSet::new());
+        tracing::debug!(
+            location = %self.inner.location,
+            index_files = files.len(),
+            blobs = ix.len(),
+            "loaded index"
+        );
+        *self.index_mut() = ix;
+        self.set_index_keys(keys);
+        Ok(errors)
+    }
+
+    fn set_index_keys(&self, keys: BTreeSet<String>) {
+        *self
+            .inner
+            .index_keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = keys;
+    }
+
+    /// Reads and decodes every index object: `(key, stored size, packs)`.
+    pub(super) async fn read_index_objects(
+        &self,
+        lenient: bool,
+    ) -> Result<(Vec<(String, u64, PackList)>, Vec<RepoError>), RepoError> {
+        let objects = self.inner.backend.list(PREFIX).await?;
+        let mut files = futures::stream::iter(objects)
+            .map(|obj| async move {
+                let result = async {
+                    let bytes = self.inner.backend.get(&obj.key).await?;
+                    let size = bytes.len() as u64;
+                    let repo = self.clone();
+                    let key = obj.key.clone();
+                    self.blocking("reading an index", move || {
+                        check_content_name(&key, PREFIX, &bytes)?;
+                        let plain = repo
+                            .inner
+                            .master
+                            .open(kind::INDEX, bytes, MAX_META_LEN)
+                            .map_err(|e| open_error(&key, None, e))?;
+                        decode(&plain).map_err(|e| {
+                            if e.is_format() {
+                                RepoError::format(&key, e.to_string())
+                            } else {
+                                RepoError::corrupt(&key, None, e.to_string())
+                            }
+                        })
+                    })
+                    .await?
+                    .map(|packs| (size, packs))
+                }
+                .await;
+                (obj.key, result)
+            })
+            .buffer_unordered(META_PARALLEL);
+        let (mut ok, mut errors) = (Vec::new(), Vec::new());
+        while let Some((key, result)) = files.next().await {
+            match result {
+                Ok((size, packs)) => ok.push((key, size, packs)),
+                // A backend failure is not damage: never skip over it.
+                Err(e @ RepoError::Backend(_)) => return Err(e),
+                Err(e) if lenient => errors.push(e),
+                Err(e) => return Err(e),
+            }
         }
-        if r.remaining() != 0 {
-            return Err(format!("{} stray bytes at the end", r.remaining()));
+        ok.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok((ok, errors))
+    }
+
+    /// Every index object as stored now, decoded. Fails on the first one
+    /// that cannot be read.
+    pub async fn read_index_files(&self) -> Result<Vec<IndexFile>, RepoError> {
+        Ok(self.read_index_files_lenient(false).await?.0)
+    }
+
+    /// [`read_index_files`](Self::read_index_files); when `lenient`,
+    /// unreadable objects are returned as errors instead.
+    pub async fn read_index_files_lenient(
+        &self,
+        lenient: bool,
+    ) -> Result<(Vec<IndexFile>, Vec<RepoError>), RepoError> {
+        let (files, errors) = self.read_index_objects(lenient).await?;
+        Ok((files.into_iter().map(IndexFile::from_raw).collect(), errors))
+    }
+
+    /// Re-reads every index object and replaces the in-memory index with
+    /// them, keeping packs this process uploaded but has not indexed yet.
+    /// Returns the objects read, so a caller (prune) sees exactly the index
+    /// it works with.
+    pub async fn reload_index(&self) -> Result<Vec<IndexFile>, RepoError> {
+        self.reload_index_excluding(&HashSet::new()).await
+    }
+
+    /// [`reload_index`](Self::reload_index) without the packs in `exclude`
+    /// (those a pending prune marked).
+    pub(super) async fn reload_index_excluding(
+        &self,
+        exclude: &HashSet<PackId>,
+    ) -> Result<Vec<IndexFile>, RepoError> {
+        let (files, _) = self.read_index_objects(false).await?;
+        let (mut ix, keys) = build(&files, exclude);
+        {
+            let mut current = self.index_mut();
+            ix.merge_unpersisted(&current);
+            *current = ix;
         }
-        Ok(packs)
-    };
-    parse().map_err(|e| (false, e))
+        self.set_index_keys(keys);
+        Ok(files.into_iter().map(IndexFile::from_raw).collect())
+    }
+
+    pub fn index_entry(&self, id: &BlobId) -> Option<IndexEntry> {
+        self.index().get(id)
+    }
+
+    /// A snapshot of every index entry (about 100 bytes per blob while it
+    /// lives), for `check` and `prune`.
+    pub fn index_entries(&self) -> impl Iterator<Item = (BlobId, IndexEntry)> + use<> {
+        self.index().entries().into_iter()
+    }
+
+    /// Every pack the index knows.
+    pub fn packs(&self) -> Vec<PackId> {
+        self.index().packs()
+    }
+
+    /// Writes one index object listing `packs` (which must be stored) and
+    /// returns its key. `prune` uses it to keep packs listed whose index
+    /// object it removes.
+    pub async fn write_index_file(
+        &self,
+        packs: &[(PackId, Vec<(BlobId, IndexEntry)>)],
+    ) -> Result<String, RepoError> {
+        let mut list: PackList = Vec::with_capacity(packs.len());
+        for (pack, entries) in packs {
+            let mut out = Vec::with_capacity(entries.len());
+            for (id, e) in entries {
+                let fits = |v: u64| {
+                    u32::try_from(v).map_err(|_| {
+                        RepoError::corrupt(&pack::pack_key(pack), Some(id), "offset beyond 4 GiB")
+                    })
+                };
+                out.push(pack::PackEntry {
+                    id: *id,
+                    kind: e.kind,
+                    offset: fits(e.offset)?,
+                    length: fits(e.length)?,
+                    raw_length: fits(e.raw_length)?,
+                });
+            }
+            out.sort_by_key(|e| e.offset);
+            list.push((*pack, out));
+        }
+        let repo = self.clone();
+        let sealed = self
+            .blocking("sealing an index", move || {
+                repo.seal(kind::INDEX, &encode(&list))
+            })
+            .await?;
+        let key = format!("{}{}", PREFIX, blake3::hash(&sealed).to_hex());
+        self.inner.backend.put(&key, Bytes::from(sealed)).await?;
+        Ok(key)
+    }
+
+    pub(super) fn index(&self) -> RwLockReadGuard<'_, Index> {
+        self.inner.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn index_mut(&self) -> RwLockWriteGuard<'_, Index> {
+        self.inner.index.write().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 #[cfg(test)]
@@ -211,7 +451,7 @@ mod tests {
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());
         let mut v = bytes.clone();
         v[0] = 2;
-        assert!(decode(&v).unwrap_err().0);
+        assert!(decode(&v).unwrap_err().is_format());
         // A huge announced count fails without allocating for it.
         let mut v = bytes.clone();
         v[1..5].copy_from_slice(&u32::MAX.to_le_bytes());

@@ -8,8 +8,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::RepoError;
 use super::crypto::{self, MASTER_LEN, MasterKey};
+use super::{RepoError, Repository};
+use crate::config::Secret;
 
 pub(crate) const PREFIX: &str = "keys/";
 const KDF: &str = "pbkdf2-hmac-sha256";
@@ -124,6 +125,66 @@ pub(crate) fn unlock(
         .try_into()
         .map_err(|_| RepoError::corrupt(key, None, "key material has the wrong length"))?;
     Ok(Some(MasterKey::from_bytes(material)))
+}
+
+impl Repository {
+    /// Adds a key object for another password; returns its id.
+    pub async fn add_key(&self, new_password: &Secret) -> Result<String, RepoError> {
+        let material = *self.inner.master.material();
+        let (pw, params) = (new_password.expose().to_string(), self.inner.key_params);
+        let (id, bytes) = self
+            .blocking("deriving a key", move || {
+                create(&MasterKey::from_bytes(&material), &pw, params)
+            })
+            .await?;
+        self.inner.backend.put(&object_key(&id), bytes).await?;
+        Ok(id)
+    }
+
+    /// Deletes a key object. Refuses the key this process opened the
+    /// repository with, and the last key.
+    pub async fn remove_key(&self, key_id: &str) -> Result<(), RepoError> {
+        let refuse = |reason: &str| RepoError::KeyRemoval {
+            location: self.inner.location.clone(),
+            key_id: key_id.to_string(),
+            reason: reason.to_string(),
+        };
+        let ids = self.list_keys().await?;
+        if !ids.iter().any(|k| k == key_id) {
+            return Err(refuse("no such key"));
+        }
+        if ids.len() <= 1 {
+            return Err(refuse(
+                "it is the last key; the repository would become unreadable",
+            ));
+        }
+        if key_id == self.inner.key_id {
+            return Err(refuse(
+                "it is the key in use; open the repository with another password to remove it",
+            ));
+        }
+        self.inner.backend.delete(&object_key(key_id)).await?;
+        Ok(())
+    }
+
+    /// Ids of all key objects.
+    pub async fn list_keys(&self) -> Result<Vec<String>, RepoError> {
+        let mut ids: Vec<String> = self
+            .inner
+            .backend
+            .list(PREFIX)
+            .await?
+            .into_iter()
+            .map(|o| o.key[PREFIX.len()..].to_string())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The key object this process opened the repository with.
+    pub fn key_id(&self) -> &str {
+        &self.inner.key_id
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! content. The rules that make them safe are in `docs/format.md`
 //! ("Pruning safety").
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::backend::Backend;
-use super::{PackId, RepoError, Repository};
+use super::{PackId, RepoError, Repository, index};
 
 /// Writer markers: `locks/writer-<run id>-<random>`.
 pub const WRITER_PREFIX: &str = "locks/writer-";
@@ -412,6 +412,66 @@ async fn refresh_loop(
                 .unwrap_or_else(|e| e.into_inner())
                 .get_or_insert_with(|| format!("refresh failed: {e}"));
         }
+    }
+}
+
+impl Repository {
+    /// Announces a backup (or copy) that is about to write: puts a writer
+    /// marker `locks/writer-<run id>-<random>` with the current time, then
+    /// drops from this process's dedup index every pack that a pending
+    /// prune mark lists (and reloads the index when a prune has deleted
+    /// index objects since it was loaded). Call it after opening and before
+    /// adding blobs. Together with the rules of `prune`, this guarantees
+    /// that a concurrent prune never deletes data this writer references;
+    /// see "Pruning safety" in `docs/format.md`. A writer that runs longer
+    /// than [`WRITER_MAX_AGE`] must announce again.
+    pub async fn announce_writer(&self, run_id: &str) -> Result<(), RepoError> {
+        let key = put_writer_marker(self, run_id).await?;
+        self.inner
+            .markers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(key);
+        // Marks first, then the index listing: a mark is deleted only after
+        // the index objects it supersedes, so whatever we miss in one
+        // listing shows in the other.
+        let marked = marked_packs(self).await?;
+        let now: BTreeSet<String> = self
+            .inner
+            .backend
+            .list(index::PREFIX)
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        let vanished = self
+            .inner
+            .index_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|k| !now.contains(k));
+        if vanished || !marked.is_empty() {
+            tracing::info!(
+                marked_packs = marked.len(),
+                vanished_index_objects = vanished,
+                "a prune is pending; reloading the index without the packs it marked"
+            );
+            self.reload_index_excluding(&marked).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the writer markers this process put. Call it only after the
+    /// last snapshot manifest was saved (prune also removes markers of
+    /// complete runs and stale ones).
+    pub async fn retire_writer(&self) -> Result<(), RepoError> {
+        let keys =
+            std::mem::take(&mut *self.inner.markers.lock().unwrap_or_else(|e| e.into_inner()));
+        for key in keys {
+            self.inner.backend.delete(&key).await?;
+        }
+        Ok(())
     }
 }
 

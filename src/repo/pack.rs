@@ -4,8 +4,11 @@
 
 use bytes::Bytes;
 
-use super::crypto::{MasterKey, kind};
+use super::backend::BackendError;
+use super::crypto::{MAX_META_LEN, MasterKey, kind};
 use super::id::{BlobId, BlobKind, PackId};
+use super::index::{IndexEntry, expand_entries};
+use super::{RepoError, Repository, open_error};
 use crate::config::Compression;
 
 /// Packs are cut once they reach this size.
@@ -40,6 +43,43 @@ pub(crate) fn encode_entry(e: &PackEntry, out: &mut Vec<u8>) {
     out.extend_from_slice(&e.raw_length.to_le_bytes());
 }
 
+/// Why a decrypted pack header or index object does not parse. The
+/// messages are the `reason` of the resulting [`RepoError`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DecodeError {
+    #[error("truncated: needed {needed} more bytes, {left} left")]
+    Truncated { needed: usize, left: usize },
+    #[error("unknown blob kind {0}")]
+    UnknownKind(u8),
+    #[error("{0} entries announced but not present")]
+    EntriesMissing(usize),
+    #[error("{0} packs announced but not present")]
+    PacksMissing(u32),
+    #[error("{0} stray bytes after the entries")]
+    StrayAfterEntries(usize),
+    #[error("{0} stray bytes at the end")]
+    StrayAtEnd(usize),
+    #[error("blob {id} at offset {offset} but the previous one ends at {expect}")]
+    Gap {
+        id: BlobId,
+        offset: u32,
+        expect: u64,
+    },
+    #[error("entries cover {covered} bytes but the body has {body_len}")]
+    BodyMismatch { covered: u64, body_len: u64 },
+    /// A version this build does not know: a format problem, not damage.
+    #[error("index version {0}")]
+    IndexVersion(u8),
+}
+
+impl DecodeError {
+    /// Whether the object is in a format this version does not understand
+    /// (rather than damaged).
+    pub(crate) fn is_format(&self) -> bool {
+        matches!(self, DecodeError::IndexVersion(_))
+    }
+}
+
 /// A cursor over a decrypted header or index, failing with a reason
 /// instead of panicking on short input.
 pub(crate) struct Reader<'a> {
@@ -51,29 +91,29 @@ impl<'a> Reader<'a> {
         Self { buf }
     }
 
-    pub fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() < n {
-            return Err(format!(
-                "truncated: needed {n} more bytes, {} left",
-                self.buf.len()
-            ));
+            return Err(DecodeError::Truncated {
+                needed: n,
+                left: self.buf.len(),
+            });
         }
         let (head, rest) = self.buf.split_at(n);
         self.buf = rest;
         Ok(head)
     }
 
-    pub fn u8(&mut self) -> Result<u8, String> {
+    pub fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
 
-    pub fn u32(&mut self) -> Result<u32, String> {
+    pub fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(
             self.take(4)?.try_into().expect("4 bytes"),
         ))
     }
 
-    pub fn id32(&mut self) -> Result<[u8; 32], String> {
+    pub fn id32(&mut self) -> Result<[u8; 32], DecodeError> {
         Ok(self.take(32)?.try_into().expect("32 bytes"))
     }
 
@@ -81,10 +121,10 @@ impl<'a> Reader<'a> {
         self.buf.len()
     }
 
-    pub fn entry(&mut self) -> Result<PackEntry, String> {
+    pub fn entry(&mut self) -> Result<PackEntry, DecodeError> {
         let id = BlobId(self.id32()?);
         let k = self.u8()?;
-        let kind = BlobKind::from_byte(k).ok_or_else(|| format!("unknown blob kind {k}"))?;
+        let kind = BlobKind::from_byte(k).ok_or(DecodeError::UnknownKind(k))?;
         Ok(PackEntry {
             id,
             kind,
@@ -96,10 +136,10 @@ impl<'a> Reader<'a> {
 
     /// `count` entries, refusing a count the remaining bytes cannot hold
     /// before allocating for it.
-    pub fn entries(&mut self, count: u32) -> Result<Vec<PackEntry>, String> {
+    pub fn entries(&mut self, count: u32) -> Result<Vec<PackEntry>, DecodeError> {
         let count = count as usize;
         if count.saturating_mul(ENTRY_LEN) > self.remaining() {
-            return Err(format!("{count} entries announced but not present"));
+            return Err(DecodeError::EntriesMissing(count));
         }
         (0..count).map(|_| self.entry()).collect()
     }
@@ -130,29 +170,160 @@ pub(crate) fn finish(
     (id, Bytes::from(out))
 }
 
+/// A pack is at least its 4-byte header length.
+fn check_size(key: &str, size: u64) -> Result<(), RepoError> {
+    if size < 4 {
+        return Err(RepoError::corrupt(
+            key,
+            None,
+            format!("{size} bytes is too short for a pack"),
+        ));
+    }
+    Ok(())
+}
+
+/// The body length of a pack of `size` bytes whose last 4 bytes are `tail`.
+fn body_len(key: &str, size: u64, tail: &[u8]) -> Result<u64, RepoError> {
+    let corrupt = |reason: String| RepoError::corrupt(key, None, reason);
+    let tail: [u8; 4] = tail.try_into().map_err(|_| corrupt("short read".into()))?;
+    let header_len = u64::from(u32::from_le_bytes(tail));
+    if header_len > size - 4 {
+        return Err(corrupt(format!(
+            "header length {header_len} exceeds the pack size {size}"
+        )));
+    }
+    Ok(size - 4 - header_len)
+}
+
 /// Parses the decrypted header and checks that the entries tile the pack
 /// body exactly, so a forged header cannot point outside it.
-pub(crate) fn parse_header(plain: &[u8], body_len: u64) -> Result<Vec<PackEntry>, String> {
+pub(crate) fn parse_header(plain: &[u8], body_len: u64) -> Result<Vec<PackEntry>, DecodeError> {
     let mut r = Reader::new(plain);
     let count = r.u32()?;
     let entries = r.entries(count)?;
     if r.remaining() != 0 {
-        return Err(format!("{} stray bytes after the entries", r.remaining()));
+        return Err(DecodeError::StrayAfterEntries(r.remaining()));
     }
     let mut expect = 0u64;
     for e in &entries {
         if u64::from(e.offset) != expect {
-            return Err(format!(
-                "blob {} at offset {} but the previous one ends at {expect}",
-                e.id, e.offset
-            ));
+            return Err(DecodeError::Gap {
+                id: e.id,
+                offset: e.offset,
+                expect,
+            });
         }
         expect += u64::from(e.length);
     }
     if expect != body_len {
-        return Err(format!(
-            "entries cover {expect} bytes but the body has {body_len}"
-        ));
+        return Err(DecodeError::BodyMismatch {
+            covered: expect,
+            body_len,
+        });
     }
     Ok(entries)
+}
+
+impl Repository {
+    /// A whole pack object.
+    pub async fn read_pack(&self, pack: &PackId) -> Result<Bytes, RepoError> {
+        Ok(self.inner.backend.get(&pack_key(pack)).await?)
+    }
+
+    /// Opens one blob out of a whole pack read with
+    /// [`read_pack`](Self::read_pack), verifying it like
+    /// [`read_blob`](Self::read_blob). CPU-heavy: call it through
+    /// [`cpu`](Self::cpu) for large packs.
+    pub fn open_pack_blob(
+        &self,
+        id: &BlobId,
+        entry: &IndexEntry,
+        pack_bytes: &Bytes,
+    ) -> Result<Bytes, RepoError> {
+        let key = pack_key(&entry.pack);
+        let end = entry.offset.saturating_add(entry.length);
+        if end > pack_bytes.len() as u64 {
+            return Err(RepoError::corrupt(
+                &key,
+                Some(id),
+                format!(
+                    "blob at {}+{} lies beyond the pack's {} bytes",
+                    entry.offset,
+                    entry.length,
+                    pack_bytes.len()
+                ),
+            ));
+        }
+        let sealed = pack_bytes.slice(entry.offset as usize..end as usize);
+        self.open_blob(&key, id, entry, sealed)
+    }
+
+    /// The header of a whole pack (as read by [`read_pack`](Self::read_pack)):
+    /// checks the length field, opens the sealed header and checks that
+    /// its entries tile the body.
+    pub fn parse_pack(
+        &self,
+        pack: &PackId,
+        pack_bytes: &Bytes,
+    ) -> Result<Vec<(BlobId, IndexEntry)>, RepoError> {
+        let key = pack_key(pack);
+        let size = pack_bytes.len() as u64;
+        check_size(&key, size)?;
+        let body_len = body_len(&key, size, &pack_bytes[size as usize - 4..])?;
+        let sealed = pack_bytes.slice(body_len as usize..(size - 4) as usize);
+        self.decode_pack_header(pack, &key, sealed, body_len)
+    }
+
+    /// The blobs a pack's own header lists, read from the pack's tail.
+    pub async fn read_pack_header(
+        &self,
+        pack: &PackId,
+    ) -> Result<Vec<(BlobId, IndexEntry)>, RepoError> {
+        let key = pack_key(pack);
+        let backend = &self.inner.backend;
+        let size = backend
+            .head(&key)
+            .await?
+            .ok_or_else(|| BackendError::NotFound {
+                location: self.inner.location.clone(),
+                key: key.clone(),
+            })?;
+        check_size(&key, size)?;
+        let tail = backend.get_range(&key, size - 4, 4).await?;
+        let body_len = body_len(&key, size, &tail)?;
+        let sealed = backend
+            .get_range(&key, body_len, size - 4 - body_len)
+            .await?;
+        self.decode_pack_header(pack, &key, sealed, body_len)
+    }
+
+    fn decode_pack_header(
+        &self,
+        pack: &PackId,
+        key: &str,
+        sealed: Bytes,
+        body_len: u64,
+    ) -> Result<Vec<(BlobId, IndexEntry)>, RepoError> {
+        let plain = self
+            .inner
+            .master
+            .open(kind::PACK_HEADER, sealed, MAX_META_LEN)
+            .map_err(|e| open_error(key, None, e))?;
+        let entries = parse_header(&plain, body_len)
+            .map_err(|reason| RepoError::corrupt(key, None, reason.to_string()))?;
+        Ok(expand_entries(*pack, entries))
+    }
+
+    pub(super) fn finish_pack(
+        &self,
+        segments: Vec<Vec<u8>>,
+        entries: &[PackEntry],
+    ) -> (PackId, Bytes) {
+        finish(
+            &self.inner.master,
+            self.inner.compression,
+            segments,
+            entries,
+        )
+    }
 }

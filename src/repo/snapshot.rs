@@ -3,9 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use bytes::Bytes;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::crypto::{MAX_META_LEN, kind};
 use super::id::{BlobId, SnapshotId};
+use super::{META_PARALLEL, RepoError, Repository, check_content_name, open_error};
 
 pub(crate) const PREFIX: &str = "snapshots/";
 
@@ -123,6 +127,116 @@ pub fn group_runs(snapshots: Vec<(SnapshotId, SnapshotManifest)>) -> Vec<Run> {
         .collect();
     runs.sort_by(|a, b| (a.time, &a.run_id).cmp(&(b.time, &b.run_id)));
     runs
+}
+
+/// Object key of a snapshot manifest: `snapshots/<id>`.
+pub fn snapshot_key(id: &SnapshotId) -> String {
+    format!("{}{}", PREFIX, id.to_hex())
+}
+
+impl Repository {
+    /// Stores a snapshot manifest. Every blob it references directly must
+    /// already be listed in a stored index object (flush the writer first),
+    /// so a manifest never points at data a reader cannot find.
+    pub async fn save_snapshot(
+        &self,
+        manifest: &SnapshotManifest,
+    ) -> Result<SnapshotId, RepoError> {
+        {
+            let ix = self.index();
+            for root in manifest.roots() {
+                if !ix.is_persisted(root) {
+                    return Err(if ix.contains(root) {
+                        RepoError::NotFlushed { id: *root }
+                    } else {
+                        RepoError::MissingBlob { id: *root }
+                    });
+                }
+            }
+        }
+        let mut manifest = manifest.clone();
+        manifest.status = SnapshotStatus::Complete;
+        let json = serde_json::to_vec(&manifest).expect("manifest serialises");
+        let sealed = self.seal(kind::SNAPSHOT, &json);
+        let id = SnapshotId(*blake3::hash(&sealed).as_bytes());
+        self.inner
+            .backend
+            .put(&snapshot_key(&id), Bytes::from(sealed))
+            .await?;
+        Ok(id)
+    }
+
+    pub async fn load_snapshot(&self, id: &SnapshotId) -> Result<SnapshotManifest, RepoError> {
+        let key = snapshot_key(id);
+        let bytes = self.inner.backend.get(&key).await?;
+        self.decode_snapshot(&key, bytes)
+    }
+
+    pub(super) fn decode_snapshot(
+        &self,
+        key: &str,
+        bytes: Bytes,
+    ) -> Result<SnapshotManifest, RepoError> {
+        check_content_name(key, PREFIX, &bytes)?;
+        let plain = self
+            .inner
+            .master
+            .open(kind::SNAPSHOT, bytes, MAX_META_LEN)
+            .map_err(|e| open_error(key, None, e))?;
+        serde_json::from_slice(&plain)
+            .map_err(|e| RepoError::format(key, format!("not a snapshot manifest: {e}")))
+    }
+
+    /// Every snapshot manifest, oldest first. Fails naming the first object
+    /// that is damaged.
+    pub async fn list_snapshots(&self) -> Result<Vec<(SnapshotId, SnapshotManifest)>, RepoError> {
+        let (all, errors) = self.list_snapshots_lenient().await?;
+        match errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(all),
+        }
+    }
+
+    /// Every snapshot manifest that can be read, oldest first, and an error
+    /// for each one that cannot (for `check` and `list`).
+    pub async fn list_snapshots_lenient(
+        &self,
+    ) -> Result<(Vec<(SnapshotId, SnapshotManifest)>, Vec<RepoError>), RepoError> {
+        let objects = self.inner.backend.list(PREFIX).await?;
+        let results: Vec<Result<(SnapshotId, SnapshotManifest), RepoError>> =
+            futures::stream::iter(objects)
+                .map(|obj| async move {
+                    let id: SnapshotId = obj.key[PREFIX.len()..]
+                        .parse()
+                        .map_err(|_| RepoError::format(&obj.key, "not named by a snapshot id"))?;
+                    let bytes = self.inner.backend.get(&obj.key).await?;
+                    Ok((id, self.decode_snapshot(&obj.key, bytes)?))
+                })
+                .buffer_unordered(META_PARALLEL)
+                .collect()
+                .await;
+        let (mut all, mut errors) = (Vec::new(), Vec::new());
+        for r in results {
+            match r {
+                Ok(s) => all.push(s),
+                // A backend failure is not damage: never skip over it.
+                Err(e @ RepoError::Backend(_)) => return Err(e),
+                Err(e) => errors.push(e),
+            }
+        }
+        all.sort_by_key(|s| (s.1.time, s.0));
+        Ok((all, errors))
+    }
+
+    /// Deletes one snapshot manifest (only `prune` does this).
+    pub async fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), RepoError> {
+        Ok(self.inner.backend.delete(&snapshot_key(id)).await?)
+    }
+
+    /// Snapshots grouped by run, oldest first, each marked complete or not.
+    pub async fn complete_runs(&self) -> Result<Vec<Run>, RepoError> {
+        Ok(group_runs(self.list_snapshots().await?))
+    }
 }
 
 #[cfg(test)]

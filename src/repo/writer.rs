@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use super::crypto::{MAX_BLOB_LEN, OVERHEAD, kind};
 use super::id::{BlobId, BlobKind, PackId};
+use super::pack::PACK_TARGET;
 use super::pack::{self, PackEntry};
 use super::{RepoError, Repository, index};
 
@@ -598,5 +599,44 @@ impl Shared {
         self.repo.backend().put(&key, Bytes::from(sealed)).await?;
         self.stats.bytes_stored.fetch_add(size, Relaxed);
         Ok(())
+    }
+}
+
+impl Repository {
+    /// Writers list their packs in an index object at least every `bytes`
+    /// of packs (rounded up to whole packs), so a crashed run that is run
+    /// again finds, and does not upload again, all but that much.
+    pub fn set_resume_buffer(&self, bytes: u64) {
+        let packs = bytes.div_ceil(PACK_TARGET as u64).clamp(1, 1 << 16) as usize;
+        self.inner
+            .packs_per_index
+            .store(packs, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A writer that stores every blob it is given, even when the index
+    /// already lists it: `prune` copies the used blobs of a pack it
+    /// rewrites. Add each blob once.
+    pub fn repack_writer(&self, channels: usize) -> Writer {
+        Writer::with_force(self.clone(), channels, PACK_TARGET, PACKS_PER_INDEX, true)
+    }
+
+    /// A writer with `channels` concurrent uploads.
+    pub fn writer(&self, channels: usize) -> Writer {
+        let packs = self
+            .inner
+            .packs_per_index
+            .load(std::sync::atomic::Ordering::Relaxed);
+        Writer::new(self.clone(), channels, PACK_TARGET, packs)
+    }
+
+    /// A writer with a different pack size, so tests exercise many packs.
+    #[doc(hidden)]
+    pub fn writer_with(
+        &self,
+        channels: usize,
+        pack_target: usize,
+        packs_per_index: usize,
+    ) -> Writer {
+        Writer::new(self.clone(), channels, pack_target, packs_per_index)
     }
 }

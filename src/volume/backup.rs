@@ -752,7 +752,7 @@ pub async fn backup(
     };
     let root_meta = std::fs::metadata(&opts.path).map_err(io_err)?;
     if !root_meta.is_dir() {
-        return Err(VolumeError::NotADirectory { path: shown_root }.into());
+        return Err(VolumeError::NotADirectory { path: shown_root });
     }
     let parent = find_parent(repo, &opts.plan, &opts.name).await?;
     match &parent {

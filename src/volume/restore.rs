@@ -692,8 +692,7 @@ async fn select(
                 } else {
                     m.volumes.keys().cloned().collect::<Vec<_>>().join(", ")
                 },
-            }
-            .into()),
+            }),
         };
     }
     let found = runs
@@ -707,15 +706,12 @@ async fn select(
                     .map(|v| (*id, m.clone(), v.clone()))
             })
         });
-    found.ok_or_else(|| {
-        VolumeError::NoSnapshot {
-            volume: opts.name.clone(),
-            scope: opts
-                .point
-                .map(|p| format!("at or before {p} "))
-                .unwrap_or_default(),
-        }
-        .into()
+    found.ok_or_else(|| VolumeError::NoSnapshot {
+        volume: opts.name.clone(),
+        scope: opts
+            .point
+            .map(|p| format!("at or before {p} "))
+            .unwrap_or_default(),
     })
 }
 
@@ -750,7 +746,7 @@ pub async fn restore(
     };
     fs::create_dir_all(&opts.path).map_err(io_err)?;
     if !fs::metadata(&opts.path).map_err(io_err)?.is_dir() {
-        return Err(VolumeError::NotADirectory { path: shown_root }.into());
+        return Err(VolumeError::NotADirectory { path: shown_root });
     }
     let is_root = rustix::process::geteuid().is_root();
     if !is_root {

@@ -1,0 +1,251 @@
+//! Backup behaviour: incremental reads, failures, cancellation, reruns.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_backup_reads_only_changed_files() {
+    let fx = Fixture::new().await;
+    let src = fx.path("src");
+    for i in 0..20 {
+        fs::write(src.join(format!("f{i}")), random(100_000, i)).unwrap();
+    }
+    fs::create_dir(src.join("sub")).unwrap();
+    fs::write(src.join("sub/big"), random(5 * MIB as usize, 99)).unwrap();
+    let total = 20 * 100_000 + 5 * MIB;
+
+    let first = fx.backup(&src, "vol", "run-1").await;
+    assert_eq!(bytes(&first, "read"), total);
+    assert_eq!(first.details["parent"], serde_json::Value::Null);
+
+    let second = fx.backup(&src, "vol", "run-2").await;
+    assert_eq!(bytes(&second, "read"), 0, "{second:?}");
+    assert_eq!(bytes(&second, "reused"), total);
+    assert_eq!(bytes(&second, "new"), 0, "{second:?}");
+    assert_eq!(second.details["parent"], first.details["snapshot"]);
+    // Unchanged directories give the same trees, down to the root.
+    assert_eq!(second.details["root"], first.details["root"]);
+
+    // Another plan does not use this plan's snapshots as parents.
+    let mut other = fx.opts(&src, "vol", "run-other");
+    other.plan = "weekly".into();
+    let r = backup(&fx.repo, &other, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(bytes(&r, "read"), total);
+
+    // Change one file: only it is read.
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(src.join("sub/big"))
+        .unwrap();
+    f.write_all(b"appended").unwrap();
+    drop(f);
+    let third = fx.backup(&src, "vol", "run-3").await;
+    assert_eq!(bytes(&third, "read"), 5 * MIB + 8, "{third:?}");
+    assert_eq!(bytes(&third, "reused"), 20 * 100_000);
+    assert!(bytes(&third, "new") < 5 * MIB, "{third:?}");
+
+    let dst = fx.path("dst");
+    fx.restore("vol", &dst).await;
+    let diffs = compare_trees(&src, &dst);
+    assert!(diffs.is_empty(), "{diffs:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_file_fails_the_item_and_the_rest_goes_on() {
+    let fx = Fixture::new().await;
+    let src = fx.path("src");
+    fs::write(src.join("fine"), b"fine").unwrap();
+    fs::create_dir(src.join("sub")).unwrap();
+    fs::write(src.join("sub/locked"), b"locked").unwrap();
+    fs::create_dir_all(src.join("sub/closed/inner")).unwrap();
+    fs::write(src.join("sub/closed/inner/x"), b"x").unwrap();
+    fs::write(src.join("zzz"), b"after").unwrap();
+    let mut opts = fx.opts(&src, "vol", "run-1");
+    if is_root() {
+        // Root reads mode 000 files and lists mode 000 directories; make
+        // them fail as they would for anyone else.
+        opts.hooks.open_error = Some(Arc::new(|p: &Path| {
+            (p.ends_with("sub/locked") || p.ends_with("sub/closed"))
+                .then(|| std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+        }));
+    } else {
+        chmod(&src.join("sub/locked"), 0o000);
+        chmod(&src.join("sub/closed"), 0o000);
+    }
+    let report = backup(&fx.repo, &opts, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(report.status(), Status::Partial);
+    assert_eq!(Status::Partial.exit_code(), 3);
+    let items: Vec<&str> = report.errors.iter().map(|e| e.item.as_str()).collect();
+    assert_eq!(items, ["sub/closed", "sub/locked"], "{:?}", report.errors);
+    assert!(
+        report
+            .errors
+            .iter()
+            .all(|e| e.message.to_lowercase().contains("permission"))
+    );
+    assert_eq!(count(&report, "unreadable"), 2);
+    assert_eq!(count(&report, "files"), 3);
+
+    // The snapshot holds everything else.
+    let dst = fx.path("dst");
+    fx.restore("vol", &dst).await;
+    assert_eq!(fs::read(dst.join("fine")).unwrap(), b"fine");
+    assert_eq!(fs::read(dst.join("zzz")).unwrap(), b"after");
+    assert!(dst.join("sub").is_dir());
+    assert!(!dst.join("sub/locked").exists());
+    // The unlistable directory comes back empty.
+    assert!(dst.join("sub/closed").is_dir());
+    assert_eq!(fs::read_dir(dst.join("sub/closed")).unwrap().count(), 0);
+    if !is_root() {
+        chmod(&src.join("sub/closed"), 0o755);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_changing_while_read_is_reported_and_read_again_next_time() {
+    let fx = Fixture::new().await;
+    let src = fx.path("src");
+    fs::write(src.join("steady"), random(300_000, 1)).unwrap();
+    fs::write(src.join("growing.log"), random(10 * MIB as usize, 2)).unwrap();
+    let mut opts = fx.opts(&src, "vol", "run-1");
+    opts.hooks.after_first_chunk = Some(Arc::new(|p: &Path| {
+        if p.ends_with("growing.log") {
+            let mut f = fs::OpenOptions::new().append(true).open(p).unwrap();
+            f.write_all(b"one more line\n").unwrap();
+        }
+    }));
+    let report = backup(&fx.repo, &opts, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(report.status(), Status::Success);
+    assert_eq!(count(&report, "changed"), 1);
+    assert_eq!(
+        report.details["changed_files"],
+        serde_json::json!(["growing.log"])
+    );
+    // Stored as read; the next backup does not trust it.
+    let again = fx.backup(&src, "vol", "run-2").await;
+    assert_eq!(count(&again, "changed"), 0);
+    assert_eq!(bytes(&again, "read"), 10 * MIB + 14);
+    let dst = fx.path("dst");
+    fx.restore("vol", &dst).await;
+    assert!(compare_trees(&src, &dst).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_backup_flushes_but_saves_no_snapshot() {
+    let fx = Fixture::new().await;
+    let src = fx.path("src");
+    fs::write(src.join("a"), random(12 * MIB as usize, 5)).unwrap();
+    fs::write(src.join("b"), random(100, 6)).unwrap();
+    let cancel = CancellationToken::new();
+    let mut opts = fx.opts(&src, "vol", "run-1");
+    opts.channels = 1;
+    let c = cancel.clone();
+    opts.hooks.after_first_chunk = Some(Arc::new(move |_: &Path| c.cancel()));
+    let err = backup(&fx.repo, &opts, &cancel).await.unwrap_err();
+    assert!(matches!(err, VolumeError::Cancelled), "{err}");
+    assert!(fx.repo.list_snapshots().await.unwrap().is_empty());
+    // What was added is durable, so the retry reuses it.
+    assert!(!fx.repo.backend().list("index/").await.unwrap().is_empty());
+    let retry = fx.backup(&src, "vol", "run-1").await;
+    assert!(bytes(&retry, "new") < 12 * MIB, "{retry:?}");
+    assert_eq!(fx.repo.list_snapshots().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mover_mode_saves_a_result_not_a_snapshot() {
+    let fx = Fixture::new().await;
+    let src = fx.path("src");
+    fs::write(src.join("a"), random(300_000, 1)).unwrap();
+    let mut opts = fx.opts(&src, "shop/data-db-0", "orchestrator-run");
+    opts.mover = true;
+    let r = backup(&fx.repo, &opts, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(r.details["snapshot"].is_null(), "{:?}", r.details);
+    assert!(r.details["mover_result"].is_string(), "{:?}", r.details);
+    assert!(fx.repo.list_snapshots().await.unwrap().is_empty());
+    let results = fx
+        .repo
+        .mover_results("orchestrator-run", "shop/data-db-0")
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 1);
+    let entry = &results[0].entry;
+    assert_eq!(entry.root.to_hex(), r.details["root"].as_str().unwrap());
+    assert_eq!(results[0].report["bytes"]["read"], 300_000);
+
+    // The orchestrator links the tree in its manifest; the next mover of
+    // the same plan then finds it as its parent and reads nothing.
+    let mut m = SnapshotManifest::new("orchestrator-run", 0, 1, "daily");
+    m.volumes.insert("shop/data-db-0".into(), entry.clone());
+    let committed = fx.repo.save_snapshot(&m).await.unwrap();
+    opts.run_id = "orchestrator-run-2".into();
+    let second = backup(&fx.repo, &opts, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(second.details["parent"], committed.to_hex());
+    assert_eq!(bytes(&second, "read"), 0, "{second:?}");
+}
+
+/// Files a stopped backup read go into checkpoints while it runs; the
+/// backup run again takes them unread (unless they changed since) and
+/// reports them as resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_after_an_unfinished_backup_skips_checkpointed_files() {
+    let fx = Fixture::new().await;
+    let src = fx.path("src");
+    // More than a pack (16 MiB) before the last file: the files of the
+    // first pack are checkpointed as soon as it is indexed.
+    for i in 0..24u64 {
+        fs::write(src.join(format!("f{i:02}")), random(MIB as usize, i)).unwrap();
+    }
+    fs::write(src.join("z-last"), random(3 * MIB as usize, 99)).unwrap();
+    let cancel = CancellationToken::new();
+    let mut opts = fx.opts(&src, "vol", "run-1");
+    opts.channels = 1;
+    // A checkpoint for every file, as soon as its chunks are indexed.
+    opts.resume_buffer = 1;
+    let checkpoints = fx.dir.path().join("repo/checkpoints");
+    let c = cancel.clone();
+    opts.hooks.after_first_chunk = Some(Arc::new(move |p: &Path| {
+        if p.ends_with("z-last") {
+            // Stop in the middle of the last file, once the checkpoints of
+            // the earlier ones are stored (not by the final checkpoint).
+            let deadline = Instant::now() + std::time::Duration::from_secs(20);
+            while fs::read_dir(&checkpoints).map_or(0, |d| d.count()) == 0 {
+                assert!(Instant::now() < deadline, "no checkpoint while running");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            c.cancel();
+        }
+    }));
+    // The repository writer indexes every pack (like the 10 MiB default).
+    fx.repo.set_resume_buffer(1);
+    let err = backup(&fx.repo, &opts, &cancel).await.unwrap_err();
+    assert!(matches!(err, VolumeError::Cancelled), "{err}");
+    assert!(fx.repo.list_snapshots().await.unwrap().is_empty());
+
+    // One file changed since: it is read again. The rest were saved by
+    // the periodic checkpoints and the last one, after the final flush.
+    fs::write(src.join("f03"), random(MIB as usize, 333)).unwrap();
+    let again = fx.backup(&src, "vol", "run-2").await;
+    assert_eq!(count(&again, "resumed"), 23, "{again:?}");
+    assert_eq!(bytes(&again, "resumed"), 23 * MIB);
+    assert_eq!(bytes(&again, "read"), MIB + 3 * MIB, "{again:?}");
+    let dst = fx.path("dst");
+    fx.restore("vol", &dst).await;
+    let diffs = compare_trees(&src, &dst);
+    assert!(diffs.is_empty(), "{diffs:#?}");
+
+    // Once a snapshot is complete, the next run takes the files from it,
+    // not from the old checkpoints.
+    let third = fx.backup(&src, "vol", "run-3").await;
+    assert_eq!(count(&third, "resumed"), 0);
+    assert_eq!(bytes(&third, "read"), 0);
+    assert_eq!(bytes(&third, "reused"), 27 * MIB);
+}

@@ -13,7 +13,9 @@ use futures::StreamExt;
 
 use super::crypto::{MAX_META_LEN, kind};
 use super::id::{BlobId, BlobKind, PackId};
-use super::pack::{self, DecodeError, ENTRY_LEN, PackEntry, Reader, encode_entry};
+use super::pack::{
+    self, DecodeError, ENTRY_LEN, IndexEntry, PackEntry, Reader, encode_entry, expand_entries,
+};
 use super::{META_PARALLEL, RepoError, Repository, check_content_name, open_error};
 
 pub(crate) const PREFIX: &str = "index/";
@@ -21,19 +23,6 @@ pub(crate) const PREFIX: &str = "index/";
 /// Packs and their entries, as listed by one index object.
 pub(crate) type PackList = Vec<(PackId, Vec<PackEntry>)>;
 const INDEX_VERSION: u8 = 1;
-
-/// Where a blob is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IndexEntry {
-    pub pack: PackId,
-    pub kind: BlobKind,
-    /// Offset of the sealed blob in the pack.
-    pub offset: u64,
-    /// Sealed length.
-    pub length: u64,
-    /// Plaintext length.
-    pub raw_length: u64,
-}
 
 /// Compact form of an entry: ~20 bytes plus the 32-byte key, because
 /// `open` keeps every blob of the repository in memory.
@@ -208,26 +197,6 @@ impl IndexFile {
             .collect();
         IndexFile { key, size, packs }
     }
-}
-
-/// Entries as stored (pack header or index object) with their pack, in
-/// the wide form callers use.
-pub(crate) fn expand_entries(pack: PackId, entries: Vec<PackEntry>) -> Vec<(BlobId, IndexEntry)> {
-    entries
-        .into_iter()
-        .map(|e| {
-            (
-                e.id,
-                IndexEntry {
-                    pack,
-                    kind: e.kind,
-                    offset: e.offset.into(),
-                    length: e.length.into(),
-                    raw_length: e.raw_length.into(),
-                },
-            )
-        })
-        .collect()
 }
 
 /// An in-memory index of `files` without the packs in `exclude`, and the

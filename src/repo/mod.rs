@@ -46,10 +46,11 @@ pub use checkpoint::{CheckpointHeader, PREFIX as CHECKPOINT_PREFIX};
 pub use error::RepoError;
 pub use filter::RunFilter;
 pub use id::{BlobId, BlobKind, PackId, ParseIdError, SnapshotId};
-pub use index::{IndexEntry, IndexFile};
+pub use index::IndexFile;
 pub use keys::{KeyParams, MIN_ITERATIONS};
 pub use mover::{MoverResult, PREFIX as MOVER_PREFIX};
 pub use open::OpenOptions;
+pub use pack::IndexEntry;
 pub use pack::PACK_TARGET;
 pub use snapshot::{
     MIN_PREFIX, Run, SnapshotManifest, SnapshotRef, SnapshotRefError, SnapshotStatus, VolumeEntry,

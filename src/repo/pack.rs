@@ -7,7 +7,6 @@ use bytes::Bytes;
 use super::backend::BackendError;
 use super::crypto::{MAX_META_LEN, MasterKey, kind};
 use super::id::{BlobId, BlobKind, PackId};
-use super::index::{IndexEntry, expand_entries};
 use super::{RepoError, Repository, open_error};
 use crate::config::Compression;
 
@@ -326,4 +325,37 @@ impl Repository {
             entries,
         )
     }
+}
+
+/// Where a blob is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub pack: PackId,
+    pub kind: BlobKind,
+    /// Offset of the sealed blob in the pack.
+    pub offset: u64,
+    /// Sealed length.
+    pub length: u64,
+    /// Plaintext length.
+    pub raw_length: u64,
+}
+
+/// Entries as stored (pack header or index object) with their pack, in
+/// the wide form callers use.
+pub(crate) fn expand_entries(pack: PackId, entries: Vec<PackEntry>) -> Vec<(BlobId, IndexEntry)> {
+    entries
+        .into_iter()
+        .map(|e| {
+            (
+                e.id,
+                IndexEntry {
+                    pack,
+                    kind: e.kind,
+                    offset: e.offset.into(),
+                    length: e.length.into(),
+                    raw_length: e.raw_length.into(),
+                },
+            )
+        })
+        .collect()
 }

@@ -153,6 +153,12 @@ impl Summary {
     }
 }
 
+/// What a run's error tells the frame: how the run ended.
+pub trait Outcome {
+    /// The status a run that ended with this error has.
+    fn status(&self) -> Status;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,10 +201,4 @@ mod tests {
         assert_eq!(v["status"], "success");
         assert_eq!(v["counts"]["objects"], 3);
     }
-}
-
-/// What a run's error tells the frame: how the run ended.
-pub trait Outcome {
-    /// The status a run that ended with this error has.
-    fn status(&self) -> Status;
 }

@@ -107,7 +107,11 @@ async fn a_repository_written_before_the_change_opens_checks_and_restores() {
         backup.stdout
     );
     let bytes = &backup.summary["bytes"];
-    assert!(bytes["read"].as_u64().unwrap() > 300_000, "{}", backup.stdout);
+    assert!(
+        bytes["read"].as_u64().unwrap() > 300_000,
+        "{}",
+        backup.stdout
+    );
     assert_eq!(bytes["deduplicated"], bytes["read"], "{}", backup.stdout);
     check_all(&repo).await;
 }

@@ -123,6 +123,19 @@ async fn load_tree(repo: &Repository, id: &crate::repo::BlobId) -> Result<tree::
     })
 }
 
+/// A walker task gave up because the run is stopping; the reason is in the
+/// walker's `fatal` slot or the cancellation token.
+#[derive(Debug)]
+struct Stopped;
+
+fn inc(c: &std::sync::atomic::AtomicU64, n: u64) {
+    c.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn get(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn join_err(e: tokio::task::JoinError) -> VolumeError {
     VolumeError::Internal(format!("a volume task failed: {e}"))
 }

@@ -20,7 +20,7 @@ use std::io::{self, Read};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -34,13 +34,20 @@ use tracing::{debug, info, warn};
 
 use super::checkpoint::{CHECKPOINT_EVERY, POLL, Recorder, Resume};
 use super::tree::{Node, NodeType, ROOT_NAME, Tree, display_path, join_rel, mtime_ns};
-use super::{Chunker, MAX_LISTED, VolumeError, is_item_error, join_err, load_tree};
+use super::{
+    Chunker, MAX_LISTED, Stopped, VolumeError, get, inc, is_item_error, join_err, load_tree,
+};
 use crate::repo::{
     BlobKind, MoverResult, Repository, SnapshotId, SnapshotManifest, VolumeEntry, Writer,
 };
 use crate::summary::{ItemError, Report};
 
 /// Chunks queued between a file's reader and its `Writer::add` loop.
+mod parent;
+mod read;
+use parent::*;
+use read::*;
+
 const CHUNKS_QUEUED: usize = 2;
 /// Largest blob plaintext (docs/format.md §5); a directory whose listing
 /// is larger cannot be stored as one tree.
@@ -98,19 +105,6 @@ struct Stats {
     resumed: AtomicU64,
     bytes_resumed: AtomicU64,
 }
-
-fn inc(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Relaxed);
-}
-
-fn get(c: &AtomicU64) -> u64 {
-    c.load(Relaxed)
-}
-
-/// A task gave up because the run is stopping; the reason is in
-/// `Shared::fatal` or the cancellation token.
-#[derive(Debug)]
-struct Stopped;
 
 type NodeTask = JoinHandle<Result<Option<Node>, Stopped>>;
 
@@ -423,172 +417,6 @@ impl Walker {
     }
 }
 
-/// Outcome of reading one file on a blocking thread.
-enum ReadError {
-    Io(io::Error),
-    /// Replaced by something that is not a regular file since it was listed.
-    NotRegular,
-    /// The run is stopping, or the receiving side gave up.
-    Stopped,
-}
-
-impl From<io::Error> for ReadError {
-    fn from(e: io::Error) -> Self {
-        ReadError::Io(e)
-    }
-}
-
-struct ReadDone {
-    /// `fstat` before the first byte was read.
-    start: Metadata,
-    bytes: u64,
-    /// Size or mtime differ between the start and the end of reading.
-    changed: bool,
-}
-
-fn read_file(sh: &Shared, abs: &Path, tx: mpsc::Sender<Bytes>) -> Result<ReadDone, ReadError> {
-    use rustix::fs::OFlags;
-    #[cfg(test)]
-    if let Some(e) = sh.hooks.open_error.as_ref().and_then(|h| h(abs)) {
-        return Err(e.into());
-    }
-    // NOFOLLOW: a symlink swapped in since the listing is not followed out
-    // of the volume. NONBLOCK: a FIFO swapped in does not hang the open.
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
-        .open(abs)?;
-    let start = file.metadata()?;
-    if !start.is_file() {
-        return Err(ReadError::NotRegular);
-    }
-    let c = sh.chunker;
-    let mut bytes = 0u64;
-    #[cfg(test)]
-    let mut first = true;
-    let mut send = |data: Bytes| -> Result<(), ReadError> {
-        if sh.stop.is_cancelled() {
-            return Err(ReadError::Stopped);
-        }
-        bytes += data.len() as u64;
-        tx.blocking_send(data).map_err(|_| ReadError::Stopped)?;
-        #[cfg(test)]
-        if std::mem::take(&mut first)
-            && let Some(h) = &sh.hooks.after_first_chunk
-        {
-            h(abs);
-        }
-        Ok(())
-    };
-    // A file smaller than the largest chunk is read whole and cut in
-    // memory: the streaming chunker allocates a buffer of the largest
-    // chunk size per file. Both cut at the same points.
-    let mut head = Vec::new();
-    if start.len() < c.max as u64 {
-        head.reserve_exact(start.len() as usize + 1);
-        (&file).take(c.max as u64).read_to_end(&mut head)?;
-        if head.len() < c.max {
-            let all = Bytes::from(head);
-            for ch in fastcdc::v2020::FastCDC::new(&all, c.min, c.avg, c.max) {
-                send(all.slice(ch.offset..ch.offset + ch.length))?;
-            }
-            return finish(&file, start, bytes);
-        }
-        // It grew past one chunk meanwhile: stream the rest after it.
-    }
-    let source = io::Cursor::new(head).chain(&file);
-    for chunk in fastcdc::v2020::StreamCDC::new(source, c.min, c.avg, c.max) {
-        let chunk = chunk.map_err(io::Error::from)?;
-        send(Bytes::from(chunk.data))?;
-    }
-    finish(&file, start, bytes)
-}
-
-fn finish(file: &std::fs::File, start: Metadata, bytes: u64) -> Result<ReadDone, ReadError> {
-    let end = file.metadata()?;
-    let changed =
-        bytes != start.len() || end.len() != start.len() || mtime_ns(&end) != mtime_ns(&start);
-    Ok(ReadDone {
-        start,
-        bytes,
-        changed,
-    })
-}
-
-/// Reads one file: chunks from a blocking reader, added in order.
-async fn read_task(
-    sh: Arc<Shared>,
-    abs: PathBuf,
-    rel: Vec<u8>,
-    shown: String,
-    mut node: Node,
-    _permit: OwnedSemaphorePermit,
-) -> Result<Option<Node>, Stopped> {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(CHUNKS_QUEUED);
-    let reader = {
-        let sh = sh.clone();
-        tokio::task::spawn_blocking(move || read_file(&sh, &abs, tx))
-    };
-    let mut content = Vec::new();
-    let mut add_failed = None;
-    while let Some(data) = rx.recv().await {
-        match sh.writer.add(BlobKind::Data, data).await {
-            Ok((id, _)) => content.push(id),
-            Err(e) => {
-                add_failed = Some(e);
-                break;
-            }
-        }
-    }
-    drop(rx);
-    let outcome = reader.await;
-    if let Some(e) = add_failed {
-        return Err(sh.fail(e));
-    }
-    let outcome = outcome.map_err(|e| sh.fail(join_err(e)))?;
-    match outcome {
-        Ok(done) => {
-            let fresh = Node::from_meta(Vec::new(), &done.start);
-            node.mode = fresh.mode;
-            node.uid = fresh.uid;
-            node.gid = fresh.gid;
-            node.mtime_ns = fresh.mtime_ns;
-            node.ctime_ns = fresh.ctime_ns;
-            node.inode = fresh.inode;
-            node.dev = fresh.dev;
-            node.nlink = fresh.nlink;
-            node.size = done.bytes;
-            node.content = content;
-            inc(&sh.stats.bytes_read, done.bytes);
-            if done.changed {
-                warn!(path = %shown, "file changed while it was read; stored as read");
-                inc(&sh.stats.changed, 1);
-                let mut list = sh.changed.lock().unwrap_or_else(|p| p.into_inner());
-                if list.len() < MAX_LISTED {
-                    list.push(shown);
-                }
-            } else {
-                sh.recorder.record(rel, &node);
-            }
-            Ok(Some(node))
-        }
-        Err(ReadError::Stopped) => Err(Stopped),
-        Err(ReadError::NotRegular) => {
-            warn!(path = %shown, "replaced by a non-regular file while the backup ran; skipped");
-            sh.vanished(&shown);
-            Ok(None)
-        }
-        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
-            sh.vanished(&shown);
-            Ok(None)
-        }
-        Err(ReadError::Io(e)) => {
-            sh.unreadable(&shown, &e);
-            Ok(None)
-        }
-    }
-}
-
 /// Waits for a directory's entries, in order, then stores its tree.
 async fn finalize(sh: Arc<Shared>, frame: Frame) -> Result<Option<Node>, Stopped> {
     let Frame {
@@ -659,80 +487,6 @@ async fn final_checkpoint(sh: &Shared) {
     if let Err(e) = sh.recorder.save_if(&sh.repo, true).await {
         warn!(error = %e, "cannot save the last checkpoint; a retry reads those files again");
     }
-}
-
-/// The parent snapshot: its id, its root node, and the root's listing.
-struct Parent {
-    id: SnapshotId,
-    /// The volume's size then (`stats.bytes`), for the progress estimate.
-    bytes: Option<u64>,
-    /// When its run saved it.
-    time: jiff::Timestamp,
-    root: Node,
-    listing: Option<Tree>,
-}
-
-/// The newest complete run of `plan` with this volume.
-async fn find_parent(
-    repo: &Repository,
-    plan: &str,
-    name: &str,
-) -> Result<Option<Parent>, VolumeError> {
-    let runs = match repo.complete_runs().await {
-        Ok(r) => r,
-        Err(e) if is_item_error(&e) => {
-            warn!(error = %e, "cannot list snapshots; backing up in full");
-            return Ok(None);
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let found = runs.iter().rev().filter(|r| r.complete).find_map(|r| {
-        r.parts.iter().find_map(|(id, m)| {
-            (m.plan == plan)
-                .then(|| {
-                    m.volumes.get(name).map(|v| {
-                        let bytes = v.stats.get("bytes").and_then(|b| b.as_u64());
-                        (*id, v.root, r.time, bytes)
-                    })
-                })
-                .flatten()
-        })
-    });
-    let Some((id, root_tree, time, bytes)) = found else {
-        return Ok(None);
-    };
-    let root = match load_tree(repo, &root_tree).await {
-        Ok(t) => t
-            .nodes
-            .into_iter()
-            .find(|n| n.name == ROOT_NAME && n.kind == NodeType::Dir),
-        Err(e) if is_item_error(&e) => {
-            warn!(snapshot = %id, error = %e, "cannot read the parent snapshot's tree; backing up in full");
-            None
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let Some(root) = root else {
-        return Ok(None);
-    };
-    let listing = match root.subtree {
-        Some(sub) => match load_tree(repo, &sub).await {
-            Ok(t) => Some(t),
-            Err(e) if is_item_error(&e) => {
-                warn!(snapshot = %id, error = %e, "cannot read the parent snapshot's tree; backing up in full");
-                None
-            }
-            Err(e) => return Err(e.into()),
-        },
-        None => None,
-    };
-    Ok(Some(Parent {
-        bytes,
-        id,
-        time,
-        root,
-        listing,
-    }))
 }
 
 /// Backs up `opts.path` as volume `opts.name`: trees and chunks through

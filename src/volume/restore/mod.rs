@@ -25,7 +25,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -39,11 +39,14 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::tree::{Node, NodeType, ROOT_NAME, display_path, is_safe_name, is_safe_rel, join_rel};
-use super::{VolumeError, is_item_error, join_err, load_tree};
+use super::{Stopped, VolumeError, get, inc, is_item_error, join_err, load_tree};
 use crate::repo::{BlobId, Repository, SnapshotId, SnapshotManifest, SnapshotRef, VolumeEntry};
 use crate::summary::{ItemError, Report};
 
 /// Chunks fetched ahead per file, and queued for its writer.
+mod write;
+use write::*;
+
 const PREFETCH: usize = 2;
 
 #[derive(Debug, Clone)]
@@ -73,17 +76,6 @@ struct Stats {
     reused: AtomicU64,
     bytes_reused: AtomicU64,
 }
-
-fn inc(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Relaxed);
-}
-
-fn get(c: &AtomicU64) -> u64 {
-    c.load(Relaxed)
-}
-
-#[derive(Debug)]
-struct Stopped;
 
 type Task = JoinHandle<Result<(), Stopped>>;
 
@@ -425,208 +417,6 @@ impl Walker {
             Err(e) => sh.item_failed(&shown, format!("{}: {e}", node.kind.as_str())),
         }
     }
-}
-
-/// Where a file's content goes.
-enum Target {
-    /// Created empty by the walker.
-    Created(fs::File),
-    /// Already there with the right size: verified, and rewritten only if
-    /// its content differs.
-    Existing,
-}
-
-/// Whether the file at `abs` holds exactly `node`'s chunks: each chunk's
-/// plaintext length comes from the index, its bytes must hash to its id.
-/// `false` (not an error) whenever that cannot be shown.
-fn holds_content(repo: &Repository, abs: &Path, node: &Node) -> io::Result<bool> {
-    let mut lengths = Vec::with_capacity(node.content.len());
-    for id in &node.content {
-        match repo.index_entry(id) {
-            Some(e) => lengths.push(e.raw_length),
-            None => return Ok(false),
-        }
-    }
-    if lengths.iter().sum::<u64>() != node.size {
-        return Ok(false);
-    }
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
-        .open(abs)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() || meta.len() != node.size {
-        return Ok(false);
-    }
-    let mut reader = io::BufReader::with_capacity(1 << 20, file);
-    let mut buf = Vec::new();
-    for (id, len) in node.content.iter().zip(lengths) {
-        buf.resize(len as usize, 0);
-        match reader.read_exact(&mut buf) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
-            Err(e) => return Err(e),
-        }
-        if repo.blob_id(&buf) != *id {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// For [`Target::Existing`]: `None` when the file is already right (its
-/// metadata is then set), else the file opened for rewriting in place.
-fn verify_or_reopen(
-    sh: &Shared,
-    abs: &Path,
-    shown: &str,
-    node: &Node,
-) -> io::Result<Option<fs::File>> {
-    match holds_content(&sh.repo, abs, node) {
-        Ok(true) => {
-            debug!(path = shown, "already restored and verified; left as it is");
-            inc(&sh.stats.reused, 1);
-            inc(&sh.stats.bytes_reused, node.size);
-            sh.apply_meta(abs, node, shown);
-            return Ok(None);
-        }
-        Ok(false) => {}
-        Err(e) => debug!(path = shown, error = %e, "cannot verify the existing file; rewriting it"),
-    }
-    // A restored file may be read-only; its mode is set again at the end.
-    fs::set_permissions(abs, fs::Permissions::from_mode(0o600))?;
-    let file = OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(abs)?;
-    Ok(Some(file))
-}
-
-enum Msg {
-    Data(Bytes),
-    /// Every chunk was sent: finish the file.
-    Done,
-}
-
-/// Writes chunks in order, seeking over zero chunks; on `Done`, sets the
-/// length (trailing holes) and the metadata. `Ok(false)` when the sender
-/// gave up before `Done`.
-fn write_file(
-    sh: &Shared,
-    mut file: fs::File,
-    abs: &Path,
-    shown: &str,
-    node: &Node,
-    mut rx: mpsc::Receiver<Msg>,
-) -> io::Result<bool> {
-    let mut pos = 0u64;
-    while let Some(msg) = rx.blocking_recv() {
-        match msg {
-            Msg::Data(b) => {
-                if is_zero(&b) {
-                    file.seek(SeekFrom::Current(b.len() as i64))?;
-                    inc(&sh.stats.bytes_sparse, b.len() as u64);
-                } else {
-                    file.write_all(&b)?;
-                }
-                pos += b.len() as u64;
-                inc(&sh.stats.bytes_written, b.len() as u64);
-            }
-            Msg::Done => {
-                file.set_len(pos)?;
-                drop(file);
-                if pos != node.size {
-                    return Err(io::Error::other(format!(
-                        "the chunks hold {pos} bytes but the tree says {}",
-                        node.size
-                    )));
-                }
-                sh.apply_meta(abs, node, shown);
-                return Ok(true);
-            }
-        }
-    }
-    Ok(false)
-}
-
-async fn write_task(
-    sh: Arc<Shared>,
-    abs: PathBuf,
-    shown: String,
-    node: Node,
-    target: Target,
-    _permit: OwnedSemaphorePermit,
-) -> Result<(), Stopped> {
-    let (abs, node, file) = match target {
-        Target::Created(f) => (abs, node, f),
-        Target::Existing => {
-            let (sh2, shown2) = (sh.clone(), shown.clone());
-            let checked = tokio::task::spawn_blocking(move || {
-                let r = verify_or_reopen(&sh2, &abs, &shown2, &node);
-                (abs, node, r)
-            })
-            .await
-            .map_err(|e| sh.fail(join_err(e)))?;
-            match checked {
-                (_, _, Ok(None)) => return Ok(()),
-                (abs, node, Ok(Some(f))) => (abs, node, f),
-                (_, _, Err(e)) => {
-                    sh.item_failed(&shown, format!("file: {e}"));
-                    return Ok(());
-                }
-            }
-        }
-    };
-    let content = node.content.clone();
-    let (tx, rx) = mpsc::channel::<Msg>(PREFETCH);
-    let writer = {
-        let (sh, shown) = (sh.clone(), shown.clone());
-        tokio::task::spawn_blocking(move || write_file(&sh, file, &abs, &shown, &node, rx))
-    };
-    let repo = sh.repo.clone();
-    let mut chunks = futures::stream::iter(content)
-        .map(|id: BlobId| {
-            let repo = repo.clone();
-            async move { repo.read_blob(&id).await }
-        })
-        .buffered(PREFETCH);
-    let mut outcome: Result<(), Option<String>> = Ok(());
-    while let Some(r) = chunks.next().await {
-        if sh.stop.is_cancelled() {
-            outcome = Err(None);
-            break;
-        }
-        match r {
-            Ok(data) => {
-                if tx.send(Msg::Data(data)).await.is_err() {
-                    break; // The writer failed; its error is reported below.
-                }
-            }
-            Err(e) if is_item_error(&e) => {
-                outcome = Err(Some(e.to_string()));
-                break;
-            }
-            Err(e) => {
-                sh.fail(e);
-                outcome = Err(None);
-                break;
-            }
-        }
-    }
-    drop(chunks);
-    if outcome.is_ok() {
-        let _ = tx.send(Msg::Done).await;
-    }
-    drop(tx);
-    let written = writer.await.map_err(|e| sh.fail(join_err(e)))?;
-    match (outcome, written) {
-        (Err(None), _) => return Err(Stopped),
-        (Err(Some(msg)), _) => sh.item_failed(&shown, msg),
-        (Ok(()), Err(e)) => sh.item_failed(&shown, e),
-        (Ok(()), Ok(_)) => {}
-    }
-    Ok(())
 }
 
 /// Waits for everything in a directory, then sets its metadata.

@@ -1,0 +1,178 @@
+//! Reading one file: chunks streamed to the writer, checked against the
+//! listing so that a file that changed while read is reported, not stored.
+
+use super::*;
+
+/// Outcome of reading one file on a blocking thread.
+pub(super) enum ReadError {
+    Io(io::Error),
+    /// Replaced by something that is not a regular file since it was listed.
+    NotRegular,
+    /// The run is stopping, or the receiving side gave up.
+    Stopped,
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        ReadError::Io(e)
+    }
+}
+
+pub(super) struct ReadDone {
+    /// `fstat` before the first byte was read.
+    start: Metadata,
+    bytes: u64,
+    /// Size or mtime differ between the start and the end of reading.
+    changed: bool,
+}
+
+pub(super) fn read_file(
+    sh: &Shared,
+    abs: &Path,
+    tx: mpsc::Sender<Bytes>,
+) -> Result<ReadDone, ReadError> {
+    use rustix::fs::OFlags;
+    #[cfg(test)]
+    if let Some(e) = sh.hooks.open_error.as_ref().and_then(|h| h(abs)) {
+        return Err(e.into());
+    }
+    // NOFOLLOW: a symlink swapped in since the listing is not followed out
+    // of the volume. NONBLOCK: a FIFO swapped in does not hang the open.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
+        .open(abs)?;
+    let start = file.metadata()?;
+    if !start.is_file() {
+        return Err(ReadError::NotRegular);
+    }
+    let c = sh.chunker;
+    let mut bytes = 0u64;
+    #[cfg(test)]
+    let mut first = true;
+    let mut send = |data: Bytes| -> Result<(), ReadError> {
+        if sh.stop.is_cancelled() {
+            return Err(ReadError::Stopped);
+        }
+        bytes += data.len() as u64;
+        tx.blocking_send(data).map_err(|_| ReadError::Stopped)?;
+        #[cfg(test)]
+        if std::mem::take(&mut first)
+            && let Some(h) = &sh.hooks.after_first_chunk
+        {
+            h(abs);
+        }
+        Ok(())
+    };
+    // A file smaller than the largest chunk is read whole and cut in
+    // memory: the streaming chunker allocates a buffer of the largest
+    // chunk size per file. Both cut at the same points.
+    let mut head = Vec::new();
+    if start.len() < c.max as u64 {
+        head.reserve_exact(start.len() as usize + 1);
+        (&file).take(c.max as u64).read_to_end(&mut head)?;
+        if head.len() < c.max {
+            let all = Bytes::from(head);
+            for ch in fastcdc::v2020::FastCDC::new(&all, c.min, c.avg, c.max) {
+                send(all.slice(ch.offset..ch.offset + ch.length))?;
+            }
+            return finish(&file, start, bytes);
+        }
+        // It grew past one chunk meanwhile: stream the rest after it.
+    }
+    let source = io::Cursor::new(head).chain(&file);
+    for chunk in fastcdc::v2020::StreamCDC::new(source, c.min, c.avg, c.max) {
+        let chunk = chunk.map_err(io::Error::from)?;
+        send(Bytes::from(chunk.data))?;
+    }
+    finish(&file, start, bytes)
+}
+
+pub(super) fn finish(
+    file: &std::fs::File,
+    start: Metadata,
+    bytes: u64,
+) -> Result<ReadDone, ReadError> {
+    let end = file.metadata()?;
+    let changed =
+        bytes != start.len() || end.len() != start.len() || mtime_ns(&end) != mtime_ns(&start);
+    Ok(ReadDone {
+        start,
+        bytes,
+        changed,
+    })
+}
+
+/// Reads one file: chunks from a blocking reader, added in order.
+pub(super) async fn read_task(
+    sh: Arc<Shared>,
+    abs: PathBuf,
+    rel: Vec<u8>,
+    shown: String,
+    mut node: Node,
+    _permit: OwnedSemaphorePermit,
+) -> Result<Option<Node>, Stopped> {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(CHUNKS_QUEUED);
+    let reader = {
+        let sh = sh.clone();
+        tokio::task::spawn_blocking(move || read_file(&sh, &abs, tx))
+    };
+    let mut content = Vec::new();
+    let mut add_failed = None;
+    while let Some(data) = rx.recv().await {
+        match sh.writer.add(BlobKind::Data, data).await {
+            Ok((id, _)) => content.push(id),
+            Err(e) => {
+                add_failed = Some(e);
+                break;
+            }
+        }
+    }
+    drop(rx);
+    let outcome = reader.await;
+    if let Some(e) = add_failed {
+        return Err(sh.fail(e));
+    }
+    let outcome = outcome.map_err(|e| sh.fail(join_err(e)))?;
+    match outcome {
+        Ok(done) => {
+            let fresh = Node::from_meta(Vec::new(), &done.start);
+            node.mode = fresh.mode;
+            node.uid = fresh.uid;
+            node.gid = fresh.gid;
+            node.mtime_ns = fresh.mtime_ns;
+            node.ctime_ns = fresh.ctime_ns;
+            node.inode = fresh.inode;
+            node.dev = fresh.dev;
+            node.nlink = fresh.nlink;
+            node.size = done.bytes;
+            node.content = content;
+            inc(&sh.stats.bytes_read, done.bytes);
+            if done.changed {
+                warn!(path = %shown, "file changed while it was read; stored as read");
+                inc(&sh.stats.changed, 1);
+                let mut list = sh.changed.lock().unwrap_or_else(|p| p.into_inner());
+                if list.len() < MAX_LISTED {
+                    list.push(shown);
+                }
+            } else {
+                sh.recorder.record(rel, &node);
+            }
+            Ok(Some(node))
+        }
+        Err(ReadError::Stopped) => Err(Stopped),
+        Err(ReadError::NotRegular) => {
+            warn!(path = %shown, "replaced by a non-regular file while the backup ran; skipped");
+            sh.vanished(&shown);
+            Ok(None)
+        }
+        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+            sh.vanished(&shown);
+            Ok(None)
+        }
+        Err(ReadError::Io(e)) => {
+            sh.unreadable(&shown, &e);
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Writing one file: what is there already and verified is kept, the rest
+//! is written from the repository.
+
+use super::*;
+
+/// Where a file's content goes.
+pub(super) enum Target {
+    /// Created empty by the walker.
+    Created(fs::File),
+    /// Already there with the right size: verified, and rewritten only if
+    /// its content differs.
+    Existing,
+}
+
+/// Whether the file at `abs` holds exactly `node`'s chunks: each chunk's
+/// plaintext length comes from the index, its bytes must hash to its id.
+/// `false` (not an error) whenever that cannot be shown.
+pub(super) fn holds_content(repo: &Repository, abs: &Path, node: &Node) -> io::Result<bool> {
+    let mut lengths = Vec::with_capacity(node.content.len());
+    for id in &node.content {
+        match repo.index_entry(id) {
+            Some(e) => lengths.push(e.raw_length),
+            None => return Ok(false),
+        }
+    }
+    if lengths.iter().sum::<u64>() != node.size {
+        return Ok(false);
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(abs)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() != node.size {
+        return Ok(false);
+    }
+    let mut reader = io::BufReader::with_capacity(1 << 20, file);
+    let mut buf = Vec::new();
+    for (id, len) in node.content.iter().zip(lengths) {
+        buf.resize(len as usize, 0);
+        match reader.read_exact(&mut buf) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        if repo.blob_id(&buf) != *id {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// For [`Target::Existing`]: `None` when the file is already right (its
+/// metadata is then set), else the file opened for rewriting in place.
+pub(super) fn verify_or_reopen(
+    sh: &Shared,
+    abs: &Path,
+    shown: &str,
+    node: &Node,
+) -> io::Result<Option<fs::File>> {
+    match holds_content(&sh.repo, abs, node) {
+        Ok(true) => {
+            debug!(path = shown, "already restored and verified; left as it is");
+            inc(&sh.stats.reused, 1);
+            inc(&sh.stats.bytes_reused, node.size);
+            sh.apply_meta(abs, node, shown);
+            return Ok(None);
+        }
+        Ok(false) => {}
+        Err(e) => debug!(path = shown, error = %e, "cannot verify the existing file; rewriting it"),
+    }
+    // A restored file may be read-only; its mode is set again at the end.
+    fs::set_permissions(abs, fs::Permissions::from_mode(0o600))?;
+    let file = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(abs)?;
+    Ok(Some(file))
+}
+
+pub(super) enum Msg {
+    Data(Bytes),
+    /// Every chunk was sent: finish the file.
+    Done,
+}
+
+/// Writes chunks in order, seeking over zero chunks; on `Done`, sets the
+/// length (trailing holes) and the metadata. `Ok(false)` when the sender
+/// gave up before `Done`.
+pub(super) fn write_file(
+    sh: &Shared,
+    mut file: fs::File,
+    abs: &Path,
+    shown: &str,
+    node: &Node,
+    mut rx: mpsc::Receiver<Msg>,
+) -> io::Result<bool> {
+    let mut pos = 0u64;
+    while let Some(msg) = rx.blocking_recv() {
+        match msg {
+            Msg::Data(b) => {
+                if is_zero(&b) {
+                    file.seek(SeekFrom::Current(b.len() as i64))?;
+                    inc(&sh.stats.bytes_sparse, b.len() as u64);
+                } else {
+                    file.write_all(&b)?;
+                }
+                pos += b.len() as u64;
+                inc(&sh.stats.bytes_written, b.len() as u64);
+            }
+            Msg::Done => {
+                file.set_len(pos)?;
+                drop(file);
+                if pos != node.size {
+                    return Err(io::Error::other(format!(
+                        "the chunks hold {pos} bytes but the tree says {}",
+                        node.size
+                    )));
+                }
+                sh.apply_meta(abs, node, shown);
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+pub(super) async fn write_task(
+    sh: Arc<Shared>,
+    abs: PathBuf,
+    shown: String,
+    node: Node,
+    target: Target,
+    _permit: OwnedSemaphorePermit,
+) -> Result<(), Stopped> {
+    let (abs, node, file) = match target {
+        Target::Created(f) => (abs, node, f),
+        Target::Existing => {
+            let (sh2, shown2) = (sh.clone(), shown.clone());
+            let checked = tokio::task::spawn_blocking(move || {
+                let r = verify_or_reopen(&sh2, &abs, &shown2, &node);
+                (abs, node, r)
+            })
+            .await
+            .map_err(|e| sh.fail(join_err(e)))?;
+            match checked {
+                (_, _, Ok(None)) => return Ok(()),
+                (abs, node, Ok(Some(f))) => (abs, node, f),
+                (_, _, Err(e)) => {
+                    sh.item_failed(&shown, format!("file: {e}"));
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let content = node.content.clone();
+    let (tx, rx) = mpsc::channel::<Msg>(PREFETCH);
+    let writer = {
+        let (sh, shown) = (sh.clone(), shown.clone());
+        tokio::task::spawn_blocking(move || write_file(&sh, file, &abs, &shown, &node, rx))
+    };
+    let repo = sh.repo.clone();
+    let mut chunks = futures::stream::iter(content)
+        .map(|id: BlobId| {
+            let repo = repo.clone();
+            async move { repo.read_blob(&id).await }
+        })
+        .buffered(PREFETCH);
+    let mut outcome: Result<(), Option<String>> = Ok(());
+    while let Some(r) = chunks.next().await {
+        if sh.stop.is_cancelled() {
+            outcome = Err(None);
+            break;
+        }
+        match r {
+            Ok(data) => {
+                if tx.send(Msg::Data(data)).await.is_err() {
+                    break; // The writer failed; its error is reported below.
+                }
+            }
+            Err(e) if is_item_error(&e) => {
+                outcome = Err(Some(e.to_string()));
+                break;
+            }
+            Err(e) => {
+                sh.fail(e);
+                outcome = Err(None);
+                break;
+            }
+        }
+    }
+    drop(chunks);
+    if outcome.is_ok() {
+        let _ = tx.send(Msg::Done).await;
+    }
+    drop(tx);
+    let written = writer.await.map_err(|e| sh.fail(join_err(e)))?;
+    match (outcome, written) {
+        (Err(None), _) => return Err(Stopped),
+        (Err(Some(msg)), _) => sh.item_failed(&shown, msg),
+        (Ok(()), Err(e)) => sh.item_failed(&shown, e),
+        (Ok(()), Ok(_)) => {}
+    }
+    Ok(())
+}

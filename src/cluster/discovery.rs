@@ -21,11 +21,14 @@ use super::api::{Kube, message};
 /// A served type and its verbs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiscoveredType {
+    /// The type, at the version it was discovered under.
     pub rt: ResourceType,
+    /// The API verbs the server allows on it (`list`, `create`, …).
     pub verbs: Vec<String>,
 }
 
 impl DiscoveredType {
+    /// Whether the server allows `verb` on this type.
     pub fn can(&self, verb: &str) -> bool {
         self.verbs.iter().any(|v| v == verb)
     }
@@ -60,6 +63,7 @@ impl Discovered {
             .find(|t| t.rt.group == group && t.rt.version == version && t.rt.kind == kind)
     }
 
+    /// The preferred-version type with this plural name in `group`.
     pub fn by_plural(&self, group: &str, plural: &str) -> Option<&DiscoveredType> {
         self.types
             .iter()

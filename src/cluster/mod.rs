@@ -14,6 +14,7 @@ use crate::error::error_chain;
 /// pods, temporary PVCs and snapshots). Objects carrying
 /// `app.kubernetes.io/managed-by=kubestow` are never backed up or restored.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// The value of [`MANAGED_BY_LABEL`] on kubestow's own objects.
 pub const MANAGED_BY_VALUE: &str = "kubestow";
 
 /// Whether an object carries kubestow's own label.
@@ -28,19 +29,32 @@ use std::time::Duration;
 
 use kube::Client;
 
+/// Failure to connect to or talk to the Kubernetes API server.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
+    /// No kubeconfig or in-cluster service account could be loaded; holds the reason.
     #[error(
         "no Kubernetes configuration: {0} (set KUBECONFIG, or run in a pod with a service account)"
     )]
     NoConfig(String),
+    /// The API server could not be reached (network, TLS, timeout).
     #[error("cannot reach the API server at {url}: {message}")]
-    Unreachable { url: String, message: String },
+    Unreachable {
+        /// The API server URL.
+        url: String,
+        /// What was being done, and the underlying error chain.
+        message: String,
+    },
+    /// The API server answered with an error status.
     #[error("{what}: the API server refused ({code} {reason}): {message}")]
     Api {
+        /// What was being done (GVK/name, list of X, …).
         what: String,
+        /// HTTP status code.
         code: u16,
+        /// The status reason, e.g. `Forbidden` or `NotFound`.
         reason: String,
+        /// The server's message.
         message: String,
     },
 }
@@ -75,7 +89,9 @@ impl ClusterError {
 /// A connected client plus the URL, for error messages.
 #[derive(Clone)]
 pub struct Cluster {
+    /// The kube client, connected to the API server.
     pub client: Client,
+    /// The API server URL, for error messages.
     pub url: String,
 }
 
@@ -102,6 +118,7 @@ impl Cluster {
         Ok(Self { client, url })
     }
 
+    /// Wraps a kube error with what was being done and this cluster's URL.
     pub fn err(&self, what: impl Into<String>, e: kube::Error) -> ClusterError {
         ClusterError::from_kube(what, &self.url, e)
     }

@@ -7,10 +7,13 @@ use serde::{Deserialize, Serialize};
 pub struct ResourceType {
     /// `""` for the core group.
     pub group: String,
+    /// The API version within the group: `v1`, `v1beta1`.
     pub version: String,
+    /// The object kind: `Deployment`.
     pub kind: String,
     /// The resource name in URLs: `deployments`.
     pub plural: String,
+    /// Whether objects of this type live in a namespace.
     pub namespaced: bool,
 }
 
@@ -34,6 +37,7 @@ impl ResourceType {
         }
     }
 
+    /// Whether this is the `plural` type of `group`, at any version.
     pub fn is(&self, group: &str, plural: &str) -> bool {
         self.group == group && self.plural == plural
     }
@@ -50,6 +54,7 @@ impl ResourceType {
     }
 }
 
+/// Builds a [`ResourceType`]; `ns` is whether it is namespaced.
 pub fn rt(group: &str, version: &str, kind: &str, plural: &str, ns: bool) -> ResourceType {
     ResourceType {
         group: group.into(),
@@ -60,12 +65,15 @@ pub fn rt(group: &str, version: &str, kind: &str, plural: &str, ns: bool) -> Res
     }
 }
 
+/// The `batch/v1` Job type.
 pub fn jobs() -> ResourceType {
     rt("batch", "v1", "Job", "jobs", true)
 }
+/// The core `v1` Pod type.
 pub fn pods() -> ResourceType {
     rt("", "v1", "Pod", "pods", true)
 }
+/// The core `v1` PersistentVolumeClaim type.
 pub fn claims() -> ResourceType {
     rt(
         "",
@@ -75,15 +83,19 @@ pub fn claims() -> ResourceType {
         true,
     )
 }
+/// The core `v1` PersistentVolume type.
 pub fn volumes() -> ResourceType {
     rt("", "v1", "PersistentVolume", "persistentvolumes", false)
 }
+/// The core `v1` Secret type.
 pub fn secrets() -> ResourceType {
     rt("", "v1", "Secret", "secrets", true)
 }
+/// The core `v1` ServiceAccount type.
 pub fn service_accounts() -> ResourceType {
     rt("", "v1", "ServiceAccount", "serviceaccounts", true)
 }
+/// The `storage.k8s.io/v1` StorageClass type.
 pub fn storage_classes() -> ResourceType {
     rt(
         "storage.k8s.io",
@@ -93,6 +105,7 @@ pub fn storage_classes() -> ResourceType {
         false,
     )
 }
+/// The `snapshot.storage.k8s.io/v1` VolumeSnapshot type.
 pub fn volume_snapshots() -> ResourceType {
     rt(
         "snapshot.storage.k8s.io",
@@ -102,6 +115,7 @@ pub fn volume_snapshots() -> ResourceType {
         true,
     )
 }
+/// The `snapshot.storage.k8s.io/v1` VolumeSnapshotClass type.
 pub fn snapshot_classes() -> ResourceType {
     rt(
         "snapshot.storage.k8s.io",

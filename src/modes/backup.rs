@@ -306,6 +306,7 @@ fn tasks(discovered: &Discovered, selector: &Selector, namespaces: &[String]) ->
     out
 }
 
+/// Runs `backup` mode for resources: writes one snapshot and reports the run.
 pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     // SIGTERM stops the retries of the repository and the API at once.
     crate::context::link(&ctx.cancel);

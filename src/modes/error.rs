@@ -4,28 +4,37 @@
 use crate::config::ConfigErrors;
 use crate::summary::{Outcome, Status};
 
+/// Why a mode run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigErrors),
     /// A setting the mode needs is absent; validation should have caught it.
     #[error("{0}")]
     Missing(&'static str),
+    /// Talking to the Kubernetes API server failed.
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// The storage backend under the repository failed.
     #[error(transparent)]
     Backend(#[from] crate::repo::backend::BackendError),
+    /// Reading or writing the repository failed.
     #[error(transparent)]
     Repo(crate::repo::RepoError),
+    /// The preflight checks stopped the run.
     #[error(transparent)]
     Preflight(crate::preflight::PreflightError),
+    /// A resource run failed as a whole: no snapshot, unreadable catalogue, bad selection.
     #[error(transparent)]
     Resources(#[from] crate::resources::ResourceError),
+    /// Backing up or restoring volume data failed.
     #[error(transparent)]
     Volume(crate::volume::VolumeError),
     /// A pre hook with `on-error=fail` failed; the mode did not run.
     #[error(transparent)]
     Hook(crate::hooks::HookError),
+    /// A signal cancelled the run; in-flight work was drained first.
     #[error("cancelled by signal; in-flight work was drained")]
     Cancelled,
 }
@@ -76,6 +85,7 @@ impl Outcome for Error {
 }
 
 impl Error {
+    /// The exit status for this error: configuration error, cancelled, or failed.
     pub fn status(&self) -> Status {
         match self {
             Error::Config(_) => Status::ConfigError,

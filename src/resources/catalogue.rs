@@ -27,23 +27,28 @@ const READ_PARALLEL: usize = 16;
 /// The objects of one type in one scope, by name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TypeEntry {
+    /// The type, at the version it was backed up at.
     pub rt: ResourceType,
+    /// Object name → id of the blob holding the stored object.
     pub objects: BTreeMap<String, BlobId>,
 }
 
 /// Types by [`ResourceType::name`].
 pub type TypeMap = BTreeMap<String, TypeEntry>;
 
+/// One namespace in the catalogue: its own object and the objects in it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NamespaceEntry {
     /// The Namespace object itself, when it was readable.
     pub object: Option<BlobId>,
+    /// The namespaced objects in this namespace, by type.
     pub types: TypeMap,
 }
 
 /// An in-memory catalogue: built by a backup, read by a restore.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Catalogue {
+    /// Namespaced objects, by namespace name.
     pub namespaces: BTreeMap<String, NamespaceEntry>,
     /// Cluster-scoped objects other than Namespaces.
     pub cluster: TypeMap,
@@ -54,6 +59,7 @@ pub struct Catalogue {
 pub struct Problem {
     /// `namespace` or `namespace/type`.
     pub path: String,
+    /// Why it could not be read.
     pub message: String,
 }
 
@@ -116,6 +122,7 @@ impl Catalogue {
         }
     }
 
+    /// Records the Namespace object of `ns`.
     pub fn set_namespace_object(&mut self, ns: &str, id: BlobId) {
         self.namespaces.entry(ns.to_string()).or_default().object = Some(id);
     }
@@ -148,6 +155,7 @@ impl Catalogue {
         self.counts().values().sum()
     }
 
+    /// Whether the catalogue holds no objects at all.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

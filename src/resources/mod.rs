@@ -32,6 +32,7 @@ pub const SKIPPED_TYPES: &[(&str, &str)] = &[
     ("storage.k8s.io", "volumeattachments"),
 ];
 
+/// Whether `rt` is one of the [`SKIPPED_TYPES`], which are never backed up.
 pub fn skipped_type(rt: &ResourceType) -> bool {
     SKIPPED_TYPES.iter().any(|(g, p)| rt.is(g, p))
 }
@@ -46,7 +47,9 @@ pub enum ResourceError {
     /// The snapshot's catalogue could not be read from the repository.
     #[error("snapshot {snapshot}: cannot read the resource catalogue: {source}")]
     Catalogue {
+        /// The snapshot id, in hex.
         snapshot: String,
+        /// The repository error that stopped the read.
         #[source]
         // Boxed: a repository error is large and this path is cold.
         source: Box<crate::repo::RepoError>,

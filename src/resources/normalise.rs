@@ -19,6 +19,7 @@ use super::ResourceType;
 /// Annotation on stored Services: the nodePorts that were set explicitly,
 /// comma-separated (empty: none were). Absent when it could not be told.
 pub const EXPLICIT_NODE_PORTS: &str = "backup.kubestow.io/explicit-node-ports";
+/// kubectl's annotation with the last applied configuration; it tells which nodePorts were set explicitly.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Turns a listed object into its stored form, in place.

@@ -48,6 +48,7 @@ pub const OTHER: usize = LEVELS.len();
 pub const WORKLOAD: usize = LEVELS.len() + 1;
 /// The level of CRDs: custom resources wait for them to be Established.
 pub const CRDS: usize = 0;
+/// The level of Namespaces: right after CRDs, before anything in them.
 pub const NAMESPACES: usize = 1;
 
 /// The restore level of a type; lower goes first.

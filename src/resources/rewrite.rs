@@ -12,13 +12,16 @@ use super::normalise::{EXPLICIT_NODE_PORTS, explicit_node_ports};
 /// What the rules need to know about the whole restore.
 #[derive(Debug, Clone, Default)]
 pub struct Maps {
+    /// `STOW_NAMESPACE_MAP`: old namespace name to new.
     pub namespaces: BTreeMap<String, String>,
+    /// `STOW_STORAGE_CLASS_MAP`: old storage class name to new.
     pub storage_classes: BTreeMap<String, String>,
     /// PersistentVolumes restored by this run: their claims keep `volumeName`.
     pub restored_pvs: BTreeSet<String>,
 }
 
 impl Maps {
+    /// The target name of namespace `ns`: its mapped name, else `ns` itself.
     pub fn namespace<'a>(&'a self, ns: &'a str) -> &'a str {
         self.namespaces.get(ns).map_or(ns, String::as_str)
     }

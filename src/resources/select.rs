@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use super::ResourceType;
 use crate::config::{ClusterResources, LabelSelector, Selection};
 
+/// The parsed selection settings of a run; says which namespaces, types and objects it covers.
 #[derive(Debug, Clone)]
 pub struct Selector {
     /// `None`: every namespace.
@@ -19,6 +20,7 @@ pub struct Selector {
     exclude_res: Vec<String>,
     labels: Option<LabelSelector>,
     label_text: Option<String>,
+    /// `STOW_INCLUDE_CLUSTER_RESOURCES` (`auto` when unset): which cluster-scoped objects are covered.
     pub cluster: ClusterResources,
 }
 
@@ -28,20 +30,29 @@ pub enum SelectError {
     /// A namespace pattern is not a glob.
     #[error("bad glob `{pattern}`: {source}")]
     Glob {
+        /// The offending pattern.
         pattern: String,
+        /// Why globset rejected it.
         #[source]
         source: globset::Error,
     },
     /// The patterns do not build into one matcher.
     #[error("{source}")]
     GlobSet {
+        /// All the patterns of the set.
         patterns: Vec<String>,
+        /// Why globset could not build them.
         #[source]
         source: globset::Error,
     },
     /// The label selector does not parse.
     #[error("{reason}")]
-    Labels { selector: String, reason: String },
+    Labels {
+        /// The selector as given.
+        selector: String,
+        /// Why it does not parse.
+        reason: String,
+    },
 }
 
 fn globset(patterns: &[String]) -> Result<GlobSet, SelectError> {
@@ -71,6 +82,7 @@ pub fn names_type(item: &str, rt: &ResourceType) -> bool {
 }
 
 impl Selector {
+    /// Compiles the selection settings; fails when a namespace glob or the label selector does not parse.
     pub fn new(sel: &Selection) -> Result<Self, SelectError> {
         let all = sel.namespaces.is_empty() || sel.namespaces.iter().any(|p| p == "*");
         Ok(Self {
@@ -98,6 +110,7 @@ impl Selector {
         })
     }
 
+    /// Whether namespace `ns` matches the include patterns and none of the exclude patterns.
     pub fn namespace(&self, ns: &str) -> bool {
         self.include_ns.as_ref().is_none_or(|g| g.is_match(ns)) && !self.exclude_ns.is_match(ns)
     }
@@ -149,6 +162,7 @@ impl Selector {
 /// A cluster-scoped object, by `(group, plural, name)`.
 pub type ClusterRef = (&'static str, &'static str, String);
 
+/// `(group, plural)` of CustomResourceDefinitions.
 pub const CRDS: (&str, &str) = ("apiextensions.k8s.io", "customresourcedefinitions");
 
 /// The cluster-scoped objects `obj` uses, for `STOW_INCLUDE_CLUSTER_RESOURCES=auto`:

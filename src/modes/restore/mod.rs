@@ -67,6 +67,7 @@ struct VolumeData<'a> {
     report: std::sync::Mutex<Report>,
 }
 
+/// Runs `restore` mode for resources: restores the chosen snapshot into the target cluster and reports each item.
 pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     // SIGTERM stops the retries of the repository and the API at once.
     crate::context::link(&ctx.cancel);

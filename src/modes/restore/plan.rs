@@ -6,9 +6,13 @@ use super::*;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
+    /// Created in the target (or, with `recreate`, deleted and created again).
     Created,
+    /// Already existed and was replaced by the snapshot's version.
     Updated,
+    /// Left alone: it already existed, or the run was cancelled first.
     Skipped,
+    /// Could not be restored; the note says why.
     Failed,
 }
 

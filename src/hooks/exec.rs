@@ -23,11 +23,14 @@ pub struct Finished {
     /// `None` when killed by a signal (local) or when the server gave no
     /// code (exec).
     pub code: Option<i32>,
+    /// Standard output: its first [`OUTPUT_LIMIT`] bytes, and a count of the rest.
     pub stdout: String,
+    /// Standard error: its first [`OUTPUT_LIMIT`] bytes, and a count of the rest.
     pub stderr: String,
 }
 
 impl Finished {
+    /// Whether the command exited with code 0.
     pub fn ok(&self) -> bool {
         self.code == Some(0)
     }
@@ -288,6 +291,7 @@ fn with_output(mut msg: String, f: &Finished) -> String {
     msg
 }
 
+/// A duration for messages: whole seconds as `30s`, else tenths (`1.5s`).
 pub fn fmt_duration(d: Duration) -> String {
     if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())

@@ -43,6 +43,8 @@ pub enum HookError {
     /// The API server did not answer a precondition's question.
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// The run was cancelled during the preconditions or pre hooks; the
+    /// mode did not run.
     #[error("cancelled by signal")]
     Cancelled,
 }

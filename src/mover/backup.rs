@@ -22,12 +22,16 @@ use crate::summary::Report;
 /// before a volume's snapshot is taken or its live data is read, and after.
 #[async_trait::async_trait]
 pub trait Consistency: Send + Sync {
+    /// Runs before the VolumeSnapshot is created or the live data read; an
+    /// error fails the volume.
     async fn before(
         &self,
         _volume: &Planned,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         Ok(())
     }
+    /// Runs once the VolumeSnapshot is created or the live read's Job has
+    /// ended, whether or not that worked.
     async fn after(&self, _volume: &Planned) {}
 }
 
@@ -38,7 +42,10 @@ impl Consistency for NoHooks {}
 /// What the volume phase adds to a backup.
 #[derive(Debug, Default)]
 pub struct Volumes {
+    /// Manifest entries of the volumes backed up, by `namespace/claim`.
     pub entries: BTreeMap<String, VolumeEntry>,
+    /// For the report: skipped volumes with reasons, and how many volumes
+    /// each source read.
     pub details: Value,
 }
 

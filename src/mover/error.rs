@@ -16,125 +16,208 @@ pub enum MoverError {
         vars::POD_NAMESPACE
     )]
     NoImage,
+    /// Reading this pod, to take its image as the movers', failed.
     #[error(
         "reading this pod {namespace}/{pod} to find its image: {}",
         message(source)
     )]
     ReadPod {
+        /// Namespace of this pod.
         namespace: String,
+        /// Name of this pod.
         pod: String,
+        /// The API error.
         #[source]
         source: kube::Error,
     },
+    /// This pod, named through the downward API, was not found.
     #[error("this pod {namespace}/{pod} does not exist; set {}", vars::IMAGE)]
-    PodGone { namespace: String, pod: String },
+    PodGone {
+        /// Namespace of this pod.
+        namespace: String,
+        /// Name of this pod.
+        pod: String,
+    },
+    /// This pod's spec has no container with an image to give movers.
     #[error("pod {namespace}/{pod} has no container image; set {}", vars::IMAGE)]
-    NoContainerImage { namespace: String, pod: String },
+    NoContainerImage {
+        /// Namespace of this pod.
+        namespace: String,
+        /// Name of this pod.
+        pod: String,
+    },
+    /// Listing objects needed to plan the volumes failed.
     #[error("listing {what}: {}", message(source))]
     List {
+        /// What was listed, e.g. `pods in <namespace>`.
         what: String,
+        /// The API error.
         #[source]
         source: kube::Error,
     },
+    /// Creating a temporary object for a mover failed.
     #[error("creating {kind} {namespace}/{name}: {}", message(source))]
     Create {
+        /// Kind of the object.
         kind: String,
+        /// Namespace of the object.
         namespace: String,
+        /// Name of the object.
         name: String,
+        /// The API error.
         #[source]
         source: kube::Error,
     },
     /// An object of an earlier attempt could not be adopted.
     #[error("{kind} {namespace}/{name}: {}", message(source))]
     Adopt {
+        /// Kind of the object.
         kind: String,
+        /// Namespace of the object.
         namespace: String,
+        /// Name of the object.
         name: String,
+        /// The creation conflict if the object has gone since, else the
+        /// error reading it.
         #[source]
         source: kube::Error,
     },
+    /// Reading a VolumeSnapshot while waiting for it to be ready failed.
     #[error(
         "reading VolumeSnapshot {namespace}/{snapshot} of claim {claim}: {}",
         message(source)
     )]
     ReadSnapshot {
+        /// Namespace of the snapshot and claim.
         namespace: String,
+        /// Name of the VolumeSnapshot.
         snapshot: String,
+        /// The claim it snapshots.
         claim: String,
+        /// The API error.
         #[source]
         source: kube::Error,
     },
+    /// A VolumeSnapshot was deleted while waiting for it to be ready.
     #[error("VolumeSnapshot {namespace}/{snapshot} of claim {claim} disappeared")]
     SnapshotGone {
+        /// Namespace of the snapshot and claim.
         namespace: String,
+        /// Name of the VolumeSnapshot.
         snapshot: String,
+        /// The claim it snapshots.
         claim: String,
     },
+    /// A VolumeSnapshot was not ready to use within `STOW_SNAPSHOT_TIMEOUT`.
     #[error(
         "VolumeSnapshot {namespace}/{snapshot} of claim {claim} was not ready to use after {seconds}s ({}){error}",
         vars::SNAPSHOT_TIMEOUT
     )]
     SnapshotNotReady {
+        /// Namespace of the snapshot and claim.
         namespace: String,
+        /// Name of the VolumeSnapshot.
         snapshot: String,
+        /// The claim it snapshots.
         claim: String,
+        /// The timeout that ran out, in seconds.
         seconds: u64,
         /// `: ` and the snapshot's own error message, or empty.
         error: String,
     },
+    /// Deleting a failed mover Job of an earlier attempt, to replace it, failed.
     #[error("deleting the failed mover Job {namespace}/{job}: {}", message(source))]
     DeleteFailedJob {
+        /// Namespace of the Job.
         namespace: String,
+        /// Name of the Job.
         job: String,
+        /// The API error.
         #[source]
         source: kube::Error,
     },
+    /// Re-creating a mover Job in place of a failed one failed.
     #[error("creating mover Job {namespace}/{job}: {}", message(source))]
     CreateJob {
+        /// Namespace of the Job.
         namespace: String,
+        /// Name of the Job.
         job: String,
+        /// The API error.
         #[source]
         source: kube::Error,
     },
+    /// The mover Job vanished, or was replaced by another of the same name,
+    /// while it ran.
     #[error("mover Job {namespace}/{job} was deleted by someone else")]
-    JobDeleted { namespace: String, job: String },
+    JobDeleted {
+        /// Namespace of the Job.
+        namespace: String,
+        /// Name of the Job.
+        job: String,
+    },
+    /// Reading the mover Job while waiting for it failed.
     #[error("watching mover Job {namespace}/{job}: {}", message(source))]
     WatchJob {
+        /// Namespace of the Job.
         namespace: String,
+        /// Name of the Job.
         job: String,
+        /// The API error.
         #[source]
         source: kube::Error,
     },
+    /// The mover Job failed for good, after its retries.
     #[error("mover Job {namespace}/{job} failed after its retries: {why}")]
     JobFailed {
+        /// Namespace of the Job.
         namespace: String,
+        /// Name of the Job.
         job: String,
+        /// Why its last failed pod failed: the mover's reason, first error
+        /// or exit code.
         why: String,
     },
+    /// No pod of the mover Job got past `Pending` within
+    /// `STOW_MOVER_START_TIMEOUT`.
     #[error(
         "mover Job {namespace}/{job} did not start within {seconds}s ({}): {why}",
         vars::MOVER_START_TIMEOUT
     )]
     NotStarted {
+        /// Namespace of the Job.
         namespace: String,
+        /// Name of the Job.
         job: String,
+        /// The timeout that ran out, in seconds.
         seconds: u64,
+        /// Why a pod is still pending, or that no pod was created.
         why: String,
     },
+    /// Reading the mover result from the repository failed.
     #[error("reading the mover's result: {source}")]
     ReadResult {
+        /// The volume whose result was read.
         volume: String,
+        /// The repository error.
         #[source]
         source: crate::repo::RepoError,
     },
+    /// The mover Job succeeded but the repository holds no result of it.
     #[error("mover Job {namespace}/{job} succeeded but saved no result to the repository")]
-    NoResult { namespace: String, job: String },
+    NoResult {
+        /// Namespace of the Job.
+        namespace: String,
+        /// Name of the Job.
+        job: String,
+    },
     /// A consistency hook (freeze, flush) failed before the volume was read.
     #[error(transparent)]
     Consistency(Box<dyn std::error::Error + Send + Sync>),
     /// The snapshot step's failure, shared with the volume's data step.
     #[error(transparent)]
     Shared(Arc<MoverError>),
+    /// The run was cancelled while waiting for a Job or snapshot.
     #[error("cancelled")]
     Cancelled,
 }

@@ -59,13 +59,18 @@ pub fn selector(tag: &str) -> String {
 /// with it (owners must be in the same namespace).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Owner {
+    /// `apiVersion` of the owner, e.g. `batch/v1`.
     pub api_version: String,
+    /// Kind of the owner, e.g. `Job`.
     pub kind: String,
+    /// Name of the owner, in the owned object's namespace.
     pub name: String,
+    /// UID of the owner; the garbage collector matches owners by it.
     pub uid: String,
 }
 
 impl Owner {
+    /// A `batch/v1` Job as owner.
     pub fn job(name: &str, uid: &str) -> Owner {
         Owner {
             api_version: "batch/v1".into(),
@@ -97,30 +102,46 @@ pub fn metadata(name: &str, ns: &str, tag: &str, run_id: &str, owner: Option<&Ow
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mount {
     /// A claim at [`VOLUME_MOUNT`].
-    Claim { name: String, read_only: bool },
+    Claim {
+        /// Name of the claim, in the Job's namespace.
+        name: String,
+        /// Whether the claim is mounted read-only (backups).
+        read_only: bool,
+    },
     /// The node's `<kubelet dir>/pods` at [`PODS_MOUNT`], read-only.
-    KubeletPods { host_dir: String },
+    KubeletPods {
+        /// The `pods` directory under the node's kubelet directory.
+        host_dir: String,
+    },
 }
 
 /// Everything a mover Job needs.
 #[derive(Debug, Clone)]
 pub struct MoverJob {
+    /// Name of the Job, see [`object_name`].
     pub name: String,
+    /// Namespace of the Job: the claim's own.
     pub namespace: String,
+    /// The run tag for labels, see [`run_tag`].
     pub tag: String,
+    /// The full run id, for the annotation.
     pub run_id: String,
     /// `namespace/claim`, for the annotation.
     pub volume: String,
+    /// Container image of the mover.
     pub image: String,
     /// The orchestrating Job, when it runs in the same namespace.
     pub owner: Option<Owner>,
+    /// Service account the mover pod runs as.
     pub service_account: String,
     /// Secret read with `envFrom` (repository and credentials); the
     /// orchestrator creates it owned by this Job.
     pub env_secret: String,
     /// Plain variables, mode and volume path included.
     pub env: BTreeMap<String, String>,
+    /// What the mover reads or fills.
     pub mount: Mount,
+    /// The pod's `tolerations`, a JSON array.
     pub tolerations: Value,
     /// Pin to this node (`matchFields` on the node name, as DaemonSets do;
     /// node names and hostname labels differ on some clouds).
@@ -132,6 +153,7 @@ pub struct MoverJob {
 }
 
 impl MoverJob {
+    /// The `batch/v1` Job object to create.
     pub fn to_json(&self) -> Value {
         let mut env: Vec<Value> = self
             .env

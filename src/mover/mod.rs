@@ -105,6 +105,7 @@ pub struct MoverOptions {
 /// How one mover Job ended.
 #[derive(Debug)]
 pub enum JobEnd {
+    /// A pod of the Job succeeded.
     Succeeded,
     /// Failed for good (after the Job's retries), or never started.
     Failed(MoverError),

@@ -16,22 +16,32 @@ const DEFAULT_CLASS_ANNOTATION: &str = "snapshot.storage.kubernetes.io/is-defaul
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
     /// Clone of a CSI VolumeSnapshot of this class, mounted read-only.
-    Snapshot { class: String },
+    Snapshot {
+        /// Name of the VolumeSnapshotClass.
+        class: String,
+    },
     /// The live volume under the kubelet's pods directory of `node`, as
     /// mounted for pod `pod_uid`; `rel` is below `<kubelet dir>/pods/`.
     Kubelet {
+        /// Node the using pod runs on.
         node: String,
+        /// UID of the pod that mounts the volume.
         pod_uid: String,
+        /// The volume's path below `<kubelet dir>/pods/<pod_uid>/volumes/`.
         rel: String,
     },
     /// The claim itself, mounted read-only: nothing mounts it, or its
     /// plugin has no known kubelet path. `node` pins the mover next to the
     /// pod that uses it; otherwise the scheduler follows the volume's
     /// node affinity.
-    Claim { node: Option<String> },
+    Claim {
+        /// Node of the pod using the claim, if one runs.
+        node: Option<String>,
+    },
 }
 
 impl Source {
+    /// The source's `STOW_VOLUME_SOURCE` word, for logs and stats.
     pub fn name(&self) -> &'static str {
         match self {
             Source::Snapshot { .. } => "snapshot",
@@ -44,12 +54,17 @@ impl Source {
 /// One claim whose data is backed up.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Planned {
+    /// Namespace of the claim.
     pub namespace: String,
+    /// Name of the claim.
     pub claim: String,
     /// `namespace/claim`: the volume's name in the snapshot.
     pub volume: String,
+    /// Name of the PersistentVolume bound to the claim.
     pub pv: String,
+    /// The claim's `spec.storageClassName`, if set.
     pub storage_class: Option<String>,
+    /// How the mover reaches the data.
     pub source: Source,
     /// Tolerations of the pod using the claim, for the mover.
     pub tolerations: Value,
@@ -57,31 +72,43 @@ pub struct Planned {
     pub node_affinity: Option<Value>,
     /// The claim's capacity (`status.capacity.storage`), for clones.
     pub capacity: Option<String>,
+    /// The claim's `spec.accessModes` (JSON array), for clones.
     pub access_modes: Value,
 }
 
 /// A claim whose data is not backed up, and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Left {
+    /// `namespace/claim`.
     pub volume: String,
+    /// Why it is not backed up, for the report.
     pub reason: String,
     /// Skipped on purpose (`false`), or a failure the run must report.
     pub failed: bool,
 }
 
+/// The planner's answer for every claim it was given.
 #[derive(Debug, Default)]
 pub struct Plan {
+    /// Claims whose data is backed up.
     pub volumes: Vec<Planned>,
+    /// Claims skipped or failed.
     pub left: Vec<Left>,
 }
 
 /// What the planner looks at.
 pub struct Inputs<'a> {
+    /// The selected PersistentVolumeClaims.
     pub claims: &'a [Value],
+    /// The PersistentVolumes the claims are bound to.
     pub volumes: &'a [Value],
+    /// All StorageClasses.
     pub storage_classes: &'a [Value],
+    /// All VolumeSnapshotClasses (none if they cannot be listed).
     pub snapshot_classes: &'a [Value],
+    /// Pods of the claims' namespaces, to find who mounts each claim.
     pub pods: &'a [Value],
+    /// `STOW_VOLUME_SOURCE`.
     pub source: VolumeSource,
     /// `namespace/claim` globs (`STOW_EXCLUDE_VOLUMES`).
     pub exclude: &'a globset::GlobSet,
@@ -175,6 +202,7 @@ fn user<'a>(pods: &'a [Value], ns: &str, claim: &str) -> Option<&'a Value> {
     })
 }
 
+/// Plans a source for every claim in `inp`, or says why it is left out.
 pub fn plan(inp: &Inputs) -> Plan {
     let mut plan = Plan::default();
     if inp.source == VolumeSource::Skip {

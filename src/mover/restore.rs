@@ -21,6 +21,7 @@ pub struct Fill {
     pub volume: String,
     /// Where it goes (namespace mapped).
     pub namespace: String,
+    /// Name of the restored claim.
     pub claim: String,
 }
 

@@ -19,18 +19,26 @@ use crate::repo::OpenOptions;
 /// Oldest Kubernetes minor version we support (docs/design.md: users run 1.17+).
 pub const MIN_MINOR: u32 = 17;
 
+/// How a check ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
+    /// The check passed.
     Ok,
+    /// Worth knowing, but the run can go on.
     Warn,
+    /// A requirement is not met; the run exits 1.
     Fail,
 }
 
+/// One check's outcome, as logged and put in the summary.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
+    /// What was checked, e.g. `apiserver`, `nodes`, `password`.
     pub name: String,
+    /// How it ended.
     pub level: Level,
+    /// What was found, or why it failed.
     pub message: String,
 }
 
@@ -54,6 +62,7 @@ impl Checks {
         });
     }
 
+    /// The checks that ended in [`Level::Fail`].
     pub fn failed(&self) -> impl Iterator<Item = &Check> {
         self.0.iter().filter(|c| c.level == Level::Fail)
     }
@@ -65,6 +74,7 @@ pub enum PreflightError {
     /// Required checks failed: `"<check>: <message>"` each.
     #[error("preflight failed: {}", .0.join("; "))]
     Failed(Vec<String>),
+    /// The run was cancelled before the checks were done.
     #[error("cancelled by signal during preflight")]
     Cancelled,
 }

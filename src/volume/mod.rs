@@ -25,37 +25,79 @@ pub use restore::{RestoreOptions, restore};
 /// always complete.
 const MAX_LISTED: usize = 1000;
 
+/// Why a volume backup or restore failed as a whole (a file that fails
+/// alone is an item error in the report instead).
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
+    /// The volume's root (or another path the run cannot do without) could
+    /// not be read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The path as shown to users.
         path: String,
+        /// What the system said.
         #[source]
         source: std::io::Error,
     },
+    /// `STOW_VOLUME_PATH` names something that is not a directory.
     #[error("{path} is not a directory")]
-    NotADirectory { path: String },
+    NotADirectory {
+        /// The path given.
+        path: String,
+    },
     #[error(
         "the repository's chunker sizes {min}/{avg}/{max} are outside what FastCDC 2020 supports \
          (min 64 B..1 MiB, avg 256 B..4 MiB, max 1 KiB..16 MiB, all even)"
     )]
-    ChunkerParams { min: u32, avg: u32, max: u32 },
+    ChunkerParams {
+        /// Smallest chunk, in bytes.
+        min: u32,
+        /// Average chunk, in bytes.
+        avg: u32,
+        /// Largest chunk, in bytes.
+        max: u32,
+    },
+    /// No complete snapshot holds the volume (at or before the restore point).
     #[error("no complete snapshot {scope}contains volume `{volume}`")]
-    NoSnapshot { volume: String, scope: String },
+    NoSnapshot {
+        /// The volume's name.
+        volume: String,
+        /// `at or before <time> `, or empty.
+        scope: String,
+    },
+    /// `STOW_SNAPSHOT` names no single run.
     #[error("STOW_SNAPSHOT={wanted}: {reason}")]
-    SnapshotNotFound { wanted: String, reason: String },
+    SnapshotNotFound {
+        /// What was asked for.
+        wanted: String,
+        /// Why it names no run (none, or several).
+        reason: String,
+    },
+    /// The chosen snapshot does not hold the volume.
     #[error("snapshot {snapshot} has no volume `{volume}`; it has: {available}")]
     NotInSnapshot {
+        /// The snapshot id.
         snapshot: String,
+        /// The volume asked for.
         volume: String,
+        /// The volumes it does hold.
         available: String,
     },
+    /// A tree blob is not a valid volume tree.
     #[error("tree {id}: {reason}")]
-    BadTree { id: String, reason: String },
+    BadTree {
+        /// The tree's blob id.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A task of the run panicked or was aborted.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The repository failed (it keeps its own classification).
     #[error(transparent)]
     Repo(#[from] RepoError),
+    /// SIGTERM/SIGINT stopped the run; what was stored stays for a retry.
     #[error("cancelled by signal")]
     Cancelled,
 }
@@ -117,9 +159,9 @@ fn is_item_error(e: &RepoError) -> bool {
 /// Reads and parses one tree blob.
 async fn load_tree(repo: &Repository, id: &crate::repo::BlobId) -> Result<tree::Tree, RepoError> {
     let bytes = repo.read_blob(id).await?;
-    tree::Tree::decode(&bytes).map_err(|reason| RepoError::Format {
+    tree::Tree::decode(&bytes).map_err(|e| RepoError::Format {
         key: format!("tree {id}"),
-        reason,
+        reason: e.to_string(),
     })
 }
 

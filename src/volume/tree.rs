@@ -21,15 +21,22 @@ pub const ROOT_NAME: &[u8] = b".";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeType {
+    /// A regular file; `content` holds its chunks.
     File,
+    /// A directory; `subtree` holds its listing.
     Dir,
+    /// A symbolic link; `target` holds where it points.
     Symlink,
     /// Another name of a regular file stored earlier in the walk; `link`
     /// holds that file's path relative to the volume root.
     Hardlink,
+    /// A named pipe.
     Fifo,
+    /// A Unix socket (recorded, not recreated).
     Socket,
+    /// A character device; `rdev` holds its number.
     Chardev,
+    /// A block device; `rdev` holds its number.
     Blockdev,
     /// A type written by a newer version; restore skips it with a warning.
     #[serde(other)]
@@ -59,6 +66,7 @@ impl NodeType {
         }
     }
 
+    /// The name used in trees and reports.
     pub fn as_str(self) -> &'static str {
         match self {
             NodeType::File => "file",
@@ -78,19 +86,28 @@ impl NodeType {
 /// UTF-8); the JSON form picks `x` or `x_b64` per value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
+    /// The entry's name (raw bytes).
     pub name: Vec<u8>,
+    /// What kind of entry it is.
     pub kind: NodeType,
     /// Permission bits including setuid, setgid and sticky (`st_mode & 0o7777`).
     pub mode: u32,
+    /// Owner's user id.
     pub uid: u32,
+    /// Owner's group id.
     pub gid: u32,
     /// Bytes of content (regular files); as read, for a file that changed
     /// while it was read.
     pub size: u64,
+    /// Modification time, in nanoseconds since the epoch.
     pub mtime_ns: i64,
+    /// Change time, in nanoseconds since the epoch (unchanged-file check).
     pub ctime_ns: i64,
+    /// Inode number when read (unchanged-file check).
     pub inode: u64,
+    /// Device of the file system when read (unchanged-file check).
     pub dev: u64,
+    /// Number of hard links when read.
     pub nlink: u64,
     /// Device number of a character or block device.
     pub rdev: u64,
@@ -98,6 +115,7 @@ pub struct Node {
     pub target: Option<Vec<u8>>,
     /// Hard link: path of the first occurrence, relative to the volume root.
     pub link: Option<Vec<u8>>,
+    /// Extended attributes, name to value.
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Data chunks, in order.
     pub content: Vec<BlobId>,
@@ -147,13 +165,20 @@ impl Node {
     }
 }
 
+/// A file's modification time in nanoseconds since the epoch.
 pub fn mtime_ns(meta: &Metadata) -> i64 {
     nanos(meta.mtime(), meta.mtime_nsec())
 }
 
+/// A stored tree that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("not a volume tree: {0}")]
+pub struct TreeError(#[source] pub serde_json::Error);
+
 /// A directory listing, sorted by name bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tree {
+    /// The entries, sorted by name bytes.
     pub nodes: Vec<Node>,
 }
 
@@ -164,8 +189,9 @@ impl Tree {
         serde_json::to_vec(self).expect("a tree serialises")
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Tree, String> {
-        serde_json::from_slice(bytes).map_err(|e| format!("not a volume tree: {e}"))
+    /// Parses a stored tree.
+    pub fn decode(bytes: &[u8]) -> Result<Tree, TreeError> {
+        serde_json::from_slice(bytes).map_err(TreeError)
     }
 
     /// The node called `name`, if the listing is sorted as written.

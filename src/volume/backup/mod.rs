@@ -60,8 +60,11 @@ pub struct BackupOptions {
     pub path: PathBuf,
     /// The volume's key in the manifest's `volumes`.
     pub name: String,
+    /// The backup plan; the parent is the plan's newest backup of the volume.
     pub plan: String,
+    /// Tags recorded in the snapshot.
     pub tags: Vec<String>,
+    /// The run id (a Job's retry resumes the same run).
     pub run_id: String,
     /// Files read at once, and upload streams.
     pub channels: usize,

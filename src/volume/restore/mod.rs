@@ -53,11 +53,13 @@ const PREFETCH: usize = 2;
 pub struct RestoreOptions {
     /// The directory to fill; created if missing.
     pub path: PathBuf,
+    /// The volume's key in the manifest's `volumes`.
     pub name: String,
     /// A snapshot id, or a unique prefix of one.
     pub snapshot: Option<String>,
     /// The newest complete run at or before this time.
     pub point: Option<jiff::Timestamp>,
+    /// Files written at once, and download streams.
     pub channels: usize,
 }
 

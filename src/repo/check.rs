@@ -41,9 +41,13 @@ use crate::summary::Report;
 /// Error items listed in the summary; the rest are counted.
 pub const MAX_ITEMS: usize = 1000;
 
+/// How to run a check.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Which packs to read whole (`STOW_CHECK_READ_DATA`); `None` checks
+    /// structure only.
     pub read_data: Option<ReadData>,
+    /// How many packs are read at once; tree walks use four times as many.
     pub channels: usize,
 }
 

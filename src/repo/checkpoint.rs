@@ -15,15 +15,20 @@ use serde::Deserialize;
 use super::crypto::{MAX_META_LEN, kind};
 use super::{RepoError, Repository, check_content_name, open_error};
 
+/// Key prefix of all checkpoint objects.
 pub const PREFIX: &str = "checkpoints/";
 
 /// The fields every checkpoint has; `files` and the rest belong to the
 /// volume module.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct CheckpointHeader {
+    /// Id of the run that saved it.
     pub run_id: String,
+    /// Name of the backup plan.
     pub plan: String,
+    /// Name of the volume being backed up.
     pub volume: String,
+    /// When it was saved.
     pub time: jiff::Timestamp,
 }
 

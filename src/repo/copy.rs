@@ -29,9 +29,12 @@ use crate::summary::Report;
 /// Problems listed per failed run; the rest are counted.
 const MAX_ITEMS_PER_RUN: usize = 20;
 
+/// How to run a copy.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Id of this copy run, announced as a writer to the destination.
     pub run_id: String,
+    /// How many uploads run at once (at least 1).
     pub channels: usize,
 }
 

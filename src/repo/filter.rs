@@ -10,15 +10,23 @@ use super::{Run, SnapshotManifest, SnapshotRef};
 /// Which runs `list` and `copy` consider.
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
+    /// Only runs of this plan (judged by the first part).
     pub plan: Option<String>,
+    /// Only runs whose parts together carry all of these tags.
     pub tags: Vec<String>,
+    /// Only runs with a part from this source cluster id.
     pub cluster: Option<String>,
+    /// Namespace globs; a run passes if any recorded namespace overlaps
+    /// them, or if it records none.
     pub namespaces: Vec<String>,
+    /// Only runs taken at or before this time.
     pub before: Option<jiff::Timestamp>,
+    /// Only the run this snapshot reference (`STOW_SNAPSHOT`) names.
     pub snapshot: Option<String>,
 }
 
 impl RunFilter {
+    /// Whether `run` passes every criterion set.
     pub fn matches(&self, run: &Run) -> bool {
         let first = &run.parts[0].1;
         if self.plan.as_ref().is_some_and(|p| *p != first.plan) {

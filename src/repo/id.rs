@@ -25,10 +25,12 @@ macro_rules! id_type {
         pub struct $name(pub [u8; 32]);
 
         impl $name {
+            /// The raw 32 bytes.
             pub fn as_bytes(&self) -> &[u8; 32] {
                 &self.0
             }
 
+            /// Lowercase hex, as used in object keys.
             pub fn to_hex(&self) -> String {
                 hex::encode(self.0)
             }

@@ -333,6 +333,7 @@ impl Repository {
         Ok(files.into_iter().map(IndexFile::from_raw).collect())
     }
 
+    /// Where blob `id` is stored, if the loaded index lists it.
     pub fn index_entry(&self, id: &BlobId) -> Option<IndexEntry> {
         self.index().get(id)
     }

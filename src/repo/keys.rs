@@ -51,6 +51,7 @@ impl KeyParams {
         }
     }
 
+    /// PBKDF2-HMAC-SHA256 iteration count.
     pub fn iterations(&self) -> u32 {
         self.iterations
     }

@@ -116,8 +116,11 @@ async fn read_all<T: for<'a> Deserialize<'a>>(
 /// Content of `locks/writer-…`: which run is writing, since when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriterMarker {
+    /// Format version of the marker.
     pub version: u32,
+    /// The writing run.
     pub run_id: String,
+    /// When the marker was written.
     pub time: jiff::Timestamp,
 }
 
@@ -150,6 +153,7 @@ pub async fn list_writer_markers(
 /// than the grace period and it is still safe (see `crate::prune`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mark {
+    /// Format version of the mark.
     pub version: u32,
     /// When the mark was written (just before the put).
     pub time: jiff::Timestamp,
@@ -165,6 +169,7 @@ pub struct Mark {
 }
 
 impl Mark {
+    /// Whether it marks nothing for deletion.
     pub fn is_empty(&self) -> bool {
         self.packs.is_empty() && self.indexes.is_empty() && self.orphans.is_empty()
     }
@@ -202,8 +207,11 @@ pub(crate) async fn marked_packs(repo: &Repository) -> Result<HashSet<PackId>, R
 /// Content of `locks/prune-…`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockInfo {
+    /// Format version of the lock object.
     pub version: u32,
+    /// The prune run holding it.
     pub run_id: String,
+    /// When the lock was taken; the oldest live lock wins.
     pub created: jiff::Timestamp,
     /// Rewritten every [`LOCK_REFRESH`] while the prune runs.
     pub refreshed: jiff::Timestamp,
@@ -212,7 +220,9 @@ pub struct LockInfo {
 /// Timing of the prune lock; tests shorten it.
 #[derive(Debug, Clone, Copy)]
 pub struct LockTiming {
+    /// A lock not refreshed for longer than this is stale and removed.
     pub stale_after: Duration,
+    /// How often the holder rewrites its lock object.
     pub refresh: Duration,
 }
 
@@ -255,6 +265,8 @@ struct Seen {
 }
 
 impl PruneLock {
+    /// Takes the lock for run `run_id`, or fails with
+    /// [`RepoError::Locked`] naming the holder.
     pub async fn acquire(
         repo: &Repository,
         run_id: &str,
@@ -300,6 +312,7 @@ impl PruneLock {
         }
     }
 
+    /// Key of our lock object.
     pub fn key(&self) -> &str {
         &self.key
     }

@@ -67,8 +67,11 @@ const META_PARALLEL: usize = 8;
 /// same file always cuts into the same chunks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkerParams {
+    /// Smallest chunk, in bytes (except a file's last).
     pub min: u32,
+    /// Target average chunk size, in bytes.
     pub avg: u32,
+    /// Largest chunk, in bytes.
     pub max: u32,
 }
 
@@ -318,10 +321,12 @@ impl Repository {
         &self.inner.config.id
     }
 
+    /// Human-readable location of the storage, for messages.
     pub fn location(&self) -> &str {
         &self.inner.location
     }
 
+    /// The storage the repository lives in.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.inner.backend
     }
@@ -331,6 +336,7 @@ impl Repository {
         self.inner.master.material()
     }
 
+    /// The repository's chunking parameters, from `config`.
     pub fn chunker_params(&self) -> ChunkerParams {
         self.inner.config.chunker
     }

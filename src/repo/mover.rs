@@ -13,16 +13,21 @@ use serde::{Deserialize, Serialize};
 use super::crypto::{MAX_META_LEN, kind};
 use super::{RepoError, Repository, VolumeEntry, check_content_name, open_error};
 
+/// Key prefix of all mover results.
 pub const PREFIX: &str = "movers/";
 
 /// One volume, backed up by a mover for run `run_id`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MoverResult {
+    /// Format version of the result.
     pub version: u32,
+    /// The backup run the mover worked for.
     pub run_id: String,
     /// The volume's name in the snapshot, `namespace/claim`.
     pub volume: String,
+    /// When the result was saved.
     pub time: jiff::Timestamp,
+    /// The volume's entry for the snapshot manifest (its tree).
     pub entry: VolumeEntry,
     /// The mover's own report (counts, bytes, item errors).
     #[serde(default)]

@@ -38,6 +38,8 @@ impl std::fmt::Debug for OpenOptions {
 }
 
 impl OpenOptions {
+    /// Options to open the repository in `backend` with `password`, with
+    /// default compression and key parameters, not creating it if missing.
     pub fn new(backend: Arc<dyn Backend>, password: &Secret) -> Self {
         Self {
             backend,

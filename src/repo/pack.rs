@@ -330,7 +330,9 @@ impl Repository {
 /// Where a blob is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexEntry {
+    /// The pack holding the blob.
     pub pack: PackId,
+    /// What the blob holds.
     pub kind: BlobKind,
     /// Offset of the sealed blob in the pack.
     pub offset: u64,

@@ -47,25 +47,34 @@ const PACKS_PER_INDEX_FILE: usize = 2000;
 /// Everything prune needs besides the repository.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Id of this prune run, recorded in its lock and marks.
     pub run_id: String,
+    /// The rules deciding which runs to keep.
     pub retention: Retention,
     /// Only runs of this plan are subject to retention (`STOW_PLAN` set).
     pub plan: Option<String>,
     /// Buckets of the hourly/daily/... rules are evaluated in this zone.
     pub timezone: TimeZone,
+    /// How long a mark waits before a later prune deletes what it marks.
     pub grace: Duration,
     /// Writer markers older than this are stale.
     pub writer_max_age: Duration,
     /// Incomplete runs younger than this may be in flight and are kept.
     pub incomplete_min_age: Duration,
+    /// Writer markers up to this much younger than a mark still defer its
+    /// deletion ([`CLOCK_MARGIN`]).
     pub clock_margin: Duration,
+    /// Timing of the prune lock.
     pub lock: LockTiming,
     /// Fraction of unused bytes at which a partly used pack is rewritten.
     pub repack_unused: f64,
+    /// How many objects are read or deleted at once.
     pub channels: usize,
 }
 
 impl Options {
+    /// Defaults for everything but the run id, retention and grace period:
+    /// all plans, UTC, two channels.
     pub fn new(run_id: impl Into<String>, retention: Retention, grace: Duration) -> Self {
         Self {
             run_id: run_id.into(),

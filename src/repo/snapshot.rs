@@ -18,6 +18,7 @@ pub(crate) const PREFIX: &str = "snapshots/";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SnapshotStatus {
+    /// The part finished and stored everything it references.
     #[default]
     Complete,
 }
@@ -32,30 +33,40 @@ pub struct VolumeEntry {
     pub stats: serde_json::Value,
 }
 
+/// One part of a run: what it backed up, and where its trees are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotManifest {
+    /// When the part was taken; [`new`](Self::new) stamps the current time.
     pub time: jiff::Timestamp,
+    /// The run this part belongs to.
     pub run_id: String,
     /// This part's number, `0..parts`.
     pub part: u32,
     /// How many parts the run has.
     pub parts: u32,
+    /// Name of the backup plan.
     pub plan: String,
+    /// Labels given to the run, for filtering.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Id of the source cluster, if known.
     #[serde(default)]
     pub cluster_id: Option<String>,
+    /// What the run selected (e.g. `namespaces`), as free-form JSON.
     #[serde(default)]
     pub selection: serde_json::Value,
     /// Root of the resource catalogue tree.
     #[serde(default)]
     pub resources: Option<BlobId>,
+    /// Volumes backed up, by name (`namespace/claim`).
     #[serde(default)]
     pub volumes: BTreeMap<String, VolumeEntry>,
+    /// Always [`SnapshotStatus::Complete`].
     #[serde(default)]
     pub status: SnapshotStatus,
     /// kubestow version that wrote it.
     pub version: String,
+    /// Free-form counters of the part, for listings.
     #[serde(default)]
     pub stats: serde_json::Value,
 }
@@ -92,6 +103,7 @@ impl SnapshotManifest {
 /// The parts of one run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Run {
+    /// Id shared by all its parts.
     pub run_id: String,
     /// Time of the latest part.
     pub time: jiff::Timestamp,
@@ -166,6 +178,7 @@ impl Repository {
         Ok(id)
     }
 
+    /// Reads and opens the manifest with id `id`.
     pub async fn load_snapshot(&self, id: &SnapshotId) -> Result<SnapshotManifest, RepoError> {
         let key = snapshot_key(id);
         let bytes = self.inner.backend.get(&key).await?;
@@ -289,17 +302,21 @@ pub struct SnapshotRef(String);
 /// Why a [`SnapshotRef`] names no single run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SnapshotRefError {
+    /// No run or snapshot matches.
     #[error("no snapshot or run with that id in the repository")]
     NotFound,
+    /// A prefix matches this many runs.
     #[error("it matches {0} runs; give more of the id")]
     Ambiguous(usize),
 }
 
 impl SnapshotRef {
+    /// The reference as typed; surrounding whitespace is dropped.
     pub fn new(text: &str) -> Self {
         Self(text.trim().to_string())
     }
 
+    /// The reference text.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -27,6 +27,7 @@ const INLINE_PARSE: usize = 256 << 10;
 /// Where a walk starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Root {
+    /// The tree to start at.
     pub blob: BlobId,
     /// The snapshot it belongs to, for messages.
     pub snapshot: Option<SnapshotId>,
@@ -56,10 +57,13 @@ impl Root {
 /// A blob that is missing or cannot be read, and how it was reached.
 #[derive(Debug, Clone)]
 pub struct Problem {
+    /// The snapshot whose walk reached it, if known.
     pub snapshot: Option<SnapshotId>,
     /// Node names from the root, e.g. `volumes/shop/data/etc/passwd`.
     pub path: String,
+    /// The blob that failed.
     pub blob: BlobId,
+    /// Why it could not be read.
     pub error: RepoError,
 }
 
@@ -98,6 +102,7 @@ pub struct Walk {
     pub reachable: HashSet<BlobId>,
     /// Trees read.
     pub trees: u64,
+    /// Blobs that were missing or unreadable.
     pub problems: Vec<Problem>,
 }
 

@@ -328,6 +328,7 @@ impl Writer {
         Ok(self.stats())
     }
 
+    /// Counters of what was written so far.
     pub fn stats(&self) -> WriteStats {
         let c = &self.shared.stats;
         WriteStats {

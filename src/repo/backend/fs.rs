@@ -9,12 +9,14 @@ use bytes::Bytes;
 
 use super::{Backend, BackendError, ObjectInfo, Result, check_key};
 
+/// Stores each object as a file under a root directory, at the key's path.
 #[derive(Debug, Clone)]
 pub struct FsBackend {
     root: PathBuf,
 }
 
 impl FsBackend {
+    /// A backend rooted at `root`.
     pub fn new(root: PathBuf) -> Self {
         Self { root }
     }

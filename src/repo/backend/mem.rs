@@ -8,12 +8,14 @@ use bytes::Bytes;
 
 use super::{Backend, BackendError, ObjectInfo, Result, check_key};
 
+/// Keeps objects in process memory; for tests.
 #[derive(Debug, Default)]
 pub struct MemBackend {
     objects: Mutex<BTreeMap<String, Bytes>>,
 }
 
 impl MemBackend {
+    /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }

@@ -23,43 +23,69 @@ pub use throttle::{Throttle, ThrottledBackend};
 
 use crate::config::Location;
 
+/// One object found by [`Backend::list`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
+    /// Full key of the object.
     pub key: String,
+    /// Size of the object, in bytes.
     pub size: u64,
 }
 
+/// Why a storage operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
+    /// The object does not exist.
     #[error("{location}: object {key} does not exist")]
-    NotFound { location: String, key: String },
+    NotFound {
+        /// The backend location.
+        location: String,
+        /// Key of the object.
+        key: String,
+    },
     /// Will not succeed on retry: denied, missing bucket, bad request.
     #[error("{location}: {op} {key} failed: {message}")]
     Permanent {
+        /// The backend location.
         location: String,
+        /// The operation, e.g. `get`.
         op: &'static str,
+        /// Key (or prefix) operated on.
         key: String,
+        /// The underlying error.
         message: String,
     },
     /// Network loss, timeout, throttling, 5xx: worth retrying.
     #[error("{location}: {op} {key} failed (retriable): {message}")]
     Transient {
+        /// The backend location.
         location: String,
+        /// The operation, e.g. `get`.
         op: &'static str,
+        /// Key (or prefix) operated on.
         key: String,
+        /// The underlying error.
         message: String,
     },
+    /// A transient failure that retrying did not cure, or that was not
+    /// retried because the run is stopping.
     #[error("{location}: {op} {key} still failing after retrying for {waited:?}: {message}")]
     GaveUp {
+        /// The backend location.
         location: String,
+        /// The operation, e.g. `get`.
         op: &'static str,
+        /// Key (or prefix) operated on.
         key: String,
+        /// Time since the first failure of this operation.
         waited: Duration,
+        /// The last underlying error.
         message: String,
     },
 }
 
 impl BackendError {
+    /// Whether the failure was transient, so a later attempt could succeed.
     pub fn is_retriable(&self) -> bool {
         matches!(
             self,
@@ -67,27 +93,34 @@ impl BackendError {
         )
     }
 
+    /// Whether the object does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, BackendError::NotFound { .. })
     }
 }
 
+/// Result of a backend operation.
 pub type Result<T> = std::result::Result<T, BackendError>;
 
+/// An object store: immutable objects addressed by `/`-separated keys.
 #[async_trait]
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Human-readable location for messages, e.g. `s3://bucket/prefix`.
     fn location(&self) -> String;
     /// All objects whose key starts with `prefix`, in no particular order.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    /// The whole object.
     async fn get(&self, key: &str) -> Result<Bytes>;
+    /// `len` bytes of the object starting at byte `offset`.
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes>;
     /// Writes the whole object atomically: readers see all of it or nothing.
     async fn put(&self, key: &str, data: Bytes) -> Result<()>;
+    /// Removes the object; removing a missing object succeeds.
     async fn delete(&self, key: &str) -> Result<()>;
     /// Size of the object, or `None` if it does not exist.
     async fn head(&self, key: &str) -> Result<Option<u64>>;
 
+    /// Whether the object exists.
     async fn exists(&self, key: &str) -> Result<bool> {
         Ok(self.head(key).await?.is_some())
     }

@@ -18,6 +18,8 @@ use super::{Backend, BackendError, ObjectInfo, Result};
 const FIRST_DELAY: Duration = Duration::from_millis(200);
 const MAX_DELAY: Duration = Duration::from_secs(10);
 
+/// Retries the transient failures of another backend until the reconnect
+/// window closes or the run is cancelled.
 #[derive(Debug)]
 pub struct RetryBackend {
     inner: Arc<dyn Backend>,
@@ -35,6 +37,8 @@ impl RetryBackend {
         Self::with_cancel(inner, window, crate::context::run_token())
     }
 
+    /// Stops waiting when `cancel` is cancelled; `window` is how long an
+    /// outage may last before giving up.
     pub fn with_cancel(
         inner: Arc<dyn Backend>,
         window: Duration,

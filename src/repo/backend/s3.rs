@@ -21,6 +21,7 @@ pub const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
 /// S3 requires parts of at least 5 MiB (except the last).
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
 
+/// Stores objects in an S3 bucket, under a key prefix.
 #[derive(Clone)]
 pub struct S3Backend {
     client: Client,
@@ -41,6 +42,9 @@ impl std::fmt::Debug for S3Backend {
 }
 
 impl S3Backend {
+    /// A client configured from the AWS environment (credentials, region,
+    /// `AWS_ENDPOINT_URL`), with SDK retries off and 5 s connect / 60 s
+    /// read timeouts; the region defaults to `us-east-1`.
     pub async fn from_env(bucket: &str, prefix: &str) -> Self {
         let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .retry_config(aws_config::retry::RetryConfig::disabled())
@@ -65,6 +69,7 @@ impl S3Backend {
         }
     }
 
+    /// A backend using `client`; surrounding `/` are trimmed from `prefix`.
     pub fn new(client: Client, bucket: &str, prefix: &str) -> Self {
         Self {
             client,

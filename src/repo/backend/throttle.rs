@@ -38,6 +38,8 @@ const REEVALUATE: Duration = Duration::from_secs(1);
 /// The wall clock the schedule is evaluated at; injectable for tests.
 pub type WallClock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
+/// A token bucket shared by the backends it throttles, limiting their combined
+/// transfer rate to what the schedule gives for the current local time.
 pub struct Throttle {
     schedule: RateSchedule,
     tz: TimeZone,
@@ -73,6 +75,7 @@ fn capacity(rate: u64) -> f64 {
 }
 
 impl Throttle {
+    /// Evaluates `schedule` in time zone `tz` on the system clock.
     pub fn new(schedule: RateSchedule, tz: TimeZone) -> Self {
         Self::with_clock(schedule, tz, Arc::new(Timestamp::now))
     }
@@ -242,6 +245,7 @@ pub struct ThrottledBackend {
 }
 
 impl ThrottledBackend {
+    /// Wraps `inner`, charging `throttle`.
     pub fn new(inner: Arc<dyn Backend>, throttle: Arc<Throttle>) -> Self {
         Self { inner, throttle }
     }

@@ -17,13 +17,18 @@ use crate::summary::Report;
 /// A run as retention sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
+    /// The run's id.
     pub run_id: String,
+    /// Plan of its first part.
     pub plan: String,
+    /// Time of its latest part.
     pub time: Timestamp,
+    /// Whether every part is present.
     pub complete: bool,
 }
 
 impl Candidate {
+    /// The candidate for `run`.
     pub fn of_run(run: &Run) -> Self {
         Candidate {
             run_id: run.run_id.clone(),
@@ -37,7 +42,9 @@ impl Candidate {
 /// Keep (with the rules that keep it) or forget (with why).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    /// Kept, with the names of the rules that keep it.
     Keep(Vec<&'static str>),
+    /// Forgotten, with the reason.
     Forget(&'static str),
 }
 

@@ -45,6 +45,7 @@ pub enum VolumeError {
         /// The path given.
         path: String,
     },
+    /// The repository's chunk sizes are outside what FastCDC supports.
     #[error(
         "the repository's chunker sizes {min}/{avg}/{max} are outside what FastCDC 2020 supports \
          (min 64 B..1 MiB, avg 256 B..4 MiB, max 1 KiB..16 MiB, all even)"

@@ -18,6 +18,7 @@ use crate::repo::BlobId;
 /// itself, whose `subtree` lists its entries.
 pub const ROOT_NAME: &[u8] = b".";
 
+/// What kind of directory entry a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeType {

@@ -73,6 +73,7 @@ pub struct BackupOptions {
     pub mover: bool,
     /// Bytes of files read between two checkpoints (`STOW_RESUME_BUFFER`).
     pub resume_buffer: u64,
+    /// Test-only fault injection points.
     #[cfg(test)]
     pub hooks: Hooks,
 }

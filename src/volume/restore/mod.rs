@@ -49,6 +49,7 @@ use write::*;
 
 const PREFETCH: usize = 2;
 
+/// What `volume-restore` restores, and where.
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
     /// The directory to fill; created if missing.

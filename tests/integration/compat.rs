@@ -7,8 +7,6 @@
 use std::path::Path;
 use std::process::Command;
 
-use kubestow::volume::compare::compare_trees;
-
 use crate::binary;
 
 const PASSWORD: &str = "compat-fixture-password";
@@ -56,6 +54,39 @@ fn ok(run: &binary::Run) {
     assert_eq!(run.summary["status"], "success", "{}", run.stdout);
 }
 
+/// Every difference in names, entry types, file bytes and symlink targets.
+fn same_tree(a: &Path, b: &Path) -> Vec<String> {
+    let mut diffs = Vec::new();
+    let names = |p: &Path| -> Vec<std::ffi::OsString> {
+        let mut v: Vec<_> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    if names(a) != names(b) {
+        diffs.push(format!("{}: entries differ", b.display()));
+        return diffs;
+    }
+    for name in names(a) {
+        let (x, y) = (a.join(&name), b.join(&name));
+        let (mx, my) = (x.symlink_metadata().unwrap(), y.symlink_metadata().unwrap());
+        if mx.file_type() != my.file_type() {
+            diffs.push(format!("{}: type differs", y.display()));
+        } else if mx.is_symlink() {
+            if std::fs::read_link(&x).unwrap() != std::fs::read_link(&y).unwrap() {
+                diffs.push(format!("{}: link target differs", y.display()));
+            }
+        } else if mx.is_dir() {
+            diffs.extend(same_tree(&x, &y));
+        } else if std::fs::read(&x).unwrap() != std::fs::read(&y).unwrap() {
+            diffs.push(format!("{}: content differs", y.display()));
+        }
+    }
+    diffs
+}
+
 async fn check_all(repo: &str) {
     let mut check = kubestow("check", repo);
     check.env("STOW_CHECK_READ_DATA", "all");
@@ -86,7 +117,10 @@ async fn a_repository_written_before_the_change_opens_checks_and_restores() {
         .env("STOW_SNAPSHOT", RUN_ID);
     let restore = binary::run(restore).await;
     ok(&restore);
-    let diffs = compare_trees(&source, &out);
+    // Content, types and link targets: a git checkout does not keep the
+    // source tree's times, so `compare_trees` (which compares mtimes too)
+    // would fail on a fresh clone for reasons that are not the format's.
+    let diffs = same_tree(&source, &out);
     assert!(diffs.is_empty(), "{diffs:#?}");
 
     // Today's writer adds to the old repository: it finds the old snapshot

@@ -22,7 +22,8 @@ pub struct RunContext {
 }
 
 impl RunContext {
-    /// A context for `run_id` whose token is linked to [`run_token`].
+    /// A context for `run_id` with a fresh token; [`link`](Self::link) it
+    /// once inside the runtime so retry loops hear the signal.
     pub fn new(run_id: impl Into<String>) -> Self {
         Self {
             run_id: run_id.into(),

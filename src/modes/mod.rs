@@ -52,14 +52,14 @@ pub(crate) async fn storage(config: &Config, location: &Location) -> Arc<dyn Bac
 /// `STOW_REPOSITORY` opened with `STOW_PASSWORD`, `STOW_COMPRESSION` and
 /// `STOW_RESUME_BUFFER`. Validation guarantees both for modes that open a
 /// repository.
-pub(crate) fn repository(config: &Config) -> RepositoryAccess<'_> {
-    RepositoryAccess(config)
+pub(crate) fn repository(config: &Config) -> Opener<'_> {
+    Opener(config)
 }
 
 /// A repository to open as the configuration says.
-pub(crate) struct RepositoryAccess<'a>(&'a Config);
+pub(crate) struct Opener<'a>(&'a Config);
 
-impl RepositoryAccess<'_> {
+impl Opener<'_> {
     pub(crate) async fn options(&self) -> Result<OpenOptions, Error> {
         let config = self.0;
         let access = config.repository_access().ok_or(Error::Missing(

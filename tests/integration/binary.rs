@@ -45,6 +45,18 @@ impl Run {
     }
 }
 
+/// Asserts exit code 0 and status `success`, showing both streams if not.
+pub fn assert_success(run: &Run) {
+    assert_eq!(
+        run.code,
+        Some(0),
+        "stderr: {}\nstdout: {}",
+        run.stderr,
+        run.stdout
+    );
+    assert_eq!(run.summary["status"], "success", "{}", run.stdout);
+}
+
 /// Runs kubestow off the async runtime (the binary may take a while).
 pub async fn run(mut cmd: Command) -> Run {
     let out = tokio::task::spawn_blocking(move || cmd.output().expect("run kubestow"))

@@ -43,17 +43,6 @@ fn kubestow(mode: &str, repo: &str) -> Command {
     cmd
 }
 
-fn ok(run: &binary::Run) {
-    assert_eq!(
-        run.code,
-        Some(0),
-        "stderr: {}\nstdout: {}",
-        run.stderr,
-        run.stdout
-    );
-    assert_eq!(run.summary["status"], "success", "{}", run.stdout);
-}
-
 /// Every difference in names, entry types, file bytes and symlink targets.
 fn same_tree(a: &Path, b: &Path) -> Vec<String> {
     let mut diffs = Vec::new();
@@ -91,7 +80,7 @@ async fn check_all(repo: &str) {
     let mut check = kubestow("check", repo);
     check.env("STOW_CHECK_READ_DATA", "all");
     let check = binary::run(check).await;
-    ok(&check);
+    binary::assert_success(&check);
     assert!(check.summary["errors"].as_array().is_none_or(Vec::is_empty));
 }
 
@@ -104,7 +93,7 @@ async fn a_repository_written_before_the_change_opens_checks_and_restores() {
     check_all(&repo).await;
 
     let list = binary::run(kubestow("list", &repo)).await;
-    ok(&list);
+    binary::assert_success(&list);
     let runs = list.summary["details"]["snapshots"].as_array().unwrap();
     assert_eq!(runs.len(), 1, "{}", list.stdout);
     assert_eq!(runs[0]["run_id"], RUN_ID, "{}", list.stdout);
@@ -116,7 +105,7 @@ async fn a_repository_written_before_the_change_opens_checks_and_restores() {
         .env("STOW_VOLUME_NAME", VOLUME)
         .env("STOW_SNAPSHOT", RUN_ID);
     let restore = binary::run(restore).await;
-    ok(&restore);
+    binary::assert_success(&restore);
     // Content, types and link targets: a git checkout does not keep the
     // source tree's times, so `compare_trees` (which compares mtimes too)
     // would fail on a fresh clone for reasons that are not the format's.
@@ -133,7 +122,7 @@ async fn a_repository_written_before_the_change_opens_checks_and_restores() {
         .env("STOW_VOLUME_NAME", VOLUME)
         .env("STOW_RUN_ID", "compat-run-2");
     let backup = binary::run(backup).await;
-    ok(&backup);
+    binary::assert_success(&backup);
     assert_eq!(
         backup.summary["details"]["parent"].as_str().map(str::len),
         Some(64),

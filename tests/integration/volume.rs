@@ -48,17 +48,6 @@ fn volume_cmd(mode: &str, repo: &str, path: &Path, name: &str) -> std::process::
     cmd
 }
 
-fn ok(run: &binary::Run) {
-    assert_eq!(
-        run.code,
-        Some(0),
-        "stderr: {}\nstdout: {}",
-        run.stderr,
-        run.stdout
-    );
-    assert_eq!(run.summary["status"], "success", "{}", run.stdout);
-}
-
 /// Backup, incremental backup, restore, compare.
 async fn round_trip(repo: &str) {
     let dir = tempfile::tempdir().unwrap();
@@ -71,7 +60,7 @@ async fn round_trip(repo: &str) {
         .env("STOW_INIT", "true")
         .env("STOW_RUN_ID", "vol-run-1");
     let first = binary::run(first).await;
-    ok(&first);
+    binary::assert_success(&first);
     assert_eq!(first.summary["mode"], "volume-backup");
     assert_eq!(first.summary["counts"]["files"], 4, "{}", first.stdout);
     assert_eq!(first.summary["counts"]["hardlinks"], 1);
@@ -86,13 +75,13 @@ async fn round_trip(repo: &str) {
     let mut second = volume_cmd("volume-backup", repo, &src, name);
     second.env("STOW_RUN_ID", "vol-run-2");
     let second = binary::run(second).await;
-    ok(&second);
+    binary::assert_success(&second);
     assert_eq!(second.summary["bytes"]["read"], 0, "{}", second.stdout);
     assert_eq!(second.summary["bytes"]["new"], 0, "{}", second.stdout);
     assert_eq!(second.summary["details"]["parent"], snapshot.as_str());
 
     let restore = binary::run(volume_cmd("volume-restore", repo, &dst, name)).await;
-    ok(&restore);
+    binary::assert_success(&restore);
     assert_eq!(restore.summary["mode"], "volume-restore");
     let diffs = compare_trees(&src, &dst);
     assert!(diffs.is_empty(), "{diffs:#?}");
@@ -102,7 +91,7 @@ async fn round_trip(repo: &str) {
     let mut by_id = volume_cmd("volume-restore", repo, &older, name);
     by_id.env("STOW_SNAPSHOT", &snapshot);
     let by_id = binary::run(by_id).await;
-    ok(&by_id);
+    binary::assert_success(&by_id);
     assert_eq!(by_id.summary["details"]["snapshot"], snapshot.as_str());
     assert!(compare_trees(&src, &older).is_empty());
 }
@@ -128,7 +117,7 @@ async fn volume_restore_of_an_unknown_volume_fails_naming_it() {
     fs::write(src.join("f"), b"x").unwrap();
     let mut backup = volume_cmd("volume-backup", &repo, &src, "ns/known");
     backup.env("STOW_INIT", "true");
-    ok(&binary::run(backup).await);
+    binary::assert_success(&binary::run(backup).await);
 
     let run = binary::run(volume_cmd(
         "volume-restore",

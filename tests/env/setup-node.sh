@@ -15,7 +15,7 @@
 # alone (Go module proxy, Debian). Each cache directory holds BUILD_SECONDS,
 # the cold build time. Not called by `just test` yet; `just setup-node` runs it.
 #
-#   bash tests/env/setup-node.sh [all|k8s|etcd|debian|pause|csi]...
+#   bash tests/env/setup-node.sh [all|k8s|etcd|debian|pause|csi|hostpath]...
 set -euo pipefail
 
 CACHE="${KUBESTOW_CACHE:-$HOME/.cache/kubestow}"
@@ -25,11 +25,16 @@ CACHE="${KUBESTOW_CACHE:-$HOME/.cache/kubestow}"
 K8S_VERSION="${KUBESTOW_K8S_VERSION:-1.37.2}"
 ETCD_VERSION=3.6.16
 # The external-snapshotter release built against the same Kubernetes minor
-# (8.7.0 requires k8s.io/* v0.37; 8.4.0 requires v0.34). The CSI hostpath driver, the
-# external-provisioner and the node-driver-registrar are not served by the Go
-# module proxy reachable here (403 "This module version is not available"), so
-# they are not built; see build_csi.
+# (8.7.0 requires k8s.io/* v0.37; 8.4.0 requires v0.34).
 SNAPSHOTTER_VERSION="${KUBESTOW_SNAPSHOTTER_VERSION:-8.7.0}"
+# The external-provisioner sidecar. The Go module proxy reachable here serves
+# exact versions of .../external-provisioner/v6 (v5.3.0 too) but refuses the
+# CSI hostpath driver and the node-driver-registrar at every version tried
+# (403 "This module version is not available"). So the driver is our own small
+# hostpath driver (tests/env/csi-hostpath, test-only Go), which also answers
+# the kubelet's plugin registration that the registrar would.
+PROVISIONER_VERSION=6.4.0
+CSI_SPEC_VERSION=1.13.0
 PAUSE_VERSION=1
 
 NICE=(nice -n 19)
@@ -183,7 +188,49 @@ build_csi() {
     touch "$out/crd.tmp/.complete"
     mv "$out/crd.tmp" "$out/crd"
   fi
-  log "not built: csi-driver-host-path, external-provisioner, node-driver-registrar (the Go module proxy refuses them here)"
+  build_provisioner
+  build_hostpath
+}
+
+build_provisioner() {
+  local v=$PROVISIONER_VERSION mod=github.com/kubernetes-csi/external-provisioner/v6
+  [ -f "$CACHE/external-provisioner-$v/BUILD_SECONDS" ] && return 0
+  # Its go.mod pins the k8s.io staging modules with replace directives, which
+  # a requiring module ignores: copy them into the scratch module.
+  local gomod extra
+  gomod=$(cd "$CACHE" && GOFLAGS='' go mod download -json "$mod@v$v" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  [ -f "$gomod" ] || { log "go mod download $mod@v$v failed"; exit 1; }
+  extra=$(grep -E '^(go|godebug) ' "$gomod"; echo; grep -E '^replace ' "$gomod")
+  go_build_module external-provisioner "$v" "$mod@v$v" "$extra" \
+    "-s -w -X main.version=v$v" "" "$mod/cmd/csi-provisioner"
+}
+
+# Our hostpath CSI driver: the source is in the repository, its dependencies
+# (the CSI spec, gRPC, the kubelet's plugin-registration API) come from the
+# Go module proxy. Keyed by a hash of the source, so an edit rebuilds it.
+build_hostpath() {
+  local src
+  src="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/csi-hostpath"
+  local v
+  v=$(cat "$src/main.go" "$src/go.mod" "$src/go.sum" | sha256sum | cut -c1-12)
+  local out="$CACHE/csi-hostpath-$v"
+  [ -f "$out/BUILD_SECONDS" ] && return 0
+  log "building csi-hostpath $v"
+  local work="$CACHE/build-csi-hostpath"
+  rm -rf "$work"; mkdir -p "$work"
+  cp "$src/main.go" "$src/go.mod" "$src/go.sum" "$work/"
+  local start=$SECONDS
+  (
+    cd "$work"
+    export CGO_ENABLED=0 GOFLAGS=-mod=mod GOWORK=off
+    "${NICE[@]}" go build -trimpath -ldflags="-s -w" -o "$work/bin/csi-hostpath" .
+  )
+  rm -rf "$out"; mkdir -p "$out/bin"
+  install -m 0755 "$work/bin/csi-hostpath" "$out/bin/"
+  echo "$((SECONDS - start))" >"$out/BUILD_SECONDS"
+  ln -sfn "$out" "$CACHE/csi-hostpath-current"
+  rm -rf "$work"
+  log "built csi-hostpath in $((SECONDS - start)) s"
 }
 
 steps=("$@")
@@ -196,6 +243,7 @@ for s in "${steps[@]}"; do
     debian) install_debian ;;
     pause) build_pause ;;
     csi) build_csi ;;
+    hostpath) build_hostpath ;;
     *) log "unknown step $s"; exit 2 ;;
   esac
 done

@@ -21,8 +21,10 @@ check:
     cargo clippy --all-targets -- -D warnings
     cargo test --lib --quiet
 
-# Set up, lint, then run every test (unit and integration against the real servers).
+# Set up, lint, then run every test (unit and integration against the real servers, and the node tests on the real node with the image).
 test: setup lint
+    bash tests/env/setup-node.sh
+    bash images/build.sh
     mkdir -p target
     cargo test --lib --bins --tests 2>&1 | tee target/test.log
     @awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f; exit (f > 0) }' target/test.log
@@ -48,10 +50,10 @@ bench: setup
 image tag="localhost/kubestow:dev":
     bash images/build.sh "{{tag}}"
 
-# Build the real-node parts (current Kubernetes, etcd 3.6, containerd, CNI, pause, CSI sidecars); cached under ~/.cache/kubestow. Not used by `just test` yet.
+# Build the real-node parts (current Kubernetes, etcd 3.6, containerd, CNI, pause, CSI driver and sidecars); cached under ~/.cache/kubestow. `just test` runs it.
 setup-node *steps:
     bash tests/env/setup-node.sh {{steps}}
 
-# A one-node cluster on the current release for a manual smoke test: `just node up`, `just node smoke`, `just node volume`, `just node api`, `just node down` (tests/env/node-up.sh; needs `just image` first).
+# The one-node cluster the node tests use, by hand: `just node up`, `just node smoke`, `just node volume`, `just node api`, `just node down` (tests/env/node-up.sh; needs `just image` first).
 node cmd:
     bash tests/env/node-up.sh {{cmd}}

@@ -240,7 +240,7 @@ pub(crate) async fn back_up(
             Ok(result) => {
                 done += 1;
                 let mr = &result.report;
-                for key in ["read", "reused", "new", "stored"] {
+                for key in ["read", "reused", "resumed", "new", "stored"] {
                     if let Some(n) = mr.pointer(&format!("/bytes/{key}")).and_then(Value::as_u64) {
                         report.add_bytes(&format!("volume_{key}"), n);
                     }

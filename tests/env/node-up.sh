@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# A one-node cluster at the current Kubernetes release, for a manual smoke
-# test: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, the
-# VolumeSnapshot CRDs and snapshot-controller, containerd (runc, CNI bridge)
-# and kubelet, all as host processes. Not used by
-# `just test`.
+# A one-node cluster at the current Kubernetes release: etcd,
+# kube-apiserver, kube-controller-manager, kube-scheduler, the VolumeSnapshot
+# CRDs and snapshot-controller, containerd (runc, CNI bridge), kubelet,
+# kube-proxy, a CSI driver with the external-provisioner and csi-snapshotter
+# sidecars, and Garage S3, all as host processes. The integration tests'
+# `node` module starts it once per test binary; `just node ...` drives it by
+# hand.
 #
 #   tests/env/node-up.sh up      start everything (builds via setup-node.sh, cached)
 #   tests/env/node-up.sh smoke   run the kubestow image in a pod (restricted
@@ -13,12 +15,21 @@
 #   tests/env/node-up.sh api     kubestow preflight in a pod reaches the API server
 #   tests/env/node-up.sh down    stop everything and remove what `up` made
 #
+# After `up`, $KUBESTOW_NODE_DIR/s3.env holds the S3 endpoint (on the node
+# IP, so pods reach it), bucket and key of the Garage that `up` started.
+#
 # Then: export KUBECONFIG=$KUBESTOW_NODE_DIR/admin.kubeconfig
 #
 # Network: the node's address is the host end of a veth pair whose other end
 # is in a network namespace this script makes; pods sit on a bridge with a
-# private range and get no default route. Nothing is routed off the machine:
-# no masquerading, and ip_forward is left as it is.
+# private range and get no default route, only routes to the node IP and the
+# Service range. Nothing is routed off the machine, and ip_forward is left as
+# it is. kube-proxy DNATs the `kubernetes` Service to the API server on the
+# node IP. It also installs its usual MASQUERADE rule for packets it marks;
+# with clusterCIDR set to the pod range it marks none of the pods' packets
+# (only host-originated traffic to a Service IP, which stays on this host),
+# and `masquerade-count` prints the rule's packet counter so tests can
+# assert it stays 0.
 #
 # The kubestow image comes from images/build.sh (KUBESTOW_IMAGE_TAR, default
 # target/image/kubestow-image.tar), imported into containerd; pods use
@@ -47,6 +58,10 @@ SERVICE_CIDR=10.215.0.0/24
 SERVICE_IP=10.215.0.1
 APISERVER_PORT=16443
 ETCD_PORT=12379
+S3_PORT=13900            # Garage's S3 API, on the node IP
+GARAGE_VERSION=2.5.0
+CSI_DRIVER=hostpath.csi.kubestow.test
+PROVISIONER_VERSION=6.4.0
 
 K8S_BIN="$CACHE/kubernetes-$K8S_VERSION/bin"
 ETCD_BIN="$CACHE/etcd-$ETCD_VERSION/bin/etcd"
@@ -98,7 +113,8 @@ subjectAltName=$3"
   cert kubelet "/O=system:nodes/CN=system:node:$NODE"
   cert controller-manager "/CN=system:kube-controller-manager"
   cert scheduler "/CN=system:kube-scheduler"
-  for u in admin kubelet controller-manager scheduler; do
+  cert kube-proxy "/CN=system:kube-proxy"
+  for u in admin kubelet controller-manager scheduler kube-proxy; do
     local kc="$D/$u.kubeconfig"
     kubectl config set-cluster node --server="https://$NODE_IP:$APISERVER_PORT" \
       --certificate-authority="$p/ca.crt" --embed-certs --kubeconfig="$kc" >/dev/null
@@ -170,7 +186,7 @@ EOF
       "ipam": {
         "type": "host-local",
         "ranges": [[{"subnet": "$POD_CIDR", "rangeStart": "${POD_CIDR%.*}.10", "gateway": "$BRIDGE_IP"}]],
-        "routes": [{"dst": "$NODE_IP/32", "gw": "$BRIDGE_IP"}],
+        "routes": [{"dst": "$NODE_IP/32", "gw": "$BRIDGE_IP"}, {"dst": "$SERVICE_CIDR", "gw": "$BRIDGE_IP"}],
         "dataDir": "$D/cni/ipam"
       }
     },
@@ -271,6 +287,119 @@ EOF
   log "node $NODE Ready $((SECONDS - t0)) s after kubelet started"
 }
 
+# kube-proxy in iptables mode: the `kubernetes` Service (and any other)
+# reaches its endpoints as in a real cluster. No NodePorts on localhost
+# (that would set route_localnet) and no conntrack sysctls.
+kube_proxy_up() {
+  cat >"$D/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: $D/kube-proxy.kubeconfig}
+hostnameOverride: $NODE
+bindAddress: $NODE_IP
+clusterCIDR: $POD_CIDR
+mode: iptables
+iptables: {localhostNodePorts: false, masqueradeAll: false}
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+EOF
+  touch "$D/made-kube-proxy"
+  start kube-proxy "$K8S_BIN/kube-proxy" --config="$D/kube-proxy.yaml" --v=1
+  wait_for 60 "kube-proxy rules for the kubernetes Service" \
+    sh -c "iptables -t nat -S KUBE-SERVICES 2>/dev/null | grep -q '$SERVICE_IP/32'"
+}
+
+# Packets the MASQUERADE rule of kube-proxy has rewritten (0 is expected).
+masquerade_count() {
+  iptables -t nat -L KUBE-POSTROUTING -v -x -n 2>/dev/null | awk '/MASQUERADE/ { n += $1 } END { print n + 0 }'
+}
+
+# Our hostpath CSI driver (tests/env/csi-hostpath; the upstream one is not
+# served here) with the real external-provisioner and csi-snapshotter
+# sidecars. The driver registers with the kubelet itself.
+csi_up() {
+  local kc=(kubectl --kubeconfig="$D/admin.kubeconfig")
+  local sock="$D/kubelet/root/plugins/$CSI_DRIVER/csi.sock"
+  local prov="$CACHE/external-provisioner-$PROVISIONER_VERSION/bin/csi-provisioner"
+  mkdir -p "$D/csi" "$(dirname "$sock")"
+  "${kc[@]}" apply -f - >/dev/null <<EOF
+apiVersion: storage.k8s.io/v1
+kind: CSIDriver
+metadata: {name: $CSI_DRIVER}
+spec:
+  attachRequired: false
+  podInfoOnMount: false
+  fsGroupPolicy: File
+  volumeLifecycleModes: [Persistent]
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: csi-hostpath
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: $CSI_DRIVER
+reclaimPolicy: Delete
+volumeBindingMode: Immediate
+allowVolumeExpansion: false
+---
+apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshotClass
+metadata:
+  name: csi-hostpath
+  annotations: {snapshot.storage.kubernetes.io/is-default-class: "true"}
+driver: $CSI_DRIVER
+deletionPolicy: Delete
+EOF
+  start csi-hostpath "$CACHE/csi-hostpath-current/bin/csi-hostpath" -driver="$CSI_DRIVER" \
+    -endpoint="$sock" -registration-dir="$D/kubelet/root/plugins_registry" -state="$D/csi" -node="$NODE"
+  wait_for 30 "CSI socket" test -S "$sock"
+  start csi-provisioner "$prov" --kubeconfig="$D/admin.kubeconfig" --csi-address="$sock" \
+    --leader-election=false --extra-create-metadata --timeout=60s --v=2
+  start csi-snapshotter "$SNAP/bin/csi-snapshotter" --kubeconfig="$D/admin.kubeconfig" --csi-address="$sock" \
+    --leader-election=false --extra-create-metadata --timeout=60s --v=2
+  wait_for 60 "CSINode $NODE lists $CSI_DRIVER" \
+    sh -c "kubectl --kubeconfig='$D/admin.kubeconfig' get csinode '$NODE' -o jsonpath='{.spec.drivers[*].name}' | grep -q '$CSI_DRIVER'"
+}
+
+# Garage S3 on the node IP, so pods reach it; one key and one bucket.
+garage_up() {
+  local g="$D/garage" bin="$CACHE/garage-$GARAGE_VERSION/bin/garage"
+  mkdir -p "$g"
+  cat >"$g/garage.toml" <<EOF
+metadata_dir = "$g/meta"
+data_dir = "$g/data"
+db_engine = "lmdb"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$((S3_PORT + 1))"
+rpc_public_addr = "127.0.0.1:$((S3_PORT + 1))"
+rpc_secret = "$(openssl rand -hex 32)"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "$NODE_IP:$S3_PORT"
+[admin]
+api_bind_addr = "127.0.0.1:$((S3_PORT + 2))"
+EOF
+  start garage env RUST_LOG=garage=warn "$bin" -c "$g/garage.toml" server
+  local gc=("$bin" -c "$g/garage.toml")
+  wait_for 60 "garage status" "${gc[@]}" status
+  local id out
+  id=$("${gc[@]}" node id -q 2>/dev/null | cut -d@ -f1)
+  "${gc[@]}" layout assign -z dc1 -c 1G "$id" >/dev/null
+  "${gc[@]}" layout apply --version 1 >/dev/null
+  out=$("${gc[@]}" key create kubestow-node)
+  wait_for 30 "garage bucket" "${gc[@]}" bucket create kubestow
+  "${gc[@]}" bucket allow --read --write --owner kubestow --key kubestow-node >/dev/null
+  {
+    echo "AWS_ENDPOINT_URL=http://$NODE_IP:$S3_PORT"
+    echo "AWS_REGION=garage"
+    echo "AWS_ACCESS_KEY_ID=$(awk -F': *' '/Key ID/ { print $2; exit }' <<<"$out")"
+    echo "AWS_SECRET_ACCESS_KEY=$(awk -F': *' '/Secret key/ { print $2; exit }' <<<"$out")"
+    echo "STOW_BUCKET=kubestow"
+  } >"$D/s3.env"
+  chmod 600 "$D/s3.env"
+}
+
 up() {
   [ ! -e "$D/pids" ] || die "$D exists: run '$0 down' first"
   [ -f "$IMAGE_TAR" ] || die "no image archive at $IMAGE_TAR: run 'just image' first"
@@ -288,6 +417,9 @@ up() {
   containerd_up
   control_plane
   kubelet_up
+  kube_proxy_up
+  csi_up
+  garage_up
   kubectl --kubeconfig="$D/admin.kubeconfig" get nodes -o wide >&2
   log "up: export KUBECONFIG=$D/admin.kubeconfig"
 }
@@ -348,10 +480,10 @@ EOF
   [ "$phase" = Succeeded ]
 }
 
-# kubestow in a pod reaches the API server with its ServiceAccount token: no
-# kube-proxy here, so the pod is pointed at the node IP instead of the
-# kubernetes Service. preflight reports the server version, then the RBAC it
-# lacks (the default ServiceAccount has none), and exits non-zero.
+# kubestow in a pod reaches the API server with its ServiceAccount token,
+# through the kubernetes Service (kube-proxy). preflight reports the server
+# version, then the RBAC it lacks (the default ServiceAccount has none), and
+# exits non-zero.
 api() {
   local kc=(kubectl --kubeconfig="$D/admin.kubeconfig")
   "${kc[@]}" apply -f - >&2 <<EOF
@@ -377,8 +509,6 @@ spec:
       imagePullPolicy: Never
       args: [preflight]
       env:
-        - {name: KUBERNETES_SERVICE_HOST, value: "$NODE_IP"}
-        - {name: KUBERNETES_SERVICE_PORT, value: "$APISERVER_PORT"}
         - {name: STOW_REPOSITORY, value: "file:///tmp/repo"}
         - {name: STOW_PASSWORD, value: smoke-password}
       securityContext: {readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
@@ -516,7 +646,10 @@ down() {
       ctr -a "$c" -n k8s.io containers delete "$id" >/dev/null 2>&1 || true
     done
   fi
-  for n in snapshot-controller kube-scheduler kube-controller-manager kube-apiserver etcd containerd; do stop_pid "$n"; done
+  for n in csi-provisioner csi-snapshotter csi-hostpath garage kube-proxy snapshot-controller kube-scheduler \
+    kube-controller-manager kube-apiserver etcd containerd; do stop_pid "$n"; done
+  # kube-proxy's own clean-up removes the chains it made.
+  [ ! -f "$D/made-kube-proxy" ] || "$K8S_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
   # Mounts under the run directory: pod volumes, sandbox netns, overlay rootfs.
   local m
   for m in $(awk -v d="$D/" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r); do
@@ -572,6 +705,7 @@ case "${1:-}" in
   smoke) smoke ;;
   volume) volume ;;
   api) api ;;
+  masquerade-count) masquerade_count ;;
   down) down ;;
-  *) echo "usage: $0 up|smoke|volume|api|down" >&2; exit 2 ;;
+  *) echo "usage: $0 up|smoke|volume|api|masquerade-count|down" >&2; exit 2 ;;
 esac

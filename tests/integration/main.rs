@@ -12,6 +12,7 @@ mod helm;
 mod hooks;
 mod metrics;
 mod movers;
+mod node;
 mod preflight;
 mod rate;
 mod repo;

@@ -25,6 +25,7 @@
 
 mod cluster;
 mod garage;
+pub mod node;
 mod pki;
 mod process;
 mod pushgateway;

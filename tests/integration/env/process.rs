@@ -27,7 +27,7 @@ type SpawnReply = mpsc::Sender<io::Result<Child>>;
 static SPAWNER: OnceLock<Mutex<mpsc::Sender<(Command, SpawnReply)>>> = OnceLock::new();
 
 /// Spawns `cmd` from the supervisor thread (see the module docs).
-fn spawn_supervised(cmd: Command) -> io::Result<Child> {
+pub(crate) fn spawn_supervised(cmd: Command) -> io::Result<Child> {
     let spawner = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<(Command, SpawnReply)>();
         std::thread::Builder::new()

@@ -1,21 +1,26 @@
-//! `just demo`: kubestow against a real cluster and S3 server, end to end.
+//! `just demo`: kubestow on a real node, end to end.
 //!
-//! It starts etcd, kube-apiserver, kube-controller-manager and Garage on
-//! loopback (the same fixture the integration tests use), deploys a sample
-//! shop, backs it up, deletes its namespace, restores it and checks that
-//! every object came back. kubestow runs the way a CronJob would run it:
-//! configured only by environment variables, one operation, a JSON summary
-//! and an exit code.
+//! It starts a one-node Kubernetes 1.37 cluster (kubelet, containerd,
+//! kube-proxy, a CSI driver with snapshots) and a Garage S3 server, all in a
+//! network namespace on this machine (the same fixture the node tests use),
+//! deploys a sample shop whose database has data on a CSI volume, installs
+//! the kubestow chart with Helm, backs the shop up with a Job made from the
+//! plan's CronJob, deletes the namespace, restores it with the chart's
+//! restore Job, and checks that every object and every byte came back.
+//! Every kubestow pod runs the image from `just image`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::collections::BTreeMap;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 // The integration tests' fixture (it allows its own dead code), reused so
 // the demo and the tests cannot drift.
 #[path = "../tests/integration/env/mod.rs"]
 mod env;
+
+use env::node::{
+    self, digest, fill, helm, job_summary, kubectl, kubectl_json, values, wait_job, wait_until,
+};
 
 /// The objects of examples/demo-app.yaml in namespace `shop`, plus the PVC
 /// the StatefulSet controller made from its claim template.
@@ -35,6 +40,9 @@ const OBJECTS: &[&str] = &[
     "persistentvolumeclaim/data-db-0",
 ];
 
+/// kubestow's own namespace (Pod Security `restricted`).
+const SYSTEM: &str = "kubestow";
+
 fn step(n: u32, text: &str) {
     println!("\n\x1b[1m{n}. {text}\x1b[0m");
 }
@@ -44,84 +52,28 @@ fn fail(msg: &str) -> ! {
     std::process::exit(1);
 }
 
-/// `target/<profile>/kubestow`, beside `target/<profile>/examples/demo`.
-fn kubestow_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("own path");
-    let bin = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .expect("target dir")
-        .join("kubestow");
-    if !bin.exists() {
-        fail(&format!(
-            "{} is missing; run `cargo build` first (just demo does)",
-            bin.display()
-        ));
+fn show(summary: &Value) {
+    println!(
+        "   status {}, {:.1} s",
+        summary["status"],
+        summary["duration_seconds"].as_f64().unwrap_or(0.0)
+    );
+    println!("   counts: {}", summary["counts"]);
+    println!("   bytes:  {}", summary["bytes"]);
+    if summary["status"] != "success" {
+        fail(&format!("the run did not succeed: {summary}"));
     }
-    bin
 }
 
-fn kubectl(args: &[&str]) -> (bool, String) {
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(env::kubeconfig_path())
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            fail(&format!(
-                "cannot run kubectl ({e}); `just setup` installs it"
-            ))
-        });
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
-fn kubectl_ok(args: &[&str]) -> String {
-    let (ok, text) = kubectl(args);
-    if !ok {
-        fail(&format!("kubectl {}: {text}", args.join(" ")));
-    }
-    text
-}
-
-/// Runs kubestow with the given variables, echoing the command and its log.
-fn kubestow(vars: &[(&str, String)], mode: &str) -> (i32, Value) {
-    let mut cmd = Command::new(kubestow_binary());
-    cmd.arg(mode).env("KUBECONFIG", env::kubeconfig_path());
-    for (k, v) in env::s3_env()
-        .into_iter()
-        .chain(vars.iter().map(|(k, v)| (*k, v.clone())))
-    {
-        cmd.env(k, v);
-    }
-    let shown: Vec<String> = vars
-        .iter()
-        .map(|(k, v)| {
-            if k.contains("PASSWORD") {
-                format!("{k}=…")
-            } else {
-                format!("{k}={v}")
-            }
-        })
-        .collect();
-    println!("   $ {} kubestow {mode}", shown.join(" "));
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| fail(&format!("cannot run kubestow: {e}")));
-    for line in String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .filter(|l| !l.contains("effective configuration"))
-    {
-        println!("   | {line}");
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let summary: Value = stdout
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_default();
-    (out.status.code().unwrap_or(-1), summary)
+fn ready(kind: &str, name: &str, want: u64) {
+    wait_until(
+        &format!("{kind}/{name} ready"),
+        std::time::Duration::from_secs(180),
+        || {
+            let o = kubectl_json(&["-n", "shop", "get", kind, name]);
+            (o["status"]["readyReplicas"].as_u64() == Some(want)).then_some(())
+        },
+    );
 }
 
 /// The parts of an object a user cares about: what the server assigns
@@ -171,9 +123,13 @@ fn snapshot_objects() -> Vec<(String, Value)> {
     OBJECTS
         .iter()
         .map(|o| {
-            let (ok, text) = kubectl(&["get", "-n", "shop", o, "-o", "json"]);
-            let v = if ok {
-                serde_json::from_str(&text).unwrap_or_default()
+            let mut cmd = node::get().kubectl();
+            let out = cmd
+                .args(["get", "-n", "shop", o, "-o", "json"])
+                .output()
+                .expect("kubectl");
+            let v = if out.status.success() {
+                serde_json::from_slice(&out.stdout).unwrap_or_default()
             } else {
                 Value::Null
             };
@@ -182,153 +138,146 @@ fn snapshot_objects() -> Vec<(String, Value)> {
         .collect()
 }
 
-fn repository(dir: &Path) -> String {
-    match std::env::var("STOW_REPOSITORY") {
-        Ok(url) if url.starts_with("s3://") => url,
-        _ => format!("file://{}/repository", dir.display()),
-    }
-}
-
-#[tokio::main]
-async fn main() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    println!("kubestow demo: back up a namespace, lose it, get it back.");
+fn main() {
+    println!("kubestow demo: back up a namespace with its data, lose it, get it back.");
 
     step(
         1,
-        "Start a real Kubernetes control plane and an S3 server on 127.0.0.1",
+        "Start a real one-node cluster (Kubernetes 1.37) and an S3 server",
     );
     let started = std::time::Instant::now();
-    let cluster = env::cluster();
+    let n = node::get();
     println!(
-        "   kube-apiserver {} (etcd), kube-controller-manager, Garage S3 at {}",
-        cluster.server_url(),
-        env::s3_endpoint()
+        "   {}",
+        kubectl(&["get", "nodes", "-o", "wide"])
+            .lines()
+            .collect::<Vec<_>>()
+            .join("\n   ")
     );
     println!(
-        "   ready in {:.1?}; kubeconfig at {}",
-        started.elapsed(),
-        env::kubeconfig_path().display()
+        "   Garage S3 at {}; ready in {:.1?}",
+        n.s3("AWS_ENDPOINT_URL"),
+        started.elapsed()
     );
+    println!("   kubeconfig: {}", n.kubeconfig().display());
 
-    step(2, "Deploy the sample shop (examples/demo-app.yaml)");
+    step(
+        2,
+        "Deploy the sample shop (examples/demo-app.yaml) and give its database some data",
+    );
     let app = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo-app.yaml");
     // The Widget needs its CRD established first: apply, wait, apply again.
-    let _ = kubectl(&["apply", "-f", app]);
-    kubectl_ok(&[
+    let _ = n.kubectl().args(["apply", "-f", app]).output();
+    kubectl(&[
         "wait",
         "--for",
         "condition=established",
         "--timeout=60s",
         "crd/widgets.demo.kubestow.io",
     ]);
-    for line in kubectl_ok(&["apply", "-f", app]).lines() {
+    for line in kubectl(&["apply", "-f", app]).lines() {
         println!("   {line}");
     }
-    // The StatefulSet controller creates the claim from its template.
-    for _ in 0..60 {
-        if kubectl(&["get", "-n", "shop", "pvc/data-db-0"]).0 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+    ready("statefulset", "db", 1);
+    ready("deployment", "web", 2);
+    let db = node::claim_dir("shop", "data-db-0");
+    fill(&db, 42, 5_000_000);
+    let data_before = digest(&db);
+    println!(
+        "   wrote {} files and directories to the database's volume (data-db-0, CSI)",
+        data_before.len()
+    );
     let before = snapshot_objects();
     if let Some((name, _)) = before.iter().find(|(_, v)| v.is_null()) {
         fail(&format!("{name} was not created"));
     }
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let repo_url = match repository(dir.path()) {
-        url if url.starts_with("s3://") => {
-            let (_, bucket) = env::bucket("demo").await;
-            let url = format!("s3://{bucket}/kubestow");
-            println!("   (S3 requested: using bucket {bucket} on the demo's Garage)");
-            url
-        }
-        url => url,
-    };
-    let base = vec![
-        ("STOW_REPOSITORY", repo_url.clone()),
-        ("STOW_PASSWORD", "demo-password-change-me".to_string()),
-    ];
-    let with = |extra: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
-        let mut v = base.clone();
-        v.extend(extra.iter().map(|(k, val)| (*k, val.to_string())));
-        v
-    };
-
-    step(3, "Preflight: is the cluster reachable, is the repository?");
-    let (code, summary) = kubestow(&with(&[]), "preflight");
-    if code != 0 {
-        fail("preflight failed; see above");
-    }
-    for c in summary["details"]["checks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        println!(
-            "     [{:<4}] {:<10} {}",
-            c["level"].as_str().unwrap_or(""),
-            c["name"].as_str().unwrap_or(""),
-            c["message"].as_str().unwrap_or("")
-        );
-    }
+    step(
+        3,
+        "Install the kubestow chart with Helm: one plan for namespace shop",
+    );
+    node::namespace(SYSTEM, "restricted");
+    let password = node::random_password();
+    let plans = json!([{
+        "name": "shop",
+        "schedule": {"type": "daily", "at": "02:00"},
+        "namespaces": "shop",
+        "init": true,
+    }]);
+    helm(
+        "install",
+        SYSTEM,
+        "demo",
+        &values(SYSTEM, &password, plans.clone()),
+    );
+    println!(
+        "   {}",
+        kubectl(&["-n", SYSTEM, "get", "cronjobs"])
+            .lines()
+            .collect::<Vec<_>>()
+            .join("\n   ")
+    );
+    let cronjob = kubectl_json(&["-n", SYSTEM, "get", "cronjobs"])["items"][0]["metadata"]["name"]
+        .as_str()
+        .unwrap_or_else(|| fail("the chart made no CronJob"))
+        .to_owned();
 
     step(
         4,
-        "Back up namespace shop (STOW_INIT creates the encrypted repository)",
+        "Back up now: kubectl create job --from=cronjob/... (the image runs it)",
     );
-    let (code, summary) = kubestow(
-        &with(&[
-            ("STOW_NAMESPACES", "shop"),
-            ("STOW_INIT", "true"),
-            ("STOW_PLAN", "demo"),
-        ]),
-        "backup",
+    kubectl(&[
+        "-n",
+        SYSTEM,
+        "create",
+        "job",
+        &format!("--from=cronjob/{cronjob}"),
+        "backup-now",
+    ]);
+    wait_job(SYSTEM, "backup-now");
+    let summary = job_summary(SYSTEM, "backup-now");
+    show(&summary);
+    println!(
+        "   volume sources: {}",
+        summary["details"]["volumes"]["sources"]
     );
-    if code != 0 {
-        fail(&format!("backup exited {code}: {summary}"));
-    }
-    println!("   backed up: {}", summary["counts"]);
 
-    step(5, "List the snapshots in the repository");
-    let (_, summary) = kubestow(&with(&[]), "list");
-    for run in summary["details"]["snapshots"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        println!("     {}", run);
-    }
-
-    step(
-        6,
-        "Disaster: delete namespace shop and wait until it is gone",
-    );
-    kubectl_ok(&[
+    step(5, "Disaster: delete namespace shop, its volume included");
+    kubectl(&[
         "delete",
         "namespace",
         "shop",
         "--wait=true",
         "--timeout=180s",
     ]);
-    let (exists, _) = kubectl(&["get", "namespace", "shop"]);
-    if exists {
-        fail("namespace shop still exists");
-    }
-    println!("   namespace shop is gone");
+    wait_until(
+        "the shop's volume to go",
+        std::time::Duration::from_secs(120),
+        || {
+            let pvs = kubectl_json(&["get", "pv"]);
+            (!pvs["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["spec"]["claimRef"]["namespace"] == "shop"))
+            .then_some(())
+        },
+    );
+    println!("   namespace shop and its volume are gone");
 
-    step(7, "Restore it from the repository");
-    let (code, summary) = kubestow(&with(&[("STOW_NAMESPACES", "shop")]), "restore");
-    if code != 0 {
-        fail(&format!("restore exited {code}: {summary}"));
-    }
-    println!("   restored: {}", summary["counts"]);
+    step(6, "Restore with the chart's restore Job (helm upgrade)");
+    let mut restore = values(SYSTEM, &password, plans);
+    restore["restore"]["job"] =
+        json!({"enabled": true, "name": "restore-shop", "namespaces": "shop"});
+    helm("upgrade", SYSTEM, "demo", &restore);
+    wait_job(SYSTEM, "restore-shop");
+    show(&job_summary(SYSTEM, "restore-shop"));
+    ready("statefulset", "db", 1);
+    ready("deployment", "web", 2);
 
     step(
-        8,
-        "Verify: every object is back, equal apart from what the server assigns",
+        7,
+        "Verify: every object is back, equal apart from what the server assigns, and every byte",
     );
     let after = snapshot_objects();
     let mut differ = 0;
@@ -340,20 +289,23 @@ async fn main() {
             println!("   \x1b[31m✗\x1b[0m {name}\n      before: {a}\n      after:  {b}");
         }
     }
-    let (_, svc) = kubectl(&[
-        "get",
-        "-n",
-        "shop",
-        "service/web-public",
-        "-o",
-        "jsonpath={.spec.ports[0].nodePort}",
-    ]);
-    println!("   the NodePort Service kept its explicit port: {svc}");
+    let data_after: BTreeMap<String, String> = digest(&node::claim_dir("shop", "data-db-0"));
+    if data_after == data_before {
+        println!(
+            "   \x1b[32m✓\x1b[0m data-db-0: {} entries, contents, modes and owners identical",
+            data_after.len()
+        );
+    } else {
+        differ += 1;
+        println!(
+            "   \x1b[31m✗\x1b[0m data-db-0 differs:\n      before: {data_before:?}\n      after:  {data_after:?}"
+        );
+    }
     if differ > 0 {
-        fail(&format!("{differ} object(s) differ"));
+        fail(&format!("{differ} item(s) differ"));
     }
     println!(
-        "\nAll {} objects restored identically. That is kubestow: one binary, environment variables, a JSON summary, an exit code.",
+        "\nAll {} objects and the volume's data restored identically. The node goes away when the demo exits.",
         after.len()
     );
 }

@@ -13,10 +13,13 @@
 //! `KUBESTOW_KEEP_TEST_ENV` is set.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::LazyLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
 
 use super::process::{deathsig_command, spawn_supervised};
 use super::{KEEP_ENV, off_runtime};
@@ -179,4 +182,266 @@ while :; do sleep 86400 & wait $!; done"#;
 
 fn script_path_string() -> String {
     script().display().to_string()
+}
+
+// Helpers for tests and the demo on the node: kubectl, Helm, Jobs, and the
+// data in CSI volumes (written and read on the host, where the driver keeps
+// it).
+
+pub const JOB_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Runs a command that must succeed; returns stdout.
+pub fn ok(mut cmd: Command) -> String {
+    let out = cmd.output().expect("spawning a command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn kubectl(args: &[&str]) -> String {
+    let mut cmd = get().kubectl();
+    cmd.args(args);
+    ok(cmd)
+}
+
+pub fn kubectl_json(args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&kubectl(&all)).expect("kubectl printed JSON")
+}
+
+pub fn apply(manifest: &str) {
+    let mut cmd = get().kubectl();
+    cmd.args(["apply", "-f", "-"]);
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl apply");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}\n{manifest}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+pub fn namespace(name: &str, level: &str) {
+    apply(&format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: {name}
+  labels:
+    pod-security.kubernetes.io/enforce: {level}
+    pod-security.kubernetes.io/enforce-version: latest
+"#
+    ));
+    wait_until(
+        "the namespace's default ServiceAccount",
+        Duration::from_secs(30),
+        || {
+            let mut c = get().kubectl();
+            c.args(["-n", name, "get", "serviceaccount", "default"]);
+            c.output().ok().filter(|o| o.status.success())
+        },
+    );
+}
+
+/// The host directory of a claim's CSI volume.
+pub fn claim_dir(ns: &str, claim: &str) -> std::path::PathBuf {
+    let pvc = kubectl_json(&["-n", ns, "get", "pvc", claim]);
+    let pv = pvc["spec"]["volumeName"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{ns}/{claim} is not bound: {pvc}"));
+    let pv = kubectl_json(&["get", "pv", pv]);
+    let handle = pv["spec"]["csi"]["volumeHandle"]
+        .as_str()
+        .unwrap_or_else(|| panic!("PV of {ns}/{claim} is not a CSI volume: {pv}"));
+    get().csi_volume_dir(handle)
+}
+
+/// Pseudo-random bytes from a seed (xorshift), so data is incompressible
+/// and differs per file.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes a small tree with the shapes restores get wrong: nested
+/// directories, odd modes, owners, a symlink, an empty file.
+pub fn fill(dir: &Path, seed: u64, big: usize) {
+    use std::os::unix::fs::{chown, symlink};
+    std::fs::create_dir_all(dir.join("db/wal")).unwrap();
+    std::fs::write(dir.join("db/data.bin"), noise(seed, big)).unwrap();
+    std::fs::write(dir.join("db/wal/0001"), noise(seed + 1, 70_000)).unwrap();
+    std::fs::write(dir.join("README"), format!("volume {seed}\n")).unwrap();
+    std::fs::write(dir.join("empty"), b"").unwrap();
+    symlink("db/data.bin", dir.join("current")).unwrap();
+    std::fs::set_permissions(
+        dir.join("db/wal/0001"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::set_permissions(dir.join("db/wal"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    chown(dir.join("db"), Some(1000), Some(1000)).unwrap();
+    chown(dir.join("db/wal/0001"), Some(1001), Some(1002)).unwrap();
+}
+
+/// Every entry under `dir`: type, mode, owner, size and content digest (or
+/// link target). Times are left out: a restore sets them, but the CSI
+/// driver's copy for a snapshot does too, so they prove nothing here.
+pub fn digest(dir: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let what = if m.file_type().is_symlink() {
+                format!("link {}", std::fs::read_link(&p).unwrap().display())
+            } else if m.is_dir() {
+                "dir".to_owned()
+            } else {
+                let data = std::fs::read(&p).unwrap();
+                let d = ring::digest::digest(&ring::digest::SHA256, &data);
+                format!("file {} {}", data.len(), hex::encode(d.as_ref()))
+            };
+            out.insert(
+                rel,
+                format!(
+                    "{what} mode {:o} owner {}:{}",
+                    m.mode() & 0o7777,
+                    m.uid(),
+                    m.gid()
+                ),
+            );
+            if m.is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+pub fn random_password() -> String {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut b = [0u8; 16];
+    SystemRandom::new().fill(&mut b).unwrap();
+    hex::encode(b)
+}
+
+/// Chart values for the node: the local image, the node's Garage, and the
+/// given plans.
+pub fn values(sys: &str, password: &str, plans: Value) -> Value {
+    let n = get();
+    json!({
+        "image": {"repository": "localhost/kubestow", "tag": "dev", "pullPolicy": "Never"},
+        "repository": format!("s3://{}/{sys}", n.s3("STOW_BUCKET")),
+        "secret": {
+            "password": password,
+            "env": {
+                "AWS_ACCESS_KEY_ID": n.s3("AWS_ACCESS_KEY_ID"),
+                "AWS_SECRET_ACCESS_KEY": n.s3("AWS_SECRET_ACCESS_KEY"),
+            },
+        },
+        "env": {"AWS_ENDPOINT_URL": n.s3("AWS_ENDPOINT_URL"), "AWS_REGION": n.s3("AWS_REGION")},
+        "plans": plans,
+        "restore": {"enabled": true},
+    })
+}
+
+/// `helm install` / `helm upgrade` through tests/helm/release.py.
+pub fn helm(action: &str, ns: &str, release: &str, values: &Value) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), values.to_string()).unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helm/release.py"))
+        .arg(action)
+        .arg(get().kubeconfig())
+        .arg(ns)
+        .arg(release)
+        .arg(file.path());
+    let out = ok(cmd);
+    let res: Value = serde_json::from_str(out.trim()).expect("release.py prints JSON");
+    assert_eq!(res["ok"], true, "helm {action}: {res}");
+}
+
+/// Waits for a Job to finish; panics with its pods' logs if it failed.
+pub fn wait_job(ns: &str, job: &str) -> Value {
+    let done = wait_until(&format!("Job {ns}/{job}"), JOB_TIMEOUT, || {
+        let j = kubectl_json(&["-n", ns, "get", "job", job]);
+        let conds = j["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        conds
+            .iter()
+            .find(|c| c["status"] == "True" && (c["type"] == "Complete" || c["type"] == "Failed"))
+            .map(|c| (c["type"].as_str().unwrap().to_owned(), j.clone()))
+    });
+    if done.0 != "Complete" {
+        let mut logs = get().kubectl();
+        logs.args(["-n", ns, "logs", &format!("job/{job}"), "--tail=60"]);
+        let out = logs.output().unwrap();
+        panic!(
+            "Job {ns}/{job} failed: {}\n{}",
+            done.1["status"],
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    done.1
+}
+
+/// The summary a Job's pod printed last.
+pub fn job_summary(ns: &str, job: &str) -> Value {
+    let logs = kubectl(&["-n", ns, "logs", &format!("job/{job}")]);
+    logs.lines()
+        .rev()
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(|v| v["status"].is_string())
+        })
+        .unwrap_or_else(|| panic!("no summary in the logs of {ns}/{job}:\n{logs}"))
 }

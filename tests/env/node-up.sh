@@ -61,6 +61,10 @@ ETCD_PORT=12379
 S3_PORT=13900            # Garage's S3 API, on the node IP
 GARAGE_VERSION=2.5.0
 CSI_DRIVER=hostpath.csi.kubestow.test
+# A second instance of the same driver with no VolumeSnapshotClass (storage
+# class csi-plain): what kubestow sees on a cluster whose driver cannot
+# snapshot, so `auto` reads its claims through the kubelet.
+CSI_PLAIN=plain.csi.kubestow.test
 PROVISIONER_VERSION=6.4.0
 
 K8S_BIN="$CACHE/kubernetes-$K8S_VERSION/bin"
@@ -350,7 +354,23 @@ metadata:
   annotations: {snapshot.storage.kubernetes.io/is-default-class: "true"}
 driver: $CSI_DRIVER
 deletionPolicy: Delete
+---
+apiVersion: storage.k8s.io/v1
+kind: CSIDriver
+metadata: {name: $CSI_PLAIN}
+spec: {attachRequired: false, podInfoOnMount: false, fsGroupPolicy: File, volumeLifecycleModes: [Persistent]}
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: csi-plain}
+provisioner: $CSI_PLAIN
+reclaimPolicy: Delete
+volumeBindingMode: Immediate
 EOF
+  local plain="$D/kubelet/root/plugins/$CSI_PLAIN/csi.sock"
+  mkdir -p "$D/csi-plain" "$(dirname "$plain")"
+  start csi-plain "$CACHE/csi-hostpath-current/bin/csi-hostpath" -driver="$CSI_PLAIN" \
+    -endpoint="$plain" -registration-dir="$D/kubelet/root/plugins_registry" -state="$D/csi-plain" -node="$NODE"
   start csi-hostpath "$CACHE/csi-hostpath-current/bin/csi-hostpath" -driver="$CSI_DRIVER" \
     -endpoint="$sock" -registration-dir="$D/kubelet/root/plugins_registry" -state="$D/csi" -node="$NODE"
   wait_for 30 "CSI socket" test -S "$sock"
@@ -358,8 +378,13 @@ EOF
     --leader-election=false --extra-create-metadata --timeout=60s --v=2
   start csi-snapshotter "$SNAP/bin/csi-snapshotter" --kubeconfig="$D/admin.kubeconfig" --csi-address="$sock" \
     --leader-election=false --extra-create-metadata --timeout=60s --v=2
+  wait_for 30 "CSI socket of $CSI_PLAIN" test -S "$plain"
+  start csi-plain-provisioner "$prov" --kubeconfig="$D/admin.kubeconfig" --csi-address="$plain" \
+    --leader-election=false --extra-create-metadata --timeout=60s --v=2
   wait_for 60 "CSINode $NODE lists $CSI_DRIVER" \
     sh -c "kubectl --kubeconfig='$D/admin.kubeconfig' get csinode '$NODE' -o jsonpath='{.spec.drivers[*].name}' | grep -q '$CSI_DRIVER'"
+  wait_for 60 "CSINode $NODE lists $CSI_PLAIN" \
+    sh -c "kubectl --kubeconfig='$D/admin.kubeconfig' get csinode '$NODE' -o jsonpath='{.spec.drivers[*].name}' | grep -q '$CSI_PLAIN'"
 }
 
 # Garage S3 on the node IP, so pods reach it; one key and one bucket.
@@ -646,7 +671,7 @@ down() {
       ctr -a "$c" -n k8s.io containers delete "$id" >/dev/null 2>&1 || true
     done
   fi
-  for n in csi-provisioner csi-snapshotter csi-hostpath garage kube-proxy snapshot-controller kube-scheduler \
+  for n in csi-provisioner csi-snapshotter csi-hostpath csi-plain-provisioner csi-plain garage kube-proxy snapshot-controller kube-scheduler \
     kube-controller-manager kube-apiserver etcd containerd; do stop_pid "$n"; done
   # kube-proxy's own clean-up removes the chains it made.
   [ ! -f "$D/made-kube-proxy" ] || "$K8S_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
@@ -706,6 +731,12 @@ case "${1:-}" in
   volume) volume ;;
   api) api ;;
   masquerade-count) masquerade_count ;;
+  # Fault injection for the tests: stop the csi-snapshotter sidecar, start it again.
+  stop-csi-snapshotter) stop_pid csi-snapshotter ;;
+  start-csi-snapshotter)
+    start csi-snapshotter "$SNAP/bin/csi-snapshotter" --kubeconfig="$D/admin.kubeconfig" \
+      --csi-address="$D/kubelet/root/plugins/$CSI_DRIVER/csi.sock" --leader-election=false \
+      --extra-create-metadata --timeout=60s --v=2 ;;
   down) down ;;
-  *) echo "usage: $0 up|smoke|volume|api|masquerade-count|down" >&2; exit 2 ;;
+  *) echo "usage: $0 up|smoke|volume|api|masquerade-count|stop-csi-snapshotter|start-csi-snapshotter|down" >&2; exit 2 ;;
 esac

@@ -13,6 +13,7 @@ mod hooks;
 mod metrics;
 mod movers;
 mod node;
+mod node_movers;
 mod preflight;
 mod rate;
 mod repo;

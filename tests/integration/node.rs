@@ -22,7 +22,12 @@ use crate::env::node::{
 /// A StatefulSet `web` of `replicas` pause pods (restricted-compliant), each
 /// with a claim `data-web-<i>` from the default (CSI) storage class, and a
 /// ConfigMap beside it.
-fn statefulset(ns: &str, replicas: u32) {
+pub(crate) fn statefulset(ns: &str, replicas: u32) {
+    statefulset_of(ns, replicas, "csi-hostpath")
+}
+
+/// [`statefulset`] with claims of the given storage class.
+pub(crate) fn statefulset_of(ns: &str, replicas: u32, class: &str) {
     apply(&format!(
         r#"apiVersion: v1
 kind: ConfigMap
@@ -51,6 +56,7 @@ spec:
     - metadata: {{name: data}}
       spec:
         accessModes: [ReadWriteOnce]
+        storageClassName: {class}
         resources: {{requests: {{storage: 1Gi}}}}
 "#
     ));
@@ -105,7 +111,7 @@ fn names(list: &Value) -> Vec<String> {
 /// Nothing kubestow makes for a run is left behind: no VolumeSnapshots or
 /// their contents, no clone claims, no mover Jobs, Secrets or
 /// ServiceAccounts in the tenant namespace.
-fn assert_nothing_temporary(app: &str, claims: &[String]) {
+pub(crate) fn assert_nothing_temporary(app: &str, claims: &[String]) {
     let snaps = kubectl_json(&["-n", app, "get", "volumesnapshots"]);
     assert!(names(&snaps).is_empty(), "VolumeSnapshots left: {snaps}");
     let contents = kubectl_json(&["get", "volumesnapshotcontents"]);
@@ -142,6 +148,7 @@ fn assert_nothing_temporary(app: &str, claims: &[String]) {
 /// a restore Job from the chart brings it back with every byte and object.
 #[test]
 fn chart_cronjob_backs_up_a_statefulset_through_csi_snapshots_and_a_restore_job_brings_it_back() {
+    let _shared = node::shared();
     let n = node::get();
     let sys = env::unique_name("node-ks");
     let app = env::unique_name("node-app");
@@ -266,7 +273,7 @@ fn chart_cronjob_backs_up_a_statefulset_through_csi_snapshots_and_a_restore_job_
     );
 }
 
-fn statefulset_ready(ns: &str, replicas: u64) {
+pub(crate) fn statefulset_ready(ns: &str, replicas: u64) {
     wait_until(
         "the restored StatefulSet to be ready",
         Duration::from_secs(180),
@@ -282,6 +289,7 @@ fn statefulset_ready(ns: &str, replicas: u64) {
 /// resumes from what the first one saved, and the run succeeds.
 #[test]
 fn a_mover_killed_mid_upload_is_retried_by_the_job_controller_and_resumes() {
+    let _shared = node::shared();
     let n = node::get();
     let sys = env::unique_name("node-kill-ks");
     let app = env::unique_name("node-kill-app");

@@ -127,9 +127,20 @@ impl Node {
             .unwrap_or_else(|| panic!("node env: {key} missing from s3.env"))
     }
 
-    /// The host directory that holds a CSI volume's data.
-    pub fn csi_volume_dir(&self, handle: &str) -> PathBuf {
-        self.dir.join("csi/volumes").join(handle)
+    /// The host directory that holds a CSI volume's data: each of the two
+    /// driver instances keeps its own state directory.
+    pub fn csi_volume_dir(&self, driver: &str, handle: &str) -> PathBuf {
+        let state = if driver.starts_with("plain.") {
+            "csi-plain"
+        } else {
+            "csi"
+        };
+        self.dir.join(state).join("volumes").join(handle)
+    }
+
+    /// The kubelet's root directory (`--root-dir`), for `STOW_KUBELET_DIR`.
+    pub fn kubelet_dir(&self) -> PathBuf {
+        self.dir.join("kubelet/root")
     }
 
     /// containerd's socket, for `ctr`.
@@ -285,7 +296,7 @@ pub fn claim_dir(ns: &str, claim: &str) -> std::path::PathBuf {
     let handle = pv["spec"]["csi"]["volumeHandle"]
         .as_str()
         .unwrap_or_else(|| panic!("PV of {ns}/{claim} is not a CSI volume: {pv}"));
-    get().csi_volume_dir(handle)
+    get().csi_volume_dir(pv["spec"]["csi"]["driver"].as_str().unwrap_or(""), handle)
 }
 
 /// Pseudo-random bytes from a seed (xorshift), so data is incompressible
@@ -444,4 +455,19 @@ pub fn job_summary(ns: &str, job: &str) -> Value {
                 .filter(|v| v["status"].is_string())
         })
         .unwrap_or_else(|| panic!("no summary in the logs of {ns}/{job}:\n{logs}"))
+}
+
+/// Tests that inject a fault into a part every test shares (the
+/// csi-snapshotter) hold this exclusively; every other node test holds it
+/// shared, so a fault never lands in another test.
+static FAULTS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Held by a node test that injects no shared fault.
+pub fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    FAULTS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Held by a node test that stops or breaks a shared part.
+pub fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    FAULTS.write().unwrap_or_else(|e| e.into_inner())
 }

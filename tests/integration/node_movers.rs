@@ -1,0 +1,543 @@
+//! Mover Jobs on the real node: the volume sources, channels, and faults
+//! injected into the real parts (the csi-snapshotter sidecar stopped, mover
+//! containers killed through containerd, the orchestrator sent SIGTERM).
+//!
+//! The orchestrator runs here as a host process (the test binary's
+//! `kubestow`, with the node's admin kubeconfig), so a test can signal it
+//! and read its summary; its movers run the image on the node
+//! (`STOW_IMAGE`). The chart-driven flow, orchestrator in a pod, is in
+//! `node.rs`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::binary::Run;
+use crate::env::node::{
+    apply, claim_dir, digest, kubectl, kubectl_json, namespace, noise, ok, random_password,
+    wait_until,
+};
+use crate::env::{self, node};
+use crate::node::{assert_nothing_temporary, statefulset_of, statefulset_ready};
+
+const MIB: usize = 1 << 20;
+
+/// The orchestrator for one test: a repository of its own in the node's
+/// Garage, its namespace, movers on the image.
+struct Stage {
+    app: String,
+    repo: String,
+    password: String,
+}
+
+impl Stage {
+    fn new(hint: &str, level: &str) -> Stage {
+        let app = env::unique_name(hint);
+        namespace(&app, level);
+        let n = node::get();
+        Stage {
+            repo: format!("s3://{}/{app}", n.s3("STOW_BUCKET")),
+            app,
+            password: random_password(),
+        }
+    }
+
+    fn cmd(&self, mode: &str) -> Command {
+        let n = node::get();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubestow"));
+        cmd.env_clear()
+            .arg(mode)
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KUBECONFIG", n.kubeconfig())
+            .env("RUST_LOG", "info")
+            .env("STOW_IMAGE", node::IMAGE)
+            // The node's kubelet runs with --root-dir under its state dir.
+            .env("STOW_KUBELET_DIR", n.kubelet_dir())
+            .env("STOW_REPOSITORY", &self.repo)
+            .env("STOW_PASSWORD", &self.password)
+            .env("STOW_NAMESPACES", &self.app)
+            .env("STOW_INIT", "true");
+        for k in [
+            "AWS_ENDPOINT_URL",
+            "AWS_REGION",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+        ] {
+            cmd.env(k, n.s3(k));
+        }
+        cmd
+    }
+
+    fn run(&self, mut cmd: Command) -> Run {
+        Run::from_output(cmd.output().expect("running kubestow"))
+    }
+
+    /// A claim no pod mounts.
+    fn claim(&self, name: &str, class: &str) {
+        apply(&format!(
+            r#"apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: {class}
+  resources: {{requests: {{storage: 1Gi}}}}
+"#,
+            ns = self.app
+        ));
+        wait_until(
+            &format!("claim {name} to be Bound"),
+            Duration::from_secs(60),
+            || {
+                let c = kubectl_json(&["-n", &self.app, "get", "pvc", name]);
+                (c["status"]["phase"] == "Bound").then_some(())
+            },
+        );
+    }
+
+    /// Waits until nothing temporary of kubestow's is left in the namespace.
+    fn wait_clean(&self) {
+        let claims = self.claims_without_clones();
+        wait_until(
+            "kubestow's temporary objects to go",
+            Duration::from_secs(90),
+            || std::panic::catch_unwind(|| assert_nothing_temporary(&self.app, &claims)).ok(),
+        );
+    }
+
+    fn claims_without_clones(&self) -> Vec<String> {
+        let list = kubectl_json(&[
+            "-n",
+            &self.app,
+            "get",
+            "pvc",
+            "-l",
+            "app.kubernetes.io/managed-by!=kubestow",
+        ]);
+        let mut v: Vec<String> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn assert_ok(run: &Run) {
+    assert_eq!(
+        run.code,
+        Some(0),
+        "stderr: {}\nstdout: {}",
+        run.stderr,
+        run.stdout
+    );
+    assert_eq!(run.summary["status"], "success", "{}", run.stdout);
+}
+
+fn count(run: &Run, key: &str) -> u64 {
+    run.summary["counts"][key].as_u64().unwrap_or(0)
+}
+
+/// kubestow's mover Jobs in a namespace: name -> status.
+fn mover_jobs(ns: &str) -> BTreeMap<String, Value> {
+    kubectl_json(&[
+        "-n",
+        ns,
+        "get",
+        "jobs",
+        "-l",
+        "app.kubernetes.io/managed-by=kubestow",
+    ])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["metadata"]["name"].as_str().unwrap().to_owned(),
+                j["status"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// Every Job seen, the most running at once, each Job's last status.
+type Seen = (BTreeSet<String>, usize, BTreeMap<String, Value>);
+
+/// Polls a namespace's mover Jobs from a thread until stopped.
+struct JobWatch {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl JobWatch {
+    fn start(ns: &str) -> JobWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new((BTreeSet::new(), 0, BTreeMap::new())));
+        let ns = ns.to_owned();
+        let thread = {
+            let (stop, seen) = (stop.clone(), seen.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let jobs = mover_jobs(&ns);
+                    let mut s = seen.lock().unwrap();
+                    let live = jobs
+                        .values()
+                        .filter(|st| {
+                            st["completionTime"].is_null() && st["failed"].as_u64() < Some(3)
+                        })
+                        .count();
+                    s.1 = s.1.max(live);
+                    for (name, status) in jobs {
+                        s.0.insert(name.clone());
+                        s.2.insert(name, status);
+                    }
+                    drop(s);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+        };
+        JobWatch {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// `auto` on a driver without snapshots: the mounted claims of a
+/// StatefulSet are read through the kubelet (hostPath of the one volume's
+/// directory, in a `privileged` namespace as the README says), the claim no
+/// pod mounts through a mover that mounts it. A second backup after a 1 MiB
+/// change stores about 1 MiB. The namespace is deleted and restored: the
+/// movers fill the claims before the StatefulSet exists, and every byte is
+/// back.
+#[test]
+fn auto_reads_through_the_kubelet_and_the_claim_and_restores_before_the_workload() {
+    let _shared = node::shared();
+    let st = Stage::new("node-auto", "privileged");
+    statefulset_of(&st.app, 3, "csi-plain");
+    st.claim("loose", "csi-plain");
+    let mut claims: Vec<String> = (0..3).map(|i| format!("data-web-{i}")).collect();
+    claims.push("loose".into());
+    for (i, c) in claims.iter().enumerate() {
+        let dir = claim_dir(&st.app, c);
+        node::fill(&dir, 300 + i as u64, 2_000_000);
+    }
+    let mut backup = st.cmd("backup");
+    backup
+        .env("STOW_VOLUME_SOURCE", "auto")
+        .env("STOW_CHANNELS", "2");
+    let first = st.run(backup);
+    assert_ok(&first);
+    assert_eq!(count(&first, "volumes"), 4, "{}", first.stdout);
+    assert_eq!(
+        first.summary["details"]["volumes"]["sources"],
+        json!({"kubelet": 3, "claim": 1})
+    );
+    st.wait_clean();
+
+    std::fs::write(
+        claim_dir(&st.app, "data-web-1").join("db/changed"),
+        noise(4242, MIB),
+    )
+    .unwrap();
+    let mut backup = st.cmd("backup");
+    backup
+        .env("STOW_VOLUME_SOURCE", "auto")
+        .env("STOW_CHANNELS", "2");
+    let second = st.run(backup);
+    assert_ok(&second);
+    let new = second.summary["bytes"]["volume_new"].as_u64().unwrap_or(0);
+    assert!(
+        (MIB as u64..2 * MIB as u64).contains(&new),
+        "second backup stored {new} new volume bytes for a 1 MiB change: {}",
+        second.stdout
+    );
+    st.wait_clean();
+    let before: BTreeMap<String, _> = claims
+        .iter()
+        .map(|c| (c.clone(), digest(&claim_dir(&st.app, c))))
+        .collect();
+
+    kubectl(&[
+        "delete",
+        "namespace",
+        &st.app,
+        "--wait=true",
+        "--timeout=180s",
+    ]);
+    let watch = JobWatch::start(&st.app);
+    let mut restore = st.cmd("restore");
+    restore.env("STOW_CHANNELS", "2");
+    let restored = st.run(restore);
+    let (jobs, _, status) = watch.finish();
+    assert_ok(&restored);
+    assert_eq!(
+        count(&restored, "volumes_restored"),
+        4,
+        "{}",
+        restored.stdout
+    );
+    statefulset_ready(&st.app, 3);
+    for c in &claims {
+        assert_eq!(before[c], digest(&claim_dir(&st.app, c)), "data of {c}");
+    }
+    // The movers finished before the StatefulSet was created.
+    let sts = kubectl_json(&["-n", &st.app, "get", "statefulset", "web"]);
+    let created: jiff::Timestamp = sts["metadata"]["creationTimestamp"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let restores: Vec<_> = jobs.iter().filter(|j| j.contains("-restore-")).collect();
+    assert_eq!(restores.len(), 4, "one restore mover per claim: {jobs:?}");
+    for j in restores {
+        let done = status[j]["completionTime"]
+            .as_str()
+            .unwrap_or_else(|| panic!("mover {j} was not seen complete: {}", status[j]));
+        let done: jiff::Timestamp = done.parse().unwrap();
+        // Both times have whole seconds.
+        assert!(
+            done <= created + jiff::SignedDuration::from_secs(1),
+            "mover {j} completed at {done}, after the StatefulSet was created at {created}"
+        );
+    }
+    st.wait_clean();
+}
+
+/// `STOW_CHANNELS=2` with five claims: never more than two mover Jobs
+/// running at once, one Job per claim, none left.
+#[test]
+fn channels_bound_the_mover_jobs_in_flight() {
+    let _shared = node::shared();
+    let st = Stage::new("node-channels", "baseline");
+    for i in 0..5u64 {
+        let name = format!("c{i}");
+        st.claim(&name, "csi-hostpath");
+        std::fs::write(claim_dir(&st.app, &name).join("data"), noise(i, 2 * MIB)).unwrap();
+    }
+    let watch = JobWatch::start(&st.app);
+    let mut backup = st.cmd("backup");
+    backup.env("STOW_CHANNELS", "2");
+    let run = st.run(backup);
+    let (all, max, _) = watch.finish();
+    assert_ok(&run);
+    assert_eq!(count(&run, "volumes"), 5);
+    assert_eq!(all.len(), 5, "one mover Job per claim: {all:?}");
+    assert!(
+        (1..=2).contains(&max),
+        "{max} mover Jobs ran at once with STOW_CHANNELS=2"
+    );
+    st.wait_clean();
+}
+
+/// Starts the csi-snapshotter again when the test ends, pass or fail.
+struct SnapshotterBack;
+
+impl Drop for SnapshotterBack {
+    fn drop(&mut self) {
+        node::get().script("start-csi-snapshotter");
+    }
+}
+
+/// The csi-snapshotter sidecar is stopped, so the CSI claim's VolumeSnapshot
+/// never becomes ready: that claim fails after STOW_SNAPSHOT_TIMEOUT, the
+/// claim of the driver without snapshots is backed up, and the run says
+/// "partial" with exit 3.
+#[test]
+fn a_snapshot_that_never_gets_ready_fails_only_its_claim() {
+    let _exclusive = node::exclusive();
+    let st = Stage::new("node-unready", "baseline");
+    st.claim("a", "csi-plain");
+    st.claim("b", "csi-hostpath");
+    for name in ["a", "b"] {
+        std::fs::write(claim_dir(&st.app, name).join("f"), name.repeat(1000)).unwrap();
+    }
+    node::get().script("stop-csi-snapshotter");
+    let back = SnapshotterBack;
+    let mut backup = st.cmd("backup");
+    backup
+        .env("STOW_SNAPSHOT_TIMEOUT", "5s")
+        .env("STOW_CHANNELS", "2");
+    let run = st.run(backup);
+    assert_eq!(run.code, Some(3), "{}\n{}", run.stderr, run.stdout);
+    assert_eq!(run.summary["status"], "partial");
+    let errors = run.summary["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["item"], format!("volume {}/b", st.app));
+    let msg = errors[0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("not ready to use after 5s") && msg.contains("STOW_SNAPSHOT_TIMEOUT"),
+        "{msg}"
+    );
+    assert_eq!(count(&run, "volumes"), 1);
+    let list = st.run(st.cmd("list"));
+    assert_ok(&list);
+    assert!(
+        list.stdout.contains(&format!("{}/a", st.app)),
+        "{}",
+        list.stdout
+    );
+    // With the sidecar back, the snapshot it never took is cleaned up too.
+    drop(back);
+    st.wait_clean();
+}
+
+/// SIGTERM to the orchestrator while a mover uploads: it exits 1,
+/// "cancelled", and its VolumeSnapshot, clone claim, mover Job, Secret and
+/// ServiceAccount go.
+#[test]
+fn sigterm_of_the_orchestrator_removes_its_temporary_objects() {
+    let _shared = node::shared();
+    let st = Stage::new("node-sigterm", "baseline");
+    st.claim("big", "csi-hostpath");
+    let dir = claim_dir(&st.app, "big");
+    for i in 0..8u64 {
+        std::fs::write(dir.join(format!("part-{i}")), noise(900 + i, 4 * MIB)).unwrap();
+    }
+    let mut cmd = st.cmd("backup");
+    cmd.env("STOW_RATE_LIMIT", "2MiB")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    wait_until(
+        "a VolumeSnapshot, a mover Job and its Secret",
+        Duration::from_secs(120),
+        || {
+            let has = |kind: &str, selector: &str| {
+                let mut args = vec!["-n", st.app.as_str(), "get", kind];
+                if !selector.is_empty() {
+                    args.extend(["-l", selector]);
+                }
+                kubectl_json(&args)["items"]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty())
+            };
+            let managed = "app.kubernetes.io/managed-by=kubestow";
+            (has("volumesnapshots", "") && has("jobs", managed) && has("secrets", managed))
+                .then_some(())
+        },
+    );
+    ok({
+        let mut kill = Command::new("kill");
+        kill.args(["-TERM", &child.id().to_string()]);
+        kill
+    });
+    let run = Run::from_output(child.wait_with_output().unwrap());
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stderr, run.stdout);
+    assert_eq!(run.summary["status"], "cancelled", "{}", run.stdout);
+    st.wait_clean();
+}
+
+/// The end of the name of a claim's backup mover Job
+/// (`kubestow-<run tag>-backup-<hash of namespace/claim>`).
+fn job_suffix(ns: &str, claim: &str) -> String {
+    let h = blake3::hash(format!("{ns}/{claim}").as_bytes());
+    format!("-backup-{}", &h.to_hex()[..8])
+}
+
+/// Every attempt of one claim's mover is killed through containerd, like an
+/// OOM kill each time: after the Job's retries that claim fails (exit 137
+/// named), the other claim is backed up, and the run exits 3.
+#[test]
+fn a_mover_that_keeps_failing_fails_only_its_claim() {
+    let _shared = node::shared();
+    let st = Stage::new("node-failing", "baseline");
+    for name in ["good", "bad"] {
+        st.claim(name, "csi-hostpath");
+        std::fs::write(claim_dir(&st.app, name).join("f"), name.repeat(1000)).unwrap();
+    }
+    // Enough data, throttled, that each attempt runs for seconds: the
+    // killer below polls the pods and must see each one running.
+    for i in 0..4u64 {
+        std::fs::write(
+            claim_dir(&st.app, "bad").join(format!("big-{i}")),
+            noise(70 + i, 4 * MIB),
+        )
+        .unwrap();
+    }
+    let suffix = job_suffix(&st.app, "bad");
+    let stop = Arc::new(AtomicBool::new(false));
+    let killed = Arc::new(Mutex::new(BTreeSet::<String>::new()));
+    let killer = {
+        let (stop, killed, app) = (stop.clone(), killed.clone(), st.app.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let pods = kubectl_json(&[
+                    "-n",
+                    &app,
+                    "get",
+                    "pods",
+                    "-l",
+                    "app.kubernetes.io/managed-by=kubestow",
+                ]);
+                for p in pods["items"].as_array().unwrap() {
+                    let job = p["metadata"]["labels"]["job-name"].as_str().unwrap_or("");
+                    let running = &p["status"]["containerStatuses"][0]["state"]["running"];
+                    let id = p["status"]["containerStatuses"][0]["containerID"]
+                        .as_str()
+                        .unwrap_or("")
+                        .trim_start_matches("containerd://");
+                    if job.ends_with(&suffix) && running.is_object() && !id.is_empty() {
+                        let status = Command::new("ctr")
+                            .arg("-a")
+                            .arg(node::get().containerd_socket())
+                            .args(["-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id])
+                            .status();
+                        if status.is_ok_and(|s| s.success()) {
+                            killed
+                                .lock()
+                                .unwrap()
+                                .insert(p["metadata"]["name"].as_str().unwrap().to_owned());
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let mut backup = st.cmd("backup");
+    backup
+        .env("STOW_CHANNELS", "2")
+        .env("STOW_RATE_LIMIT", "4MiB");
+    let run = st.run(backup);
+    stop.store(true, Ordering::Relaxed);
+    killer.join().unwrap();
+    assert_eq!(run.code, Some(3), "{}\n{}", run.stderr, run.stdout);
+    let errors = run.summary["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["item"], format!("volume {}/bad", st.app));
+    let msg = errors[0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("failed after its retries") && msg.contains("137"),
+        "{msg}"
+    );
+    assert_eq!(count(&run, "volumes"), 1);
+    // Three pods: the Job's backoff limit of 2 retries.
+    assert_eq!(
+        killed.lock().unwrap().len(),
+        3,
+        "{:?}",
+        killed.lock().unwrap()
+    );
+    let list = st.run(st.cmd("list"));
+    assert!(
+        list.stdout.contains(&format!("{}/good", st.app)),
+        "{}",
+        list.stdout
+    );
+    st.wait_clean();
+}

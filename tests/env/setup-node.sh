@@ -13,7 +13,9 @@
 # Binaries are cached under ~/.cache/kubestow/<name>-<version>/bin, so a warm
 # run takes seconds and a fresh machine builds everything from registries
 # alone (Go module proxy, Debian). Each cache directory holds BUILD_SECONDS,
-# the cold build time. Not called by `just test` yet; `just setup-node` runs it.
+# the cold build time. `just test` and `just setup-node` run it; `just test`
+# also runs the loopback integration suite on its kube-apiserver,
+# kube-controller-manager and etcd (KUBESTOW_TEST_K8S_VERSION=1.37.2).
 #
 #   bash tests/env/setup-node.sh [all|k8s|etcd|debian|pause|csi|hostpath]...
 set -euo pipefail

@@ -3,6 +3,19 @@
 
 use serde_json::Value;
 
+use crate::env;
+
+/// The CronJob API the main cluster serves: `batch/v1beta1` before 1.21
+/// (1.20 has no batch/v1 CronJob), `batch/v1` from 1.21 on (1.25 removed
+/// v1beta1).
+pub async fn cronjob_api_version() -> &'static str {
+    if env::server_version().await.at_least(21) {
+        "batch/v1"
+    } else {
+        "batch/v1beta1"
+    }
+}
+
 pub async fn request(
     client: &kube::Client,
     method: http::Method,

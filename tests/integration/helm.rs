@@ -1,6 +1,7 @@
 //! The Helm chart (`helm/kubestow`), rendered by a real Helm engine (PyPI
 //! `helm-python-sdk`, Helm v4's Go SDK, through `tests/helm/render.py`) for
-//! Kubernetes 1.20.2, and applied to the real 1.20 apiserver.
+//! given Kubernetes versions, and, rendered for the test cluster's own
+//! version (1.20.2 or a current release), applied to its apiserver.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::api::request;
+use crate::api::{cronjob_api_version, request};
 use crate::binary;
 use crate::env;
 
@@ -490,6 +491,7 @@ fn api_version_and_pod_failure_policy_follow_the_cluster_version() {
         ("1.25.3", "batch/v1", false),
         ("1.26.0", "batch/v1", true),
         ("1.30.1", "batch/v1", true),
+        ("1.37.2", "batch/v1", true),
     ] {
         let objs = render(&json!({}), kube);
         let cj = find(&objs, "CronJob", "kubestow-nightly");
@@ -680,11 +682,32 @@ fn full_values(ns: &str) -> Value {
     })
 }
 
+/// Rendered for the cluster's own version (1.20.2 or a current release), as
+/// `helm install` would, every object passes the apiserver's validation.
 #[tokio::test]
-async fn rendered_manifests_are_accepted_by_the_1_20_apiserver() {
+async fn rendered_manifests_are_accepted_by_the_apiserver() {
     let (client, ns) = env::namespace("helm-dry-run").await;
-    let objs = try_render(&full_values(&ns), "1.20.2", &ns, &ns).unwrap();
+    let version = env::server_version().await;
+    let objs = try_render(&full_values(&ns), version.semver(), &ns, &ns).unwrap();
     assert!(objs.len() >= 15, "{} objects", objs.len());
+    // What the chart picks for this version: the CronJob API the cluster
+    // serves, and a podFailurePolicy (exit code 2 fails the Job at once)
+    // where the Job API has it (1.26+).
+    let cronjob_api = cronjob_api_version().await;
+    for obj in objs.iter().filter(|o| o["kind"] == "CronJob") {
+        assert_eq!(
+            obj["apiVersion"], cronjob_api,
+            "{}: {}",
+            version.git_version, obj["metadata"]["name"]
+        );
+        assert_eq!(
+            job_spec(obj)["podFailurePolicy"].is_object(),
+            version.at_least(26),
+            "{}: {}",
+            version.git_version,
+            obj["metadata"]["name"]
+        );
+    }
     let mut kinds = std::collections::BTreeSet::new();
     for obj in &objs {
         let created = create(&client, obj, true).await.unwrap_or_else(|e| {
@@ -694,6 +717,25 @@ async fn rendered_manifests_are_accepted_by_the_1_20_apiserver() {
             )
         });
         assert_eq!(created["kind"], obj["kind"]);
+        if obj["kind"] == "CronJob" || obj["kind"] == "Job" {
+            // The apiserver kept the policy's rules (it knows the field; it
+            // defaults onPodConditions' status to "True").
+            let actions = |o: &Value| -> Vec<Value> {
+                job_spec(o)["podFailurePolicy"]["rules"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| r["action"].clone())
+                    .collect()
+            };
+            assert_eq!(
+                actions(&created),
+                actions(obj),
+                "{}: {}",
+                version.git_version,
+                obj["metadata"]["name"]
+            );
+        }
         kinds.insert(obj["kind"].as_str().unwrap().to_owned());
     }
     assert_eq!(
@@ -727,16 +769,60 @@ async fn rendered_manifests_are_accepted_by_the_1_20_apiserver() {
     );
 }
 
-/// Waits for the token controller to give `sa` a token Secret (1.20) and
-/// returns a kubeconfig file for it (the admin one with the token swapped).
+/// A kubeconfig file for ServiceAccount `sa` (the admin one with the token
+/// swapped). Before 1.24 the token controller gives every ServiceAccount a
+/// token Secret: wait for it and use it. From 1.24 on there is none, so ask
+/// the TokenRequest API for one, as the kubelet does for a pod.
 pub(crate) async fn service_account_kubeconfig(
     client: &kube::Client,
     ns: &str,
     sa: &str,
     dir: &Path,
 ) -> PathBuf {
+    let token = if env::server_version().await.at_least(24) {
+        requested_token(client, ns, sa).await
+    } else {
+        token_secret(client, ns, sa).await
+    };
+    let admin = std::fs::read_to_string(env::kubeconfig_path()).unwrap();
+    let swapped: Vec<String> = admin
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("token:") {
+                format!("    token: {token}")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    let path = dir.join(format!("{sa}.kubeconfig"));
+    std::fs::write(&path, swapped.join("\n") + "\n").unwrap();
+    path
+}
+
+/// A one-hour token for `sa` from the TokenRequest API.
+async fn requested_token(client: &kube::Client, ns: &str, sa: &str) -> String {
+    let review = request(
+        client,
+        http::Method::POST,
+        &format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token"),
+        Some(&json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": { "expirationSeconds": 3600 }
+        })),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("TokenRequest for {ns}/{sa}: {e}"));
+    review["status"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("TokenRequest for {ns}/{sa} gave no token: {review}"))
+        .to_owned()
+}
+
+/// The token of `sa`'s token Secret, once the token controller made it.
+async fn token_secret(client: &kube::Client, ns: &str, sa: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let token = loop {
+    loop {
         let account = request(
             client,
             http::Method::GET,
@@ -757,26 +843,12 @@ pub(crate) async fn service_account_kubeconfig(
             .unwrap();
             if let Some(t) = s["data"]["token"].as_str() {
                 let t = base64::engine::general_purpose::STANDARD.decode(t).unwrap();
-                break String::from_utf8(t).unwrap();
+                return String::from_utf8(t).unwrap();
             }
         }
         assert!(Instant::now() < deadline, "no token Secret for {ns}/{sa}");
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let admin = std::fs::read_to_string(env::kubeconfig_path()).unwrap();
-    let swapped: Vec<String> = admin
-        .lines()
-        .map(|l| {
-            if l.trim_start().starts_with("token:") {
-                format!("    token: {token}")
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect();
-    let path = dir.join(format!("{sa}.kubeconfig"));
-    std::fs::write(&path, swapped.join("\n") + "\n").unwrap();
-    path
+    }
 }
 
 async fn kube_client_from(path: &Path) -> kube::Client {
@@ -816,7 +888,8 @@ async fn backup_service_account_backs_up_but_cannot_create_deployments_and_resto
     let (_, app) = env::namespace("helm-rbac-app").await;
     let mut values = json!({ "restore": { "enabled": true } });
     values["restore"]["namespaces"] = json!([app.clone()]);
-    let objs = try_render(&values, "1.20.2", &ns, &ns).unwrap();
+    let version = env::server_version().await;
+    let objs = try_render(&values, version.semver(), &ns, &ns).unwrap();
     for obj in &objs {
         let kind = obj["kind"].as_str().unwrap();
         if kind.contains("Role") || kind == "ServiceAccount" {
@@ -842,6 +915,7 @@ async fn backup_service_account_backs_up_but_cannot_create_deployments_and_resto
     let sa = kube_client_from(&backup_kc).await;
 
     // Reads every type it backs up, cluster-wide.
+    let cronjobs = format!("/apis/{}/cronjobs", cronjob_api_version().await);
     for path in [
         "/api/v1/namespaces",
         "/api/v1/secrets",
@@ -853,7 +927,7 @@ async fn backup_service_account_backs_up_but_cannot_create_deployments_and_resto
         "/apis/apps/v1/deployments",
         "/apis/apps/v1/statefulsets",
         "/apis/batch/v1/jobs",
-        "/apis/batch/v1beta1/cronjobs",
+        &cronjobs,
         "/apis/rbac.authorization.k8s.io/v1/clusterroles",
         "/apis/rbac.authorization.k8s.io/v1/rolebindings",
         "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
@@ -973,17 +1047,18 @@ async fn backup_service_account_backs_up_but_cannot_create_deployments_and_resto
 
 // ---------------------------------------------------------------- STOW_ONCE and friends
 
-/// A batch/v1beta1 CronJob (1.20) and a Job it owns, as the CronJob
-/// controller would create it.
+/// A CronJob (batch/v1beta1 on 1.20, batch/v1 from 1.21 on) and a Job it
+/// owns, as the CronJob controller would create it.
 async fn cronjob_with_job(client: &kube::Client, ns: &str, name: &str) -> String {
+    let api = cronjob_api_version().await;
     let pod = json!({ "spec": { "restartPolicy": "Never",
         "containers": [{ "name": "kubestow", "image": "kubestow:test" }] } });
     let cj = request(
         client,
         http::Method::POST,
-        &format!("/apis/batch/v1beta1/namespaces/{ns}/cronjobs"),
+        &format!("/apis/{api}/namespaces/{ns}/cronjobs"),
         Some(&json!({
-            "apiVersion": "batch/v1beta1", "kind": "CronJob",
+            "apiVersion": api, "kind": "CronJob",
             "metadata": { "name": name },
             "spec": { "schedule": "0 0 1 1 *", "suspend": false,
                       "jobTemplate": { "spec": { "template": pod } } }
@@ -999,7 +1074,7 @@ async fn cronjob_with_job(client: &kube::Client, ns: &str, name: &str) -> String
         Some(&json!({
             "apiVersion": "batch/v1", "kind": "Job",
             "metadata": { "name": job, "ownerReferences": [{
-                "apiVersion": "batch/v1beta1", "kind": "CronJob", "name": name,
+                "apiVersion": api, "kind": "CronJob", "name": name,
                 "uid": cj["metadata"]["uid"], "controller": true }] },
             "spec": { "template": pod }
         })),
@@ -1013,7 +1088,10 @@ async fn suspended(client: &kube::Client, ns: &str, name: &str) -> bool {
     let cj = request(
         client,
         http::Method::GET,
-        &format!("/apis/batch/v1beta1/namespaces/{ns}/cronjobs/{name}"),
+        &format!(
+            "/apis/{}/namespaces/{ns}/cronjobs/{name}",
+            cronjob_api_version().await
+        ),
         None,
     )
     .await
@@ -1044,7 +1122,8 @@ async fn stow_once_suspends_its_cronjob_after_success_only() {
     let run = binary::run(cmd("list", &bad_job)).await;
     assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
     assert!(!suspended(&client, &ns, "once-bad").await);
-    // A successful backup suspends it (through batch/v1beta1 on 1.20).
+    // A successful backup suspends it (through batch/v1beta1 on 1.20,
+    // batch/v1 on the current release).
     let mut ok = cmd("backup", &ok_job);
     ok.env("STOW_INIT", "true");
     let run = binary::run(ok).await;
@@ -1174,7 +1253,7 @@ fn binary_links_only_what_distroless_cc_provides() {
 fn chart_passes_helm_lint_strict() {
     let out = Command::new("python3")
         .arg(root().join("tests/helm/render.py"))
-        .args(["lint", "1.20.2", "1.27.0", "1.33.0"])
+        .args(["lint", "1.20.2", "1.27.0", "1.33.0", "1.37.2"])
         .output()
         .unwrap();
     let reports: Value = serde_json::from_slice(&out.stdout)

@@ -1,5 +1,6 @@
 //! `backup` and `restore` of Kubernetes resources against the real API
-//! server (1.20, with kube-controller-manager), through the real binary.
+//! server (1.20 or a current release, with kube-controller-manager), through
+//! the real binary.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::api::request;
+use crate::api::{self, request};
 use crate::binary::{self, Run};
 use crate::env;
 
@@ -383,9 +384,14 @@ async fn round_trip_through_s3_restores_every_object() {
         "spec": {"clusterIP": "None", "selector": {"app": "db"}, "ports": [{"port": 5432}]}}),
     )
     .await;
+    // batch/v1beta1 on 1.20, batch/v1 on the current release.
+    let cronjobs = format!(
+        "/apis/{}/namespaces/{ns}/cronjobs",
+        api::cronjob_api_version().await
+    );
     create(
         &client,
-        &format!("/apis/batch/v1beta1/namespaces/{ns}/cronjobs"),
+        &cronjobs,
         json!({
         "metadata": {"name": "nightly"}, "spec": {"schedule": "0 2 * * *", "jobTemplate": {"spec": {
             "template": {"spec": {"restartPolicy": "OnFailure",
@@ -443,7 +449,7 @@ async fn round_trip_through_s3_restores_every_object() {
         format!("{api}/services/auto"),
         format!("{api}/services/plain"),
         format!("{api}/services/db"),
-        format!("/apis/batch/v1beta1/namespaces/{ns}/cronjobs/nightly"),
+        format!("{cronjobs}/nightly"),
         wpath.clone(),
         api.clone(),
     ];

@@ -12,7 +12,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 
 use super::pki::Pki;
 use super::process::{Proc, free_ports, wait_for};
-use super::{binary, random_hex};
+use super::{ServerVersion, binary, k8s_release, random_hex};
 
 const ETCD_TIMEOUT: Duration = Duration::from_secs(30);
 const APISERVER_TIMEOUT: Duration = Duration::from_secs(120);
@@ -116,15 +116,14 @@ impl Cluster {
         let cert_dir = dir.join("apiserver-certs");
         std::fs::create_dir_all(&cert_dir).expect("creating cert dir");
 
+        let release = k8s_release();
         let p = |path: &Path| path.display().to_string();
-        let apiserver_args = vec![
+        let mut apiserver_args = vec![
             format!("--etcd-servers={}", etcd.url),
             format!("--etcd-prefix={etcd_prefix}"),
             "--bind-address=127.0.0.1".to_owned(),
             format!("--secure-port={port}"),
             "--advertise-address=127.0.0.1".to_owned(),
-            // 1.20 still opens an insecure port on 8080 by default.
-            "--insecure-port=0".to_owned(),
             format!("--cert-dir={}", p(&cert_dir)),
             format!("--tls-cert-file={}", p(&pki.serving_cert)),
             format!("--tls-private-key-file={}", p(&pki.serving_key)),
@@ -142,6 +141,11 @@ impl Cluster {
             "--endpoint-reconciler-type=none".to_owned(),
             "--profiling=false".to_owned(),
         ];
+        if release.has_insecure_ports() {
+            // 1.20 still opens an insecure port on 8080 by default (the flag
+            // is gone from 1.24 on).
+            apiserver_args.push("--insecure-port=0".to_owned());
+        }
         let apiserver = Proc::start(
             &format!("{name}-kube-apiserver"),
             &apiserver_bin,
@@ -176,13 +180,25 @@ impl Cluster {
             },
         );
 
-        let kcm_args = vec![
+        let version = rt
+            .block_on(server_version(&client))
+            .unwrap_or_else(|e| apiserver.fail(&e));
+        if version.semver() != release.version {
+            apiserver.fail(&format!(
+                "{} reports {}, not the requested {}",
+                apiserver_bin.display(),
+                version.git_version,
+                release.version
+            ));
+        }
+
+        let mut kcm_args = vec![
             format!("--kubeconfig={}", p(&kubeconfig)),
             "--leader-elect=false".to_owned(),
             "--bind-address=127.0.0.1".to_owned(),
-            // No serving at all: 0 disables both the secure and insecure port.
+            // No serving at all: 0 disables the secure port (and, with
+            // `--port=0` below, 1.20's insecure one).
             "--secure-port=0".to_owned(),
-            "--port=0".to_owned(),
             format!("--service-account-private-key-file={}", p(&pki.sa_key)),
             format!("--root-ca-file={}", p(&pki.ca_cert)),
             format!("--cluster-signing-cert-file={}", p(&pki.ca_cert)),
@@ -192,6 +208,9 @@ impl Cluster {
             format!("--cluster-name={name}"),
             "--profiling=false".to_owned(),
         ];
+        if release.has_insecure_ports() {
+            kcm_args.push("--port=0".to_owned());
+        }
         let controller_manager = Proc::start(
             &format!("{name}-kube-controller-manager"),
             &kcm_bin,
@@ -237,6 +256,13 @@ impl Cluster {
         &self.kubeconfig
     }
 
+    /// What the apiserver reports at `/version`.
+    pub async fn server_version(&self) -> ServerVersion {
+        server_version(&self.client().await)
+            .await
+            .unwrap_or_else(|e| panic!("test env: {e}"))
+    }
+
     /// A fresh admin client (bound to the calling test's runtime).
     pub async fn client(&self) -> kube::Client {
         client_from_kubeconfig(&self.kubeconfig)
@@ -246,9 +272,9 @@ impl Cluster {
 
     /// Creates a fresh namespace named after `hint` and returns an admin
     /// client with its name. Returns once the controller-manager has filled it
-    /// (ServiceAccount `default` with its token Secret, ConfigMap
-    /// `kube-root-ca.crt`), so tests see a namespace that no longer changes
-    /// by itself.
+    /// (ServiceAccount `default`, before 1.24 with its token Secret, and
+    /// ConfigMap `kube-root-ca.crt`), so tests see a namespace that no longer
+    /// changes by itself.
     pub async fn namespace(&self, hint: &str) -> (kube::Client, String) {
         let client = self.client().await;
         let name = super::unique_name(hint);
@@ -284,6 +310,25 @@ impl Cluster {
     }
 }
 
+/// `/version` of the apiserver behind `client`.
+async fn server_version(client: &kube::Client) -> Result<ServerVersion, String> {
+    let info = client
+        .apiserver_version()
+        .await
+        .map_err(|e| format!("GET /version: {e}"))?;
+    // Some builds say e.g. minor "20+"; the digits are what counts.
+    let number = |s: &str| -> Result<u32, String> {
+        s.trim_end_matches('+')
+            .parse()
+            .map_err(|_| format!("/version: odd version {info:?}"))
+    };
+    Ok(ServerVersion {
+        major: number(&info.major)?,
+        minor: number(&info.minor)?,
+        git_version: info.git_version.clone(),
+    })
+}
+
 /// `Ok` once `namespace` holds the objects the controller-manager creates in
 /// every namespace.
 async fn namespace_settled(client: &kube::Client, namespace: &str) -> Result<(), String> {
@@ -292,7 +337,7 @@ async fn namespace_settled(client: &kube::Client, namespace: &str) -> Result<(),
         .await
         .map_err(|e| e.to_string())?
         .ok_or("no ServiceAccount default yet")?;
-    if sa.secrets.as_ref().is_none_or(|s| s.is_empty()) {
+    if k8s_release().has_token_secrets() && sa.secrets.as_ref().is_none_or(|s| s.is_empty()) {
         return Err("ServiceAccount default has no token Secret yet".into());
     }
     Api::<ConfigMap>::namespaced(client.clone(), namespace)

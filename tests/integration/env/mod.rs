@@ -1,6 +1,7 @@
-//! Shared integration-test environment: real etcd, kube-apiserver 1.20,
-//! kube-controller-manager and Garage S3, all on 127.0.0.1, started lazily
-//! once per test process and shared by every test.
+//! Shared integration-test environment: real etcd, kube-apiserver,
+//! kube-controller-manager (Kubernetes 1.20.2 by default, or a current release:
+//! see below) and Garage S3, all on 127.0.0.1, started lazily once per test
+//! process and shared by every test.
 //!
 //! Tests get isolation from fresh names instead of fresh servers:
 //!
@@ -15,11 +16,26 @@
 //! Each `#[tokio::test]` has its own runtime, so the shared state holds no
 //! runtime-bound objects: every helper builds fresh clients.
 //!
-//! Binaries come from `$KUBESTOW_CACHE` (default `~/.cache/kubestow`) as
-//! built by `just setup`; etcd from `PATH`. Set `KUBESTOW_KEEP_TEST_ENV=1` to
-//! keep the state directory (logs of every server) after the run; otherwise
-//! it is deleted when the test process exits. Servers never outlive the test
-//! process (see `process`).
+//! Binaries come from `$KUBESTOW_CACHE` (default `~/.cache/kubestow`).
+//! `KUBESTOW_TEST_K8S_VERSION` picks the Kubernetes release:
+//!
+//! - `1.20.2` (the default; the oldest release the chart supports):
+//!   kube-apiserver and kube-controller-manager built by `just setup`
+//!   (tests/env/setup.sh), etcd 3.4 from `PATH` (Debian's etcd-server);
+//! - a current release, e.g. `1.37.2` (what `just test` runs second): the
+//!   binaries `just setup-node` builds (tests/env/setup-node.sh; a version
+//!   other than its default 1.37.2 needs `KUBESTOW_K8S_VERSION=<version>`
+//!   there too) in `kubernetes-<version>/bin`, and its etcd 3.6.16 in
+//!   `etcd-3.6.16/bin`; each directory must hold the `BUILD_SECONDS` that
+//!   marks a finished build.
+//!
+//! The flags follow the release (no `--insecure-port` or controller-manager
+//! `--port` after 1.23; no token Secrets for ServiceAccounts from 1.24 on).
+//! Tests that depend on the release ask the cluster ([`server_version`]).
+//!
+//! Set `KUBESTOW_KEEP_TEST_ENV=1` to keep the state directory (logs of every
+//! server) after the run; otherwise it is deleted when the test process
+//! exits. Servers never outlive the test process (see `process`).
 
 #![allow(dead_code)] // Not every test module uses every helper.
 
@@ -46,9 +62,22 @@ pub const CACHE_ENV: &str = "KUBESTOW_CACHE";
 /// Env var: keep the state directory after the test process ends.
 pub const KEEP_ENV: &str = "KUBESTOW_KEEP_TEST_ENV";
 
-const K8S_VERSION: &str = "1.20.2";
-/// Cache key of the build recipe; must match `K8S_BUILD` in tests/env/setup.sh.
-const K8S_BUILD: &str = "1.20.2-reflect2fix";
+/// Env var: the Kubernetes release to test against, `1.20.2` (default) or a
+/// current one built by `just setup-node`, e.g. `1.37.2`.
+pub const K8S_VERSION_ENV: &str = "KUBESTOW_TEST_K8S_VERSION";
+
+/// The default release, built by tests/env/setup.sh.
+const LEGACY_K8S_VERSION: &str = "1.20.2";
+/// Cache key of its build recipe; must match `K8S_BUILD` in tests/env/setup.sh.
+const LEGACY_K8S_BUILD: &str = "1.20.2-reflect2fix";
+/// The oldest current release accepted: from here on no `--insecure-port`,
+/// no controller-manager `--port` and no ServiceAccount token Secrets.
+const CURRENT_MIN_MINOR: u32 = 24;
+/// tests/env/setup-node.sh's default `K8S_VERSION` (for the set-up hint).
+const NODE_DEFAULT_K8S_VERSION: &str = "1.37.2";
+/// etcd for the current releases; must match `ETCD_VERSION` in
+/// tests/env/setup-node.sh.
+const CURRENT_ETCD_VERSION: &str = "3.6.16";
 const GARAGE_VERSION: &str = "2.5.0";
 const DIR_PREFIX: &str = "kubestow-it-";
 
@@ -64,11 +93,100 @@ pub struct TestEnv {
 }
 
 static ENV: LazyLock<TestEnv> = LazyLock::new(|| off_runtime(TestEnv::start));
+static RELEASE: LazyLock<K8sRelease> = LazyLock::new(K8sRelease::from_env);
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// The environment, started on first use (blocks ~10–30 s the first time).
 pub fn get() -> &'static TestEnv {
     &ENV
+}
+
+/// The Kubernetes release under test, from `KUBESTOW_TEST_K8S_VERSION`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct K8sRelease {
+    /// `1.20.2`, `1.37.2`.
+    pub version: String,
+    /// The minor version: 20, 37.
+    pub minor: u32,
+}
+
+impl K8sRelease {
+    fn from_env() -> K8sRelease {
+        let version = match std::env::var(K8S_VERSION_ENV) {
+            Ok(v) if !v.trim().is_empty() => v.trim().trim_start_matches('v').to_owned(),
+            _ => LEGACY_K8S_VERSION.to_owned(),
+        };
+        let parts: Vec<u32> = version
+            .split('.')
+            .map(|p| p.parse::<u32>())
+            .collect::<Result<_, _>>()
+            .unwrap_or_default();
+        let minor = match parts[..] {
+            [1, minor, _] => minor,
+            _ => panic!(
+                "test env: {K8S_VERSION_ENV}={version:?} is not a Kubernetes version like \
+                 {LEGACY_K8S_VERSION} or 1.37.2"
+            ),
+        };
+        if version != LEGACY_K8S_VERSION && minor < CURRENT_MIN_MINOR {
+            panic!(
+                "test env: {K8S_VERSION_ENV}={version} is not supported: use \
+                 {LEGACY_K8S_VERSION} (`just setup`) or a release from 1.{CURRENT_MIN_MINOR} on \
+                 built by `just setup-node`, e.g. 1.37.2"
+            );
+        }
+        K8sRelease { version, minor }
+    }
+
+    /// The default 1.20.2, built by `just setup`; every other release comes
+    /// from `just setup-node`.
+    pub fn is_legacy(&self) -> bool {
+        self.version == LEGACY_K8S_VERSION
+    }
+
+    /// `--insecure-port` (apiserver) and `--port` (controller-manager) exist
+    /// (removed in 1.24).
+    pub fn has_insecure_ports(&self) -> bool {
+        self.minor < CURRENT_MIN_MINOR
+    }
+
+    /// The token controller gives every ServiceAccount a token Secret
+    /// (LegacyServiceAccountTokenNoAutoGeneration is on from 1.24).
+    pub fn has_token_secrets(&self) -> bool {
+        self.minor < CURRENT_MIN_MINOR
+    }
+}
+
+/// The release the environment runs (read from `KUBESTOW_TEST_K8S_VERSION`;
+/// starts nothing).
+pub fn k8s_release() -> &'static K8sRelease {
+    &RELEASE
+}
+
+/// What the main cluster's apiserver reports at `/version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerVersion {
+    /// `v1.20.2`.
+    pub git_version: String,
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl ServerVersion {
+    /// At least `1.<minor>`.
+    pub fn at_least(&self, minor: u32) -> bool {
+        self.major > 1 || (self.major == 1 && self.minor >= minor)
+    }
+
+    /// `1.20.2`: the form the chart's `--kube-version` takes.
+    pub fn semver(&self) -> &str {
+        self.git_version.trim_start_matches('v')
+    }
+}
+
+/// Asks the main cluster its version.
+pub async fn server_version() -> ServerVersion {
+    cluster().server_version().await
 }
 
 /// The main cluster.
@@ -188,7 +306,8 @@ pub fn unique_name(hint: &str) -> String {
 impl TestEnv {
     fn start() -> TestEnv {
         let started = Instant::now();
-        // Fail fast on missing binaries, before starting anything.
+        // Fail fast on a bad version or missing binaries, before starting anything.
+        let release = k8s_release();
         binary::etcd();
         binary::kubernetes("kube-apiserver");
         binary::kubernetes("kube-controller-manager");
@@ -219,7 +338,8 @@ impl TestEnv {
             (etcd, cluster, garage)
         });
         eprintln!(
-            "test env: ready in {:.1?} (state in {})",
+            "test env: Kubernetes {} ready in {:.1?} (state in {})",
+            release.version,
             started.elapsed(),
             dir.display()
         );
@@ -279,7 +399,10 @@ mod binary {
     use std::path::PathBuf;
 
     use super::process::{find_in_path, is_executable};
-    use super::{CACHE_ENV, GARAGE_VERSION, K8S_BUILD};
+    use super::{
+        CACHE_ENV, CURRENT_ETCD_VERSION, GARAGE_VERSION, K8S_VERSION_ENV, LEGACY_K8S_BUILD,
+        NODE_DEFAULT_K8S_VERSION, k8s_release,
+    };
 
     fn cache_dir() -> PathBuf {
         match std::env::var_os(CACHE_ENV) {
@@ -302,13 +425,47 @@ mod binary {
         path
     }
 
+    /// `bin/<name>` in a build directory of `just setup-node`, which holds
+    /// `BUILD_SECONDS` once the build finished.
+    fn require_node(dir: PathBuf, name: &str) -> PathBuf {
+        let path = dir.join("bin").join(name);
+        if !is_executable(&path) || !dir.join("BUILD_SECONDS").is_file() {
+            let release = k8s_release();
+            let how = if release.version == NODE_DEFAULT_K8S_VERSION {
+                "`just setup-node k8s etcd`".to_owned()
+            } else {
+                format!(
+                    "`KUBESTOW_K8S_VERSION={} just setup-node k8s etcd`",
+                    release.version
+                )
+            };
+            panic!(
+                "test env: {} is missing (or its build did not finish: no BUILD_SECONDS); \
+                 {K8S_VERSION_ENV}={} needs the binaries built by `just setup-node` \
+                 (tests/env/setup-node.sh): run {how} (cache dir: ${CACHE_ENV}, default \
+                 ~/.cache/kubestow)",
+                path.display(),
+                release.version
+            );
+        }
+        path
+    }
+
     pub(crate) fn kubernetes(name: &str) -> PathBuf {
-        require(
-            cache_dir()
-                .join(format!("kubernetes-{K8S_BUILD}"))
-                .join("bin")
-                .join(name),
-        )
+        let release = k8s_release();
+        if release.is_legacy() {
+            require(
+                cache_dir()
+                    .join(format!("kubernetes-{LEGACY_K8S_BUILD}"))
+                    .join("bin")
+                    .join(name),
+            )
+        } else {
+            require_node(
+                cache_dir().join(format!("kubernetes-{}", release.version)),
+                name,
+            )
+        }
     }
 
     pub(crate) fn garage() -> PathBuf {
@@ -320,6 +477,12 @@ mod binary {
     }
 
     pub(crate) fn etcd() -> PathBuf {
+        if !k8s_release().is_legacy() {
+            return require_node(
+                cache_dir().join(format!("etcd-{CURRENT_ETCD_VERSION}")),
+                "etcd",
+            );
+        }
         find_in_path("etcd").unwrap_or_else(|| {
             panic!(
                 "test env: `etcd` is not on PATH; run `just setup` (tests/env/setup.sh), which \

@@ -410,10 +410,17 @@ impl Inner {
         }
     }
 
-    /// What a kubelet does once a pod's containers are gone: delete it for
-    /// good (grace 0), only if it is still the same pod.
+    /// What a kubelet does once a pod's containers are gone: remove its
+    /// volume dirs, then delete it for good (grace 0), only if it is still
+    /// the same pod. (A real kubelet, too, confirms the deletion only once the
+    /// pod's volumes are cleaned up.)
     async fn confirm_delete(&self, pod: &Value) {
         let (ns, name) = (s(pod, "/metadata/namespace"), s(pod, "/metadata/name"));
+        let node = s(pod, "/spec/nodeName");
+        if !node.is_empty() {
+            // remove_dir_all does not follow the CSI mount symlinks.
+            let _ = std::fs::remove_dir_all(self.pod_dir(node, s(pod, "/metadata/uid")));
+        }
         let options = json!({
             "apiVersion": "v1",
             "kind": "DeleteOptions",

@@ -344,12 +344,30 @@ async fn job_finished(c: &Cluster, name: &str, timeout: Duration) -> Value {
     .await
 }
 
+/// Type and reason of the finished Job's terminal condition (`Complete` or
+/// `Failed`; newer controllers put `SuccessCriteriaMet` or `FailureTarget`
+/// before it).
 fn condition(job: &Value) -> (&str, &str) {
     let c = job["status"]["conditions"]
         .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["status"] == "True"))
-        .expect("a true condition");
+        .and_then(|cs| {
+            cs.iter().find(|c| {
+                (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True"
+            })
+        })
+        .expect("a true Complete or Failed condition");
     (s(c, "/type"), s(c, "/reason"))
+}
+
+/// The condition of a Job that succeeded: no reason before 1.31, where the
+/// JobSuccessPolicy feature (on by default from then) gives `Complete` the
+/// reason `CompletionsReached`.
+async fn completed() -> (&'static str, &'static str) {
+    if env::server_version().await.at_least(31) {
+        ("Complete", "CompletionsReached")
+    } else {
+        ("Complete", "")
+    }
 }
 
 async fn job_pods(c: &Cluster, job: &str) -> Vec<Value> {
@@ -382,7 +400,7 @@ async fn standin_kubelet_runs_a_kubestow_job_to_completion() {
         .log(&c.ns, s(&job_pods(&c, "backup").await[0], "/metadata/name"));
     assert_eq!(
         condition(&job),
-        ("Complete", ""),
+        completed().await,
         "{}\n--- log\n{log}",
         job["status"]
     );
@@ -437,7 +455,7 @@ async fn standin_kubelet_kills_and_the_job_controller_retries() {
         "standin: Job flaky finished after {:.1?}",
         started.elapsed()
     );
-    assert_eq!(condition(&flaky), ("Complete", ""), "{}", flaky["status"]);
+    assert_eq!(condition(&flaky), completed().await, "{}", flaky["status"]);
     assert_eq!(
         (
             flaky["status"]["failed"].as_u64(),
@@ -473,7 +491,7 @@ async fn standin_kubelet_kills_and_the_job_controller_retries() {
     let restarts = job_finished(&c, "restarts", Duration::from_secs(60)).await;
     assert_eq!(
         condition(&restarts),
-        ("Complete", ""),
+        completed().await,
         "{}",
         restarts["status"]
     );

@@ -19,7 +19,7 @@ pub mod selector;
 mod validate;
 pub mod vars;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -332,12 +332,18 @@ pub struct RestoreOptions {
     pub namespace_map: BTreeMap<String, String>,
     /// `STOW_STORAGE_CLASS_MAP`: old storage class to new.
     pub storage_class_map: BTreeMap<String, String>,
-    /// `STOW_EXISTING`.
+    /// `STOW_EXISTING`: namespaced objects and Namespaces.
     pub existing: Existing,
+    /// `STOW_EXISTING_CLUSTER_RESOURCES`: cluster-scoped objects other
+    /// than Namespaces.
+    pub existing_cluster: Existing,
     /// `STOW_DRY_RUN`: print the plan and the conflicts, change nothing.
     pub dry_run: bool,
     /// `STOW_RESTORE_VOLUMES`: also restore volume data.
     pub volumes: bool,
+    /// `STOW_ALLOW_HOST_VOLUMES`: PersistentVolumes with a `hostPath` or
+    /// `local` volume that may be restored, by name.
+    pub host_volumes: BTreeSet<String>,
 }
 
 /// How volumes are read and written, and the mover Jobs that do it.

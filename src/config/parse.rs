@@ -93,6 +93,25 @@ pub(super) fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
+/// A comma-separated list of names that each pass `valid`; `what` names
+/// them in errors.
+pub(super) fn names(
+    var: &'static str,
+    raw: &Option<String>,
+    valid: fn(&str) -> bool,
+    what: &str,
+) -> Result<std::collections::BTreeSet<String>, ConfigError> {
+    let items = list(raw);
+    if let Some(bad) = items.iter().find(|n| !valid(n)) {
+        return Err(ConfigError::invalid(
+            var,
+            raw.as_deref().unwrap_or_default(),
+            format!("`{bad}` is not a valid {what}"),
+        ));
+    }
+    Ok(items.into_iter().collect())
+}
+
 /// `old=new` pairs where both sides pass `valid`; `what` names them in errors.
 pub(super) fn parse_map(
     var: &'static str,

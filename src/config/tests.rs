@@ -41,6 +41,8 @@ fn defaults_are_applied() {
     assert_eq!(c.reconnect_timeout, Duration::from_secs(300));
     assert_eq!(c.resume_buffer, 10 * 1024 * 1024);
     assert_eq!(c.restore.existing, Existing::Skip);
+    assert_eq!(c.restore.existing_cluster, Existing::Skip);
+    assert!(c.restore.host_volumes.is_empty());
     assert!(c.restore.volumes);
     assert_eq!(c.plan, "default");
     assert_eq!(c.selection.cluster_resources, Some(ClusterResources::Auto));
@@ -122,6 +124,35 @@ fn all_errors_are_reported_together() {
     let err = cfg(&with(&[(v::CHANNELS, "0"), (v::EXISTING, "merge")])).unwrap_err();
     let vars: Vec<&str> = err.0.iter().map(ConfigError::var).collect();
     assert_eq!(vars, vec![v::CHANNELS, v::EXISTING]);
+}
+
+#[test]
+fn existing_cluster_resources_is_its_own_setting() {
+    // STOW_EXISTING does not carry over to cluster-scoped objects.
+    let c = cfg(&with(&[(v::EXISTING, "recreate")])).unwrap();
+    assert_eq!(c.restore.existing, Existing::Recreate);
+    assert_eq!(c.restore.existing_cluster, Existing::Skip);
+    let c = cfg(&with(&[(v::EXISTING_CLUSTER_RESOURCES, "Update")])).unwrap();
+    assert_eq!(c.restore.existing, Existing::Skip);
+    assert_eq!(c.restore.existing_cluster, Existing::Update);
+    let err = cfg(&with(&[(v::EXISTING_CLUSTER_RESOURCES, "always")])).unwrap_err();
+    let vars: Vec<&str> = err.0.iter().map(ConfigError::var).collect();
+    assert_eq!(vars, vec![v::EXISTING_CLUSTER_RESOURCES]);
+}
+
+#[test]
+fn host_volumes_are_names() {
+    let c = cfg(&with(&[(v::ALLOW_HOST_VOLUMES, "pv-a, data.node-1")])).unwrap();
+    assert_eq!(
+        c.restore.host_volumes.iter().collect::<Vec<_>>(),
+        ["data.node-1", "pv-a"]
+    );
+    let err = cfg(&with(&[(v::ALLOW_HOST_VOLUMES, "pv-a,PV_B")])).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(v::ALLOW_HOST_VOLUMES) && msg.contains("`PV_B`"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -73,10 +73,14 @@ vars! {
     STORAGE_CLASS_MAP = "STOW_STORAGE_CLASS_MAP", default "";
     /// Restore: what to do with objects that already exist: `skip`, `update` or `recreate`.
     EXISTING = "STOW_EXISTING", default "skip";
+    /// Restore: what to do with cluster-scoped objects other than Namespaces (ClusterRoles, StorageClasses, PersistentVolumes, CRDs, …) that already exist: `skip`, `update` or `recreate`. Separate from `STOW_EXISTING` so that restoring a namespace never changes what other namespaces share.
+    EXISTING_CLUSTER_RESOURCES = "STOW_EXISTING_CLUSTER_RESOURCES", default "skip";
     /// Restore: print the plan and the conflicts, change nothing: `true` or `false`.
     DRY_RUN = "STOW_DRY_RUN", default "false";
     /// Restore: also restore volume data: `true` or `false`.
     RESTORE_VOLUMES = "STOW_RESTORE_VOLUMES", default "true";
+    /// Restore: comma-separated names of PersistentVolumes backed by a `hostPath` or `local` volume that may be restored; any other such volume is skipped, since it gives access to a node's disk.
+    ALLOW_HOST_VOLUMES = "STOW_ALLOW_HOST_VOLUMES", default "";
     /// `volume-backup`/`volume-restore`: directory to read or fill.
     VOLUME_PATH = "STOW_VOLUME_PATH", default "";
     /// `volume-backup`/`volume-restore`: name of the volume in the snapshot, e.g. `shop/data-db-0`; defaults to the path.

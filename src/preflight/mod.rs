@@ -612,6 +612,24 @@ pub fn needs(config: &Config, mode: Mode) -> Vec<Need> {
                     ));
                 }
             }
+            // ClusterRoles stand for the shared objects this reaches.
+            match config.restore.existing_cluster {
+                crate::config::Existing::Skip => {}
+                crate::config::Existing::Update => out.push((
+                    "update",
+                    "rbac.authorization.k8s.io",
+                    "clusterroles",
+                    false,
+                    "to update existing cluster-scoped objects (STOW_EXISTING_CLUSTER_RESOURCES=update)",
+                )),
+                crate::config::Existing::Recreate => out.push((
+                    "delete",
+                    "rbac.authorization.k8s.io",
+                    "clusterroles",
+                    false,
+                    "to recreate existing cluster-scoped objects (STOW_EXISTING_CLUSTER_RESOURCES=recreate)",
+                )),
+            }
             if config.restore.volumes && !config.restore.dry_run {
                 out.extend_from_slice(movers);
             }
@@ -780,6 +798,10 @@ mod tests {
         assert!(!required(jobs, &c, Mode::Restore));
         let update = config(&[("STOW_EXISTING", "update")]);
         assert!(find(&needs(&update, Mode::Restore), "update", "deployments").is_some());
+        // STOW_EXISTING does not reach cluster-scoped objects; their own setting does.
+        assert!(find(&needs(&update, Mode::Restore), "update", "clusterroles").is_none());
+        let shared = config(&[("STOW_EXISTING_CLUSTER_RESOURCES", "recreate")]);
+        assert!(find(&needs(&shared, Mode::Restore), "delete", "clusterroles").is_some());
     }
 
     #[test]

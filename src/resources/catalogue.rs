@@ -194,11 +194,28 @@ impl Catalogue {
         let root_tree: Tree<ScopeNode> = read_tree(repo, root, "catalogue root").await?;
         let mut cat = Catalogue::default();
         let mut problems = Vec::new();
-        let wanted: Vec<ScopeNode> = root_tree
-            .nodes
-            .into_iter()
-            .filter(|n| want(&n.name))
-            .collect();
+        let mut wanted: Vec<ScopeNode> = Vec::new();
+        for node in root_tree.nodes.into_iter().filter(|n| want(&n.name)) {
+            // The node's name decides where its objects go; a scope that
+            // says otherwise is a catalogue no backup writes.
+            let expected = if node.name == CLUSTER_NODE {
+                "cluster"
+            } else {
+                "namespace"
+            };
+            if node.scope == expected {
+                wanted.push(node);
+            } else {
+                problems.push(Problem {
+                    message: format!(
+                        "the catalogue gives {} the scope `{}` where it must be `{expected}`; \
+                         nothing under it is read",
+                        node.name, node.scope
+                    ),
+                    path: node.name,
+                });
+            }
+        }
         // Level 2: the type lists of each wanted scope.
         let scopes: Vec<(ScopeNode, Result<Tree<TypeNode>, RepoError>)> =
             futures::stream::iter(wanted)
@@ -212,7 +229,7 @@ impl Catalogue {
                 .await;
         let mut type_reads = Vec::new();
         for (node, tree) in scopes {
-            let cluster = node.scope == "cluster";
+            let cluster = node.name == CLUSTER_NODE;
             if !cluster {
                 let entry = cat.namespaces.entry(node.name.clone()).or_default();
                 entry.object = node.content.first().copied();
@@ -446,6 +463,44 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert_eq!(objs["nodes"][0]["content"][0], id.to_hex());
+    }
+
+    /// Cluster-scoped objects live under `_cluster` only: a namespace node
+    /// that claims the cluster scope (or the reverse) is not read.
+    #[tokio::test]
+    async fn a_node_whose_scope_disagrees_with_its_name_is_a_problem() {
+        let repo = mem_repo().await;
+        let w = repo.writer(1);
+        let id = w
+            .add(BlobKind::Object, Bytes::from_static(b"{}"))
+            .await
+            .unwrap()
+            .0;
+        let mut inner = Catalogue::default();
+        inner.insert(None, &crd(), "widgets.example.com", id);
+        let types = write_types(&w, &inner.cluster).await.unwrap();
+        let root = serde_json::json!({ "nodes": [
+            { "name": "_cluster", "scope": "namespace", "subtree": types.to_hex() },
+            { "name": "shop", "scope": "cluster", "subtree": types.to_hex() },
+        ]});
+        let root_id = w
+            .add(BlobKind::Tree, Bytes::from(root.to_string()))
+            .await
+            .unwrap()
+            .0;
+        w.finish().await.unwrap();
+        let (cat, problems) = Catalogue::read(&repo, &root_id, |_| true).await.unwrap();
+        assert!(
+            cat.cluster.is_empty() && cat.namespaces.is_empty(),
+            "{cat:?}"
+        );
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["_cluster", "shop"]);
+        assert!(
+            problems[1].message.contains("scope `cluster`"),
+            "{}",
+            problems[1].message
+        );
     }
 
     #[tokio::test]

@@ -18,6 +18,19 @@ pub struct Maps {
     pub storage_classes: BTreeMap<String, String>,
     /// PersistentVolumes restored by this run: their claims keep `volumeName`.
     pub restored_pvs: BTreeSet<String>,
+    /// `STOW_ALLOW_HOST_VOLUMES`: PersistentVolumes with a `hostPath` or
+    /// `local` volume that may be restored.
+    pub host_volumes: BTreeSet<String>,
+}
+
+/// What [`rewrite`] has to say about one object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notes {
+    /// What was adjusted on the way in (kept nodePorts, mapped namespaces, …).
+    pub notes: Vec<String>,
+    /// What could not be adjusted safely: the object is restored as stored
+    /// there, and may not mean in the target what it meant in the source.
+    pub warnings: Vec<String>,
 }
 
 impl Maps {
@@ -44,6 +57,8 @@ const STORAGE_CLASS_ANNOTATION: &str = "volume.beta.kubernetes.io/storage-class"
 const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 /// Labels the Job controller sets from the Job's uid.
 const JOB_UID_LABELS: &[&str] = &["controller-uid", "batch.kubernetes.io/controller-uid"];
+/// The label the API server (1.21+) puts on every namespace: its name.
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
     v.pointer(ptr).and_then(Value::as_str)
 }
@@ -100,12 +115,35 @@ pub fn skip_reason(rt: &ResourceType, obj: &Value, maps: &Maps) -> Option<String
     {
         return Some(format!("mapped to {to} by STOW_STORAGE_CLASS_MAP"));
     }
+    // A volume on a node's disk is a way into that node (a repository
+    // could name `/`): only restored when the operator names it.
+    if rt.is("", "persistentvolumes")
+        && let Some((source, path)) = host_volume(obj)
+        && !maps.host_volumes.contains(name)
+    {
+        return Some(format!(
+            "a {source} volume on a node ({path}); restored only when named in {}",
+            crate::config::vars::ALLOW_HOST_VOLUMES
+        ));
+    }
     if rt.is("", "persistentvolumes") && annotation(obj, PROVISIONED_BY).is_some() {
         return Some(
             "dynamically provisioned; its claim gets a new volume from its storage class".into(),
         );
     }
     None
+}
+
+/// The node-local source of a PersistentVolume (`hostPath` or `local`)
+/// and its path, if it has one.
+fn host_volume(pv: &Value) -> Option<(&'static str, String)> {
+    ["hostPath", "local"].into_iter().find_map(|source| {
+        let v = pv.pointer(&format!("/spec/{source}"))?;
+        (!v.is_null()).then(|| {
+            let path = str_at(v, "/path").unwrap_or("no path").to_string();
+            (source, path)
+        })
+    })
 }
 
 /// Complete or Failed: a Job that has run its course.
@@ -122,9 +160,9 @@ fn job_finished(job: &Value) -> bool {
 
 /// Rewrites a stored object for creation in the target: metadata the
 /// server owns goes, namespaces and storage classes are mapped, and the
-/// per-type rules apply. Returns notes worth reporting.
-pub fn rewrite(rt: &ResourceType, obj: &mut Value, maps: &Maps) -> Vec<String> {
-    let mut notes = Vec::new();
+/// per-type rules apply. Returns what is worth reporting.
+pub fn rewrite(rt: &ResourceType, obj: &mut Value, maps: &Maps) -> Notes {
+    let mut out = Notes::default();
     let source_ns = str_at(obj, "/metadata/namespace").map(String::from);
     if let Some(meta) = obj_mut(obj, "metadata") {
         for k in [
@@ -153,8 +191,8 @@ pub fn rewrite(rt: &ResourceType, obj: &mut Value, maps: &Maps) -> Vec<String> {
     }
     match (rt.group.as_str(), rt.plural.as_str()) {
         ("", "namespaces") => namespace(obj, maps),
-        ("", "services") => service(obj, &mut notes),
-        ("", "persistentvolumeclaims") => claim(obj, maps),
+        ("", "services") => service(obj, &mut out.notes),
+        ("", "persistentvolumeclaims") => claim(obj, maps, &mut out.notes),
         ("", "persistentvolumes") => volume(obj, maps),
         ("", "serviceaccounts") => service_account(obj),
         ("", "pods") => pod(obj),
@@ -170,12 +208,13 @@ pub fn rewrite(rt: &ResourceType, obj: &mut Value, maps: &Maps) -> Vec<String> {
             }
         }
         ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => {
-            subjects(obj, maps, &mut notes)
+            subjects(obj, maps, &mut out.notes)
         }
+        ("networking.k8s.io", "networkpolicies") => network_policy(obj, maps, &mut out),
         _ => {}
     }
     remove_annotation(obj, EXPLICIT_NODE_PORTS);
-    notes
+    out
 }
 
 fn remove_annotation(obj: &mut Value, key: &str) {
@@ -268,9 +307,19 @@ fn map_storage_class(claim_like: &mut Value, maps: &Maps) {
 }
 
 /// A claim keeps `volumeName` only when that volume is restored too;
-/// otherwise it is provisioned afresh and forgets the old binding.
-fn claim(obj: &mut Value, maps: &Maps) {
+/// otherwise it is provisioned afresh and forgets the old binding. A
+/// cross-namespace data source follows the namespace map.
+fn claim(obj: &mut Value, maps: &Maps, notes: &mut Vec<String>) {
     map_storage_class(obj, maps);
+    if let Some(r) = obj
+        .pointer_mut("/spec/dataSourceRef")
+        .and_then(Value::as_object_mut)
+        && let Some(ns) = r.get("namespace").and_then(Value::as_str)
+        && let Some(to) = maps.namespaces.get(ns)
+    {
+        notes.push(format!("dataSourceRef namespace {ns} → {to}"));
+        r.insert("namespace".into(), Value::String(to.clone()));
+    }
     let keep = str_at(obj, "/spec/volumeName").is_some_and(|v| maps.restored_pvs.contains(v));
     for a in BINDING_ANNOTATIONS {
         if !keep || a.starts_with("pv.kubernetes.io/") {
@@ -387,6 +436,84 @@ fn subjects(obj: &mut Value, maps: &Maps, notes: &mut Vec<String>) {
             notes.push(format!("subject namespace {ns} → {to}"));
             s["namespace"] = Value::String(to.clone());
         }
+    }
+}
+
+/// The namespaces a NetworkPolicy's peers select by name follow the map.
+/// A peer that selects namespaces by other labels cannot be mapped: the
+/// restored namespace carries the source's labels, so the selector may
+/// still pick the source namespaces; that is a warning.
+fn network_policy(obj: &mut Value, maps: &Maps, out: &mut Notes) {
+    if maps.namespaces.is_empty() {
+        return;
+    }
+    for (direction, peers_key) in [("ingress", "from"), ("egress", "to")] {
+        let Some(rules) = obj
+            .pointer_mut(&format!("/spec/{direction}"))
+            .and_then(Value::as_array_mut)
+        else {
+            continue;
+        };
+        for (i, rule) in rules.iter_mut().enumerate() {
+            let Some(peers) = rule.get_mut(peers_key).and_then(Value::as_array_mut) else {
+                continue;
+            };
+            for (j, peer) in peers.iter_mut().enumerate() {
+                if let Some(sel) = peer
+                    .get_mut("namespaceSelector")
+                    .and_then(Value::as_object_mut)
+                {
+                    let at = format!("spec.{direction}[{i}].{peers_key}[{j}].namespaceSelector");
+                    namespace_selector(sel, maps, &at, out);
+                }
+            }
+        }
+    }
+}
+
+fn namespace_selector(sel: &mut Map<String, Value>, maps: &Maps, at: &str, out: &mut Notes) {
+    let map_name = |v: &mut Value, out: &mut Notes| {
+        if let Some(from) = v.as_str()
+            && let Some(to) = maps.namespaces.get(from)
+        {
+            out.notes.push(format!("{at}: namespace {from} → {to}"));
+            *v = Value::String(to.clone());
+        }
+    };
+    let mut other: BTreeSet<String> = BTreeSet::new();
+    if let Some(labels) = sel.get_mut("matchLabels").and_then(Value::as_object_mut) {
+        for (key, value) in labels.iter_mut() {
+            if key == NAMESPACE_NAME_LABEL {
+                map_name(value, out);
+            } else {
+                other.insert(key.clone());
+            }
+        }
+    }
+    if let Some(exprs) = sel
+        .get_mut("matchExpressions")
+        .and_then(Value::as_array_mut)
+    {
+        for e in exprs {
+            let key = str_at(e, "/key").unwrap_or_default().to_string();
+            if key != NAMESPACE_NAME_LABEL {
+                other.insert(key);
+                continue;
+            }
+            // In and NotIn name namespaces; Exists and DoesNotExist do not.
+            if let Some(values) = e.get_mut("values").and_then(Value::as_array_mut) {
+                for v in values {
+                    map_name(v, out);
+                }
+            }
+        }
+    }
+    if !other.is_empty() {
+        out.warnings.push(format!(
+            "{at} selects namespaces by label ({}), not by name, so STOW_NAMESPACE_MAP cannot \
+             map it; restored as stored, it may still select the source namespaces",
+            other.into_iter().collect::<Vec<_>>().join(", ")
+        ));
     }
 }
 
@@ -554,6 +681,7 @@ mod tests {
             namespaces: BTreeMap::from([("old".into(), "new".into())]),
             storage_classes: BTreeMap::from([("slow".into(), "fast".into())]),
             restored_pvs: BTreeSet::new(),
+            host_volumes: BTreeSet::new(),
         }
     }
 
@@ -662,6 +790,86 @@ mod tests {
                 .unwrap()
                 .contains("fast")
         );
+    }
+
+    #[test]
+    fn host_and_local_volumes_need_to_be_named() {
+        let pv = |name: &str, spec: Value| json!({"metadata": {"name": name}, "spec": spec});
+        let t = rt("", "persistentvolumes", false);
+        let host = pv("root", json!({"hostPath": {"path": "/"}}));
+        let local = pv("disk", json!({"local": {"path": "/mnt/disk"}}));
+        let nfs = pv("share", json!({"nfs": {"server": "nas", "path": "/x"}}));
+        let mut m = maps();
+        let why = skip_reason(&t, &host, &m).expect("a hostPath volume is skipped");
+        assert!(
+            why.contains("hostPath")
+                && why.contains("(/)")
+                && why.contains("STOW_ALLOW_HOST_VOLUMES"),
+            "{why}"
+        );
+        let why = skip_reason(&t, &local, &m).expect("a local volume is skipped");
+        assert!(why.contains("local") && why.contains("/mnt/disk"), "{why}");
+        assert_eq!(skip_reason(&t, &nfs, &m), None);
+        m.host_volumes.insert("root".into());
+        assert_eq!(skip_reason(&t, &host, &m), None, "named: restored");
+        assert!(skip_reason(&t, &local, &m).is_some(), "only the one named");
+    }
+
+    #[test]
+    fn claim_data_sources_follow_the_namespace_map() {
+        let t = rt("", "persistentvolumeclaims", true);
+        let mut c = json!({"metadata": {"name": "c", "namespace": "old"}, "spec": {
+            "dataSourceRef": {"kind": "VolumeSnapshot", "name": "s", "namespace": "old"}}});
+        let notes = rewrite(&t, &mut c, &maps());
+        assert_eq!(c["spec"]["dataSourceRef"]["namespace"], "new");
+        assert!(notes.notes.iter().any(|n| n.contains("dataSourceRef")));
+        let mut other = json!({"metadata": {"name": "c", "namespace": "old"}, "spec": {
+            "dataSourceRef": {"kind": "VolumeSnapshot", "name": "s", "namespace": "elsewhere"}}});
+        rewrite(&t, &mut other, &maps());
+        assert_eq!(other["spec"]["dataSourceRef"]["namespace"], "elsewhere");
+    }
+
+    #[test]
+    fn network_policy_namespaces_follow_the_namespace_map() {
+        let t = rt("networking.k8s.io", "networkpolicies", true);
+        let np = json!({"metadata": {"name": "np", "namespace": "old"}, "spec": {
+            "ingress": [{"from": [
+                {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: "old"}}},
+                {"namespaceSelector": {"matchExpressions": [
+                    {"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": ["old", "elsewhere"]}]}},
+                {"podSelector": {"matchLabels": {"app": "web"}}}]}],
+            "egress": [{"to": [
+                {"namespaceSelector": {"matchLabels": {"team": "shop"}}},
+                {"namespaceSelector": {}}]}]}});
+        let mut a = np.clone();
+        let notes = rewrite(&t, &mut a, &maps());
+        let from = &a["spec"]["ingress"][0]["from"];
+        assert_eq!(
+            from[0]["namespaceSelector"]["matchLabels"][NAMESPACE_NAME_LABEL],
+            "new"
+        );
+        assert_eq!(
+            from[1]["namespaceSelector"]["matchExpressions"][0]["values"],
+            json!(["new", "elsewhere"])
+        );
+        assert_eq!(notes.notes.len(), 2, "{:?}", notes.notes);
+        // By another label: kept as is, with a warning that says where.
+        assert_eq!(
+            a["spec"]["egress"][0]["to"][0]["namespaceSelector"]["matchLabels"]["team"],
+            "shop"
+        );
+        assert_eq!(notes.warnings.len(), 1, "{:?}", notes.warnings);
+        assert!(
+            notes.warnings[0].contains("spec.egress[0].to[0].namespaceSelector")
+                && notes.warnings[0].contains("team"),
+            "{}",
+            notes.warnings[0]
+        );
+        // Without a map there is nothing to map or warn about.
+        let mut b = np.clone();
+        let notes = rewrite(&t, &mut b, &Maps::default());
+        assert_eq!(b["spec"], np["spec"]);
+        assert_eq!(notes, Notes::default());
     }
 
     #[test]

@@ -114,6 +114,14 @@ const BAD: &[Case] = &[
     ),
     ("STOW_CHANELS", &[("STOW_CHANELS", Some("2"))]),
     ("STOW_EXISTING", &[("STOW_EXISTING", Some("merge"))]),
+    (
+        "STOW_EXISTING_CLUSTER_RESOURCES",
+        &[("STOW_EXISTING_CLUSTER_RESOURCES", Some("merge"))],
+    ),
+    (
+        "STOW_ALLOW_HOST_VOLUMES",
+        &[("STOW_ALLOW_HOST_VOLUMES", Some("pv-a,/etc"))],
+    ),
     ("STOW_COMPRESSION", &[("STOW_COMPRESSION", Some("25"))]),
     (
         "STOW_RESTORE_POINT",

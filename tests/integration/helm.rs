@@ -521,7 +521,7 @@ fn retention_check_and_restore_job_render_when_asked() {
             "retention": { "keepDaily": 7, "keepWeekly": 4, "schedule": { "type": "daily", "at": "06:00" } }
         }],
         "check": { "enabled": true, "readData": "10%" },
-        "restore": { "enabled": true, "job": { "enabled": true, "restorePoint": "2026-11-01T00:00:00Z", "namespaceMap": "shop=shop-restored" } }
+        "restore": { "enabled": true, "job": { "enabled": true, "restorePoint": "2026-11-01T00:00:00Z", "namespaceMap": "shop=shop-restored", "allowHostVolumes": "pv-a" } }
     });
     let objs = render(&values, "1.20.2");
     let cj = find(&objs, "CronJob", "kubestow-nightly");
@@ -568,6 +568,14 @@ fn retention_check_and_restore_job_render_when_asked() {
         Some("shop=shop-restored")
     );
     assert_eq!(env_of(restore, "STOW_EXISTING").as_deref(), Some("skip"));
+    assert_eq!(
+        env_of(restore, "STOW_EXISTING_CLUSTER_RESOURCES").as_deref(),
+        Some("skip")
+    );
+    assert_eq!(
+        env_of(restore, "STOW_ALLOW_HOST_VOLUMES").as_deref(),
+        Some("pv-a")
+    );
     find(&objs, "ServiceAccount", "kubestow-restore");
     find(&objs, "ClusterRoleBinding", "kubestow-kubestow-restore");
     // A restore Job without the restore SA is refused.

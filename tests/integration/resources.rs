@@ -255,6 +255,95 @@ fn error_for<'a>(run: &'a Run, item: &str) -> Option<&'a str> {
         .and_then(|e| e["message"].as_str())
 }
 
+/// A snapshot made by hand through the library, as whoever holds the
+/// repository key could: the latest snapshot's catalogue, amended, saved
+/// as a newer snapshot of its own.
+struct Forged {
+    repo: kubestow::repo::Repository,
+    cat: kubestow::resources::Catalogue,
+    latest: kubestow::repo::SnapshotManifest,
+    writer: kubestow::repo::Writer,
+}
+
+impl Forged {
+    async fn open(repo_url: &str) -> Self {
+        use kubestow::config::{Compression, Location, Secret};
+        use kubestow::repo::{OpenOptions, backend};
+        let location = Location::parse(repo_url).unwrap();
+        let repo = OpenOptions::new(
+            backend::open(&location, Duration::from_secs(60), None).await,
+            &Secret::new(PW),
+        )
+        .compression(Compression::FAST)
+        .open()
+        .await
+        .unwrap();
+        let (_, latest) = repo.list_snapshots().await.unwrap().pop().unwrap();
+        let (cat, problems) =
+            kubestow::resources::Catalogue::read(&repo, &latest.resources.unwrap(), |_| true)
+                .await
+                .unwrap();
+        assert!(problems.is_empty());
+        let writer = repo.writer(1);
+        Self {
+            repo,
+            cat,
+            latest,
+            writer,
+        }
+    }
+
+    /// Files `bytes` as object `name` of type `rt` in namespace `ns` (or
+    /// with the cluster-scoped objects), replacing what was there.
+    async fn put_bytes(
+        &mut self,
+        ns: Option<&str>,
+        rt: &kubestow::cluster::ResourceType,
+        name: &str,
+        bytes: bytes::Bytes,
+    ) -> kubestow::repo::BlobId {
+        let (id, _) = self
+            .writer
+            .add(kubestow::repo::BlobKind::Object, bytes)
+            .await
+            .unwrap();
+        self.cat.insert(ns, rt, name, id);
+        id
+    }
+
+    /// Files `obj` under its own name.
+    async fn put(&mut self, ns: Option<&str>, rt: &kubestow::cluster::ResourceType, obj: Value) {
+        let name = obj["metadata"]["name"].as_str().unwrap().to_string();
+        self.put_bytes(ns, rt, &name, bytes::Bytes::from(obj.to_string()))
+            .await;
+    }
+
+    async fn save(self) {
+        let root = self.cat.write(&self.writer).await.unwrap();
+        self.writer.finish().await.unwrap();
+        let mut m = kubestow::repo::SnapshotManifest::new("hand-made", 0, 1, "default");
+        m.resources = Some(root);
+        m.cluster_id = self.latest.cluster_id.clone();
+        m.stats = self.latest.stats.clone();
+        self.repo.save_snapshot(&m).await.unwrap();
+    }
+}
+
+fn rtype(
+    group: &str,
+    kind: &str,
+    plural: &str,
+    namespaced: bool,
+) -> kubestow::cluster::ResourceType {
+    kubestow::cluster::ResourceType {
+        group: group.into(),
+        version: "v1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+        namespaced,
+    }
+}
+
 /// A nodePort nobody holds: creates a throwaway Service with a random one
 /// and deletes it again (tests run concurrently in one cluster).
 async fn free_node_port(client: &kube::Client, ns: &str) -> i64 {
@@ -956,11 +1045,6 @@ async fn restore_into_another_cluster_and_an_unknown_type_fails_only_its_item() 
 /// denial. Each fails its item with a clear message; the rest restores.
 #[tokio::test]
 async fn a_malformed_object_in_the_repository_fails_only_its_item() {
-    use kubestow::cluster::ResourceType;
-    use kubestow::config::{Compression, Location, Secret};
-    use kubestow::repo::{BlobKind, OpenOptions, SnapshotManifest, backend};
-    use kubestow::resources::Catalogue;
-
     let (client, ns) = env::namespace("malformed").await;
     let (_dir, repo_url) = file_repo();
     create_cm(&client, &ns, "good", json!({"k": "v"})).await;
@@ -974,44 +1058,17 @@ async fn a_malformed_object_in_the_repository_fails_only_its_item() {
         0,
     );
 
-    // Through the library: the latest snapshot plus one broken object.
-    let location = Location::parse(&repo_url).unwrap();
-    let repo = OpenOptions::new(
-        backend::open(&location, Duration::from_secs(60), None).await,
-        &Secret::new(PW),
-    )
-    .compression(Compression::FAST)
-    .open()
-    .await
-    .unwrap();
-    let (_, latest) = repo.list_snapshots().await.unwrap().pop().unwrap();
-    let (mut cat, problems) = Catalogue::read(&repo, &latest.resources.unwrap(), |_| true)
-        .await
-        .unwrap();
-    assert!(problems.is_empty());
-    let writer = repo.writer(1);
-    let (bad, _) = writer
-        .add(
-            BlobKind::Object,
+    // The latest snapshot plus one broken object.
+    let mut forged = Forged::open(&repo_url).await;
+    let bad = forged
+        .put_bytes(
+            Some(&ns),
+            &rtype("", "ConfigMap", "configmaps", true),
+            "broken",
             bytes::Bytes::from_static(b"{\"kind\": \"ConfigMap\", \"metadata\": {\"na"),
         )
-        .await
-        .unwrap();
-    let cm = ResourceType {
-        group: String::new(),
-        version: "v1".into(),
-        kind: "ConfigMap".into(),
-        plural: "configmaps".into(),
-        namespaced: true,
-    };
-    cat.insert(Some(&ns), &cm, "broken", bad);
-    let root = cat.write(&writer).await.unwrap();
-    writer.finish().await.unwrap();
-    let mut m = SnapshotManifest::new("hand-made", 0, 1, "default");
-    m.resources = Some(root);
-    m.cluster_id = latest.cluster_id.clone();
-    m.stats = latest.stats.clone();
-    repo.save_snapshot(&m).await.unwrap();
+        .await;
+    forged.save().await;
 
     let target = env::unique_name("malformed-copy");
     let run = kubestow(
@@ -1035,6 +1092,306 @@ async fn a_malformed_object_in_the_repository_fails_only_its_item() {
     assert_eq!(
         cm_value(&client, &target, "good", "k").await.as_deref(),
         Some("v")
+    );
+}
+
+const RBAC: &str = "rbac.authorization.k8s.io";
+
+fn skip_note<'a>(run: &'a Run, item: &str) -> Option<&'a str> {
+    run.summary["details"]["skipped"]
+        .as_array()?
+        .iter()
+        .find(|n| n["item"] == item)
+        .and_then(|n| n["note"].as_str())
+}
+
+/// A repository written by whoever holds its key (issue 13): a
+/// ClusterRoleBinding to cluster-admin filed under the namespace, the
+/// ClusterRole a RoleBinding pulls in with other rules than the live one,
+/// and a claim's volume on the node's `/`. A namespaced restore creates
+/// none of them, changes nothing cluster-wide even with
+/// `STOW_EXISTING=recreate`, and says so instead of succeeding. Only the
+/// explicit settings let the role and the volume through.
+#[tokio::test]
+async fn a_hostile_repository_cannot_reach_beyond_the_namespace() {
+    let (client, ns) = env::namespace("hostile").await;
+    let (_dir, repo_url) = file_repo();
+    let role = env::unique_name("hostile-role");
+    let crb = env::unique_name("hostile-crb");
+    let pv = env::unique_name("hostile-pv");
+    let role_path = format!("/apis/{RBAC}/v1/clusterroles/{role}");
+    let crb_path = format!("/apis/{RBAC}/v1/clusterrolebindings/{crb}");
+    let pv_path = format!("/api/v1/persistentvolumes/{pv}");
+    let live_rules = json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]);
+    create(
+        &client,
+        &format!("/apis/{RBAC}/v1/clusterroles"),
+        json!({"metadata": {"name": role}, "rules": live_rules}),
+    )
+    .await;
+    create_cm(&client, &ns, "conf", json!({"k": "v"})).await;
+    create(
+        &client,
+        &format!("/apis/{RBAC}/v1/namespaces/{ns}/rolebindings"),
+        json!({"metadata": {"name": "uses-role"},
+               "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": role},
+               "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns}]}),
+    )
+    .await;
+    let backup = kubestow(
+        "backup",
+        &repo_url,
+        &[("STOW_INIT", "true"), ("STOW_NAMESPACES", &ns)],
+    )
+    .await;
+    assert_code(&backup, 0);
+
+    let mut forged = Forged::open(&repo_url).await;
+    let role_type = forged
+        .cat
+        .cluster
+        .get(&format!("clusterroles.{RBAC}"))
+        .unwrap_or_else(|| panic!("the backup pulled in {role}: {}", backup.stdout))
+        .rt
+        .clone();
+    let hostile_rules =
+        json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}]);
+    forged
+        .put(
+            None,
+            &role_type,
+            json!({"apiVersion": format!("{RBAC}/v1"), "kind": "ClusterRole",
+                   "metadata": {"name": role}, "rules": hostile_rules}),
+        )
+        .await;
+    // Its type recorded as namespaced, as a namespace's list would.
+    forged
+        .put(
+            Some(&ns),
+            &rtype(RBAC, "ClusterRoleBinding", "clusterrolebindings", true),
+            json!({"apiVersion": format!("{RBAC}/v1"), "kind": "ClusterRoleBinding",
+                   "metadata": {"name": crb, "namespace": ns},
+                   "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": "cluster-admin"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns}]}),
+        )
+        .await;
+    forged
+        .put(
+            Some(&ns),
+            &rtype("", "PersistentVolumeClaim", "persistentvolumeclaims", true),
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                   "metadata": {"name": "data", "namespace": ns},
+                   "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                            "resources": {"requests": {"storage": "1Gi"}}, "volumeName": pv}}),
+        )
+        .await;
+    forged
+        .put(
+            None,
+            &rtype("", "PersistentVolume", "persistentvolumes", false),
+            json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+                   "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                            "storageClassName": "", "persistentVolumeReclaimPolicy": "Retain",
+                            "hostPath": {"path": "/"}}}),
+        )
+        .await;
+    forged.save().await;
+    let live_role = must_get(&client, &role_path).await;
+    let crb_item = |target: &str| format!("clusterrolebindings.{RBAC} {target}/{crb}");
+    let assert_crb_refused = |run: &Run, target: &str| {
+        assert_code(run, 3);
+        let err = error_for(run, &crb_item(target)).unwrap_or_else(|| panic!("{}", run.stdout));
+        assert!(
+            err.contains(&format!("stored in namespace {ns}"))
+                && err.contains("ClusterRoleBinding as cluster-scoped")
+                && err.contains("not created"),
+            "{err}"
+        );
+        assert_eq!(
+            run.summary["errors"].as_array().unwrap().len(),
+            1,
+            "only the binding fails: {}",
+            run.stdout
+        );
+    };
+
+    // No cluster-scoped objects at all: the binding still comes in
+    // through the namespace, and is refused.
+    let t1 = env::unique_name("hostile-none");
+    let run = kubestow(
+        "restore",
+        &repo_url,
+        &[
+            ("STOW_NAMESPACES", &ns),
+            ("STOW_NAMESPACE_MAP", &format!("{ns}={t1}")),
+            ("STOW_INCLUDE_CLUSTER_RESOURCES", "false"),
+        ],
+    )
+    .await;
+    assert_crb_refused(&run, &t1);
+    assert!(get(&client, &crb_path).await.is_none(), "binding created");
+    assert_eq!(
+        cm_value(&client, &t1, "conf", "k").await.as_deref(),
+        Some("v"),
+        "the rest is restored"
+    );
+
+    // Pulled in automatically, with STOW_EXISTING=recreate: the role is
+    // left as it is and the volume is not created.
+    let t2 = env::unique_name("hostile-auto");
+    let run = kubestow(
+        "restore",
+        &repo_url,
+        &[
+            ("STOW_NAMESPACES", &ns),
+            ("STOW_NAMESPACE_MAP", &format!("{ns}={t2}")),
+            ("STOW_EXISTING", "recreate"),
+        ],
+    )
+    .await;
+    assert_crb_refused(&run, &t2);
+    assert!(get(&client, &crb_path).await.is_none(), "binding created");
+    let now = must_get(&client, &role_path).await;
+    assert_eq!(now["metadata"]["uid"], live_role["metadata"]["uid"]);
+    assert_eq!(now["rules"], live_rules, "the live role is unchanged");
+    let role_item = format!("clusterroles.{RBAC} {role}");
+    assert!(
+        run.summary["details"]["left_alone"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(role_item)),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(count(&run, "left_alone"), 1, "{}", run.stdout);
+    assert!(
+        get(&client, &pv_path).await.is_none(),
+        "host volume created"
+    );
+    let note = skip_note(&run, &format!("persistentvolumes {pv}"))
+        .unwrap_or_else(|| panic!("{}", run.stdout));
+    assert!(
+        note.contains("hostPath") && note.contains("STOW_ALLOW_HOST_VOLUMES"),
+        "{note}"
+    );
+    assert_eq!(
+        cm_value(&client, &t2, "conf", "k").await.as_deref(),
+        Some("v")
+    );
+
+    // Asked for explicitly: the role is updated, the volume created.
+    let t3 = env::unique_name("hostile-asked");
+    let run = kubestow(
+        "restore",
+        &repo_url,
+        &[
+            ("STOW_NAMESPACES", &ns),
+            ("STOW_NAMESPACE_MAP", &format!("{ns}={t3}")),
+            ("STOW_EXISTING_CLUSTER_RESOURCES", "update"),
+            ("STOW_ALLOW_HOST_VOLUMES", &pv),
+        ],
+    )
+    .await;
+    assert_crb_refused(&run, &t3);
+    let now = must_get(&client, &role_path).await;
+    assert_eq!(now["metadata"]["uid"], live_role["metadata"]["uid"]);
+    assert_eq!(now["rules"], hostile_rules);
+    assert_eq!(
+        must_get(&client, &pv_path).await["spec"]["hostPath"]["path"],
+        "/"
+    );
+    delete(&client, &pv_path).await;
+    delete(&client, &role_path).await;
+}
+
+/// STOW_NAMESPACE_MAP reaches the namespaces a NetworkPolicy's peers pick
+/// by name; a peer picking namespaces by another label cannot be mapped,
+/// and the plan and the summary say so.
+#[tokio::test]
+async fn namespace_map_reaches_network_policy_selectors() {
+    let (client, ns) = env::namespace("netpol").await;
+    let (_dir, repo) = file_repo();
+    let name_label = "kubernetes.io/metadata.name";
+    create(
+        &client,
+        &format!("/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies"),
+        json!({"metadata": {"name": "np"}, "spec": {
+            "podSelector": {}, "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [
+                {"namespaceSelector": {"matchLabels": {name_label: ns}}},
+                {"namespaceSelector": {"matchExpressions": [
+                    {"key": name_label, "operator": "In", "values": [ns, "monitoring"]}]}}]}],
+            "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"team": "shop"}}}]}]}}),
+    )
+    .await;
+    assert_code(
+        &kubestow(
+            "backup",
+            &repo,
+            &[("STOW_INIT", "true"), ("STOW_NAMESPACES", &ns)],
+        )
+        .await,
+        0,
+    );
+    let target = env::unique_name("netpol-copy");
+    let map = format!("{ns}={target}");
+    let item = format!("networkpolicies.networking.k8s.io {target}/np");
+    let warning_of = |run: &Run| -> String {
+        let warnings = run.summary["details"]["warnings"].as_array().unwrap();
+        assert_eq!(warnings.len(), 1, "{}", run.stdout);
+        assert_eq!(warnings[0]["item"], item.as_str());
+        warnings[0]["warning"].as_str().unwrap().to_string()
+    };
+
+    let run = kubestow(
+        "restore",
+        &repo,
+        &[
+            ("STOW_NAMESPACES", &ns),
+            ("STOW_NAMESPACE_MAP", &map),
+            ("STOW_DRY_RUN", "true"),
+        ],
+    )
+    .await;
+    assert_code(&run, 0);
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with("plan: WARN") && l.contains(&item) && l.contains("team")),
+        "{}",
+        run.stdout
+    );
+    warning_of(&run);
+
+    let run = kubestow(
+        "restore",
+        &repo,
+        &[("STOW_NAMESPACES", &ns), ("STOW_NAMESPACE_MAP", &map)],
+    )
+    .await;
+    assert_code(&run, 0);
+    let warning = warning_of(&run);
+    assert!(
+        warning.contains("spec.egress[0].to[0].namespaceSelector") && warning.contains("team"),
+        "{warning}"
+    );
+    let np = must_get(
+        &client,
+        &format!("/apis/networking.k8s.io/v1/namespaces/{target}/networkpolicies/np"),
+    )
+    .await;
+    let from = &np["spec"]["ingress"][0]["from"];
+    assert_eq!(
+        from[0]["namespaceSelector"]["matchLabels"][name_label],
+        target.as_str()
+    );
+    assert_eq!(
+        from[1]["namespaceSelector"]["matchExpressions"][0]["values"],
+        json!([target, "monitoring"])
+    );
+    assert_eq!(
+        np["spec"]["egress"][0]["to"][0]["namespaceSelector"],
+        json!({"matchLabels": {"team": "shop"}})
     );
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::config::error::{Check, ConfigError};
 use crate::config::hooks::{self, Hook};
 use crate::config::parse::{
-    globs, is_dns_label, is_dns_subdomain, label_selector, mover_resources, opt, parse_bool,
+    globs, is_dns_label, is_dns_subdomain, label_selector, mover_resources, names, opt, parse_bool,
     parse_count, parse_duration, parse_enum, parse_map, parse_size, positive_duration,
     read_password, resource_list,
 };
@@ -243,11 +243,15 @@ pub(super) fn restore(raw: &RawConfig, c: &mut Check) -> RestoreOptions {
                 v::EXISTING,
                 &raw.existing,
                 Existing::Skip,
-                &[
-                    ("skip", Existing::Skip),
-                    ("update", Existing::Update),
-                    ("recreate", Existing::Recreate),
-                ],
+                EXISTING,
+            ))
+            .unwrap_or(Existing::Skip),
+        existing_cluster: c
+            .take(parse_enum(
+                v::EXISTING_CLUSTER_RESOURCES,
+                &raw.existing_cluster_resources,
+                Existing::Skip,
+                EXISTING,
             ))
             .unwrap_or(Existing::Skip),
         dry_run: c
@@ -256,8 +260,23 @@ pub(super) fn restore(raw: &RawConfig, c: &mut Check) -> RestoreOptions {
         volumes: c
             .take(parse_bool(v::RESTORE_VOLUMES, &raw.restore_volumes, true))
             .unwrap_or(true),
+        host_volumes: c
+            .take(names(
+                v::ALLOW_HOST_VOLUMES,
+                &raw.allow_host_volumes,
+                is_dns_subdomain,
+                "PersistentVolume name",
+            ))
+            .unwrap_or_default(),
     }
 }
+
+/// The choices of `STOW_EXISTING` and `STOW_EXISTING_CLUSTER_RESOURCES`.
+const EXISTING: &[(&str, Existing)] = &[
+    ("skip", Existing::Skip),
+    ("update", Existing::Update),
+    ("recreate", Existing::Recreate),
+];
 
 /// Volumes and the mover pods that copy them.
 pub(super) fn volume(raw: &RawConfig, c: &mut Check) -> VolumeOptions {

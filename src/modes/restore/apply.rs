@@ -9,45 +9,6 @@ impl Restorer<'_> {
             .map_err(|e| self.kube.cluster.err("discovering API resources", e).into())
     }
 
-    /// Finds each open item's type in the target. A custom resource whose
-    /// CRD is in the plan waits for it (`defer`); anything else the target
-    /// does not serve fails.
-    pub(super) fn resolve(&self, items: &mut [Item], discovered: &Discovered, defer: bool) {
-        let crds: HashSet<String> = items
-            .iter()
-            .filter(|i| i.open() && i.rt.is(select::CRDS.0, select::CRDS.1))
-            .map(|i| i.name.clone())
-            .collect();
-        for it in items.iter_mut().filter(|i| i.open() && i.target.is_none()) {
-            let rt = &it.rt;
-            match discovered.find(&rt.group, &rt.version, &rt.kind) {
-                Some(t) => {
-                    let target = t.rt.clone();
-                    if target.version != rt.version {
-                        it.notes.push(format!("as {}", target.api_version()));
-                    }
-                    if let Some(o) = it.obj.as_mut().and_then(Value::as_object_mut) {
-                        o.insert("apiVersion".into(), Value::String(target.api_version()));
-                    }
-                    it.target = Some(target);
-                }
-                None if defer && crds.contains(&format!("{}.{}", rt.plural, rt.group)) => {}
-                None => {
-                    let gv = rt.api_version();
-                    it.done(
-                        Outcome::Failed,
-                        format!(
-                            "the target cluster does not serve {gv} {} ({}); restore its \
-                             CustomResourceDefinition or exclude it with STOW_EXCLUDE_RESOURCES",
-                            rt.kind,
-                            rt.name()
-                        ),
-                    );
-                }
-            }
-        }
-    }
-
     /// Waits out namespaces that are Terminating, and plans a bare
     /// Namespace for target namespaces that neither exist nor come with
     /// the snapshot.
@@ -248,7 +209,7 @@ impl Restorer<'_> {
                         .is_none()
             });
             if !missing || tokio::time::Instant::now() > deadline {
-                self.resolve(items, &discovered, false);
+                resolve(items, &discovered, false);
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -283,7 +244,16 @@ impl Restorer<'_> {
         }
     }
 
-    /// Creates one object, then follows `STOW_EXISTING` if it exists.
+    /// Which setting decides what happens to an existing object of type
+    /// `rt`, and its variable. Cluster-scoped objects (but Namespaces,
+    /// which are what a namespaced restore restores) are shared by every
+    /// namespace, so `STOW_EXISTING` never reaches them.
+    pub(super) fn policy(&self, rt: &ResourceType) -> (Existing, &'static str) {
+        policy_for(rt, self.existing, self.existing_cluster)
+    }
+
+    /// Creates one object, then follows `STOW_EXISTING` (or
+    /// `STOW_EXISTING_CLUSTER_RESOURCES`) if it exists.
     pub(super) async fn apply_one(&self, it: &Item) -> (Outcome, String) {
         if self.ctx.cancel.is_cancelled() {
             return (Outcome::Skipped, "the run was cancelled first".into());
@@ -301,11 +271,9 @@ impl Restorer<'_> {
                 // Deleting a Namespace or a CRD would take everything in it:
                 // those are updated instead of recreated.
                 let cascades = rt.is("", "namespaces") || rt.is(select::CRDS.0, select::CRDS.1);
-                match self.existing {
-                    Existing::Skip => (
-                        Outcome::Skipped,
-                        "already exists (STOW_EXISTING=skip)".into(),
-                    ),
+                let (existing, var) = self.policy(rt);
+                match existing {
+                    Existing::Skip => (Outcome::Skipped, format!("already exists ({var}=skip)")),
                     Existing::Update => self.update(rt, ns, &it.name, obj, notes).await,
                     Existing::Recreate if cascades => {
                         notes.push(
@@ -479,6 +447,7 @@ impl Restorer<'_> {
                 it.done(Outcome::Created, "would create once its CRD is Established");
                 continue;
             };
+            let (policy, var) = self.policy(&t);
             let exists = match existing.get(&(t, it.ns.clone())) {
                 Some(Ok(names)) => names.contains(&it.name),
                 Some(Err(e)) => {
@@ -488,15 +457,15 @@ impl Restorer<'_> {
                 None => false,
             };
             if exists {
-                let what = match self.existing {
-                    Existing::Skip => "exists; would skip (STOW_EXISTING=skip)",
-                    Existing::Update => "exists; would update (STOW_EXISTING=update)",
+                let what = match policy {
+                    Existing::Skip => format!("exists; would skip ({var}=skip)"),
+                    Existing::Update => format!("exists; would update ({var}=update)"),
                     Existing::Recreate => {
-                        "exists; would delete and recreate (STOW_EXISTING=recreate)"
+                        format!("exists; would delete and recreate ({var}=recreate)")
                     }
                 };
                 conflicts.push(json!({"item": it.label(), "conflict": what}));
-                let outcome = match self.existing {
+                let outcome = match policy {
                     Existing::Skip => Outcome::Skipped,
                     Existing::Update => Outcome::Updated,
                     Existing::Recreate => Outcome::Created,
@@ -520,6 +489,9 @@ impl Restorer<'_> {
                 println!("plan: {verb:<6} {:<40} [{level}]", it.label());
             } else {
                 println!("plan: {verb:<6} {:<40} [{level}] {why}", it.label());
+            }
+            for w in &it.warnings {
+                println!("plan: {:<6} {:<40} {w}", "WARN", it.label());
             }
         }
         println!(

@@ -50,7 +50,10 @@ const SETTLE_WAIT: Duration = Duration::from_secs(60);
 struct Restorer<'a> {
     kube: Kube,
     channels: usize,
+    /// `STOW_EXISTING`: namespaced objects and Namespaces.
     existing: Existing,
+    /// `STOW_EXISTING_CLUSTER_RESOURCES`: every other cluster-scoped object.
+    existing_cluster: Existing,
     ctx: &'a RunContext,
     /// Volume data to restore, when the snapshot has some and
     /// `STOW_RESTORE_VOLUMES` is on.
@@ -104,6 +107,7 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
         namespaces: opts.namespace_map.clone(),
         storage_classes: opts.storage_class_map.clone(),
         restored_pvs: BTreeSet::new(),
+        host_volumes: opts.host_volumes.clone(),
     };
     let mut items = plan(&repo, &catalogue, &selector, &maps).await;
     for p in &problems {
@@ -111,25 +115,6 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
             &p.path,
             format!("unreadable catalogue: {}", p.message),
         ));
-    }
-    // Rules, then rewrites (claims need to know which volumes come back).
-    for it in items.iter_mut().filter(|i| i.open()) {
-        if let Some(why) = rewrite::skip_reason(&it.rt, it.obj.as_ref().expect("loaded"), &maps) {
-            it.done(Outcome::Skipped, why);
-        }
-    }
-    maps.restored_pvs = items
-        .iter()
-        .filter(|i| i.open() && i.rt.is("", "persistentvolumes"))
-        .map(|i| i.name.clone())
-        .collect();
-    for it in items.iter_mut().filter(|i| i.open()) {
-        let obj = it.obj.as_mut().expect("loaded");
-        it.notes = rewrite::rewrite(&it.rt, obj, &maps);
-    }
-
-    if items.is_empty() {
-        warn!("the selection matches nothing in this snapshot");
     }
     let volumes = (opts.volumes && !manifest.volumes.is_empty()).then(|| VolumeData {
         config,
@@ -141,13 +126,36 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
         kube,
         channels,
         existing: opts.existing,
+        existing_cluster: opts.existing_cluster,
         ctx,
         volumes,
         progress: crate::progress::Progress::new("restore"),
     };
     let shown = restorer.progress.show();
+    // Rules; then the target's types, which refuse objects whose stored
+    // scope disagrees; then rewrites (claims need to know which volumes
+    // come back).
+    for it in items.iter_mut().filter(|i| i.open()) {
+        if let Some(why) = rewrite::skip_reason(&it.rt, it.obj.as_ref().expect("loaded"), &maps) {
+            it.done(Outcome::Skipped, why);
+        }
+    }
     let discovered = restorer.discover().await?;
-    restorer.resolve(&mut items, &discovered, true);
+    resolve(&mut items, &discovered, true);
+    maps.restored_pvs = items
+        .iter()
+        .filter(|i| i.open() && i.rt.is("", "persistentvolumes"))
+        .map(|i| i.name.clone())
+        .collect();
+    for it in items.iter_mut().filter(|i| i.open()) {
+        let obj = it.obj.as_mut().expect("loaded");
+        let rewritten = rewrite::rewrite(&it.rt, obj, &maps);
+        it.notes.extend(rewritten.notes);
+        it.warnings = rewritten.warnings;
+    }
+    if items.is_empty() {
+        warn!("the selection matches nothing in this snapshot");
+    }
     items.sort_by_cached_key(|i| (order::level(&i.rt), i.label()));
 
     let mut report = Report::default();
@@ -174,6 +182,26 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
             report.fail_item(it.label(), why.clone());
         }
     }
+    let mut warnings = Vec::new();
+    let mut kept = Vec::new();
+    for it in &items {
+        for w in &it.warnings {
+            warn!(item = %it.label(), warning = %w, "restored as stored");
+            warnings.push(json!({"item": it.label(), "warning": w}));
+        }
+        if left_alone(it) {
+            kept.push(Value::String(it.label()));
+        }
+    }
+    if !kept.is_empty() {
+        info!(
+            objects = kept.len(),
+            "cluster-scoped objects that exist were left alone \
+             (STOW_EXISTING_CLUSTER_RESOURCES=skip)"
+        );
+    }
+    report.count("warnings", warnings.len() as u64);
+    report.count("left_alone", kept.len() as u64);
     report.count("items", items.len() as u64);
     for o in [
         Outcome::Created,
@@ -202,6 +230,7 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
         "target": restorer.kube.cluster.url,
         "dry_run": opts.dry_run,
         "existing": opts.existing,
+        "existing_cluster_resources": opts.existing_cluster,
         "report": stored_report,
     });
     // What was adjusted on the way in (kept nodePorts, rewritten subjects,
@@ -227,6 +256,9 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     };
     details["notes"] = noted(false);
     details["skipped"] = noted(true);
+    // Capped like the rest; the stored report has every item.
+    details["warnings"] = Value::Array(warnings.into_iter().take(100).collect());
+    details["left_alone"] = Value::Array(kept.into_iter().take(100).collect());
     if opts.dry_run {
         details["plan"] = plan_json(&items);
         // Capped so the summary line stays readable; the plan printed

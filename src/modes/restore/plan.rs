@@ -43,6 +43,8 @@ pub(super) struct Item {
     pub(super) target: Option<ResourceType>,
     pub(super) result: Option<(Outcome, String)>,
     pub(super) notes: Vec<String>,
+    /// What the rewrite could not adjust safely (restored as stored).
+    pub(super) warnings: Vec<String>,
 }
 
 impl Item {
@@ -181,6 +183,7 @@ pub(super) fn failed_entry(path: &str, why: String) -> Item {
         target: None,
         result: Some((Outcome::Failed, why)),
         notes: Vec::new(),
+        warnings: Vec::new(),
     }
 }
 
@@ -210,12 +213,13 @@ pub(super) async fn plan(
             }
         }
     }
+    // Loaded under the stored names, which the objects must carry.
+    load(repo, &mut items).await;
     for it in &mut items {
         if it.rt.is("", "namespaces") {
             it.name = maps.namespace(&it.name).to_string();
         }
     }
-    load(repo, &mut items).await;
     // The label selector applies to namespaced objects.
     items.retain(|i| !i.rt.namespaced || i.obj.as_ref().is_none_or(|o| selector.labels_match(o)));
 
@@ -304,6 +308,7 @@ pub(super) fn item(
         target: None,
         result: None,
         notes: Vec::new(),
+        warnings: Vec::new(),
     }
 }
 
@@ -331,16 +336,19 @@ pub(super) async fn load(repo: &Repository, items: &mut [Item]) {
         .await;
     for (n, r) in read {
         let it = &mut items[n];
-        match r.and_then(|bytes| check_object(&it.rt, &bytes, it.blob.as_ref())) {
+        match r.and_then(|bytes| check_object(&it.rt, &it.name, &bytes, it.blob.as_ref())) {
             Ok(v) => it.obj = Some(v),
             Err(why) => it.done(Outcome::Failed, why),
         }
     }
 }
 
-/// Parses a stored object and checks that it is what the catalogue says.
+/// Parses a stored object and checks that it is what the catalogue says:
+/// its kind, and its name (else the object created would not be the one
+/// planned, reported and checked).
 pub(super) fn check_object(
     rt: &ResourceType,
+    name: &str,
     bytes: &[u8],
     id: Option<&BlobId>,
 ) -> Result<Value, String> {
@@ -361,5 +369,151 @@ pub(super) fn check_object(
             rt.kind
         ));
     }
+    if named != Some(name) {
+        return Err(format!(
+            "malformed object in the repository (blob {blob}): named {} where the catalogue says {name}",
+            named.unwrap_or_default()
+        ));
+    }
     Ok(v)
+}
+
+/// Why an item may not be restored as `target`, the type the cluster
+/// serves for its kind: where the catalogue stores the object (in a
+/// namespace, or with the cluster-scoped objects), the type the catalogue
+/// records, and the object's `metadata.namespace` must all agree with the
+/// cluster. A repository that disagrees could have a namespaced restore
+/// create cluster-wide objects, or pass one type off as another (past the
+/// restore rules and `STOW_INCLUDE_CLUSTER_RESOURCES`).
+pub(super) fn scope_mismatch(it: &Item, target: &ResourceType) -> Option<String> {
+    let scope = |namespaced: bool| {
+        if namespaced {
+            "namespaced"
+        } else {
+            "cluster-scoped"
+        }
+    };
+    let kind = &target.kind;
+    let served = format!(
+        "the target cluster serves {kind} as {}",
+        scope(target.namespaced)
+    );
+    let meta_ns = it
+        .obj
+        .as_ref()
+        .and_then(|o| o.pointer("/metadata/namespace"))
+        .and_then(Value::as_str)
+        .filter(|ns| !ns.is_empty());
+    let why = match (it.source_ns.as_deref(), meta_ns) {
+        (Some(ns), _) if !target.namespaced => format!("stored in namespace {ns}, but {served}"),
+        (None, _) if target.namespaced => {
+            format!("stored with the cluster-scoped objects, but {served}")
+        }
+        _ if it.rt.namespaced != target.namespaced => format!(
+            "the catalogue records {kind} as {}, but {served}",
+            scope(it.rt.namespaced)
+        ),
+        _ if it.rt.plural != target.plural => format!(
+            "the catalogue files {kind} under {}, but the target cluster serves it as {}",
+            it.rt.name(),
+            target.name()
+        ),
+        (Some(ns), Some(meta)) if meta != ns => {
+            format!("stored in namespace {ns}, but its metadata.namespace is {meta}")
+        }
+        (None, Some(meta)) => format!("{served}, but its metadata.namespace is {meta}"),
+        _ => return None,
+    };
+    Some(format!(
+        "refused, the repository does not match the cluster: {why}; not created"
+    ))
+}
+
+/// Finds each open item's type in the target and checks the item's scope
+/// against it ([`scope_mismatch`]). A custom resource whose CRD is in the
+/// plan waits for it (`defer`), checked against the CRD's `spec.scope`
+/// meanwhile; anything else the target does not serve fails.
+pub(super) fn resolve(items: &mut [Item], discovered: &Discovered, defer: bool) {
+    // CRDs in the plan: the types they will serve, by CRD name.
+    let crds: HashMap<String, ResourceType> = items
+        .iter()
+        .filter(|i| i.open() && i.rt.is(select::CRDS.0, select::CRDS.1))
+        .filter_map(|i| {
+            let spec = i.obj.as_ref()?.get("spec")?;
+            let rt = ResourceType {
+                group: spec.get("group")?.as_str()?.to_string(),
+                version: String::new(),
+                kind: spec.pointer("/names/kind")?.as_str()?.to_string(),
+                plural: spec.pointer("/names/plural")?.as_str()?.to_string(),
+                namespaced: spec.get("scope").and_then(Value::as_str) == Some("Namespaced"),
+            };
+            Some((i.name.clone(), rt))
+        })
+        .collect();
+    for it in items.iter_mut().filter(|i| i.open() && i.target.is_none()) {
+        let rt = &it.rt;
+        match discovered.find(&rt.group, &rt.version, &rt.kind) {
+            Some(t) => {
+                let target = t.rt.clone();
+                if let Some(why) = scope_mismatch(it, &target) {
+                    it.done(Outcome::Failed, why);
+                    continue;
+                }
+                if target.version != it.rt.version {
+                    it.notes.push(format!("as {}", target.api_version()));
+                }
+                if let Some(o) = it.obj.as_mut().and_then(Value::as_object_mut) {
+                    o.insert("apiVersion".into(), Value::String(target.api_version()));
+                }
+                it.target = Some(target);
+            }
+            None if defer && crds.contains_key(&format!("{}.{}", rt.plural, rt.group)) => {
+                let will_serve = &crds[&format!("{}.{}", rt.plural, rt.group)];
+                if will_serve.kind != rt.kind {
+                    let why = format!(
+                        "refused, the repository does not match itself: its CustomResourceDefinition \
+                         {}.{} serves {}, not {}; not created",
+                        rt.plural, rt.group, will_serve.kind, rt.kind
+                    );
+                    it.done(Outcome::Failed, why);
+                } else if let Some(why) = scope_mismatch(it, will_serve) {
+                    it.done(Outcome::Failed, why);
+                }
+            }
+            None => {
+                let gv = rt.api_version();
+                let why = format!(
+                    "the target cluster does not serve {gv} {} ({}); restore its \
+                     CustomResourceDefinition or exclude it with STOW_EXCLUDE_RESOURCES",
+                    rt.kind,
+                    rt.name()
+                );
+                it.done(Outcome::Failed, why);
+            }
+        }
+    }
+}
+
+/// Which of `existing` (`STOW_EXISTING`) and `existing_cluster`
+/// (`STOW_EXISTING_CLUSTER_RESOURCES`) applies to an existing object of
+/// type `rt`, with the variable's name for notes.
+pub(super) fn policy_for(
+    rt: &ResourceType,
+    existing: Existing,
+    existing_cluster: Existing,
+) -> (Existing, &'static str) {
+    use crate::config::vars;
+    if rt.namespaced || rt.is("", "namespaces") {
+        (existing, vars::EXISTING)
+    } else {
+        (existing_cluster, vars::EXISTING_CLUSTER_RESOURCES)
+    }
+}
+
+/// Whether the item is a cluster-scoped object that exists and was left as
+/// it is under `STOW_EXISTING_CLUSTER_RESOURCES=skip` (or would be, in a
+/// dry run): the notes of both end in that setting.
+pub(super) fn left_alone(it: &Item) -> bool {
+    let marker = format!("({}=skip)", crate::config::vars::EXISTING_CLUSTER_RESOURCES);
+    matches!(&it.result, Some((Outcome::Skipped, why)) if why.ends_with(&marker))
 }

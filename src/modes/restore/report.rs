@@ -14,6 +14,9 @@ pub(super) struct ItemReport<'a> {
     pub(super) result: &'static str,
     #[serde(skip_serializing_if = "str::is_empty")]
     pub(super) reason: &'a str,
+    /// What the rewrite could not adjust safely.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub(super) warnings: &'a [String],
 }
 
 pub(super) fn plan_json(items: &[Item]) -> Value {
@@ -41,6 +44,7 @@ pub(super) fn item_reports(items: &[Item]) -> Vec<ItemReport<'_>> {
                     .filter(|s| Some(*s) != it.ns.as_deref()),
                 result: o.as_str(),
                 reason: why,
+                warnings: &it.warnings,
             }
         })
         .collect()

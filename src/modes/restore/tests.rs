@@ -1,4 +1,5 @@
 use super::*;
+use crate::cluster::discovery::DiscoveredType;
 use crate::config::Selection;
 
 fn run(id: &str, secs: i64, resources: bool, cluster: &str, namespaces: &[&str]) -> Run {
@@ -25,8 +26,10 @@ fn opts() -> RestoreOptions {
         namespace_map: BTreeMap::new(),
         storage_class_map: BTreeMap::new(),
         existing: Existing::Skip,
+        existing_cluster: Existing::Skip,
         dry_run: false,
         volumes: true,
+        host_volumes: BTreeSet::new(),
     }
 }
 
@@ -227,14 +230,291 @@ fn stored_objects_are_checked() {
     assert!(
         check_object(
             &rt,
+            "a",
             br#"{"kind":"ConfigMap","metadata":{"name":"a"}}"#,
             None
         )
         .is_ok()
     );
-    let e = check_object(&rt, b"{oops", None).unwrap_err();
+    let e = check_object(&rt, "a", b"{oops", None).unwrap_err();
     assert!(e.contains("not JSON"), "{e}");
-    let e = check_object(&rt, br#"{"kind":"Secret","metadata":{"name":"a"}}"#, None).unwrap_err();
+    let e = check_object(
+        &rt,
+        "a",
+        br#"{"kind":"Secret","metadata":{"name":"a"}}"#,
+        None,
+    )
+    .unwrap_err();
     assert!(e.contains("kind Secret"), "{e}");
-    assert!(check_object(&rt, b"[1]", None).is_err());
+    assert!(check_object(&rt, "a", b"[1]", None).is_err());
+    // Filed under one name, the object would be created under another.
+    let e = check_object(
+        &rt,
+        "view",
+        br#"{"kind":"ConfigMap","metadata":{"name":"cluster-admin"}}"#,
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("named cluster-admin") && e.contains("catalogue says view"),
+        "{e}"
+    );
+}
+
+fn served(group: &str, kind: &str, plural: &str, namespaced: bool) -> DiscoveredType {
+    DiscoveredType {
+        rt: rt(group, kind, plural, namespaced),
+        verbs: vec!["create".into()],
+    }
+}
+
+fn discovered() -> Discovered {
+    let types = vec![
+        served("", "ConfigMap", "configmaps", true),
+        served(RBAC, "RoleBinding", "rolebindings", true),
+        served(RBAC, "ClusterRoleBinding", "clusterrolebindings", false),
+        served(RBAC, "ClusterRole", "clusterroles", false),
+        served("storage.k8s.io", "StorageClass", "storageclasses", false),
+        served("storage.k8s.io", "CSIDriver", "csidrivers", false),
+    ];
+    Discovered {
+        all: types.clone(),
+        types,
+        failures: vec![],
+    }
+}
+
+const RBAC: &str = "rbac.authorization.k8s.io";
+
+/// An item as the plan makes it: `ns` is where the catalogue stores it
+/// (`None`: with the cluster-scoped objects).
+fn stored(t: ResourceType, ns: Option<&str>, obj: Value) -> Item {
+    let name = obj["metadata"]["name"].as_str().unwrap().to_string();
+    let mut it = item(&t, ns, ns, &name, BlobId([2; 32]));
+    it.obj = Some(obj);
+    it
+}
+
+fn failure(it: &Item) -> &str {
+    match &it.result {
+        Some((Outcome::Failed, why)) => why,
+        other => panic!("{} not refused: {other:?}", it.label()),
+    }
+}
+
+/// A hostile repository: objects whose stored scope disagrees with the
+/// cluster are refused, each naming what disagrees; the honest ones
+/// resolve.
+#[test]
+fn objects_whose_stored_scope_disagrees_with_the_cluster_are_refused() {
+    let crb = |ns: Option<&str>| {
+        json!({"kind": "ClusterRoleBinding", "metadata": {"name": "evil", "namespace": ns},
+               "roleRef": {"kind": "ClusterRole", "name": "cluster-admin"}})
+    };
+    let mut items = vec![
+        // A ClusterRoleBinding under a namespace, its type claimed
+        // namespaced as the catalogue of a namespace would.
+        stored(
+            rt(RBAC, "ClusterRoleBinding", "clusterrolebindings", true),
+            Some("shop"),
+            crb(Some("shop")),
+        ),
+        // The same with its type honestly cluster-scoped.
+        stored(
+            rt(RBAC, "ClusterRoleBinding", "clusterrolebindings", false),
+            Some("shop"),
+            crb(None),
+        ),
+        // A RoleBinding with the cluster-scoped objects.
+        stored(
+            rt(RBAC, "RoleBinding", "rolebindings", true),
+            None,
+            json!({"kind": "RoleBinding", "metadata": {"name": "rb"}}),
+        ),
+        // In a namespace, but the catalogue says cluster-scoped (which
+        // would pass the label selector by).
+        stored(
+            rt("", "ConfigMap", "configmaps", false),
+            Some("shop"),
+            json!({"kind": "ConfigMap", "metadata": {"name": "flag", "namespace": "shop"}}),
+        ),
+        // Stored in one namespace, naming another.
+        stored(
+            rt("", "ConfigMap", "configmaps", true),
+            Some("shop"),
+            json!({"kind": "ConfigMap", "metadata": {"name": "moved", "namespace": "kube-system"}}),
+        ),
+        // A cluster-scoped object naming a namespace.
+        stored(
+            rt(RBAC, "ClusterRole", "clusterroles", false),
+            None,
+            json!({"kind": "ClusterRole", "metadata": {"name": "view", "namespace": "shop"}}),
+        ),
+        // A CSIDriver filed as a StorageClass, to be pulled in by a claim.
+        stored(
+            rt("storage.k8s.io", "CSIDriver", "storageclasses", false),
+            None,
+            json!({"kind": "CSIDriver", "metadata": {"name": "fast"}}),
+        ),
+    ];
+    let honest = [
+        stored(
+            rt("", "ConfigMap", "configmaps", true),
+            Some("shop"),
+            json!({"kind": "ConfigMap", "metadata": {"name": "conf", "namespace": "shop"}}),
+        ),
+        stored(
+            rt("", "ConfigMap", "configmaps", true),
+            Some("shop"),
+            json!({"kind": "ConfigMap", "metadata": {"name": "bare"}}),
+        ),
+        stored(
+            rt(RBAC, "ClusterRole", "clusterroles", false),
+            None,
+            json!({"kind": "ClusterRole", "metadata": {"name": "edit"}}),
+        ),
+    ];
+    let hostile = items.len();
+    items.extend(honest);
+    resolve(&mut items, &discovered(), true);
+
+    let why: Vec<&str> = items[..hostile].iter().map(failure).collect();
+    for w in &why {
+        assert!(
+            w.starts_with("refused") && w.ends_with("not created"),
+            "{w}"
+        );
+    }
+    assert!(
+        why[0].contains("stored in namespace shop")
+            && why[0].contains("serves ClusterRoleBinding as cluster-scoped"),
+        "{}",
+        why[0]
+    );
+    assert!(why[1].contains("stored in namespace shop"), "{}", why[1]);
+    assert!(
+        why[2].contains("stored with the cluster-scoped objects")
+            && why[2].contains("serves RoleBinding as namespaced"),
+        "{}",
+        why[2]
+    );
+    assert!(
+        why[3].contains("catalogue records ConfigMap as cluster-scoped"),
+        "{}",
+        why[3]
+    );
+    assert!(
+        why[4].contains("metadata.namespace is kube-system"),
+        "{}",
+        why[4]
+    );
+    assert!(why[5].contains("metadata.namespace is shop"), "{}", why[5]);
+    assert!(
+        why[6].contains("under storageclasses.storage.k8s.io")
+            && why[6].contains("csidrivers.storage.k8s.io"),
+        "{}",
+        why[6]
+    );
+    // The label names kind, namespace and name.
+    assert_eq!(
+        items[0].label(),
+        "clusterrolebindings.rbac.authorization.k8s.io shop/evil"
+    );
+    for it in &items[hostile..] {
+        assert!(it.open(), "{}: {:?}", it.label(), it.result);
+        assert!(it.target.is_some());
+    }
+}
+
+/// A custom resource waiting for its CRD is checked against the scope
+/// that CRD gives it.
+#[test]
+fn custom_resources_are_checked_against_the_planned_crd() {
+    let crd_type = rt(
+        "apiextensions.k8s.io",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        false,
+    );
+    let crd = |group: &str, scope: &str| {
+        stored(
+            crd_type.clone(),
+            None,
+            json!({"kind": "CustomResourceDefinition",
+                   "metadata": {"name": format!("widgets.{group}")},
+                   "spec": {"group": group, "scope": scope,
+                            "names": {"kind": "Widget", "plural": "widgets"}}}),
+        )
+    };
+    let widget = |group: &str| {
+        stored(
+            rt(group, "Widget", "widgets", true),
+            Some("shop"),
+            json!({"kind": "Widget", "metadata": {"name": "w", "namespace": "shop"}}),
+        )
+    };
+    let mut d = discovered();
+    d.types.push(served(
+        "apiextensions.k8s.io",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        false,
+    ));
+    d.all = d.types.clone();
+    let mut items = vec![
+        crd("a.example.com", "Namespaced"),
+        widget("a.example.com"),
+        crd("b.example.com", "Cluster"),
+        widget("b.example.com"),
+    ];
+    resolve(&mut items, &d, true);
+    assert!(items[0].open() && items[2].open(), "the CRDs resolve");
+    assert!(
+        items[1].open() && items[1].target.is_none(),
+        "waits for its CRD"
+    );
+    assert!(
+        failure(&items[3]).contains("serves Widget as cluster-scoped"),
+        "{:?}",
+        items[3].result
+    );
+}
+
+#[test]
+fn existing_cluster_objects_follow_their_own_setting() {
+    use crate::config::vars;
+    let cases = [
+        (rt("", "ConfigMap", "configmaps", true), vars::EXISTING),
+        (ResourceType::namespaces(), vars::EXISTING),
+        (
+            rt(RBAC, "ClusterRole", "clusterroles", false),
+            vars::EXISTING_CLUSTER_RESOURCES,
+        ),
+        (
+            rt("", "PersistentVolume", "persistentvolumes", false),
+            vars::EXISTING_CLUSTER_RESOURCES,
+        ),
+    ];
+    for (t, var) in cases {
+        let (policy, named) = policy_for(&t, Existing::Recreate, Existing::Skip);
+        assert_eq!(named, var, "{}", t.name());
+        let want = if var == vars::EXISTING {
+            Existing::Recreate
+        } else {
+            Existing::Skip
+        };
+        assert_eq!(policy, want, "{}", t.name());
+    }
+    let mut it = stored(
+        rt(RBAC, "ClusterRole", "clusterroles", false),
+        None,
+        json!({"kind": "ClusterRole", "metadata": {"name": "admin"}}),
+    );
+    it.done(
+        Outcome::Skipped,
+        format!("already exists ({}=skip)", vars::EXISTING_CLUSTER_RESOURCES),
+    );
+    assert!(left_alone(&it));
+    it.done(Outcome::Skipped, "already exists (STOW_EXISTING=skip)");
+    assert!(!left_alone(&it));
 }

@@ -47,7 +47,8 @@ pub const CACHE_ENV: &str = "KUBESTOW_CACHE";
 pub const KEEP_ENV: &str = "KUBESTOW_KEEP_TEST_ENV";
 
 const K8S_VERSION: &str = "1.20.2";
-/// Cache key of the build recipe; must match `K8S_BUILD` in tests/env/setup.sh.
+/// Cache key of the build recipe; must match `K8S_DEBIAN_BUILD` in
+/// tests/env/k8s-debian.sh (setup.sh's `K8S_BUILD`).
 const K8S_BUILD: &str = "1.20.2-reflect2fix";
 const GARAGE_VERSION: &str = "2.5.0";
 const DIR_PREFIX: &str = "kubestow-it-";

@@ -3,6 +3,10 @@
 #
 #   - kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and
 #     kube-proxy at a current release, from the Go module proxy;
+#   - kubelet, kube-scheduler and kube-proxy 1.20.2, the release of setup.sh's
+#     control plane, from Debian's kubernetes source package with Debian's
+#     Go 1.19, as setup.sh builds that (k8s-debian.sh); step k8s-1.20 only,
+#     not part of all;
 #   - etcd 3.6 from the Go module proxy (Debian bookworm's etcd is 3.4);
 #   - containerd, runc and the CNI plugins from Debian;
 #   - a static pause binary (gcc -static) and its image tar;
@@ -17,10 +21,12 @@
 # also runs the loopback integration suite on its kube-apiserver,
 # kube-controller-manager and etcd (KUBESTOW_TEST_K8S_VERSION=1.37.2).
 #
-#   bash tests/env/setup-node.sh [all|k8s|etcd|debian|pause|csi|hostpath]...
+#   bash tests/env/setup-node.sh [all|k8s|k8s-1.20|etcd|debian|pause|csi|hostpath]...
 set -euo pipefail
 
 CACHE="${KUBESTOW_CACHE:-$HOME/.cache/kubestow}"
+# shellcheck source=tests/env/k8s-debian.sh
+. "$(dirname "${BASH_SOURCE[0]}")/k8s-debian.sh"
 # The newest release from 1.34 on that builds and runs here (1.34.4 does too:
 # KUBESTOW_K8S_VERSION=1.34.4). kubelet 1.35 and later refuse cgroup v1 unless
 # the config sets failCgroupV1: false, as node-up.sh does.
@@ -104,6 +110,24 @@ build_k8s() {
     "all=-s -w$ld" selinux,notest,grpcnotrace \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
+}
+
+# Kubernetes 1.20.2's node components, with the recipe and build key of
+# setup.sh's kube-apiserver and kube-controller-manager (k8s-debian.sh), into
+# $CACHE/kubernetes-1.20.2-reflect2fix-node. Each must print the version.
+build_k8s_120() {
+  local v=$K8S_DEBIAN_VERSION out="$CACHE/kubernetes-$K8S_DEBIAN_BUILD-node"
+  [ -f "$out/BUILD_SECONDS" ] && return 0
+  local bins=(kubelet kube-scheduler kube-proxy) start=$SECONDS b got
+  log "building ${bins[*]} $v from Debian source (about 20 minutes on 2 busy cores)"
+  rm -rf "$out"
+  k8s_debian_build "$CACHE/build-kubernetes-$K8S_DEBIAN_BUILD-node" "$out/bin" "${bins[@]}"
+  for b in "${bins[@]}"; do
+    got=$("$out/bin/$b" --version 2>&1) || true
+    [ "$got" = "Kubernetes v$v" ] || { log "$b --version printed '$got', not 'Kubernetes v$v'"; exit 1; }
+  done
+  echo "$((SECONDS - start))" >"$out/BUILD_SECONDS"
+  log "built ${bins[*]} $v in $((SECONDS - start)) s"
 }
 
 build_etcd() {
@@ -241,6 +265,7 @@ for s in "${steps[@]}"; do
   case $s in
     all) install_debian; build_etcd; build_k8s; build_pause; build_csi ;;
     k8s) build_k8s ;;
+    k8s-1.20) build_k8s_120 ;;
     etcd) build_etcd ;;
     debian) install_debian ;;
     pause) build_pause ;;

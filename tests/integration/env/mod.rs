@@ -68,7 +68,8 @@ pub const K8S_VERSION_ENV: &str = "KUBESTOW_TEST_K8S_VERSION";
 
 /// The default release, built by tests/env/setup.sh.
 const LEGACY_K8S_VERSION: &str = "1.20.2";
-/// Cache key of its build recipe; must match `K8S_BUILD` in tests/env/setup.sh.
+/// Cache key of its build recipe; must match `K8S_DEBIAN_BUILD` in
+/// tests/env/k8s-debian.sh (setup.sh's `K8S_BUILD`).
 const LEGACY_K8S_BUILD: &str = "1.20.2-reflect2fix";
 /// The oldest current release accepted: from here on no `--insecure-port`,
 /// no controller-manager `--port` and no ServiceAccount token Secrets.

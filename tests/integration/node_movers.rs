@@ -144,32 +144,19 @@ fn count(run: &Run, key: &str) -> u64 {
     run.summary["counts"][key].as_u64().unwrap_or(0)
 }
 
-/// kubestow's mover Jobs in a namespace: name -> status.
-fn mover_jobs(ns: &str) -> BTreeMap<String, Value> {
-    kubectl_json(&[
-        "-n",
-        ns,
-        "get",
-        "jobs",
-        "-l",
-        "app.kubernetes.io/managed-by=kubestow",
-    ])["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| {
-            (
-                j["metadata"]["name"].as_str().unwrap().to_owned(),
-                j["status"].clone(),
-            )
-        })
-        .collect()
+/// What a [`JobWatch`] saw.
+#[derive(Clone, Default)]
+struct Seen {
+    /// Every mover Job seen.
+    all: BTreeSet<String>,
+    /// The most mover Jobs running at once.
+    max_live: usize,
+    /// The mover Jobs still running when StatefulSet `web` first appeared.
+    live_when_web_appeared: Option<Vec<String>>,
 }
 
-/// Every Job seen, the most running at once, each Job's last status.
-type Seen = (BTreeSet<String>, usize, BTreeMap<String, Value>);
-
-/// Polls a namespace's mover Jobs from a thread until stopped.
+/// Polls a namespace's mover Jobs (and StatefulSet `web`) from a thread
+/// until stopped.
 struct JobWatch {
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<Seen>>,
@@ -179,27 +166,41 @@ struct JobWatch {
 impl JobWatch {
     fn start(ns: &str) -> JobWatch {
         let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new((BTreeSet::new(), 0, BTreeMap::new())));
+        let seen = Arc::new(Mutex::new(Seen::default()));
         let ns = ns.to_owned();
         let thread = {
             let (stop, seen) = (stop.clone(), seen.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    let jobs = mover_jobs(&ns);
-                    let mut s = seen.lock().unwrap();
-                    let live = jobs
-                        .values()
-                        .filter(|st| {
-                            st["completionTime"].is_null() && st["failed"].as_u64() < Some(3)
+                    // One list of both kinds, so the two are seen at one moment.
+                    let items = kubectl_json(&["-n", &ns, "get", "jobs,statefulsets"]);
+                    let items = items["items"].as_array().cloned().unwrap_or_default();
+                    let managed = |i: &Value| {
+                        i["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubestow"
+                    };
+                    let live: Vec<String> = items
+                        .iter()
+                        .filter(|i| i["kind"] == "Job" && managed(i))
+                        .filter(|j| {
+                            j["status"]["completionTime"].is_null()
+                                && j["status"]["failed"].as_u64() < Some(3)
                         })
-                        .count();
-                    s.1 = s.1.max(live);
-                    for (name, status) in jobs {
-                        s.0.insert(name.clone());
-                        s.2.insert(name, status);
+                        .map(|j| j["metadata"]["name"].as_str().unwrap().to_owned())
+                        .collect();
+                    let web = items
+                        .iter()
+                        .any(|i| i["kind"] == "StatefulSet" && i["metadata"]["name"] == "web");
+                    let mut s = seen.lock().unwrap();
+                    s.max_live = s.max_live.max(live.len());
+                    for j in items.iter().filter(|i| i["kind"] == "Job" && managed(i)) {
+                        s.all
+                            .insert(j["metadata"]["name"].as_str().unwrap().to_owned());
+                    }
+                    if web && s.live_when_web_appeared.is_none() {
+                        s.live_when_web_appeared = Some(live);
                     }
                     drop(s);
-                    std::thread::sleep(Duration::from_millis(200));
+                    std::thread::sleep(Duration::from_millis(100));
                 }
             })
         };
@@ -283,7 +284,7 @@ fn auto_reads_through_the_kubelet_and_the_claim_and_restores_before_the_workload
     let mut restore = st.cmd("restore");
     restore.env("STOW_CHANNELS", "2");
     let restored = st.run(restore);
-    let (jobs, _, status) = watch.finish();
+    let seen = watch.finish();
     assert_ok(&restored);
     assert_eq!(
         count(&restored, "volumes_restored"),
@@ -296,25 +297,22 @@ fn auto_reads_through_the_kubelet_and_the_claim_and_restores_before_the_workload
         assert_eq!(before[c], digest(&claim_dir(&st.app, c)), "data of {c}");
     }
     // The movers finished before the StatefulSet was created.
-    let sts = kubectl_json(&["-n", &st.app, "get", "statefulset", "web"]);
-    let created: jiff::Timestamp = sts["metadata"]["creationTimestamp"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let restores: Vec<_> = jobs.iter().filter(|j| j.contains("-restore-")).collect();
-    assert_eq!(restores.len(), 4, "one restore mover per claim: {jobs:?}");
-    for j in restores {
-        let done = status[j]["completionTime"]
-            .as_str()
-            .unwrap_or_else(|| panic!("mover {j} was not seen complete: {}", status[j]));
-        let done: jiff::Timestamp = done.parse().unwrap();
-        // Both times have whole seconds.
-        assert!(
-            done <= created + jiff::SignedDuration::from_secs(1),
-            "mover {j} completed at {done}, after the StatefulSet was created at {created}"
-        );
-    }
+    let restores: Vec<_> = seen
+        .all
+        .iter()
+        .filter(|j| j.contains("-restore-"))
+        .collect();
+    assert_eq!(
+        restores.len(),
+        4,
+        "one restore mover per claim: {:?}",
+        seen.all
+    );
+    assert_eq!(
+        seen.live_when_web_appeared,
+        Some(vec![]),
+        "restore movers still running when the StatefulSet appeared"
+    );
     st.wait_clean();
 }
 
@@ -333,7 +331,9 @@ fn channels_bound_the_mover_jobs_in_flight() {
     let mut backup = st.cmd("backup");
     backup.env("STOW_CHANNELS", "2");
     let run = st.run(backup);
-    let (all, max, _) = watch.finish();
+    let Seen {
+        all, max_live: max, ..
+    } = watch.finish();
     assert_ok(&run);
     assert_eq!(count(&run, "volumes"), 5);
     assert_eq!(all.len(), 5, "one mover Job per claim: {all:?}");
@@ -539,5 +539,98 @@ fn a_mover_that_keeps_failing_fails_only_its_claim() {
         "{}",
         list.stdout
     );
+    st.wait_clean();
+}
+
+fn lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `scope=volume` hooks around each volume of a real volume backup (CSI
+/// snapshots, movers on the node).
+#[test]
+fn volume_hooks_wrap_each_snapshot_and_exec_in_the_pod_that_mounts_it() {
+    let _shared = node::shared();
+    let st = Stage::new("node-hookvol", "baseline");
+    let ns = st.app.clone();
+    statefulset_of(&ns, 2, "csi-hostpath");
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let echo = |what: &str| format!("sh -c 'echo {what} >> {}'", log.display());
+    // The exec reaches the pod's container through the kubelet; the pause
+    // image has no `sync`, so it fails, naming the one pod that mounts the
+    // claim.
+    let exec = format!("timeout=20s scope=volume exec:{ns}/app=web/pause:sync");
+    let run_backup = |exec_policy: &str| {
+        let pre = format!(
+            "{}\nscope=volume {}\n{exec_policy} {exec}",
+            echo("run-pre"),
+            echo("freeze:$KUBESTOW_VOLUME")
+        );
+        let post = format!(
+            "scope=volume {}\n{}",
+            echo("thaw:$KUBESTOW_VOLUME"),
+            echo("run-post")
+        );
+        let mut cmd = st.cmd("backup");
+        cmd.env("STOW_VOLUME_SOURCE", "snapshot")
+            .env("STOW_PRE_HOOKS", pre)
+            .env("STOW_POST_HOOKS", post);
+        st.run(cmd)
+    };
+    let volumes = [format!("{ns}/data-web-0"), format!("{ns}/data-web-1")];
+    let check_log = || {
+        let got = lines(&log);
+        assert_eq!(got.first().map(String::as_str), Some("run-pre"), "{got:?}");
+        assert_eq!(got.last().map(String::as_str), Some("run-post"), "{got:?}");
+        for v in &volumes {
+            let freeze = got.iter().position(|l| *l == format!("freeze:{v}"));
+            let thaw = got.iter().position(|l| *l == format!("thaw:{v}"));
+            assert!(
+                freeze.is_some() && thaw.is_some() && freeze < thaw,
+                "{v}: {got:?}"
+            );
+        }
+        assert_eq!(got.len(), 6, "{got:?}");
+    };
+
+    // on-error=continue: both volumes are backed up.
+    let run = run_backup("on-error=continue");
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stderr, run.stdout);
+    assert_eq!(run.summary["counts"]["volumes"], 2, "{}", run.stdout);
+    check_log();
+    for (i, v) in volumes.iter().enumerate() {
+        let warned = run.stderr.lines().any(|l| {
+            l.contains("hook failed; continuing")
+                && l.contains(v.as_str())
+                && l.contains(&format!("pod {ns}/web-{i}:"))
+                && !l.contains(&format!("pod {ns}/web-{}:", 1 - i))
+        });
+        assert!(
+            warned,
+            "no exec failure for {v} in web-{i} only:\n{}",
+            run.stderr
+        );
+    }
+
+    // fail: each volume fails with its own pod's error; the thaws still run.
+    std::fs::remove_file(&log).unwrap();
+    let run = run_backup("");
+    assert_eq!(run.code, Some(3), "{}\n{}", run.stderr, run.stdout);
+    let errors = run.summary["errors"].as_array().unwrap();
+    for (i, v) in volumes.iter().enumerate() {
+        let e = errors
+            .iter()
+            .find(|e| e["item"] == format!("volume {v}"))
+            .unwrap_or_else(|| panic!("no error for {v}: {errors:?}"));
+        let msg = e["message"].as_str().unwrap();
+        assert!(msg.contains(&format!("pod {ns}/web-{i}: ")), "{msg}");
+    }
+    check_log();
     st.wait_clean();
 }

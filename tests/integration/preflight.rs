@@ -139,10 +139,10 @@ async fn preflight_names_exactly_the_missing_permission_and_backup_stops_there()
         .await
         .unwrap();
     // A snapshot-capable class with reclaim policy Retain: a warning.
-    crate::standin::install_snapshot_crds(&client).await;
+    crate::kubeapi::install_snapshot_crds(&client).await;
     let driver = format!("{role}.csi.test");
-    crate::standin::storage_class(&client, &role, &driver, "Retain").await;
-    crate::standin::snapshot_class(&client, &role, &driver).await;
+    crate::kubeapi::storage_class(&client, &role, &driver, "Retain").await;
+    crate::kubeapi::snapshot_class(&client, &role, &driver).await;
 
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig =

@@ -1,37 +1,20 @@
-//! Test stand-ins for the node side of a cluster, which the test environment
-//! (apiserver + controller-manager only) lacks:
+//! Raw calls to the Kubernetes API for tests (JSON in, JSON out, so the
+//! 1.20 server sees no field it does not know), and the snapshot API objects
+//! a test cluster needs.
 //!
-//! - [`TestCsi`]: a CSI provisioner + snapshotter for one driver name.
-//! - [`TestKubelet`]: a kubelet (and scheduler) for a few fake nodes that runs
-//!   `kubestow` containers as local processes.
-//!
-//! Both work on one "node filesystem" root directory owned by the test:
-//!
-//! ```text
-//! <root>/pv/<pv-name>/                      the PersistentVolume's disk
-//! <root>/snapshots/<content-name>/          a snapshot's copy
-//! <root>/nodes/<node>/<absolute host path>  what hostPath sees on that node
-//! <root>/logs/<namespace>_<pod>.log         output of the test kubelet's processes
-//! ```
-//!
-//! They only touch objects of their own driver name / nodes / namespaces, so
-//! concurrent tests in the shared cluster never cross.
+//! This was the home of test stand-ins for the kubelet and a CSI driver;
+//! the mover tests now run on the real node (`node_movers`), so only these
+//! helpers remain.
 
 #![allow(dead_code)] // Not every test uses every helper.
 
-mod csi;
-mod kubelet;
-mod tests;
+mod classes;
 
 use std::time::Duration;
 
 use serde_json::Value;
 
-// The API other test modules use; not all of it is used here.
-#[allow(unused_imports)]
-pub use csi::{TestCsi, install_snapshot_crds, snapshot_class, storage_class};
-#[allow(unused_imports)]
-pub use kubelet::{Fault, PodInfo, RunRecord, TestKubelet};
+pub use classes::{install_snapshot_crds, snapshot_class, storage_class};
 
 /// A failed API call: the HTTP status (if the server answered) and a message
 /// naming the request.

@@ -68,6 +68,17 @@ CSI_PLAIN=plain.csi.kubestow.test
 PROVISIONER_VERSION=6.4.0
 
 K8S_BIN="$CACHE/kubernetes-$K8S_VERSION/bin"
+NODE_BIN="$K8S_BIN"
+# 1.20.2, the oldest release the chart supports: its control plane is
+# setup.sh's build and its kubelet, scheduler and proxy setup-node.sh's
+# k8s-1.20 step (both from Debian's source package). Flags and config fields
+# that 1.20 lacks or needs differ below where LEGACY is set.
+LEGACY=""
+if [[ $K8S_VERSION == 1.20.* ]]; then
+  LEGACY=1
+  K8S_BIN="$CACHE/kubernetes-$K8S_VERSION-reflect2fix/bin"
+  NODE_BIN="$CACHE/kubernetes-$K8S_VERSION-reflect2fix-node/bin"
+fi
 ETCD_BIN="$CACHE/etcd-$ETCD_VERSION/bin/etcd"
 SNAP="$CACHE/external-snapshotter-$SNAPSHOTTER_VERSION"
 log() { printf '[node] %s\n' "$*" >&2; }
@@ -224,7 +235,7 @@ control_plane() {
     --authorization-mode=Node,RBAC --allow-privileged=true \
     --kubelet-preferred-address-types=InternalIP \
     --kubelet-client-certificate="$p/apiserver-kubelet-client.crt" --kubelet-client-key="$p/apiserver-kubelet-client.key" \
-    --profiling=false
+    --profiling=false ${LEGACY:+--insecure-port=0}
   wait_for 60 kube-apiserver kubectl --kubeconfig="$D/admin.kubeconfig" get --raw /readyz
   start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
     --kubeconfig="$D/controller-manager.kubeconfig" \
@@ -233,15 +244,15 @@ control_plane() {
     --service-account-private-key-file="$p/sa.key" --root-ca-file="$p/ca.crt" \
     --cluster-signing-cert-file="$p/ca.crt" --cluster-signing-key-file="$p/ca.key" \
     --use-service-account-credentials=true --controllers='*' --cluster-name=kubestow-node \
-    --service-cluster-ip-range="$SERVICE_CIDR" --profiling=false
+    --service-cluster-ip-range="$SERVICE_CIDR" --profiling=false ${LEGACY:+--port=0}
   # The VolumeSnapshot API: CRDs and the snapshot-controller of one release.
   kubectl --kubeconfig="$D/admin.kubeconfig" apply -f "$SNAP/crd/" >/dev/null
   start snapshot-controller "$SNAP/bin/snapshot-controller" \
     --kubeconfig="$D/admin.kubeconfig" --leader-election=false
-  start kube-scheduler "$K8S_BIN/kube-scheduler" \
+  start kube-scheduler "$NODE_BIN/kube-scheduler" \
     --kubeconfig="$D/scheduler.kubeconfig" \
     --authentication-kubeconfig="$D/scheduler.kubeconfig" --authorization-kubeconfig="$D/scheduler.kubeconfig" \
-    --leader-elect=false --bind-address=127.0.0.1 --secure-port=0 --profiling=false
+    --leader-elect=false --bind-address=127.0.0.1 --secure-port=0 --profiling=false ${LEGACY:+--port=0}
 }
 
 kubelet_up() {
@@ -267,9 +278,8 @@ port: 10250
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 healthzPort: 10248
-containerRuntimeEndpoint: unix://$D/containerd/containerd.sock
+$([ -n "$LEGACY" ] || printf 'containerRuntimeEndpoint: unix://%s\nfailCgroupV1: false\n' "$D/containerd/containerd.sock")
 cgroupDriver: cgroupfs
-failCgroupV1: false
 failSwapOn: false
 protectKernelDefaults: false
 authentication:
@@ -284,8 +294,13 @@ nodeStatusUpdateFrequency: 5s
 serializeImagePulls: false
 resolvConf: ""
 EOF
-  start kubelet "$K8S_BIN/kubelet" --config="$k/config.yaml" --kubeconfig="$D/kubelet.kubeconfig" \
-    --root-dir="$k/root" --cert-dir="$k/pki" --node-ip="$NODE_IP" --hostname-override="$NODE" --v=1
+  # 1.20 takes the runtime endpoint as flags (the config field came in 1.27).
+  local legacy_flags=()
+  [ -z "$LEGACY" ] || legacy_flags=(--container-runtime=remote
+    --container-runtime-endpoint="unix://$D/containerd/containerd.sock")
+  start kubelet "$NODE_BIN/kubelet" --config="$k/config.yaml" --kubeconfig="$D/kubelet.kubeconfig" \
+    --root-dir="$k/root" --cert-dir="$k/pki" --node-ip="$NODE_IP" --hostname-override="$NODE" --v=1 \
+    "${legacy_flags[@]}"
   local t0=$SECONDS
   wait_for 120 "node Ready" kubectl --kubeconfig="$D/admin.kubeconfig" wait --for=condition=Ready "node/$NODE" --timeout=2s
   log "node $NODE Ready $((SECONDS - t0)) s after kubelet started"
@@ -303,13 +318,13 @@ hostnameOverride: $NODE
 bindAddress: $NODE_IP
 clusterCIDR: $POD_CIDR
 mode: iptables
-iptables: {localhostNodePorts: false, masqueradeAll: false}
+iptables: {$([ -n "$LEGACY" ] || echo 'localhostNodePorts: false, ')masqueradeAll: false}
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249
 EOF
   touch "$D/made-kube-proxy"
-  start kube-proxy "$K8S_BIN/kube-proxy" --config="$D/kube-proxy.yaml" --v=1
+  start kube-proxy "$NODE_BIN/kube-proxy" --config="$D/kube-proxy.yaml" --v=1
   wait_for 60 "kube-proxy rules for the kubernetes Service" \
     sh -c "iptables -t nat -S KUBE-SERVICES 2>/dev/null | grep -q '$SERVICE_IP/32'"
 }
@@ -428,7 +443,12 @@ EOF
 up() {
   [ ! -e "$D/pids" ] || die "$D exists: run '$0 down' first"
   [ -f "$IMAGE_TAR" ] || die "no image archive at $IMAGE_TAR: run 'just image' first"
-  bash "$repo/tests/env/setup-node.sh" debian etcd k8s pause csi
+  if [ -n "$LEGACY" ]; then
+    bash "$repo/tests/env/setup.sh"
+    bash "$repo/tests/env/setup-node.sh" debian etcd k8s-1.20 pause csi
+  else
+    bash "$repo/tests/env/setup-node.sh" debian etcd k8s pause csi
+  fi
   local need=() c
   for c in curl jq openssl kubectl; do command -v "$c" >/dev/null 2>&1 || need+=("$c"); done
   [[ " ${need[*]} " != *" kubectl "* ]] || need=("${need[@]/kubectl/kubernetes-client}")
@@ -674,7 +694,7 @@ down() {
   for n in csi-provisioner csi-snapshotter csi-hostpath csi-plain-provisioner csi-plain garage kube-proxy snapshot-controller kube-scheduler \
     kube-controller-manager kube-apiserver etcd containerd; do stop_pid "$n"; done
   # kube-proxy's own clean-up removes the chains it made.
-  [ ! -f "$D/made-kube-proxy" ] || "$K8S_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+  [ ! -f "$D/made-kube-proxy" ] || "$NODE_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
   # Mounts under the run directory: pod volumes, sandbox netns, overlay rootfs.
   local m
   for m in $(awk -v d="$D/" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r); do

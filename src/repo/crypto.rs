@@ -36,6 +36,9 @@ pub(crate) const MAX_BLOB_LEN: usize = 64 << 20;
 /// length before allocating.
 pub(crate) const MAX_META_LEN: usize = 1 << 30;
 
+// A backend must be able to hand over the largest sealed metadata object.
+const _: () = assert!((MAX_META_LEN + OVERHEAD) as u64 <= super::backend::MAX_OBJECT_LEN);
+
 /// AAD bytes of sealed objects that are not blobs. Blob kinds use 1..=3
 /// (see [`super::BlobKind`]); distinct bytes keep one kind of object from
 /// being substituted for another.

@@ -50,6 +50,11 @@ pub(crate) mod kind {
     pub const KEY: u8 = 0x14;
     pub const MOVER: u8 = 0x15;
     pub const CHECKPOINT: u8 = 0x16;
+    /// Coordination objects (`locks/`, `prune/marks/`): sealed so that only
+    /// a key holder can write one that prune or a writer acts on.
+    pub const WRITER_MARKER: u8 = 0x17;
+    pub const PRUNE_LOCK: u8 = 0x18;
+    pub const PRUNE_MARK: u8 = 0x19;
 }
 
 /// Length of the master key material: AES key then BLAKE3 id key.

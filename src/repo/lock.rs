@@ -110,13 +110,24 @@ pub struct Ignored {
 }
 
 impl Ignored {
-    /// Logs a warning naming the object, and records it.
-    pub(crate) fn logged(key: &str, e: &RepoError, what: &str) -> Ignored {
-        tracing::warn!(%key, error = %e, "ignoring {what} that is not sealed with this repository's key or does not parse; nothing trusts it, delete it when convenient");
+    fn new(key: &str, e: &RepoError) -> Ignored {
         Ignored {
             key: key.to_string(),
             reason: e.to_string(),
         }
+    }
+
+    /// Logs the warning that names the object; `what` says what it posed
+    /// as, e.g. `a prune mark`.
+    pub(crate) fn warn(&self, what: &str) {
+        tracing::warn!(key = %self.key, error = %self.reason, "ignoring {what} that is not sealed with this repository's key or does not parse; nothing trusts it, delete it when convenient");
+    }
+
+    /// Records it and logs the warning.
+    pub(crate) fn logged(key: &str, e: &RepoError, what: &str) -> Ignored {
+        let i = Ignored::new(key, e);
+        i.warn(what);
+        i
     }
 }
 
@@ -305,8 +316,8 @@ pub struct Marks {
 }
 
 /// Every mark, oldest first. An object that is not a sealed mark is
-/// ignored with a warning: it must neither stop backups nor let prune
-/// delete anything.
+/// ignored (the caller reports it): it must neither stop backups nor let
+/// prune delete anything.
 pub async fn list_marks(repo: &Repository) -> Result<Marks, RepoError> {
     let mut out = Marks::default();
     for (key, found) in read_all::<Mark>(
@@ -324,9 +335,9 @@ pub async fn list_marks(repo: &Repository) -> Result<Marks, RepoError> {
             // `decode` gives none (plaintext is not asked for); never trusted.
             Found::Plaintext(_) => {
                 let e = RepoError::corrupt(&key, None, "a plaintext prune mark: not trusted");
-                out.ignored.push(Ignored::logged(&key, &e, "a prune mark"));
+                out.ignored.push(Ignored::new(&key, &e));
             }
-            Found::Unreadable(e) => out.ignored.push(Ignored::logged(&key, &e, "a prune mark")),
+            Found::Unreadable(e) => out.ignored.push(Ignored::new(&key, &e)),
         }
     }
     out.marks
@@ -348,6 +359,9 @@ pub(crate) async fn marked_packs(
     repo: &Repository,
 ) -> Result<(HashSet<PackId>, Vec<Ignored>), RepoError> {
     let Marks { marks, ignored } = list_marks(repo).await?;
+    for i in &ignored {
+        i.warn("a prune mark");
+    }
     let packs = marks
         .into_iter()
         .flat_map(|(_, m)| m.packs.into_iter().chain(m.orphans))
@@ -513,6 +527,10 @@ impl PruneLock {
                 blocked: None,
                 ignored,
             }) => {
+                // Logged once here, not at every verification.
+                for i in &ignored {
+                    i.warn("a prune lock");
+                }
                 lock.ignored = ignored;
                 tracing::info!(key = %lock.key, "acquired the prune lock");
                 Ok(lock)
@@ -566,7 +584,7 @@ impl PruneLock {
                 Found::Plaintext(info) => (info, false),
                 // Nobody's lock: it cannot hold ours back.
                 Found::Unreadable(e) => {
-                    ignored.push(Ignored::logged(&key, &e, "a prune lock"));
+                    ignored.push(Ignored::new(&key, &e));
                     continue;
                 }
             };

@@ -22,6 +22,9 @@ pub(super) async fn sweep(
     let live = writers_in_flight(repo, opts, report, details).await?;
     let lock::Marks { marks, ignored } = lock::list_marks(repo).await?;
     // Never acted on, never deleted: left for a person to look at.
+    for i in &ignored {
+        i.warn("a prune mark");
+    }
     report.count("marks_ignored", ignored.len() as u64);
     details.ignored.extend(ignored);
     if marks.is_empty() {

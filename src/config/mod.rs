@@ -27,7 +27,7 @@ use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use hooks::HookSpecError;
-pub use parse::DurationError;
+pub use parse::{DurationError, MAX_DURATION};
 pub use rate::{RateError, RateSchedule};
 pub use raw::RawConfig;
 pub use secret::Secret;

@@ -198,13 +198,27 @@ pub enum DurationError {
     /// A negative span such as `-5m`.
     #[error("must not be negative")]
     Negative,
+    /// Longer than [`MAX_DURATION`]: no timeout or interval needs that, and
+    /// converting it to times and deadlines would overflow.
+    #[error("out of range: at most 36500d (100 years)")]
+    TooLarge,
 }
+
+/// The longest duration any variable or hook option accepts: 100 years.
+/// Far beyond every sensible setting, and small enough that adding it to a
+/// timestamp or a deadline cannot overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(36_500 * 24 * 3600);
 
 /// A duration: jiff's friendly format (`5m`, `1h 30m`, `3d`) or ISO 8601, or
 /// a bare number in `bare_unit`. `s` is already trimmed.
 pub(crate) fn duration(s: &str, bare_unit: Duration) -> Result<Duration, DurationError> {
     if let Ok(n) = s.parse::<u64>() {
-        return Ok(bare_unit * n as u32);
+        // Checked: `n as u32` used to wrap, so 4294967297 meant 1.
+        let d = u32::try_from(n)
+            .ok()
+            .and_then(|n| bare_unit.checked_mul(n))
+            .ok_or(DurationError::TooLarge)?;
+        return at_most_max(d);
     }
     // Spans (not SignedDuration) so that `3d` means three 24-hour days.
     let span: jiff::Span = s.parse().map_err(|_| DurationError::Syntax)?;
@@ -214,7 +228,19 @@ pub(crate) fn duration(s: &str, bare_unit: Duration) -> Result<Duration, Duratio
     if secs < 0.0 {
         return Err(DurationError::Negative);
     }
-    Ok(Duration::from_secs_f64(secs))
+    // Compared as a float first: from_secs_f64 panics on values it cannot hold.
+    if !secs.is_finite() || secs > MAX_DURATION.as_secs_f64() {
+        return Err(DurationError::TooLarge);
+    }
+    at_most_max(Duration::from_secs_f64(secs))
+}
+
+fn at_most_max(d: Duration) -> Result<Duration, DurationError> {
+    if d > MAX_DURATION {
+        Err(DurationError::TooLarge)
+    } else {
+        Ok(d)
+    }
 }
 
 /// [`duration`] of a variable's value, the error naming the variable.

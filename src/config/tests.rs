@@ -341,3 +341,69 @@ fn prune_grace_and_explicit_plan() {
     .unwrap_err();
     assert!(e.to_string().contains("every STOW_KEEP_* rule is 0"), "{e}");
 }
+
+/// The one error of a configuration that sets `var` to `value` in `mode`:
+/// it names the variable and says the value is out of range.
+fn assert_out_of_range(mode: &'static str, var: &'static str, value: &'static str) {
+    let e = cfg(&with(&[(v::MODE, mode), (var, value)])).unwrap_err();
+    assert_eq!(e.0.len(), 1, "{var}={value}: {e}");
+    assert_eq!(e.0[0].var(), var, "{e}");
+    assert!(e.to_string().contains("out of range"), "{var}={value}: {e}");
+}
+
+// A bare number used to be multiplied as `n as u32`, so 2^32 + 1 wrapped
+// to 1 (seconds, or minutes for STOW_RECONNECT_TIMEOUT).
+
+#[test]
+fn prune_grace_out_of_range_is_a_config_error() {
+    assert_out_of_range("list", v::PRUNE_GRACE, "4294967297");
+    assert_out_of_range("list", v::PRUNE_GRACE, "18446744073709551615");
+    assert_out_of_range("list", v::PRUNE_GRACE, "36501d");
+    let c = cfg(&with(&[(v::MODE, "list"), (v::PRUNE_GRACE, "36500d")])).unwrap();
+    assert_eq!(c.prune_grace, MAX_DURATION);
+}
+
+#[test]
+fn reconnect_timeout_out_of_range_is_a_config_error() {
+    assert_out_of_range("backup", v::RECONNECT_TIMEOUT, "4294967297");
+    // In range for the multiplication, beyond the 60-minute limit.
+    let e = cfg(&with(&[(v::RECONNECT_TIMEOUT, "71582789")])).unwrap_err();
+    assert_eq!(e.0[0].var(), v::RECONNECT_TIMEOUT, "{e}");
+}
+
+#[test]
+fn min_interval_out_of_range_is_a_config_error() {
+    assert_out_of_range("backup", v::MIN_INTERVAL, "4294967297");
+    assert_out_of_range("backup", v::MIN_INTERVAL, "1000000h");
+    assert_out_of_range("backup", v::MIN_INTERVAL, "3153600001");
+    let c = cfg(&with(&[(v::MIN_INTERVAL, "3153600000")])).unwrap();
+    assert_eq!(c.min_interval, Some(MAX_DURATION));
+}
+
+#[test]
+fn durations_are_checked_not_wrapped() {
+    use super::parse::duration;
+    let (sec, min) = (Duration::from_secs(1), Duration::from_secs(60));
+    for (text, unit) in [
+        ("4294967297", sec),
+        ("4294967296", sec),
+        ("18446744073709551615", sec),
+        ("52560001", min),
+        ("36500d 1s", sec),
+    ] {
+        assert!(
+            matches!(duration(text, unit), Err(DurationError::TooLarge)),
+            "{text}: {:?}",
+            duration(text, unit)
+        );
+    }
+    assert_eq!(duration("52560000", min).unwrap(), MAX_DURATION);
+    assert_eq!(duration("90", sec).unwrap(), Duration::from_secs(90));
+    assert_eq!(duration("90", min).unwrap(), Duration::from_secs(5400));
+}
+
+#[test]
+fn mover_timeouts_out_of_range_are_config_errors() {
+    assert_out_of_range("backup", v::MOVER_START_TIMEOUT, "4294967297");
+    assert_out_of_range("backup", v::SNAPSHOT_TIMEOUT, "4294967297");
+}

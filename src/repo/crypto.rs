@@ -36,6 +36,9 @@ pub(crate) const MAX_BLOB_LEN: usize = 64 << 20;
 /// length before allocating.
 pub(crate) const MAX_META_LEN: usize = 1 << 30;
 
+// A backend must be able to hand over the largest sealed metadata object.
+const _: () = assert!((MAX_META_LEN + OVERHEAD) as u64 <= super::backend::MAX_OBJECT_LEN);
+
 /// AAD bytes of sealed objects that are not blobs. Blob kinds use 1..=3
 /// (see [`super::BlobKind`]); distinct bytes keep one kind of object from
 /// being substituted for another.
@@ -47,6 +50,11 @@ pub(crate) mod kind {
     pub const KEY: u8 = 0x14;
     pub const MOVER: u8 = 0x15;
     pub const CHECKPOINT: u8 = 0x16;
+    /// Coordination objects (`locks/`, `prune/marks/`): sealed so that only
+    /// a key holder can write one that prune or a writer acts on.
+    pub const WRITER_MARKER: u8 = 0x17;
+    pub const PRUNE_LOCK: u8 = 0x18;
+    pub const PRUNE_MARK: u8 = 0x19;
 }
 
 /// Length of the master key material: AES key then BLAKE3 id key.

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use super::backend::BackendError;
-use super::crypto::{MAX_META_LEN, MasterKey, kind};
+use super::crypto::{MAX_BLOB_LEN, MAX_META_LEN, MasterKey, OVERHEAD, kind};
 use super::id::{BlobId, BlobKind, PackId};
 use super::{RepoError, Repository, open_error};
 use crate::config::Compression;
@@ -63,6 +63,14 @@ pub(crate) enum DecodeError {
         id: BlobId,
         offset: u32,
         expect: u64,
+    },
+    #[error(
+        "blob {id}: sealed length {length} and plaintext length {raw_length} are impossible (a blob holds at most {MAX_BLOB_LEN} bytes, sealed in {OVERHEAD} more)"
+    )]
+    BlobLength {
+        id: BlobId,
+        length: u32,
+        raw_length: u32,
     },
     #[error("entries cover {covered} bytes but the body has {body_len}")]
     BodyMismatch { covered: u64, body_len: u64 },
@@ -124,13 +132,24 @@ impl<'a> Reader<'a> {
         let id = BlobId(self.id32()?);
         let k = self.u8()?;
         let kind = BlobKind::from_byte(k).ok_or(DecodeError::UnknownKind(k))?;
-        Ok(PackEntry {
+        let e = PackEntry {
             id,
             kind,
             offset: self.u32()?,
             length: self.u32()?,
             raw_length: self.u32()?,
-        })
+        };
+        // Readers fetch `length` bytes and open them into `raw_length`:
+        // refuse lengths no blob can have before anything is sized by them.
+        let (length, raw) = (e.length as usize, e.raw_length as usize);
+        if !(OVERHEAD..=MAX_BLOB_LEN + OVERHEAD).contains(&length) || raw > MAX_BLOB_LEN {
+            return Err(DecodeError::BlobLength {
+                id,
+                length: e.length,
+                raw_length: e.raw_length,
+            });
+        }
+        Ok(e)
     }
 
     /// `count` entries, refusing a count the remaining bytes cannot hold
@@ -191,7 +210,17 @@ fn body_len(key: &str, size: u64, tail: &[u8]) -> Result<u64, RepoError> {
             "header length {header_len} exceeds the pack size {size}"
         )));
     }
-    Ok(size - 4 - header_len)
+    let body = size - 4 - header_len;
+    // Every sealed blob takes at least OVERHEAD bytes of the body, so the
+    // body bounds the entries and the entries bound the (raw) header:
+    // refuse a header length that could only be a lie before fetching it.
+    let most = OVERHEAD as u64 + 4 + ENTRY_LEN as u64 * (body / OVERHEAD as u64);
+    if header_len > most {
+        return Err(corrupt(format!(
+            "header length {header_len} is more than the {most} bytes the entries of a {body}-byte body can take"
+        )));
+    }
+    Ok(body)
 }
 
 /// Parses the decrypted header and checks that the entries tile the pack

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::config::Retention;
-use crate::repo::lock::{LockTiming, PruneLock, WRITER_MAX_AGE};
+use crate::repo::lock::{Ignored, LockTiming, PruneLock, WRITER_MAX_AGE};
 use crate::repo::{RepoError, Repository};
 use crate::summary::Report;
 
@@ -101,10 +101,12 @@ pub async fn prune(
     let lock = PruneLock::acquire(repo, &opts.run_id, opts.lock).await?;
     let mut report = Report::default();
     let mut details = Details::default();
+    report.count("prune_locks_ignored", lock.ignored().len() as u64);
+    details.ignored.extend(lock.ignored().iter().cloned());
     let result = async {
         sweep(repo, opts, &lock, &mut report, &mut details).await?;
-        mover_results(repo, opts, &mut report).await?;
-        checkpoints(repo, &mut report).await?;
+        mover_results(repo, opts, &lock, &mut report).await?;
+        checkpoints(repo, &lock, &mut report).await?;
         stop_if_cancelled(cancel)?;
         forget(repo, opts, &lock, &mut report, &mut details).await?;
         stop_if_cancelled(cancel)?;
@@ -136,6 +138,10 @@ struct Details {
     deferred: BTreeMap<String, Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mark: Option<String>,
+    /// Coordination objects that do not open (junk, forged, or an older
+    /// version's plaintext marks): reported, never trusted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ignored: Vec<Ignored>,
 }
 
 #[derive(Debug, Serialize)]

@@ -13,6 +13,11 @@ use super::{META_PARALLEL, RepoError, Repository, check_content_name, open_error
 
 pub(crate) const PREFIX: &str = "snapshots/";
 
+/// The most parts a run may have. A run has one part per channel (at most
+/// 255); the limit keeps a manifest from making readers size anything by a
+/// count it merely claims.
+pub(crate) const MAX_PARTS: u32 = 65_536;
+
 /// Only `complete` is ever written: a manifest is the last thing a part
 /// writes, so an incomplete part has no manifest at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -126,9 +131,13 @@ pub fn group_runs(snapshots: Vec<(SnapshotId, SnapshotManifest)>) -> Vec<Run> {
             let time = parts.iter().map(|p| p.1.time).max().expect("non-empty");
             let total = parts[0].1.parts;
             let present: BTreeSet<u32> = parts.iter().map(|p| p.1.part).collect();
+            // Distinct part numbers, all below `total`, as many as `total`:
+            // exactly 0..total, without building that range (a manifest
+            // claiming u32::MAX parts would make it 16 GiB).
             let complete = total > 0
                 && parts.iter().all(|p| p.1.parts == total)
-                && present == (0..total).collect();
+                && present.len() as u64 == u64::from(total)
+                && present.iter().all(|p| *p < total);
             Run {
                 run_id,
                 time,
@@ -166,6 +175,16 @@ impl Repository {
                 }
             }
         }
+        // Readers refuse such a manifest; never store one.
+        if !(1..=MAX_PARTS).contains(&manifest.parts) || manifest.part >= manifest.parts {
+            return Err(RepoError::refused(
+                "save snapshot",
+                format!(
+                    "part {} of {} parts is out of range (1 to {MAX_PARTS} parts, numbered from 0)",
+                    manifest.part, manifest.parts
+                ),
+            ));
+        }
         let mut manifest = manifest.clone();
         manifest.status = SnapshotStatus::Complete;
         let json = serde_json::to_vec(&manifest).expect("manifest serialises");
@@ -196,8 +215,19 @@ impl Repository {
             .master
             .open(kind::SNAPSHOT, bytes, MAX_META_LEN)
             .map_err(|e| open_error(key, None, e))?;
-        serde_json::from_slice(&plain)
-            .map_err(|e| RepoError::format(key, format!("not a snapshot manifest: {e}")))
+        let m: SnapshotManifest = serde_json::from_slice(&plain)
+            .map_err(|e| RepoError::format(key, format!("not a snapshot manifest: {e}")))?;
+        if !(1..=MAX_PARTS).contains(&m.parts) || m.part >= m.parts {
+            return Err(RepoError::corrupt(
+                key,
+                None,
+                format!(
+                    "part {} of {} parts is out of range (a run has 1 to {MAX_PARTS} parts, numbered from 0)",
+                    m.part, m.parts
+                ),
+            ));
+        }
+        Ok(m)
     }
 
     /// Every snapshot manifest, oldest first. Fails naming the first object

@@ -51,7 +51,9 @@ pub fn min_interval_skip(
         .filter(|r| r.complete && r.parts.first().is_some_and(|p| p.1.plan == plan))
         .max_by_key(|r| r.time)?;
     let age = now.duration_since(newest.time);
-    let interval = jiff::SignedDuration::try_from(interval).ok()?;
+    // Configuration caps the interval far below SignedDuration's range; were
+    // it beyond, every run would be too recent, so saturate (not skip the check).
+    let interval = jiff::SignedDuration::try_from(interval).unwrap_or(jiff::SignedDuration::MAX);
     (age < interval).then(|| {
         format!(
             "STOW_MIN_INTERVAL: the newest complete run of plan {plan} ({}, at {}) is {} old, younger than {}",

@@ -137,4 +137,26 @@ async fn a_repository_written_before_the_change_opens_checks_and_restores() {
     );
     assert_eq!(bytes["deduplicated"], bytes["read"], "{}", backup.stdout);
     check_all(&repo).await;
+
+    // The fixture's writer marker is plaintext, as markers were before
+    // they were sealed: prune still reads it, sees that its run is
+    // complete and removes it (and the new run's sealed one).
+    let locks = dir.path().join("repo/locks");
+    let markers = || {
+        std::fs::read_dir(&locks)
+            .map(|d| d.filter(|e| e.is_ok()).count())
+            .unwrap_or(0)
+    };
+    assert_eq!(markers(), 2);
+    let mut prune = kubestow("prune", &repo);
+    prune.env("STOW_KEEP_LAST", "10");
+    let prune = binary::run(prune).await;
+    binary::assert_success(&prune);
+    assert_eq!(
+        prune.summary["counts"]["writer_markers_removed"], 2,
+        "{}",
+        prune.stdout
+    );
+    assert_eq!(markers(), 0, "{}", prune.stdout);
+    check_all(&repo).await;
 }

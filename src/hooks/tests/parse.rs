@@ -223,6 +223,34 @@ fn malformed_values_say_what_is_wrong() {
 }
 
 #[test]
+fn timeout_out_of_range_is_refused_not_wrapped() {
+    // `n as u32` made 4294967297 a one-second timeout.
+    for text in [
+        "timeout=4294967297 true",
+        "timeout=18446744073709551615 true",
+        "[{\"command\": [\"true\"], \"timeout\": 4294967297}]",
+    ] {
+        let e = parse_hooks(text).expect_err(text).to_string();
+        assert!(e.contains("out of range"), "{text}: {e}");
+    }
+    let e = parse_preconditions("timeout=4294967297 resource:deployment/shop/web")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("out of range"), "{e}");
+    for var in [v::PRECONDITION, v::PRE_HOOKS, v::POST_HOOKS] {
+        let value = if var == v::PRECONDITION {
+            "timeout=4294967297 resource:deployment/shop/web"
+        } else {
+            "timeout=4294967297 true"
+        };
+        let e = config(&[(var, value)], "backup").unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].var(), var, "{e}");
+        assert!(e.to_string().contains("out of range"), "{e}");
+    }
+}
+
+#[test]
 fn config_errors_name_the_variable() {
     for var in [v::PRECONDITION, v::PRE_HOOKS, v::POST_HOOKS] {
         let e = config(&[(var, "exec:nope")], "backup").unwrap_err();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{Backend, BackendError, ObjectInfo, Result, check_key};
+use super::{Backend, BackendError, MAX_OBJECT_LEN, ObjectInfo, Result, check_key};
 
 /// Stores each object as a file under a root directory, at the key's path.
 #[derive(Debug, Clone)]
@@ -44,6 +44,16 @@ impl FsBackend {
                 key: key.into(),
                 message,
             },
+        }
+    }
+
+    fn too_large(&self, op: &'static str, key: &str, size: u64) -> BackendError {
+        BackendError::TooLarge {
+            location: self.location(),
+            op,
+            key: key.into(),
+            size,
+            max: MAX_OBJECT_LEN,
         }
     }
 
@@ -131,11 +141,30 @@ impl Backend for FsBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes> {
-        self.blocking("get", key, |p| std::fs::read(p).map(Bytes::from))
-            .await
+        // `Err(size)`: too large. The size is checked before allocating, and
+        // the read is capped too, in case the file grows in between.
+        let read = self
+            .blocking("get", key, |p| {
+                let f = std::fs::File::open(p)?;
+                let size = f.metadata()?.len();
+                if size > MAX_OBJECT_LEN {
+                    return Ok(Err(size));
+                }
+                let mut buf = Vec::with_capacity(size as usize);
+                f.take(MAX_OBJECT_LEN + 1).read_to_end(&mut buf)?;
+                if buf.len() as u64 > MAX_OBJECT_LEN {
+                    return Ok(Err(buf.len() as u64));
+                }
+                Ok(Ok(Bytes::from(buf)))
+            })
+            .await?;
+        read.map_err(|size| self.too_large("get", key, size))
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes> {
+        if len > MAX_OBJECT_LEN {
+            return Err(self.too_large("get range", key, len));
+        }
         self.blocking("get range", key, move |p| {
             let mut f = std::fs::File::open(p)?;
             let size = f.metadata()?.len();
@@ -219,5 +248,38 @@ impl Backend for FsBackend {
                 Err(e) => return Err(self.err("probe", "", e)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn oversized_files_are_refused_before_they_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = FsBackend::new(dir.path().to_path_buf());
+        std::fs::create_dir_all(dir.path().join("index")).unwrap();
+        // Sparse: costs no disk, but reading it would allocate over 1 GiB.
+        let f = std::fs::File::create(dir.path().join("index/big")).unwrap();
+        f.set_len(MAX_OBJECT_LEN + 1).unwrap();
+
+        let err = b.get("index/big").await.unwrap_err();
+        match &err {
+            BackendError::TooLarge { key, size, max, .. } => {
+                assert_eq!(key, "index/big");
+                assert_eq!((*size, *max), (MAX_OBJECT_LEN + 1, MAX_OBJECT_LEN));
+            }
+            other => panic!("{other}"),
+        }
+        assert!(!err.is_retriable());
+        assert!(err.to_string().contains("index/big"), "{err}");
+        let err = b
+            .get_range("index/big", 0, MAX_OBJECT_LEN + 1)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BackendError::TooLarge { .. }), "{err}");
+        // A range of such a file is read as usual.
+        assert_eq!(&b.get_range("index/big", 7, 3).await.unwrap()[..], &[0; 3]);
     }
 }

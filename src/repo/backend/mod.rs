@@ -32,6 +32,12 @@ pub struct ObjectInfo {
     pub size: u64,
 }
 
+/// The largest object a backend reads into memory. Nothing kubestow stores
+/// is larger: a metadata object is at most 1 GiB of plaintext plus its
+/// 38-byte envelope, and a pack is about 16 MiB plus one 64 MiB blob. A
+/// bigger object is refused before anything is allocated for it.
+pub const MAX_OBJECT_LEN: u64 = (1 << 30) + (1 << 20);
+
 /// Why a storage operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
@@ -66,6 +72,23 @@ pub enum BackendError {
         key: String,
         /// The underlying error.
         message: String,
+    },
+    /// The object (or the range asked for) is larger than
+    /// [`MAX_OBJECT_LEN`]: refused before it is read into memory.
+    #[error(
+        "{location}: {op} {key}: {size} bytes is more than the {max} bytes any repository object can have; refusing to read it into memory"
+    )]
+    TooLarge {
+        /// The backend location.
+        location: String,
+        /// The operation, e.g. `get`.
+        op: &'static str,
+        /// Key of the object.
+        key: String,
+        /// Its size (or the length of the range asked for), in bytes.
+        size: u64,
+        /// The limit, [`MAX_OBJECT_LEN`].
+        max: u64,
     },
     /// A transient failure that retrying did not cure, or that was not
     /// retried because the run is stopping.

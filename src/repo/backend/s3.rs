@@ -13,7 +13,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 
-use super::{Backend, BackendError, ObjectInfo, Result, check_key};
+use super::{Backend, BackendError, MAX_OBJECT_LEN, ObjectInfo, Result, check_key};
 
 /// Objects larger than this are uploaded in parts. Packs are about 16 MiB,
 /// so large packs and big single blobs take the multipart path.
@@ -282,6 +282,20 @@ impl Backend for S3Backend {
             .send()
             .await
             .map_err(|e| self.classify("get", key, e))?;
+        // Refused before the body is collected into memory.
+        if let Some(size) = out
+            .content_length()
+            .and_then(|n| u64::try_from(n).ok())
+            .filter(|n| *n > MAX_OBJECT_LEN)
+        {
+            return Err(BackendError::TooLarge {
+                location: self.location(),
+                op: "get",
+                key: key.into(),
+                size,
+                max: MAX_OBJECT_LEN,
+            });
+        }
         let body = out
             .body
             .collect()
@@ -293,6 +307,15 @@ impl Backend for S3Backend {
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes> {
         if len == 0 {
             return Ok(Bytes::new());
+        }
+        if len > MAX_OBJECT_LEN {
+            return Err(BackendError::TooLarge {
+                location: self.location(),
+                op: "get range",
+                key: key.into(),
+                size: len,
+                max: MAX_OBJECT_LEN,
+            });
         }
         let out = self
             .client

@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use tracing::warn;
 
 use super::*;
-use crate::repo::lock::age;
+use crate::repo::lock::{PruneLock, age};
 use crate::repo::{RepoError, Repository};
 use crate::summary::Report;
 
@@ -18,6 +18,7 @@ use crate::summary::Report;
 pub(super) async fn mover_results(
     repo: &Repository,
     opts: &Options,
+    lock: &PruneLock,
     report: &mut Report,
 ) -> Result<(), RepoError> {
     let results = repo.all_mover_results().await?;
@@ -35,6 +36,7 @@ pub(super) async fn mover_results(
     for (key, r) in results {
         match r {
             Ok(m) if complete.contains(&m.run_id) || age(now, m.time) > opts.writer_max_age => {
+                lock.check()?;
                 repo.delete_mover_result(&key).await?;
                 report.count("mover_results_removed", 1);
             }
@@ -52,7 +54,11 @@ pub(super) const CHECKPOINT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 360
 /// Removes volume checkpoints that a complete backup of the same plan and
 /// volume, saved after them, has made useless, and very old ones. Safe at
 /// any time: a rerun takes from a checkpoint only blobs its index has.
-pub(super) async fn checkpoints(repo: &Repository, report: &mut Report) -> Result<(), RepoError> {
+pub(super) async fn checkpoints(
+    repo: &Repository,
+    lock: &PruneLock,
+    report: &mut Report,
+) -> Result<(), RepoError> {
     let all = repo.all_checkpoints().await?;
     if all.is_empty() {
         return Ok(());
@@ -81,6 +87,7 @@ pub(super) async fn checkpoints(repo: &Repository, report: &mut Report) -> Resul
                     .get(&(h.plan.clone(), h.volume.clone()))
                     .is_some_and(|t| *t > h.time);
                 if superseded || age(now, h.time) > CHECKPOINT_MAX_AGE {
+                    lock.check()?;
                     repo.delete_checkpoint(&key).await?;
                     report.count("checkpoints_removed", 1);
                 }

@@ -19,7 +19,8 @@ pub(super) async fn mark(
     report: &mut Report,
     details: &mut Details,
 ) -> Result<(), RepoError> {
-    let pending = lock::list_marks(repo).await?;
+    // Ignored objects were reported by the sweep; they mark nothing.
+    let pending = lock::list_marks(repo).await?.marks;
     let pending_packs: HashSet<PackId> = pending
         .iter()
         .flat_map(|(_, m)| m.packs.iter().chain(&m.orphans).copied())
@@ -167,6 +168,7 @@ pub(super) async fn mark(
     }
     lock.verify().await?;
     for attempt in 0.. {
+        lock.check()?;
         m.time = Timestamp::now();
         let key = lock::put_mark(repo, &m).await?;
         if age(Timestamp::now(), m.time) <= MARK_PUT_LIMIT {

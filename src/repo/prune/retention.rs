@@ -199,13 +199,20 @@ pub(super) async fn forget(
             .map(|v| v.run_id.as_str())
             .collect();
         for (key, marker) in lock::list_writer_markers(repo).await? {
-            if marker.is_ok_and(|m| removed.contains(m.run_id.as_str())) {
+            if marker
+                .content()
+                .is_some_and(|m| removed.contains(m.run_id.as_str()))
+            {
+                lock.check()?;
                 repo.backend().delete(&key).await?;
                 report.count("writer_markers_removed", 1);
             }
         }
         futures::stream::iter(doomed)
-            .map(|id| async move { repo.delete_snapshot(&id).await })
+            .map(|id| async move {
+                lock.check()?;
+                repo.delete_snapshot(&id).await
+            })
             .buffer_unordered(opts.channels)
             .try_collect::<Vec<()>>()
             .await?;

@@ -19,8 +19,14 @@ pub(super) async fn sweep(
     details: &mut Details,
 ) -> Result<(), RepoError> {
     let now = Timestamp::now();
-    let live = writers_in_flight(repo, opts, report).await?;
-    let marks = lock::list_marks(repo).await?;
+    let live = writers_in_flight(repo, opts, report, details).await?;
+    let lock::Marks { marks, ignored } = lock::list_marks(repo).await?;
+    // Never acted on, never deleted: left for a person to look at.
+    for i in &ignored {
+        i.warn("a prune mark");
+    }
+    report.count("marks_ignored", ignored.len() as u64);
+    details.ignored.extend(ignored);
     if marks.is_empty() {
         return Ok(());
     }
@@ -40,8 +46,8 @@ pub(super) async fn sweep(
         let limit = mark.time + opts.clock_margin;
         let blockers: Vec<String> = live
             .iter()
-            .filter(|(_, m)| m.as_ref().is_none_or(|m| m.time < limit))
-            .map(|(k, m)| m.as_ref().map_or_else(|| k.clone(), |m| m.run_id.clone()))
+            .filter(|(_, m)| m.time < limit)
+            .map(|(_, m)| m.run_id.clone())
             .collect();
         if blockers.is_empty() {
             due.push((key, mark));
@@ -137,13 +143,21 @@ pub(super) async fn sweep(
     lock.verify().await?;
     let sizes: HashMap<&str, u64> = v.files.iter().map(|f| (f.key.as_str(), f.size)).collect();
     for key in &deleting_index {
+        lock.check()?;
         repo.backend().delete(key).await?;
         report.count("index_files_deleted", 1);
         report.add_bytes("freed", sizes.get(key).copied().unwrap_or(0));
     }
     let freed: u64 = doomed.iter().map(|p| v.data[p]).sum();
     futures::stream::iter(doomed.iter().copied())
-        .map(|p| async move { repo.backend().delete(&crate::repo::pack_key(&p)).await })
+        .map(|p| async move {
+            // A lock that went stale meanwhile may be another prune's now.
+            lock.check()?;
+            repo.backend()
+                .delete(&crate::repo::pack_key(&p))
+                .await
+                .map_err(RepoError::from)
+        })
         .buffer_unordered(opts.channels)
         .try_collect::<Vec<()>>()
         .await?;
@@ -160,6 +174,7 @@ pub(super) async fn sweep(
 
     // Done with these marks; orphans that must wait more move to a new mark.
     for (key, m) in &due {
+        lock.check()?;
         if let Some(orphans) = waiting_orphans.remove(key.as_str()) {
             let rest = Mark {
                 version: m.version,

@@ -105,12 +105,14 @@ pub(super) async fn list_packs(repo: &Repository) -> Result<HashMap<PackId, u64>
 /// Writer markers of runs that may still be writing. Markers of complete
 /// runs (every part saved: their writers are done) and stale ones are
 /// removed on the way, every prune, before retention can forget a run
-/// and so hide that it completed.
+/// and so hide that it completed. A marker that does not open is ignored
+/// (and reported): it cannot hold prune back.
 pub(super) async fn writers_in_flight(
     repo: &Repository,
     opts: &Options,
     report: &mut Report,
-) -> Result<Vec<(String, Option<lock::WriterMarker>)>, RepoError> {
+    details: &mut Details,
+) -> Result<Vec<(String, lock::WriterMarker)>, RepoError> {
     let now = Timestamp::now();
     let markers = lock::list_writer_markers(repo).await?;
     if markers.is_empty() {
@@ -123,22 +125,29 @@ pub(super) async fn writers_in_flight(
         .map(|r| r.run_id.as_str())
         .collect();
     let mut live = Vec::new();
-    for (key, marker) in markers {
-        match marker {
-            Ok(m) if age(now, m.time) > opts.writer_max_age => {
-                warn!(%key, run = %m.run_id, since = %m.time, "removing a stale writer marker (its backup is presumed dead)");
-                repo.backend().delete(&key).await?;
-                report.count("writer_markers_removed", 1);
+    for (key, found) in markers {
+        let (m, sealed) = match found {
+            lock::Found::Sealed(m) => (m, true),
+            // An older version's writer: it holds prune back like before.
+            lock::Found::Plaintext(m) => (m, false),
+            lock::Found::Unreadable(e) => {
+                let ignored = lock::Ignored::logged(&key, &e, "a writer marker");
+                report.count("writer_markers_ignored", 1);
+                details.ignored.push(ignored);
+                continue;
             }
-            Ok(m) if complete.contains(m.run_id.as_str()) => {
-                repo.backend().delete(&key).await?;
-                report.count("writer_markers_removed", 1);
-            }
-            Ok(m) => live.push((key, Some(m))),
-            Err(e) => {
-                warn!(%key, error = %e, "unreadable writer marker counts as a writer in flight; delete it if no backup runs");
-                live.push((key, None));
-            }
+        };
+        // Unauthenticated and dated in the future: it would never go stale.
+        let bogus = !sealed && age(m.time, now) > opts.writer_max_age;
+        if bogus || age(now, m.time) > opts.writer_max_age {
+            warn!(%key, run = %m.run_id, since = %m.time, "removing a stale writer marker (its backup is presumed dead)");
+            repo.backend().delete(&key).await?;
+            report.count("writer_markers_removed", 1);
+        } else if complete.contains(m.run_id.as_str()) {
+            repo.backend().delete(&key).await?;
+            report.count("writer_markers_removed", 1);
+        } else {
+            live.push((key, m));
         }
     }
     Ok(live)

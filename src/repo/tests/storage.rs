@@ -215,8 +215,31 @@ async fn plaintext_never_reaches_storage() {
         m.tags = vec![String::from_utf8(MARKER.to_vec()).unwrap()];
         m.resources = Some(rid);
         repo.save_snapshot(&m).await.unwrap();
+        // Coordination objects are sealed too (their keys hold a run id
+        // segment, by design; the content never).
+        let run = "PLAINTEXT-MARKER-123";
+        repo.announce_writer(run).await.unwrap();
+        let held = lock::PruneLock::acquire(&repo, run, Default::default())
+            .await
+            .unwrap();
+        let mark = lock::Mark {
+            version: 1,
+            time: jiff::Timestamp::now(),
+            run_id: run.into(),
+            packs: repo.packs(),
+            indexes: vec![run.into()],
+            orphans: Vec::new(),
+        };
+        lock::put_mark(&repo, &mark).await.unwrap();
         let objects = all_objects(&mem).await;
+        held.release().await.unwrap();
         assert!(objects.iter().any(|(k, _)| k.starts_with("data/")));
+        for prefix in ["locks/writer-", "locks/prune-", "prune/marks/"] {
+            assert!(
+                objects.iter().any(|(k, _)| k.starts_with(prefix)),
+                "{prefix}"
+            );
+        }
         for (key, data) in objects {
             assert!(!contains(&data, MARKER), "{key} holds the plaintext marker");
         }

@@ -135,3 +135,12 @@ fn min_interval_counts_only_complete_runs_of_the_same_plan() {
     assert_eq!(min_interval_skip(&runs, "p", 3 * day, now), None);
     assert!(min_interval_skip(&runs, "p", 3 * day + Duration::from_secs(1), now).is_some());
 }
+
+#[test]
+fn an_interval_beyond_signed_durations_skips_instead_of_passing() {
+    // Configuration caps it far lower; were it not, the conversion used to
+    // fail and the guard let the run through.
+    let now = ts("2026-03-10T12:00:00Z");
+    let runs = group_runs(vec![run_at("x", "p", "2026-03-07T12:00:00Z", true)]);
+    assert!(min_interval_skip(&runs, "p", Duration::MAX, now).is_some());
+}

@@ -14,6 +14,7 @@ use std::collections::HashSet;
 
 mod cleanup;
 mod engine;
+mod hostile;
 mod retention;
 mod writers;
 

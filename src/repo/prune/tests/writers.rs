@@ -216,9 +216,18 @@ async fn lock_is_refreshed_and_verified() {
         refresh: Duration::from_millis(50),
     };
     let lock = PruneLock::acquire(&repo, "prune-r", timing).await.unwrap();
-    let first: LockInfo = serde_json::from_slice(&mem.get(lock.key()).await.unwrap()).unwrap();
+    let read = || async {
+        let sealed = mem.get(lock.key()).await.unwrap();
+        let plain = repo
+            .inner
+            .master
+            .open(crate::repo::crypto::kind::PRUNE_LOCK, sealed, 1 << 16)
+            .unwrap();
+        serde_json::from_slice::<LockInfo>(&plain).unwrap()
+    };
+    let first = read().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let later: LockInfo = serde_json::from_slice(&mem.get(lock.key()).await.unwrap()).unwrap();
+    let later = read().await;
     assert!(later.refreshed > first.refreshed);
     assert_eq!(later.created, first.created);
     lock.verify().await.unwrap();

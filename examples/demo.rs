@@ -19,7 +19,8 @@ use serde_json::{Value, json};
 mod env;
 
 use env::node::{
-    self, digest, fill, helm, job_summary, kubectl, kubectl_json, values, wait_job, wait_until,
+    self, create_job_from_cronjob, digest, fill, helm, job_summary, kubectl, kubectl_json, values,
+    wait_job, wait_until,
 };
 
 /// The objects of examples/demo-app.yaml in namespace `shop`, plus the PVC
@@ -226,14 +227,7 @@ fn main() {
         4,
         "Back up now: kubectl create job --from=cronjob/... (the image runs it)",
     );
-    kubectl(&[
-        "-n",
-        SYSTEM,
-        "create",
-        "job",
-        &format!("--from=cronjob/{cronjob}"),
-        "backup-now",
-    ]);
+    create_job_from_cronjob(SYSTEM, &cronjob, "backup-now");
     wait_job(SYSTEM, "backup-now");
     let summary = job_summary(SYSTEM, "backup-now");
     show(&summary);

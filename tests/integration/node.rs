@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 
 use crate::env;
 use crate::env::node::{
-    self, JOB_TIMEOUT, apply, claim_dir, digest, fill, helm, job_summary, kubectl, kubectl_json,
-    namespace, noise, ok, random_password, values, wait_job, wait_until,
+    self, JOB_TIMEOUT, apply, claim_dir, create_job_from_cronjob, digest, fill, helm, job_summary,
+    kubectl, kubectl_json, namespace, noise, ok, random_password, values, wait_job, wait_until,
 };
 
 /// A StatefulSet `web` of `replicas` pause pods (restricted-compliant), each
@@ -223,14 +223,7 @@ fn chart_cronjob_backs_up_a_statefulset_through_csi_snapshots_and_a_restore_job_
     assert_nothing_temporary(&app, &claims);
 
     // The same plan by hand.
-    kubectl(&[
-        "-n",
-        &sys,
-        "create",
-        "job",
-        &format!("--from=cronjob/{cronjob}"),
-        "e2e-manual",
-    ]);
+    create_job_from_cronjob(&sys, cronjob, "e2e-manual");
     wait_job(&sys, "e2e-manual");
     let manual = job_summary(&sys, "e2e-manual");
     assert_eq!(manual["status"], "success", "{manual}");
@@ -321,14 +314,7 @@ fn a_mover_killed_mid_upload_is_retried_by_the_job_controller_and_resumes() {
         &values(&sys, &password, plans.clone()),
     );
     let cronjob = names(&kubectl_json(&["-n", &sys, "get", "cronjobs"])).remove(0);
-    kubectl(&[
-        "-n",
-        &sys,
-        "create",
-        "job",
-        &format!("--from=cronjob/{cronjob}"),
-        "slow-1",
-    ]);
+    create_job_from_cronjob(&sys, &cronjob, "slow-1");
 
     // The mover pod, once it has been uploading for a few seconds.
     let (pod, container) = wait_until("a running mover pod", JOB_TIMEOUT, || {

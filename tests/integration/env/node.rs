@@ -471,3 +471,46 @@ pub fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
 pub fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
     FAULTS.write().unwrap_or_else(|e| e.into_inner())
 }
+
+/// `kubectl create job --from=cronjob/NAME JOB`. A current kubectl no longer
+/// reads batch/v1beta1 CronJobs (the only kind 1.20 serves): there the Job
+/// is made the same way by hand, from the CronJob's jobTemplate with the
+/// annotation and owner kubectl sets.
+pub fn create_job_from_cronjob(ns: &str, cronjob: &str, job: &str) {
+    let cj = kubectl_json(&["-n", ns, "get", "cronjob", cronjob]);
+    if cj["apiVersion"] == "batch/v1" {
+        kubectl(&[
+            "-n",
+            ns,
+            "create",
+            "job",
+            &format!("--from=cronjob/{cronjob}"),
+            job,
+        ]);
+        return;
+    }
+    let template = &cj["spec"]["jobTemplate"];
+    let mut annotations = template["metadata"]["annotations"].clone();
+    if !annotations.is_object() {
+        annotations = json!({});
+    }
+    annotations["cronjob.kubernetes.io/instantiate"] = json!("manual");
+    apply(
+        &json!({
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": job,
+                "namespace": ns,
+                "labels": template["metadata"]["labels"],
+                "annotations": annotations,
+                "ownerReferences": [{
+                    "apiVersion": cj["apiVersion"], "kind": "CronJob", "name": cronjob,
+                    "uid": cj["metadata"]["uid"], "controller": true,
+                }],
+            },
+            "spec": template["spec"],
+        })
+        .to_string(),
+    );
+}

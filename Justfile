@@ -25,13 +25,14 @@ check:
 oldest_k8s := "1.20.2"
 current_k8s := "1.37.2"
 
-# Set up, lint, then run every test (unit and integration against the real servers, and the node tests on the real node with the image); the loopback integration suite runs on Kubernetes 1.20.2, then again on 1.37.2.
+# Set up, lint, then run every test: unit; the loopback integration suite on Kubernetes 1.20.2 and again on 1.37.2; the node tests (image, chart, CSI, movers) on a real 1.37.2 node, and the chart and mover flow (node::) again on a real 1.20.2 node.
 test: setup lint
-    bash tests/env/setup-node.sh
+    bash tests/env/setup-node.sh all k8s-1.20
     bash images/build.sh
     mkdir -p target
     KUBESTOW_TEST_K8S_VERSION={{oldest_k8s}} cargo test --lib --bins --tests 2>&1 | tee target/test.log
     KUBESTOW_TEST_K8S_VERSION={{current_k8s}} cargo test --test integration -- --skip node:: --skip node_movers:: 2>&1 | tee -a target/test.log
+    KUBESTOW_K8S_VERSION={{oldest_k8s}} cargo test --test integration -- node:: 2>&1 | tee -a target/test.log
     @awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f; exit (f > 0) }' target/test.log
 
 # A real one-node cluster (1.37) with CSI and S3: the chart backs up a sample shop with its volume data, the namespace is deleted, a restore Job brings it back, every object and byte is checked.

@@ -283,7 +283,6 @@ pub(crate) fn statefulset_ready(ns: &str, replicas: u64) {
 #[test]
 fn a_mover_killed_mid_upload_is_retried_by_the_job_controller_and_resumes() {
     let _shared = node::shared();
-    let n = node::get();
     let sys = env::unique_name("node-kill-ks");
     let app = env::unique_name("node-kill-app");
     namespace(&sys, "restricted");
@@ -318,15 +317,7 @@ fn a_mover_killed_mid_upload_is_retried_by_the_job_controller_and_resumes() {
 
     // The mover pod, once it has been uploading for a few seconds.
     let (pod, container) = wait_until("a running mover pod", JOB_TIMEOUT, || {
-        let pods = kubectl_json(&[
-            "-n",
-            &app,
-            "get",
-            "pods",
-            "-l",
-            "app.kubernetes.io/managed-by=kubestow",
-        ]);
-        pods["items"].as_array().unwrap().iter().find_map(|p| {
+        node::kubestow_pods(&app).into_iter().find_map(|p| {
             let started =
                 p["status"]["containerStatuses"][0]["state"]["running"]["startedAt"].as_str()?;
             let started: jiff::Timestamp = started.parse().ok()?;
@@ -344,11 +335,7 @@ fn a_mover_killed_mid_upload_is_retried_by_the_job_controller_and_resumes() {
             })
         })
     });
-    let mut kill = Command::new("ctr");
-    kill.arg("-a")
-        .arg(n.containerd_socket())
-        .args(["-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", &container]);
-    ok(kill);
+    assert!(node::kill_container(&container), "SIGKILL to mover {pod}");
 
     // The Job controller counts the failure and starts another pod.
     let mover_job =

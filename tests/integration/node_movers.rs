@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::binary::Run;
+use crate::binary::{Run, assert_success};
 use crate::env::node::{
     apply, claim_dir, digest, kubectl, kubectl_json, namespace, noise, ok, random_password,
     wait_until,
@@ -129,17 +129,6 @@ spec:
     }
 }
 
-fn assert_ok(run: &Run) {
-    assert_eq!(
-        run.code,
-        Some(0),
-        "stderr: {}\nstdout: {}",
-        run.stderr,
-        run.stdout
-    );
-    assert_eq!(run.summary["status"], "success", "{}", run.stdout);
-}
-
 fn count(run: &Run, key: &str) -> u64 {
     run.summary["counts"][key].as_u64().unwrap_or(0)
 }
@@ -242,7 +231,7 @@ fn auto_reads_through_the_kubelet_and_the_claim_and_restores_before_the_workload
         .env("STOW_VOLUME_SOURCE", "auto")
         .env("STOW_CHANNELS", "2");
     let first = st.run(backup);
-    assert_ok(&first);
+    assert_success(&first);
     assert_eq!(count(&first, "volumes"), 4, "{}", first.stdout);
     assert_eq!(
         first.summary["details"]["volumes"]["sources"],
@@ -260,7 +249,7 @@ fn auto_reads_through_the_kubelet_and_the_claim_and_restores_before_the_workload
         .env("STOW_VOLUME_SOURCE", "auto")
         .env("STOW_CHANNELS", "2");
     let second = st.run(backup);
-    assert_ok(&second);
+    assert_success(&second);
     let new = second.summary["bytes"]["volume_new"].as_u64().unwrap_or(0);
     assert!(
         (MIB as u64..2 * MIB as u64).contains(&new),
@@ -285,7 +274,7 @@ fn auto_reads_through_the_kubelet_and_the_claim_and_restores_before_the_workload
     restore.env("STOW_CHANNELS", "2");
     let restored = st.run(restore);
     let seen = watch.finish();
-    assert_ok(&restored);
+    assert_success(&restored);
     assert_eq!(
         count(&restored, "volumes_restored"),
         4,
@@ -334,7 +323,7 @@ fn channels_bound_the_mover_jobs_in_flight() {
     let Seen {
         all, max_live: max, ..
     } = watch.finish();
-    assert_ok(&run);
+    assert_success(&run);
     assert_eq!(count(&run, "volumes"), 5);
     assert_eq!(all.len(), 5, "one mover Job per claim: {all:?}");
     assert!(
@@ -385,7 +374,7 @@ fn a_snapshot_that_never_gets_ready_fails_only_its_claim() {
     );
     assert_eq!(count(&run, "volumes"), 1);
     let list = st.run(st.cmd("list"));
-    assert_ok(&list);
+    assert_success(&list);
     assert!(
         list.stdout.contains(&format!("{}/a", st.app)),
         "{}",
@@ -476,33 +465,22 @@ fn a_mover_that_keeps_failing_fails_only_its_claim() {
         let (stop, killed, app) = (stop.clone(), killed.clone(), st.app.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let pods = kubectl_json(&[
-                    "-n",
-                    &app,
-                    "get",
-                    "pods",
-                    "-l",
-                    "app.kubernetes.io/managed-by=kubestow",
-                ]);
-                for p in pods["items"].as_array().unwrap() {
+                for p in &node::kubestow_pods(&app) {
                     let job = p["metadata"]["labels"]["job-name"].as_str().unwrap_or("");
                     let running = &p["status"]["containerStatuses"][0]["state"]["running"];
                     let id = p["status"]["containerStatuses"][0]["containerID"]
                         .as_str()
                         .unwrap_or("")
                         .trim_start_matches("containerd://");
-                    if job.ends_with(&suffix) && running.is_object() && !id.is_empty() {
-                        let status = Command::new("ctr")
-                            .arg("-a")
-                            .arg(node::get().containerd_socket())
-                            .args(["-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id])
-                            .status();
-                        if status.is_ok_and(|s| s.success()) {
-                            killed
-                                .lock()
-                                .unwrap()
-                                .insert(p["metadata"]["name"].as_str().unwrap().to_owned());
-                        }
+                    if job.ends_with(&suffix)
+                        && running.is_object()
+                        && !id.is_empty()
+                        && node::kill_container(id)
+                    {
+                        killed
+                            .lock()
+                            .unwrap()
+                            .insert(p["metadata"]["name"].as_str().unwrap().to_owned());
                     }
                 }
                 std::thread::sleep(Duration::from_millis(100));

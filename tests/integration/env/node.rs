@@ -514,3 +514,31 @@ pub fn create_job_from_cronjob(ns: &str, cronjob: &str, job: &str) {
         .to_string(),
     );
 }
+
+/// kubestow's pods in a namespace (movers, or a run's own Job pods).
+pub fn kubestow_pods(ns: &str) -> Vec<Value> {
+    kubectl_json(&[
+        "-n",
+        ns,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/managed-by=kubestow",
+    ])["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// SIGKILL to a container's process through containerd (`containerd://<id>`
+/// or the bare id), as the OOM killer or a node fault would; true if the
+/// signal was delivered.
+pub fn kill_container(id: &str) -> bool {
+    Command::new("ctr")
+        .arg("-a")
+        .arg(get().containerd_socket())
+        .args(["-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL"])
+        .arg(id.trim_start_matches("containerd://"))
+        .status()
+        .is_ok_and(|s| s.success())
+}

@@ -92,6 +92,16 @@ pub enum VolumeError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A tree blob is readable but not a valid volume tree (a hostile or
+    /// damaged repository).
+    #[error("tree {id}: {source}")]
+    Tree {
+        /// The tree's blob id.
+        id: String,
+        /// What is wrong with it.
+        #[source]
+        source: tree::TreeError,
+    },
     /// A task of the run panicked or was aborted.
     #[error("internal error: {0}")]
     Internal(String),
@@ -109,6 +119,16 @@ impl VolumeError {
         match self {
             VolumeError::Repo(e) => e.is_retriable(),
             VolumeError::Cancelled => true,
+            _ => false,
+        }
+    }
+
+    /// Whether this concerns one tree or blob (damaged, missing, invalid)
+    /// rather than the repository as a whole.
+    fn is_item_error(&self) -> bool {
+        match self {
+            VolumeError::Tree { .. } => true,
+            VolumeError::Repo(e) => is_item_error(e),
             _ => false,
         }
     }
@@ -158,11 +178,11 @@ fn is_item_error(e: &RepoError) -> bool {
 }
 
 /// Reads and parses one tree blob.
-async fn load_tree(repo: &Repository, id: &crate::repo::BlobId) -> Result<tree::Tree, RepoError> {
+async fn load_tree(repo: &Repository, id: &crate::repo::BlobId) -> Result<tree::Tree, VolumeError> {
     let bytes = repo.read_blob(id).await?;
-    tree::Tree::decode(&bytes).map_err(|e| RepoError::Format {
-        key: format!("tree {id}"),
-        reason: e.to_string(),
+    tree::Tree::decode(&bytes).map_err(|source| VolumeError::Tree {
+        id: id.to_hex(),
+        source,
     })
 }
 

@@ -171,10 +171,29 @@ pub fn mtime_ns(meta: &Metadata) -> i64 {
     nanos(meta.mtime(), meta.mtime_nsec())
 }
 
-/// A stored tree that does not parse.
+/// A stored tree that is not a valid volume tree.
 #[derive(Debug, thiserror::Error)]
-#[error("not a volume tree: {0}")]
-pub struct TreeError(#[source] pub serde_json::Error);
+pub enum TreeError {
+    /// The JSON does not parse as a tree.
+    #[error("not a volume tree: {0}")]
+    Json(#[source] serde_json::Error),
+    /// Two entries have the same name: restore would make the second
+    /// replace the first while the first is still being written.
+    #[error("entry `{name}` appears more than once")]
+    Duplicate {
+        /// The name, as shown to users.
+        name: String,
+    },
+    /// The entries are not in name order (lookups and the walk order of
+    /// hard links depend on it).
+    #[error("entry `{name}` comes after `{previous}`; entries must be sorted by name")]
+    Unsorted {
+        /// The entry out of place, as shown to users.
+        name: String,
+        /// The entry before it.
+        previous: String,
+    },
+}
 
 /// A directory listing, sorted by name bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,9 +209,26 @@ impl Tree {
         serde_json::to_vec(self).expect("a tree serialises")
     }
 
-    /// Parses a stored tree.
+    /// Parses a stored tree; its names must be unique and sorted.
     pub fn decode(bytes: &[u8]) -> Result<Tree, TreeError> {
-        serde_json::from_slice(bytes).map_err(TreeError)
+        let tree: Tree = serde_json::from_slice(bytes).map_err(TreeError::Json)?;
+        for w in tree.nodes.windows(2) {
+            match w[0].name.cmp(&w[1].name) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => {
+                    return Err(TreeError::Duplicate {
+                        name: display_path(&w[1].name),
+                    });
+                }
+                std::cmp::Ordering::Greater => {
+                    return Err(TreeError::Unsorted {
+                        name: display_path(&w[1].name),
+                        previous: display_path(&w[0].name),
+                    });
+                }
+            }
+        }
+        Ok(tree)
     }
 
     /// The node called `name`, if the listing is sorted as written.

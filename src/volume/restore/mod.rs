@@ -343,7 +343,8 @@ impl Walker {
             None => Vec::new(),
             Some(id) => match sh.rt.block_on(load_tree(&sh.repo, &id)) {
                 Ok(t) => t.nodes,
-                Err(e) if is_item_error(&e) => {
+                // Restored empty, and reported.
+                Err(e) if e.is_item_error() => {
                     sh.item_failed(&shown, format!("directory listing: {e}"));
                     Vec::new()
                 }

@@ -18,7 +18,7 @@ use super::compare::compare_trees;
 use super::tree::{Node, NodeType, Tree};
 use super::*;
 use crate::config::{Compression, Secret};
-use crate::repo::backend::{Backend, FsBackend};
+use crate::repo::backend::{Backend, FsBackend, MemBackend};
 use crate::repo::{BlobKind, KeyParams, OpenOptions, SnapshotManifest, VolumeEntry};
 use crate::summary::{Report, Status};
 
@@ -37,6 +37,20 @@ impl Fixture {
     async fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(FsBackend::new(dir.path().join("repo")));
+        let repo = OpenOptions::new(backend, &Secret::new("pw"))
+            .compression(Compression::FAST)
+            .key_params(KeyParams::insecure_for_tests(10))
+            .create()
+            .await
+            .unwrap();
+        Fixture { dir, repo }
+    }
+
+    /// The repository in memory (hostile trees need no files of their
+    /// own); the tempdir holds the directories backed up or restored.
+    async fn in_memory() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(MemBackend::new());
         let repo = OpenOptions::new(backend, &Secret::new("pw"))
             .compression(Compression::FAST)
             .key_params(KeyParams::insecure_for_tests(10))

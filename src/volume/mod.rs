@@ -8,6 +8,7 @@
 //! a few chunks per file in flight, whatever the number or size of files.
 
 mod backup;
+mod beneath;
 mod checkpoint;
 pub mod compare;
 mod restore;
@@ -184,6 +185,24 @@ async fn load_tree(repo: &Repository, id: &crate::repo::BlobId) -> Result<tree::
         id: id.to_hex(),
         source,
     })
+}
+
+/// Raises the soft limit of open files to the hard one: a walk holds a
+/// descriptor for each directory along its path and for each directory
+/// whose files are still being written, more than the usual soft limit
+/// of 1024 in a deep tree. Best effort: the limit stays as it is otherwise.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    // `None` is "unlimited", which the kernel refuses for this resource.
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+        && current < maximum
+    {
+        limit.current = Some(maximum);
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!(error = %e, "cannot raise the limit of open files");
+        }
+    }
 }
 
 /// A walker task gave up because the run is stopping; the reason is in the

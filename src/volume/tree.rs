@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::Metadata;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -47,23 +47,21 @@ pub enum NodeType {
 impl NodeType {
     /// The type of an `lstat` result.
     pub fn of(meta: &Metadata) -> NodeType {
-        let t = meta.file_type();
-        if t.is_file() {
-            NodeType::File
-        } else if t.is_dir() {
-            NodeType::Dir
-        } else if t.is_symlink() {
-            NodeType::Symlink
-        } else if t.is_fifo() {
-            NodeType::Fifo
-        } else if t.is_socket() {
-            NodeType::Socket
-        } else if t.is_char_device() {
-            NodeType::Chardev
-        } else if t.is_block_device() {
-            NodeType::Blockdev
-        } else {
-            NodeType::Unknown
+        NodeType::of_mode(meta.mode())
+    }
+
+    /// The type in an `st_mode`.
+    pub fn of_mode(mode: u32) -> NodeType {
+        use rustix::fs::FileType as T;
+        match T::from_raw_mode(mode) {
+            T::RegularFile => NodeType::File,
+            T::Directory => NodeType::Dir,
+            T::Symlink => NodeType::Symlink,
+            T::Fifo => NodeType::Fifo,
+            T::Socket => NodeType::Socket,
+            T::CharacterDevice => NodeType::Chardev,
+            T::BlockDevice => NodeType::Blockdev,
+            _ => NodeType::Unknown,
         }
     }
 
@@ -129,6 +127,50 @@ fn nanos(secs: i64, nsec: i64) -> i64 {
     secs.checked_mul(1_000_000_000)
         .and_then(|s| s.checked_add(nsec))
         .unwrap_or(if secs < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// The fields of a `struct stat` that trees use, as fixed-width integers.
+///
+/// `struct stat` has other field types on other architectures, so the
+/// casts are needed there even where they are no-ops here.
+#[allow(clippy::unnecessary_cast)]
+pub mod stat {
+    use rustix::fs::Stat;
+
+    /// `st_mode`: file type and permission bits.
+    pub fn mode(st: &Stat) -> u32 {
+        st.st_mode as u32
+    }
+
+    /// `st_size`, in bytes (never negative for what a kernel returns).
+    pub fn size(st: &Stat) -> u64 {
+        st.st_size as u64
+    }
+
+    /// `st_dev` and `st_ino`: which file this is.
+    pub fn identity(st: &Stat) -> (u64, u64) {
+        (st.st_dev as u64, st.st_ino as u64)
+    }
+
+    /// `st_nlink`.
+    pub fn nlink(st: &Stat) -> u64 {
+        st.st_nlink as u64
+    }
+
+    /// Modification time, in nanoseconds since the epoch.
+    pub fn mtime_ns(st: &Stat) -> i64 {
+        super::nanos(st.st_mtime as i64, st.st_mtime_nsec as i64)
+    }
+
+    /// Change time, in nanoseconds since the epoch.
+    pub fn ctime_ns(st: &Stat) -> i64 {
+        super::nanos(st.st_ctime as i64, st.st_ctime_nsec as i64)
+    }
+
+    /// `st_uid`, `st_gid` and `st_rdev`.
+    pub fn owner_rdev(st: &Stat) -> (u32, u32, u64) {
+        (st.st_uid as u32, st.st_gid as u32, st.st_rdev as u64)
+    }
 }
 
 impl Node {

@@ -109,6 +109,7 @@ fn restore_opts(name: &str, dst: &Path) -> RestoreOptions {
         snapshot: None,
         point: None,
         channels: 2,
+        hooks: Default::default(),
     }
 }
 

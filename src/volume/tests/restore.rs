@@ -323,6 +323,41 @@ async fn restore_refuses_a_tree_with_names_out_of_order() {
     assert_eq!(fs::read_dir(dst.join("d")).unwrap().count(), 0);
 }
 
+/// Metadata goes to the file written, through its descriptor: a symlink
+/// put at its name meanwhile (by another process in the target) is not
+/// followed out of the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_sets_metadata_on_the_file_written_not_on_its_name() {
+    let fx = Fixture::in_memory().await;
+    let outside = Outside::new(&fx);
+    let w = fx.repo.writer(1);
+    let (data, _) = w
+        .add(BlobKind::Data, Bytes::from_static(b"payload"))
+        .await
+        .unwrap();
+    let listing = raw_tree(&w, vec![hostile_file(b"victim", data)]).await;
+    save_volume(&w, &fx.repo, "vol", listing).await;
+
+    let dst = fx.path("dst");
+    let mut opts = restore_opts("vol", &dst);
+    let target = outside.file.clone();
+    opts.hooks.before_meta = Some(Arc::new(move |p: &Path| {
+        if p.ends_with("victim") {
+            fs::remove_file(p).unwrap();
+            std::os::unix::fs::symlink(&target, p).unwrap();
+        }
+    }));
+    let report = restore(&fx.repo, &opts, &CancellationToken::new()).await;
+    outside.assert_untouched();
+    report.unwrap();
+    // The hook ran: the swapped-in symlink is there, left as it was put.
+    assert!(
+        fs::symlink_metadata(dst.join("victim"))
+            .unwrap()
+            .is_symlink()
+    );
+}
+
 /// A restore run again over its own partial result (or any older copy)
 /// leaves files that are complete and verified alone, and rewrites the
 /// rest: a file of the right size but other content is not trusted.

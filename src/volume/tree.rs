@@ -174,28 +174,30 @@ pub mod stat {
 }
 
 impl Node {
-    /// A node with the metadata of `meta` (an `lstat` or `fstat`), no
+    /// A node with the metadata of `st` (an `lstat` or `fstat`), no
     /// content, no xattrs.
-    pub fn from_meta(name: Vec<u8>, meta: &Metadata) -> Node {
-        let kind = NodeType::of(meta);
+    pub fn from_stat(name: Vec<u8>, st: &rustix::fs::Stat) -> Node {
+        let kind = NodeType::of_mode(stat::mode(st));
+        let (dev, inode) = stat::identity(st);
+        let (uid, gid, rdev) = stat::owner_rdev(st);
         Node {
             name,
             kind,
-            mode: meta.mode() & 0o7777,
-            uid: meta.uid(),
-            gid: meta.gid(),
+            mode: stat::mode(st) & 0o7777,
+            uid,
+            gid,
             size: if kind == NodeType::File {
-                meta.size()
+                stat::size(st)
             } else {
                 0
             },
-            mtime_ns: mtime_ns(meta),
-            ctime_ns: nanos(meta.ctime(), meta.ctime_nsec()),
-            inode: meta.ino(),
-            dev: meta.dev(),
-            nlink: meta.nlink(),
+            mtime_ns: stat::mtime_ns(st),
+            ctime_ns: stat::ctime_ns(st),
+            inode,
+            dev,
+            nlink: stat::nlink(st),
             rdev: if matches!(kind, NodeType::Chardev | NodeType::Blockdev) {
-                meta.rdev()
+                rdev
             } else {
                 0
             },

@@ -285,6 +285,19 @@ fn build_rich_tree(root: &Path) -> (bool, bool) {
     (xattrs_ok, device)
 }
 
+/// Ids of the stored blobs (data and trees, every snapshot) whose
+/// plaintext contains `needle`.
+async fn blobs_containing(repo: &Repository, needle: &[u8]) -> Vec<crate::repo::BlobId> {
+    let mut found = Vec::new();
+    for (id, _) in repo.index_entries() {
+        let data = repo.read_blob(&id).await.unwrap();
+        if data.windows(needle.len()).any(|w| w == needle) {
+            found.push(id);
+        }
+    }
+    found
+}
+
 /// Block-level allocation, to tell a sparse file from a full one.
 fn allocated(p: &Path) -> u64 {
     fs::metadata(p).unwrap().blocks() * 512

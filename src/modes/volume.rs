@@ -66,6 +66,8 @@ pub async fn restore_run(config: &Config, ctx: &RunContext) -> Result<Report, Er
         snapshot: config.restore.snapshot.clone(),
         point: config.restore.point,
         channels: usize::from(config.channels),
+        #[cfg(test)]
+        hooks: Default::default(),
     };
     Ok(restore(&repo, &opts, &ctx.cancel).await?)
 }

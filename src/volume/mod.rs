@@ -8,6 +8,7 @@
 //! a few chunks per file in flight, whatever the number or size of files.
 
 mod backup;
+mod beneath;
 mod checkpoint;
 pub mod compare;
 mod restore;
@@ -92,6 +93,16 @@ pub enum VolumeError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A tree blob is readable but not a valid volume tree (a hostile or
+    /// damaged repository).
+    #[error("tree {id}: {source}")]
+    Tree {
+        /// The tree's blob id.
+        id: String,
+        /// What is wrong with it.
+        #[source]
+        source: tree::TreeError,
+    },
     /// A task of the run panicked or was aborted.
     #[error("internal error: {0}")]
     Internal(String),
@@ -109,6 +120,16 @@ impl VolumeError {
         match self {
             VolumeError::Repo(e) => e.is_retriable(),
             VolumeError::Cancelled => true,
+            _ => false,
+        }
+    }
+
+    /// Whether this concerns one tree or blob (damaged, missing, invalid)
+    /// rather than the repository as a whole.
+    fn is_item_error(&self) -> bool {
+        match self {
+            VolumeError::Tree { .. } => true,
+            VolumeError::Repo(e) => is_item_error(e),
             _ => false,
         }
     }
@@ -158,12 +179,30 @@ fn is_item_error(e: &RepoError) -> bool {
 }
 
 /// Reads and parses one tree blob.
-async fn load_tree(repo: &Repository, id: &crate::repo::BlobId) -> Result<tree::Tree, RepoError> {
+async fn load_tree(repo: &Repository, id: &crate::repo::BlobId) -> Result<tree::Tree, VolumeError> {
     let bytes = repo.read_blob(id).await?;
-    tree::Tree::decode(&bytes).map_err(|e| RepoError::Format {
-        key: format!("tree {id}"),
-        reason: e.to_string(),
+    tree::Tree::decode(&bytes).map_err(|source| VolumeError::Tree {
+        id: id.to_hex(),
+        source,
     })
+}
+
+/// Raises the soft limit of open files to the hard one: a walk holds a
+/// descriptor for each directory along its path and for each directory
+/// whose files are still being written, more than the usual soft limit
+/// of 1024 in a deep tree. Best effort: the limit stays as it is otherwise.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    // `None` is "unlimited", which the kernel refuses for this resource.
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+        && current < maximum
+    {
+        limit.current = Some(maximum);
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!(error = %e, "cannot raise the limit of open files");
+        }
+    }
 }
 
 /// A walker task gave up because the run is stopping; the reason is in the

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::Metadata;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -47,23 +47,21 @@ pub enum NodeType {
 impl NodeType {
     /// The type of an `lstat` result.
     pub fn of(meta: &Metadata) -> NodeType {
-        let t = meta.file_type();
-        if t.is_file() {
-            NodeType::File
-        } else if t.is_dir() {
-            NodeType::Dir
-        } else if t.is_symlink() {
-            NodeType::Symlink
-        } else if t.is_fifo() {
-            NodeType::Fifo
-        } else if t.is_socket() {
-            NodeType::Socket
-        } else if t.is_char_device() {
-            NodeType::Chardev
-        } else if t.is_block_device() {
-            NodeType::Blockdev
-        } else {
-            NodeType::Unknown
+        NodeType::of_mode(meta.mode())
+    }
+
+    /// The type in an `st_mode`.
+    pub fn of_mode(mode: u32) -> NodeType {
+        use rustix::fs::FileType as T;
+        match T::from_raw_mode(mode) {
+            T::RegularFile => NodeType::File,
+            T::Directory => NodeType::Dir,
+            T::Symlink => NodeType::Symlink,
+            T::Fifo => NodeType::Fifo,
+            T::Socket => NodeType::Socket,
+            T::CharacterDevice => NodeType::Chardev,
+            T::BlockDevice => NodeType::Blockdev,
+            _ => NodeType::Unknown,
         }
     }
 
@@ -131,29 +129,75 @@ fn nanos(secs: i64, nsec: i64) -> i64 {
         .unwrap_or(if secs < 0 { i64::MIN } else { i64::MAX })
 }
 
+/// The fields of a `struct stat` that trees use, as fixed-width integers.
+///
+/// `struct stat` has other field types on other architectures, so the
+/// casts are needed there even where they are no-ops here.
+#[allow(clippy::unnecessary_cast)]
+pub mod stat {
+    use rustix::fs::Stat;
+
+    /// `st_mode`: file type and permission bits.
+    pub fn mode(st: &Stat) -> u32 {
+        st.st_mode as u32
+    }
+
+    /// `st_size`, in bytes (never negative for what a kernel returns).
+    pub fn size(st: &Stat) -> u64 {
+        st.st_size as u64
+    }
+
+    /// `st_dev` and `st_ino`: which file this is.
+    pub fn identity(st: &Stat) -> (u64, u64) {
+        (st.st_dev as u64, st.st_ino as u64)
+    }
+
+    /// `st_nlink`.
+    pub fn nlink(st: &Stat) -> u64 {
+        st.st_nlink as u64
+    }
+
+    /// Modification time, in nanoseconds since the epoch.
+    pub fn mtime_ns(st: &Stat) -> i64 {
+        super::nanos(st.st_mtime as i64, st.st_mtime_nsec as i64)
+    }
+
+    /// Change time, in nanoseconds since the epoch.
+    pub fn ctime_ns(st: &Stat) -> i64 {
+        super::nanos(st.st_ctime as i64, st.st_ctime_nsec as i64)
+    }
+
+    /// `st_uid`, `st_gid` and `st_rdev`.
+    pub fn owner_rdev(st: &Stat) -> (u32, u32, u64) {
+        (st.st_uid as u32, st.st_gid as u32, st.st_rdev as u64)
+    }
+}
+
 impl Node {
-    /// A node with the metadata of `meta` (an `lstat` or `fstat`), no
+    /// A node with the metadata of `st` (an `lstat` or `fstat`), no
     /// content, no xattrs.
-    pub fn from_meta(name: Vec<u8>, meta: &Metadata) -> Node {
-        let kind = NodeType::of(meta);
+    pub fn from_stat(name: Vec<u8>, st: &rustix::fs::Stat) -> Node {
+        let kind = NodeType::of_mode(stat::mode(st));
+        let (dev, inode) = stat::identity(st);
+        let (uid, gid, rdev) = stat::owner_rdev(st);
         Node {
             name,
             kind,
-            mode: meta.mode() & 0o7777,
-            uid: meta.uid(),
-            gid: meta.gid(),
+            mode: stat::mode(st) & 0o7777,
+            uid,
+            gid,
             size: if kind == NodeType::File {
-                meta.size()
+                stat::size(st)
             } else {
                 0
             },
-            mtime_ns: mtime_ns(meta),
-            ctime_ns: nanos(meta.ctime(), meta.ctime_nsec()),
-            inode: meta.ino(),
-            dev: meta.dev(),
-            nlink: meta.nlink(),
+            mtime_ns: stat::mtime_ns(st),
+            ctime_ns: stat::ctime_ns(st),
+            inode,
+            dev,
+            nlink: stat::nlink(st),
             rdev: if matches!(kind, NodeType::Chardev | NodeType::Blockdev) {
-                meta.rdev()
+                rdev
             } else {
                 0
             },
@@ -171,10 +215,29 @@ pub fn mtime_ns(meta: &Metadata) -> i64 {
     nanos(meta.mtime(), meta.mtime_nsec())
 }
 
-/// A stored tree that does not parse.
+/// A stored tree that is not a valid volume tree.
 #[derive(Debug, thiserror::Error)]
-#[error("not a volume tree: {0}")]
-pub struct TreeError(#[source] pub serde_json::Error);
+pub enum TreeError {
+    /// The JSON does not parse as a tree.
+    #[error("not a volume tree: {0}")]
+    Json(#[source] serde_json::Error),
+    /// Two entries have the same name: restore would make the second
+    /// replace the first while the first is still being written.
+    #[error("entry `{name}` appears more than once")]
+    Duplicate {
+        /// The name, as shown to users.
+        name: String,
+    },
+    /// The entries are not in name order (lookups and the walk order of
+    /// hard links depend on it).
+    #[error("entry `{name}` comes after `{previous}`; entries must be sorted by name")]
+    Unsorted {
+        /// The entry out of place, as shown to users.
+        name: String,
+        /// The entry before it.
+        previous: String,
+    },
+}
 
 /// A directory listing, sorted by name bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,9 +253,26 @@ impl Tree {
         serde_json::to_vec(self).expect("a tree serialises")
     }
 
-    /// Parses a stored tree.
+    /// Parses a stored tree; its names must be unique and sorted.
     pub fn decode(bytes: &[u8]) -> Result<Tree, TreeError> {
-        serde_json::from_slice(bytes).map_err(TreeError)
+        let tree: Tree = serde_json::from_slice(bytes).map_err(TreeError::Json)?;
+        for w in tree.nodes.windows(2) {
+            match w[0].name.cmp(&w[1].name) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => {
+                    return Err(TreeError::Duplicate {
+                        name: display_path(&w[1].name),
+                    });
+                }
+                std::cmp::Ordering::Greater => {
+                    return Err(TreeError::Unsorted {
+                        name: display_path(&w[1].name),
+                        previous: display_path(&w[0].name),
+                    });
+                }
+            }
+        }
+        Ok(tree)
     }
 
     /// The node called `name`, if the listing is sorted as written.

@@ -9,17 +9,26 @@
 //! visited, a finalize task waits for its files and subdirectories, adds
 //! its tree and hands the directory's node to its parent's listing.
 //!
+//! Every entry is reached by its name relative to its directory's
+//! descriptor, opened without following symlinks, and checked (device and
+//! inode) against what the listing saw: a directory or file that a tenant
+//! replaces while the backup runs, by a symlink out of the volume say, is
+//! reported and skipped, never followed.
+//!
 //! Resume: files read completely are saved in checkpoints as the run goes
 //! (see [`super::checkpoint`]); a run of the same plan and volume after an
 //! unfinished one takes those files unread, like files of the parent.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsStr;
-use std::fs::{Metadata, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::fd::AsFd;
+#[cfg(test)]
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::OsStringExt;
+#[cfg(test)]
+use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -32,8 +41,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::beneath::{is_errno, open_beneath, open_dir, proc_path, proc_works};
 use super::checkpoint::{CHECKPOINT_EVERY, POLL, Recorder, Resume};
-use super::tree::{Node, NodeType, ROOT_NAME, Tree, display_path, join_rel, mtime_ns};
+use super::tree::{Node, NodeType, ROOT_NAME, Tree, display_path, join_rel, stat};
 use super::{
     Chunker, MAX_LISTED, Stopped, VolumeError, get, inc, is_item_error, join_err, load_tree,
 };
@@ -91,6 +101,9 @@ pub struct Hooks {
     pub after_first_chunk: Option<PathHook>,
     /// An error to return instead of opening a file or listing a directory.
     pub open_error: Option<OpenHook>,
+    /// Runs after an entry was listed, just before it is opened (a
+    /// directory on the walking thread, a file on its reading thread).
+    pub before_open: Option<PathHook>,
 }
 
 #[derive(Default)]
@@ -103,6 +116,8 @@ struct Stats {
     unreadable: AtomicU64,
     changed: AtomicU64,
     vanished: AtomicU64,
+    /// Entries found replaced between listing and opening.
+    replaced: AtomicU64,
     bytes_read: AtomicU64,
     bytes_reused: AtomicU64,
     /// Files (and their bytes) taken from checkpoints of an unfinished run.
@@ -134,8 +149,14 @@ struct Shared {
     resume: Resume,
     /// Files this run has read, for the next checkpoint.
     recorder: Recorder,
+    /// Whether `/proc/self/fd` works, the only way to read the extended
+    /// attributes of an entry that is not opened without naming a path.
+    proc_fd: bool,
     #[cfg(test)]
     hooks: Hooks,
+    /// The volume's path, for the hooks.
+    #[cfg(test)]
+    root: PathBuf,
 }
 
 impl Shared {
@@ -170,33 +191,101 @@ impl Shared {
         debug!(path, "vanished while the backup ran");
         inc(&self.stats.vanished, 1);
     }
+
+    /// Something else is at the entry's name than the listing saw.
+    fn replaced(&self, path: &str, what: &str) {
+        inc(&self.stats.replaced, 1);
+        self.item_failed(
+            path,
+            format!("replaced by {what} since it was listed; not read, and not followed"),
+        );
+    }
+
+    /// The path the test hooks are given.
+    #[cfg(test)]
+    fn hook_path(&self, rel: &[u8]) -> PathBuf {
+        if rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(std::ffi::OsStr::from_bytes(rel))
+        }
+    }
 }
 
-/// One directory listing entry, from `read_dir` and `lstat`.
+/// What is at an entry's name now, if it is not what the listing saw:
+/// another type, or another file (device and inode).
+fn replaced_by(now: &rustix::fs::Stat, listed: &Node) -> Option<String> {
+    let kind = NodeType::of_mode(stat::mode(now));
+    if kind != listed.kind {
+        Some(format!("a {}", kind.as_str()))
+    } else if stat::identity(now) != (listed.dev, listed.inode) {
+        let (dev, ino) = stat::identity(now);
+        Some(format!(
+            "another {} (device {dev}, inode {ino}; listed: device {}, inode {})",
+            kind.as_str(),
+            listed.dev,
+            listed.inode
+        ))
+    } else {
+        None
+    }
+}
+
+/// One directory listing entry, from `getdents` and `fstatat`.
 struct Entry {
     name: Vec<u8>,
-    meta: io::Result<Metadata>,
+    meta: io::Result<rustix::fs::Stat>,
 }
 
-fn list_dir(abs: &Path) -> io::Result<Vec<Entry>> {
+/// The entries of the open directory `dir`, each `lstat`ed relative to it.
+fn list_dir(dir: &File) -> io::Result<Vec<Entry>> {
+    use rustix::fs::{AtFlags, RawDir, statat};
     let mut out = Vec::new();
-    for de in std::fs::read_dir(abs)? {
+    // Room for many entries per call; one entry needs at most ~280 bytes.
+    let mut buf = Vec::with_capacity(32 << 10);
+    let mut entries = RawDir::new(dir.as_fd(), buf.spare_capacity_mut());
+    while let Some(de) = entries.next() {
         let de = de?;
-        // `DirEntry::metadata` does not follow symlinks.
+        let name = de.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
         out.push(Entry {
-            meta: de.metadata(),
-            name: de.file_name().into_vec(),
+            meta: statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(io::Error::from),
+            name: name.to_vec(),
         });
     }
     out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 
-/// Extended attributes, best effort: a file system without them, or an
-/// attribute that vanished, just yields fewer.
-fn read_xattrs(abs: &Path, shown: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
+/// Extended attributes of an open file or directory, best effort.
+fn xattrs_of(file: &File, shown: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    use xattr::FileExt;
+    collect_xattrs(file.list_xattr(), |n| file.get_xattr(n), shown)
+}
+
+/// Extended attributes of entry `name` of `dir`, without opening it (a
+/// symlink, a device, a file not read), best effort; none without
+/// `/proc`, which is warned about once.
+fn xattrs_at(sh: &Shared, dir: &File, name: &[u8], shown: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    if !sh.proc_fd {
+        return BTreeMap::new();
+    }
+    // `xattr::list` and `xattr::get` are the `l*` calls: `name` is not followed.
+    let path = proc_path(dir, name);
+    collect_xattrs(xattr::list(&path), |n| xattr::get(&path, n), shown)
+}
+
+/// Reads the attributes listed, best effort: a file system without them,
+/// or an attribute that vanished, just yields fewer.
+fn collect_xattrs(
+    names: io::Result<xattr::XAttrs>,
+    get: impl Fn(&std::ffi::OsStr) -> io::Result<Option<Vec<u8>>>,
+    shown: &str,
+) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let mut out = BTreeMap::new();
-    let names = match xattr::list(abs) {
+    let names = match names {
         Ok(n) => n,
         Err(e) => {
             debug!(path = shown, error = %e, "cannot list extended attributes");
@@ -204,7 +293,7 @@ fn read_xattrs(abs: &Path, shown: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
         }
     };
     for name in names {
-        match xattr::get(abs, &name) {
+        match get(&name) {
             Ok(Some(v)) => {
                 out.insert(name.into_vec(), v);
             }
@@ -226,7 +315,8 @@ enum Pending {
 
 struct Frame {
     rel: Vec<u8>,
-    abs: PathBuf,
+    /// The directory, opened: its entries are reached through it only.
+    dir: Arc<File>,
     node: Node,
     entries: std::vec::IntoIter<Entry>,
     pending: Vec<Pending>,
@@ -263,11 +353,15 @@ impl Walker {
             match top.entries.next() {
                 Some(entry) => self.visit(entry),
                 None => {
-                    let frame = self.stack.pop().expect("non-empty");
+                    // The directory's descriptor closes here, not when its
+                    // files are stored: only the open path holds one.
+                    let Frame {
+                        rel, node, pending, ..
+                    } = self.stack.pop().expect("non-empty");
                     let task = self
                         .sh
                         .tracker
-                        .spawn_on(finalize(self.sh.clone(), frame), &self.sh.rt);
+                        .spawn_on(finalize(self.sh.clone(), rel, node, pending), &self.sh.rt);
                     match self.stack.last_mut() {
                         Some(parent) => parent.pending.push(Pending::Task(task)),
                         None => return Some(task),
@@ -289,7 +383,7 @@ impl Walker {
         let sh = self.sh.clone();
         let top = self.stack.last().expect("visiting inside a frame");
         let rel = join_rel(&top.rel, &entry.name);
-        let abs = top.abs.join(OsStr::from_bytes(&entry.name));
+        let dir = top.dir.clone();
         let shown = display_path(&rel);
         let prev = top
             .parent
@@ -301,19 +395,24 @@ impl Walker {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return sh.vanished(&shown),
             Err(e) => return sh.unreadable(&shown, &e),
         };
-        let mut node = Node::from_meta(entry.name, &meta);
-        node.xattrs = read_xattrs(&abs, &shown);
+        let mut node = Node::from_stat(entry.name, &meta);
+        if node.kind == NodeType::Dir {
+            // Read from its descriptor once it is open.
+            return self.enter(&dir, rel, shown, node, prev);
+        }
+        node.xattrs = xattrs_at(&sh, &dir, &node.name, &shown);
         match node.kind {
-            NodeType::Dir => self.enter(rel, abs, shown, node, prev),
-            NodeType::File => self.file(rel, abs, shown, node, prev, &meta),
-            NodeType::Symlink => match std::fs::read_link(&abs) {
+            NodeType::File => self.file(dir, rel, shown, node, prev),
+            NodeType::Symlink => match rustix::fs::readlinkat(&*dir, &node.name, Vec::new()) {
                 Ok(target) => {
                     inc(&sh.stats.symlinks, 1);
-                    node.target = Some(target.into_os_string().into_vec());
+                    node.target = Some(target.into_bytes());
                     self.push(Pending::Ready(node));
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => sh.vanished(&shown),
-                Err(e) => sh.unreadable(&shown, &e),
+                Err(rustix::io::Errno::NOENT) => sh.vanished(&shown),
+                // Replaced since the listing: its type was read then.
+                Err(rustix::io::Errno::INVAL) => sh.replaced(&shown, "something else"),
+                Err(e) => sh.unreadable(&shown, &e.into()),
             },
             kind => {
                 warn!(path = %shown, kind = kind.as_str(), "special file: recorded without content");
@@ -323,20 +422,60 @@ impl Walker {
         }
     }
 
-    fn enter(&mut self, rel: Vec<u8>, abs: PathBuf, shown: String, node: Node, prev: Option<Node>) {
+    /// Opens a listed directory beneath its parent and, if it is still the
+    /// directory listed, lists it and walks into it.
+    fn enter(
+        &mut self,
+        parent: &File,
+        rel: Vec<u8>,
+        shown: String,
+        mut node: Node,
+        prev: Option<Node>,
+    ) {
         let sh = self.sh.clone();
         #[cfg(test)]
-        let listed = match sh.hooks.open_error.as_ref().and_then(|h| h(&abs)) {
-            Some(e) => Err(e),
-            None => list_dir(&abs),
+        let injected = {
+            let path = sh.hook_path(&rel);
+            if let Some(h) = &sh.hooks.before_open {
+                h(&path);
+            }
+            sh.hooks.open_error.as_ref().and_then(|h| h(&path))
         };
         #[cfg(not(test))]
-        let listed = list_dir(&abs);
-        let entries = match listed {
-            Ok(e) => e,
+        let injected = None;
+        let opened = match injected {
+            Some(e) => Err(e),
+            None => open_dir(parent.as_fd(), &node.name),
+        };
+        let dir = match opened {
+            Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return sh.vanished(&shown),
+            // O_DIRECTORY | O_NOFOLLOW on a symlink or a file.
+            Err(e)
+                if is_errno(&e, rustix::io::Errno::NOTDIR)
+                    || is_errno(&e, rustix::io::Errno::LOOP) =>
+            {
+                return sh.replaced(&shown, "a symlink or a file");
+            }
             Err(e) => {
                 // Recorded without a listing: restore recreates it empty.
+                sh.unreadable(&shown, &e);
+                inc(&sh.stats.dirs, 1);
+                return self.push(Pending::Ready(node));
+            }
+        };
+        match rustix::fs::fstat(&dir) {
+            Ok(now) => {
+                if let Some(what) = replaced_by(&now, &node) {
+                    return sh.replaced(&shown, &what);
+                }
+            }
+            Err(e) => return sh.unreadable(&shown, &e.into()),
+        }
+        node.xattrs = xattrs_of(&dir, &shown);
+        let entries = match list_dir(&dir) {
+            Ok(e) => e,
+            Err(e) => {
                 sh.unreadable(&shown, &e);
                 inc(&sh.stats.dirs, 1);
                 return self.push(Pending::Ready(node));
@@ -355,7 +494,7 @@ impl Walker {
             });
         self.stack.push(Frame {
             rel,
-            abs,
+            dir: Arc::new(dir),
             node,
             entries: entries.into_iter(),
             pending: Vec::new(),
@@ -365,16 +504,15 @@ impl Walker {
 
     fn file(
         &mut self,
+        dir: Arc<File>,
         rel: Vec<u8>,
-        abs: PathBuf,
         shown: String,
         mut node: Node,
         prev: Option<Node>,
-        meta: &Metadata,
     ) {
         let sh = self.sh.clone();
-        if meta.nlink() > 1 {
-            let key = (meta.dev(), meta.ino());
+        if node.nlink > 1 {
+            let key = (node.dev, node.inode);
             if let Some(first) = self.hardlinks.get(&key) {
                 node.kind = NodeType::Hardlink;
                 node.link = Some(first.clone());
@@ -403,7 +541,7 @@ impl Walker {
             .expect("the file semaphore is never closed");
         let task = sh
             .tracker
-            .spawn_on(read_task(sh.clone(), abs, rel, shown, node, permit), &sh.rt);
+            .spawn_on(read_task(sh.clone(), dir, rel, shown, node, permit), &sh.rt);
         self.push(Pending::Task(task));
     }
 
@@ -422,13 +560,12 @@ impl Walker {
 }
 
 /// Waits for a directory's entries, in order, then stores its tree.
-async fn finalize(sh: Arc<Shared>, frame: Frame) -> Result<Option<Node>, Stopped> {
-    let Frame {
-        rel,
-        mut node,
-        pending,
-        ..
-    } = frame;
+async fn finalize(
+    sh: Arc<Shared>,
+    rel: Vec<u8>,
+    mut node: Node,
+    pending: Vec<Pending>,
+) -> Result<Option<Node>, Stopped> {
     let mut nodes = Vec::with_capacity(pending.len());
     for p in pending {
         match p {
@@ -508,31 +645,44 @@ pub async fn backup(
         path: shown_root.clone(),
         source,
     };
-    let root_meta = std::fs::metadata(&opts.path).map_err(io_err)?;
-    if !root_meta.is_dir() {
-        return Err(VolumeError::NotADirectory { path: shown_root });
+    // The one path resolved: the volume's, which the operator chose.
+    let root_dir = match rustix::fs::open(
+        &opts.path,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        Ok(fd) => File::from(fd),
+        Err(rustix::io::Errno::NOTDIR) => {
+            return Err(VolumeError::NotADirectory { path: shown_root });
+        }
+        Err(e) => return Err(io_err(e.into())),
+    };
+    let root_meta = rustix::fs::fstat(&root_dir).map_err(|e| io_err(e.into()))?;
+    let root_dev = stat::identity(&root_meta).0;
+    super::raise_fd_limit();
+    let proc_fd = proc_works(&root_dir);
+    if !proc_fd {
+        warn!("/proc/self/fd is not available: extended attributes are read from directories only");
     }
     let parent = find_parent(repo, &opts.plan, &opts.name).await?;
     match &parent {
         Some(p) => info!(volume = %opts.name, parent = %p.id, "incremental backup"),
         None => info!(volume = %opts.name, "no parent snapshot: reading every file"),
     }
-    let dev_strict = parent
-        .as_ref()
-        .is_none_or(|p| p.root.dev == root_meta.dev());
+    let dev_strict = parent.as_ref().is_none_or(|p| p.root.dev == root_dev);
     let resume = Resume::load(
         repo,
         &opts.plan,
         &opts.name,
         parent.as_ref().map(|p| p.time),
-        root_meta.dev(),
+        root_dev,
     )
     .await?;
     let recorder = Recorder::new(
         &opts.run_id,
         &opts.plan,
         &opts.name,
-        root_meta.dev(),
+        root_dev,
         opts.resume_buffer,
     );
     let channels = opts.channels.max(1);
@@ -552,17 +702,19 @@ pub async fn backup(
         dev_strict,
         resume,
         recorder,
+        proc_fd,
         #[cfg(test)]
         hooks: opts.hooks.clone(),
+        #[cfg(test)]
+        root: opts.path.clone(),
     });
     let walked = CancellationToken::new();
     let checkpoints = tokio::spawn(checkpoint_loop(sh.clone(), walked.clone()));
 
-    let path = opts.path.clone();
-    let (root_node, entries) = tokio::task::spawn_blocking(move || {
-        let mut node = Node::from_meta(ROOT_NAME.to_vec(), &root_meta);
-        node.xattrs = read_xattrs(&path, ".");
-        list_dir(&path).map(|e| (node, e))
+    let (root_dir, root_node, entries) = tokio::task::spawn_blocking(move || {
+        let mut node = Node::from_stat(ROOT_NAME.to_vec(), &root_meta);
+        node.xattrs = xattrs_of(&root_dir, ".");
+        list_dir(&root_dir).map(|e| (root_dir, node, e))
     })
     .await
     .map_err(join_err)?
@@ -572,7 +724,7 @@ pub async fn backup(
         sh: sh.clone(),
         stack: vec![Frame {
             rel: Vec::new(),
-            abs: opts.path.clone(),
+            dir: Arc::new(root_dir),
             node: root_node,
             entries: entries.into_iter(),
             pending: Vec::new(),
@@ -655,6 +807,7 @@ pub async fn backup(
         ("unreadable", &s.unreadable),
         ("changed", &s.changed),
         ("vanished", &s.vanished),
+        ("replaced", &s.replaced),
     ] {
         report.count(key, get(c));
     }

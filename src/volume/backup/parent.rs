@@ -48,11 +48,11 @@ pub(super) async fn find_parent(
             .nodes
             .into_iter()
             .find(|n| n.name == ROOT_NAME && n.kind == NodeType::Dir),
-        Err(e) if is_item_error(&e) => {
+        Err(e) if e.is_item_error() => {
             warn!(snapshot = %id, error = %e, "cannot read the parent snapshot's tree; backing up in full");
             None
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
     let Some(root) = root else {
         return Ok(None);
@@ -60,11 +60,11 @@ pub(super) async fn find_parent(
     let listing = match root.subtree {
         Some(sub) => match load_tree(repo, &sub).await {
             Ok(t) => Some(t),
-            Err(e) if is_item_error(&e) => {
+            Err(e) if e.is_item_error() => {
                 warn!(snapshot = %id, error = %e, "cannot read the parent snapshot's tree; backing up in full");
                 None
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         },
         None => None,
     };

@@ -6,8 +6,8 @@ use super::*;
 /// Outcome of reading one file on a blocking thread.
 pub(super) enum ReadError {
     Io(io::Error),
-    /// Replaced by something that is not a regular file since it was listed.
-    NotRegular,
+    /// Something else is at its name than the listing saw: what.
+    Replaced(String),
     /// The run is stopping, or the receiving side gave up.
     Stopped,
 }
@@ -20,31 +20,52 @@ impl From<io::Error> for ReadError {
 
 pub(super) struct ReadDone {
     /// `fstat` before the first byte was read.
-    start: Metadata,
+    start: rustix::fs::Stat,
     bytes: u64,
     /// Size or mtime differ between the start and the end of reading.
     changed: bool,
 }
 
+/// Reads file `node` (as listed) of the open directory `dir`.
 pub(super) fn read_file(
     sh: &Shared,
-    abs: &Path,
+    dir: &File,
+    rel: &[u8],
+    node: &Node,
     tx: mpsc::Sender<Bytes>,
 ) -> Result<ReadDone, ReadError> {
-    use rustix::fs::OFlags;
+    use rustix::fs::{Mode, OFlags};
     #[cfg(test)]
-    if let Some(e) = sh.hooks.open_error.as_ref().and_then(|h| h(abs)) {
-        return Err(e.into());
+    let path = sh.hook_path(rel);
+    #[cfg(not(test))]
+    let _ = rel;
+    #[cfg(test)]
+    {
+        if let Some(h) = &sh.hooks.before_open {
+            h(&path);
+        }
+        if let Some(e) = sh.hooks.open_error.as_ref().and_then(|h| h(&path)) {
+            return Err(e.into());
+        }
     }
-    // NOFOLLOW: a symlink swapped in since the listing is not followed out
-    // of the volume. NONBLOCK: a FIFO swapped in does not hang the open.
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
-        .open(abs)?;
-    let start = file.metadata()?;
-    if !start.is_file() {
-        return Err(ReadError::NotRegular);
+    // Beneath its directory, never following a symlink swapped in since
+    // the listing. NONBLOCK: a FIFO swapped in does not hang the open.
+    let opened = open_beneath(
+        dir.as_fd(),
+        &node.name,
+        OFlags::RDONLY | OFlags::NONBLOCK,
+        Mode::empty(),
+    );
+    let file = match opened {
+        Ok(fd) => File::from(fd),
+        Err(e) if is_errno(&e, rustix::io::Errno::LOOP) => {
+            return Err(ReadError::Replaced("a symlink".into()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let start = rustix::fs::fstat(&file).map_err(io::Error::from)?;
+    if let Some(what) = replaced_by(&start, node) {
+        return Err(ReadError::Replaced(what));
     }
     let c = sh.chunker;
     let mut bytes = 0u64;
@@ -60,7 +81,7 @@ pub(super) fn read_file(
         if std::mem::take(&mut first)
             && let Some(h) = &sh.hooks.after_first_chunk
         {
-            h(abs);
+            h(&path);
         }
         Ok(())
     };
@@ -68,8 +89,9 @@ pub(super) fn read_file(
     // memory: the streaming chunker allocates a buffer of the largest
     // chunk size per file. Both cut at the same points.
     let mut head = Vec::new();
-    if start.len() < c.max as u64 {
-        head.reserve_exact(start.len() as usize + 1);
+    let size = stat::size(&start);
+    if size < c.max as u64 {
+        head.reserve_exact(size as usize + 1);
         (&file).take(c.max as u64).read_to_end(&mut head)?;
         if head.len() < c.max {
             let all = Bytes::from(head);
@@ -89,13 +111,14 @@ pub(super) fn read_file(
 }
 
 pub(super) fn finish(
-    file: &std::fs::File,
-    start: Metadata,
+    file: &File,
+    start: rustix::fs::Stat,
     bytes: u64,
 ) -> Result<ReadDone, ReadError> {
-    let end = file.metadata()?;
+    let end = rustix::fs::fstat(file).map_err(io::Error::from)?;
+    let size = stat::size(&start);
     let changed =
-        bytes != start.len() || end.len() != start.len() || mtime_ns(&end) != mtime_ns(&start);
+        bytes != size || stat::size(&end) != size || stat::mtime_ns(&end) != stat::mtime_ns(&start);
     Ok(ReadDone {
         start,
         bytes,
@@ -106,16 +129,19 @@ pub(super) fn finish(
 /// Reads one file: chunks from a blocking reader, added in order.
 pub(super) async fn read_task(
     sh: Arc<Shared>,
-    abs: PathBuf,
+    dir: Arc<File>,
     rel: Vec<u8>,
     shown: String,
-    mut node: Node,
+    node: Node,
     _permit: OwnedSemaphorePermit,
 ) -> Result<Option<Node>, Stopped> {
     let (tx, mut rx) = mpsc::channel::<Bytes>(CHUNKS_QUEUED);
     let reader = {
         let sh = sh.clone();
-        tokio::task::spawn_blocking(move || read_file(&sh, &abs, tx))
+        tokio::task::spawn_blocking(move || {
+            let r = read_file(&sh, &dir, &rel, &node, tx);
+            (rel, node, r)
+        })
     };
     let mut content = Vec::new();
     let mut add_failed = None;
@@ -133,10 +159,10 @@ pub(super) async fn read_task(
     if let Some(e) = add_failed {
         return Err(sh.fail(e));
     }
-    let outcome = outcome.map_err(|e| sh.fail(join_err(e)))?;
+    let (rel, mut node, outcome) = outcome.map_err(|e| sh.fail(join_err(e)))?;
     match outcome {
         Ok(done) => {
-            let fresh = Node::from_meta(Vec::new(), &done.start);
+            let fresh = Node::from_stat(Vec::new(), &done.start);
             node.mode = fresh.mode;
             node.uid = fresh.uid;
             node.gid = fresh.gid;
@@ -161,9 +187,8 @@ pub(super) async fn read_task(
             Ok(Some(node))
         }
         Err(ReadError::Stopped) => Err(Stopped),
-        Err(ReadError::NotRegular) => {
-            warn!(path = %shown, "replaced by a non-regular file while the backup ran; skipped");
-            sh.vanished(&shown);
+        Err(ReadError::Replaced(what)) => {
+            sh.replaced(&shown, &what);
             Ok(None)
         }
         Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {

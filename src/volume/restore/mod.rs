@@ -12,6 +12,13 @@
 //! the walk, and is created (empty) before the walk moves on, so the link
 //! can be made at once, inside the directory that holds it.
 //!
+//! Every entry is made relative to its directory's descriptor, without
+//! following symlinks, and metadata is set on the descriptor of what was
+//! written (or, for symlinks and special files, by no-follow calls
+//! relative to the directory): nothing a tree holds, and nothing put in
+//! the target meanwhile, makes a restore change anything outside it.
+//! Trees whose names are not unique and sorted are refused.
+//!
 //! Resume: a regular file that is already there with the right size (an
 //! interrupted restore run again, or an older copy) is read and hashed
 //! chunk by chunk against the tree; if every chunk matches it is left as
@@ -20,17 +27,21 @@
 //! meanwhile stay right.
 
 use std::ffi::OsStr;
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+#[cfg(test)]
+use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
 use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -38,7 +49,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::tree::{Node, NodeType, ROOT_NAME, display_path, is_safe_name, is_safe_rel, join_rel};
+use super::beneath::{is_errno, open_beneath, open_dir, proc_path, proc_works};
+use super::tree::{
+    Node, NodeType, ROOT_NAME, display_path, is_safe_name, is_safe_rel, join_rel, stat,
+};
 use super::{Stopped, VolumeError, get, inc, is_item_error, join_err, load_tree};
 use crate::repo::{BlobId, Repository, SnapshotId, SnapshotManifest, SnapshotRef, VolumeEntry};
 use crate::summary::{ItemError, Report};
@@ -62,6 +76,28 @@ pub struct RestoreOptions {
     pub point: Option<jiff::Timestamp>,
     /// Files written at once, and download streams.
     pub channels: usize,
+    /// Test-only fault injection points.
+    #[cfg(test)]
+    pub hooks: RestoreHooks,
+}
+
+#[cfg(test)]
+type PathHook = Arc<dyn Fn(&Path) + Send + Sync>;
+
+/// Fault injection for tests.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub struct RestoreHooks {
+    /// Runs on a file's writing thread once its content is written, just
+    /// before its metadata is set.
+    pub before_meta: Option<PathHook>,
+}
+
+#[cfg(test)]
+impl std::fmt::Debug for RestoreHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RestoreHooks")
+    }
 }
 
 #[derive(Default)]
@@ -84,7 +120,8 @@ type Task = JoinHandle<Result<(), Stopped>>;
 
 struct Shared {
     repo: Repository,
-    root: PathBuf,
+    /// The target directory, opened: hard-link targets are found beneath it.
+    root: Arc<File>,
     rt: Handle,
     tracker: TaskTracker,
     files: Arc<Semaphore>,
@@ -94,6 +131,14 @@ struct Shared {
     errors: Mutex<Vec<ItemError>>,
     /// Owners are restored only by root.
     is_root: bool,
+    /// Whether `/proc/self/fd` works: the extended attributes and the mode
+    /// of an entry that is not opened are set through it.
+    proc_fd: bool,
+    #[cfg(test)]
+    hooks: RestoreHooks,
+    /// The target's path, for the hooks.
+    #[cfg(test)]
+    root_path: PathBuf,
 }
 
 impl Shared {
@@ -119,71 +164,183 @@ impl Shared {
             });
     }
 
-    /// Applies metadata; a failure (other than of an xattr) fails the item.
-    fn apply_meta(&self, abs: &Path, node: &Node, shown: &str) {
-        let failed = set_xattrs(abs, node, shown);
+    /// Sets the metadata of an entry open as `file` (a file written or
+    /// verified, a directory); a failure (other than of an xattr) fails
+    /// the item.
+    fn apply_meta(&self, file: &File, node: &Node, shown: &str) {
+        use xattr::FileExt;
+        let mut failed = 0;
+        for (name, value) in &node.xattrs {
+            if let Err(e) = file.set_xattr(OsStr::from_bytes(name), value) {
+                xattr_failed(shown, name, &e);
+                failed += 1;
+            }
+        }
         inc(&self.stats.xattr_failures, failed);
-        if let Err(e) = set_meta(abs, node, self.is_root) {
+        let result = (|| -> io::Result<()> {
+            if self.is_root {
+                let (uid, gid) = owner(node);
+                rustix::fs::fchown(file, uid, gid)?;
+            }
+            rustix::fs::fchmod(file, Mode::from_raw_mode(node.mode & 0o7777))?;
+            rustix::fs::futimens(file, &mtime_only(node.mtime_ns))?;
+            Ok(())
+        })();
+        if let Err(e) = result {
             self.item_failed(shown, format!("metadata: {e}"));
         }
     }
-}
 
-/// Sets the extended attributes, best effort; returns how many failed.
-fn set_xattrs(abs: &Path, node: &Node, shown: &str) -> u64 {
-    let mut failed = 0;
-    for (name, value) in &node.xattrs {
-        if let Err(e) = xattr::set(abs, OsStr::from_bytes(name), value) {
-            warn!(path = shown, attribute = %display_path(name), error = %e, "cannot restore an extended attribute");
-            failed += 1;
+    /// The same for entry `node` of `dir` that is not opened: a symlink
+    /// or a special file (opening a FIFO can block, a device can act).
+    fn apply_meta_at(&self, dir: &File, node: &Node, shown: &str) {
+        let mut failed = 0;
+        if !node.xattrs.is_empty() {
+            // `xattr::set` is `lsetxattr`: the entry itself, not followed.
+            let path = self.proc_fd.then(|| proc_path(dir, &node.name));
+            for (name, value) in &node.xattrs {
+                let set = match &path {
+                    Some(p) => xattr::set(p, OsStr::from_bytes(name), value),
+                    None => Err(io::Error::other("/proc/self/fd is not available")),
+                };
+                if let Err(e) = set {
+                    xattr_failed(shown, name, &e);
+                    failed += 1;
+                }
+            }
+        }
+        inc(&self.stats.xattr_failures, failed);
+        if let Err(e) = self.set_meta_at(dir, node) {
+            self.item_failed(shown, format!("metadata: {e}"));
         }
     }
-    failed
+
+    /// Owner (as root), mode (not on symlinks), then mtime: `chown` clears
+    /// setuid bits and any change bumps the times, so this order.
+    fn set_meta_at(&self, dir: &File, node: &Node) -> io::Result<()> {
+        let name = node.name.as_slice();
+        if self.is_root {
+            let (uid, gid) = owner(node);
+            rustix::fs::chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
+        }
+        if node.kind != NodeType::Symlink {
+            // No chmod call takes a name without following it: chmod the
+            // inode an O_PATH descriptor holds, checked to be the special
+            // file made (O_PATH opens a symlink itself), through /proc.
+            let fd = open_beneath(dir.as_fd(), name, OFlags::PATH, Mode::empty())?;
+            let st = rustix::fs::fstat(&fd)?;
+            if NodeType::of_mode(stat::mode(&st)) != node.kind {
+                return Err(io::Error::other(
+                    "replaced by another type of entry while restoring",
+                ));
+            }
+            if !self.proc_fd {
+                return Err(io::Error::other(
+                    "cannot set the mode: /proc/self/fd is not available",
+                ));
+            }
+            rustix::fs::chmod(
+                format!("/proc/self/fd/{}", fd.as_raw_fd()),
+                Mode::from_raw_mode(node.mode & 0o7777),
+            )?;
+        }
+        rustix::fs::utimensat(
+            dir,
+            name,
+            &mtime_only(node.mtime_ns),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        Ok(())
+    }
+
+    /// The path the test hooks are given.
+    #[cfg(test)]
+    fn hook_path(&self, rel: &[u8]) -> PathBuf {
+        self.root_path.join(OsStr::from_bytes(rel))
+    }
 }
 
-/// Owner (as root), mode (not on symlinks), then mtime: `chown` clears
-/// setuid bits and any change bumps the times, so this order.
-fn set_meta(abs: &Path, node: &Node, is_root: bool) -> io::Result<()> {
-    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, UTIME_OMIT, utimensat};
-    if is_root {
-        std::os::unix::fs::lchown(abs, Some(node.uid), Some(node.gid))?;
-    }
-    if node.kind != NodeType::Symlink {
-        fs::set_permissions(abs, fs::Permissions::from_mode(node.mode & 0o7777))?;
-    }
-    let times = Timestamps {
+fn xattr_failed(shown: &str, name: &[u8], e: &io::Error) {
+    warn!(path = shown, attribute = %display_path(name), error = %e, "cannot restore an extended attribute");
+}
+
+/// The node's owner for `chown`; -1 (which a tree may hold) leaves it.
+fn owner(node: &Node) -> (Option<rustix::fs::Uid>, Option<rustix::fs::Gid>) {
+    (
+        (node.uid != u32::MAX).then(|| rustix::fs::Uid::from_raw(node.uid)),
+        (node.gid != u32::MAX).then(|| rustix::fs::Gid::from_raw(node.gid)),
+    )
+}
+
+/// The modification time to set; the access time is left.
+fn mtime_only(mtime_ns: i64) -> rustix::fs::Timestamps {
+    use rustix::fs::{Timespec, Timestamps, UTIME_OMIT};
+    Timestamps {
         last_access: Timespec {
             tv_sec: 0,
             tv_nsec: UTIME_OMIT,
         },
         last_modification: Timespec {
-            tv_sec: node.mtime_ns.div_euclid(1_000_000_000),
-            tv_nsec: node.mtime_ns.rem_euclid(1_000_000_000) as _,
+            tv_sec: mtime_ns.div_euclid(1_000_000_000),
+            tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
         },
-    };
-    utimensat(CWD, abs, &times, AtFlags::SYMLINK_NOFOLLOW)?;
-    Ok(())
+    }
 }
 
-/// Clears the way for a new entry at `abs`: an existing directory stays
-/// when a directory is wanted (true is returned), anything else that is
-/// not a directory is removed (a symlink is never followed).
-fn clear_for(abs: &Path, want_dir: bool) -> io::Result<bool> {
-    match fs::symlink_metadata(abs) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-        Ok(m) if m.is_dir() => {
-            if want_dir {
-                Ok(true)
-            } else {
-                Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    "a directory is in the way",
-                ))
-            }
-        }
-        Ok(_) => fs::remove_file(abs).map(|()| false),
+/// Removes a non-directory in the way at `name` of `dir`; a symlink is
+/// removed, not followed.
+fn remove_at(dir: &File, name: &[u8]) -> io::Result<()> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(Errno::ISDIR) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "a directory is in the way",
+        )),
+        Err(e) => Err(e.into()),
     }
+}
+
+/// Makes entry `name` of `dir` with `make`, after removing what is in the
+/// way if the name is taken (never a directory).
+fn make_at(dir: &File, name: &[u8], make: impl Fn() -> rustix::io::Result<()>) -> io::Result<()> {
+    match make() {
+        Err(Errno::EXIST) => {
+            remove_at(dir, name)?;
+            Ok(make()?)
+        }
+        r => Ok(r?),
+    }
+}
+
+/// Creates directory `name` of `parent` and opens it; an existing
+/// directory stays (its entries are restored over), anything else in the
+/// way is removed.
+fn make_dir(parent: &File, name: &[u8]) -> io::Result<File> {
+    // Private until its mode is set, when everything in it is done.
+    let mkdir = || rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700));
+    match mkdir() {
+        Ok(()) => open_dir(parent.as_fd(), name),
+        Err(Errno::EXIST) => match open_dir(parent.as_fd(), name) {
+            Err(e) if is_errno(&e, Errno::NOTDIR) || is_errno(&e, Errno::LOOP) => {
+                remove_at(parent, name)?;
+                mkdir()?;
+                open_dir(parent.as_fd(), name)
+            }
+            r => r,
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates file `name` of `dir`, empty, for writing.
+fn create_file(dir: &File, name: &[u8]) -> io::Result<File> {
+    open_beneath(
+        dir.as_fd(),
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+        Mode::from_raw_mode(0o600),
+    )
+    .map(File::from)
 }
 
 /// Whether a chunk is all zeros (memcmp against a zero page).
@@ -192,37 +349,49 @@ fn is_zero(data: &[u8]) -> bool {
     data.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
 }
 
-/// `root/rel`, where every component but the last is a real directory
-/// (not a symlink) and the last is a regular file: the target of a hard
-/// link, which must not lead out of the volume.
-fn link_target(root: &Path, rel: &[u8]) -> io::Result<PathBuf> {
-    let mut p = root.to_path_buf();
-    let parts: Vec<&[u8]> = rel.split(|b| *b == b'/').collect();
-    for (i, part) in parts.iter().enumerate() {
-        p.push(OsStr::from_bytes(part));
-        let m = fs::symlink_metadata(&p)?;
-        let ok = if i + 1 == parts.len() {
-            m.is_file()
-        } else {
-            m.is_dir()
-        };
-        if !ok {
-            return Err(io::Error::other(format!(
-                "{} is not a {}",
-                display_path(rel),
-                if i + 1 == parts.len() {
-                    "regular file"
-                } else {
-                    "directory"
-                }
-            )));
-        }
+/// Links `name` of `dir` to `rel`, a regular file beneath the target
+/// reached through real directories only (not symlinks): the target of a
+/// hard link, which must not lead out of the volume.
+fn hard_link(root: &File, rel: &[u8], dir: &File, name: &[u8]) -> io::Result<()> {
+    let (parent_rel, last) = match rel.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (&rel[..0], rel),
+    };
+    let not_a = |what: &str| io::Error::other(format!("{} is not a {what}", display_path(rel)));
+    let held;
+    let parent = if parent_rel.is_empty() {
+        root.as_fd()
+    } else {
+        held = open_beneath(
+            root.as_fd(),
+            parent_rel,
+            OFlags::PATH | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .map_err(|e| {
+            if is_errno(&e, Errno::NOTDIR) || is_errno(&e, Errno::LOOP) {
+                not_a("path of directories")
+            } else {
+                e
+            }
+        })?;
+        held.as_fd()
+    };
+    let st = rustix::fs::statat(parent, last, AtFlags::SYMLINK_NOFOLLOW)?;
+    if NodeType::of_mode(stat::mode(&st)) != NodeType::File {
+        return Err(not_a("regular file"));
     }
-    Ok(p)
+    // No AT_SYMLINK_FOLLOW: were `last` swapped for a symlink meanwhile,
+    // the link would be to that symlink, inside the target.
+    make_at(dir, name, || {
+        rustix::fs::linkat(parent, last, dir, name, AtFlags::empty())
+    })
 }
 
 struct Frame {
-    abs: PathBuf,
+    /// The directory, opened: its entries are made relative to it, and its
+    /// metadata is set on it.
+    dir: Arc<File>,
     rel: Vec<u8>,
     node: Node,
     nodes: std::vec::IntoIter<Node>,
@@ -275,17 +444,15 @@ impl Walker {
         if !is_safe_name(&node.name) {
             return sh.item_failed(&shown, "unsafe name in the tree; skipped");
         }
-        let abs = top.abs.join(OsStr::from_bytes(&node.name));
+        let dir = top.dir.clone();
+        let name = node.name.as_slice();
         match node.kind {
-            NodeType::Dir => self.dir(rel, abs, shown, node),
-            NodeType::File => self.file(abs, shown, node),
+            NodeType::Dir => self.dir(&dir, rel, shown, node),
+            NodeType::File => self.file(dir, rel, shown, node),
             NodeType::Hardlink => {
                 let result = match node.link.as_deref().filter(|l| is_safe_rel(l)) {
                     None => Err(io::Error::other("the link target is missing or unsafe")),
-                    Some(link) => link_target(&sh.root, link).and_then(|target| {
-                        clear_for(&abs, false)?;
-                        fs::hard_link(target, &abs)
-                    }),
+                    Some(link) => hard_link(&sh.root, link, &dir, name),
                 };
                 match result {
                     Ok(()) => inc(&sh.stats.hardlinks, 1),
@@ -296,24 +463,24 @@ impl Walker {
                 let Some(target) = &node.target else {
                     return sh.item_failed(&shown, "symlink without a target");
                 };
-                let made = clear_for(&abs, false)
-                    .and_then(|_| std::os::unix::fs::symlink(OsStr::from_bytes(target), &abs));
-                match made {
+                match make_at(&dir, name, || {
+                    rustix::fs::symlinkat(target.as_slice(), &*dir, name)
+                }) {
                     Ok(()) => {
                         inc(&sh.stats.symlinks, 1);
-                        sh.apply_meta(&abs, &node, &shown);
+                        sh.apply_meta_at(&dir, &node, &shown);
                     }
                     Err(e) => sh.item_failed(&shown, format!("symlink: {e}")),
                 }
             }
-            NodeType::Fifo => self.special(abs, shown, node, rustix::fs::FileType::Fifo),
+            NodeType::Fifo => self.special(&dir, shown, node, rustix::fs::FileType::Fifo),
             NodeType::Chardev | NodeType::Blockdev if sh.is_root => {
                 let t = if node.kind == NodeType::Chardev {
                     rustix::fs::FileType::CharacterDevice
                 } else {
                     rustix::fs::FileType::BlockDevice
                 };
-                self.special(abs, shown, node, t)
+                self.special(&dir, shown, node, t)
             }
             kind => {
                 let why = match kind {
@@ -331,19 +498,19 @@ impl Walker {
         }
     }
 
-    fn dir(&mut self, rel: Vec<u8>, abs: PathBuf, shown: String, node: Node) {
+    fn dir(&mut self, parent: &File, rel: Vec<u8>, shown: String, node: Node) {
         let sh = self.sh.clone();
-        let made = clear_for(&abs, true)
-            .and_then(|exists| if exists { Ok(()) } else { fs::create_dir(&abs) });
-        if let Err(e) = made {
-            return sh.item_failed(&shown, format!("directory: {e}"));
-        }
+        let dir = match make_dir(parent, &node.name) {
+            Ok(d) => d,
+            Err(e) => return sh.item_failed(&shown, format!("directory: {e}")),
+        };
         inc(&sh.stats.dirs, 1);
         let nodes = match node.subtree {
             None => Vec::new(),
             Some(id) => match sh.rt.block_on(load_tree(&sh.repo, &id)) {
                 Ok(t) => t.nodes,
-                Err(e) if is_item_error(&e) => {
+                // Restored empty, and reported.
+                Err(e) if e.is_item_error() => {
                     sh.item_failed(&shown, format!("directory listing: {e}"));
                     Vec::new()
                 }
@@ -354,7 +521,7 @@ impl Walker {
             },
         };
         self.stack.push(Frame {
-            abs,
+            dir: Arc::new(dir),
             rel,
             node,
             nodes: nodes.into_iter(),
@@ -362,27 +529,30 @@ impl Walker {
         });
     }
 
-    fn file(&mut self, abs: PathBuf, shown: String, node: Node) {
+    fn file(&mut self, dir: Arc<File>, rel: Vec<u8>, shown: String, node: Node) {
         let sh = self.sh.clone();
-        // Only a file with this one name: one shared with another name
-        // (outside the tree, say) is not written to in place.
-        let existing = fs::symlink_metadata(&abs).ok().filter(|m| {
-            m.is_file() && m.nlink() == 1 && m.len() == node.size && !node.content.is_empty()
-        });
-        let target = if existing.is_some() {
-            Target::Existing
-        } else {
-            let created = clear_for(&abs, false).and_then(|_| {
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&abs)
-            });
-            match created {
-                Ok(f) => Target::Created(f),
-                Err(e) => return sh.item_failed(&shown, format!("file: {e}")),
+        let target = match create_file(&dir, &node.name) {
+            Ok(f) => Target::Created(f),
+            Err(e) if is_errno(&e, Errno::EXIST) => {
+                // Only a file with this one name: one shared with another
+                // name (outside the tree, say) is not written to in place.
+                let reusable = !node.content.is_empty()
+                    && rustix::fs::statat(&*dir, node.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+                        .is_ok_and(|st| {
+                            NodeType::of_mode(stat::mode(&st)) == NodeType::File
+                                && stat::nlink(&st) == 1
+                                && stat::size(&st) == node.size
+                        });
+                if reusable {
+                    Target::Existing
+                } else {
+                    match remove_at(&dir, &node.name).and_then(|()| create_file(&dir, &node.name)) {
+                        Ok(f) => Target::Created(f),
+                        Err(e) => return sh.item_failed(&shown, format!("file: {e}")),
+                    }
+                }
             }
+            Err(e) => return sh.item_failed(&shown, format!("file: {e}")),
         };
         inc(&sh.stats.files, 1);
         let permit = sh
@@ -390,7 +560,7 @@ impl Walker {
             .block_on(sh.files.clone().acquire_owned())
             .expect("the file semaphore is never closed");
         let task = sh.tracker.spawn_on(
-            write_task(sh.clone(), abs, shown, node, target, permit),
+            write_task(sh.clone(), dir, rel, shown, node, target, permit),
             &sh.rt,
         );
         self.stack
@@ -400,22 +570,16 @@ impl Walker {
             .push(task);
     }
 
-    fn special(&mut self, abs: PathBuf, shown: String, node: Node, t: rustix::fs::FileType) {
+    fn special(&mut self, dir: &File, shown: String, node: Node, t: rustix::fs::FileType) {
         let sh = &self.sh;
-        let made = clear_for(&abs, false).and_then(|_| {
-            rustix::fs::mknodat(
-                rustix::fs::CWD,
-                &abs,
-                t,
-                rustix::fs::Mode::from_raw_mode(0o600),
-                node.rdev,
-            )
-            .map_err(io::Error::from)
+        let name = node.name.as_slice();
+        let made = make_at(dir, name, || {
+            rustix::fs::mknodat(dir, name, t, Mode::from_raw_mode(0o600), node.rdev)
         });
         match made {
             Ok(()) => {
                 inc(&sh.stats.special, 1);
-                sh.apply_meta(&abs, &node, &shown);
+                sh.apply_meta_at(dir, &node, &shown);
             }
             Err(e) => sh.item_failed(&shown, format!("{}: {e}", node.kind.as_str())),
         }
@@ -434,14 +598,14 @@ async fn finalize(sh: Arc<Shared>, frame: Frame) -> Result<(), Stopped> {
     if sh.stop.is_cancelled() {
         return Err(Stopped);
     }
-    let (abs, node) = (frame.abs, frame.node);
+    let (dir, node) = (frame.dir, frame.node);
     let shown = if frame.rel.is_empty() {
         ".".to_string()
     } else {
         display_path(&frame.rel)
     };
     let sh2 = sh.clone();
-    tokio::task::spawn_blocking(move || sh2.apply_meta(&abs, &node, &shown))
+    tokio::task::spawn_blocking(move || sh2.apply_meta(&dir, &node, &shown))
         .await
         .map_err(|e| sh.fail(join_err(e)))
 }
@@ -538,8 +702,22 @@ pub async fn restore(
         source,
     };
     fs::create_dir_all(&opts.path).map_err(io_err)?;
-    if !fs::metadata(&opts.path).map_err(io_err)?.is_dir() {
-        return Err(VolumeError::NotADirectory { path: shown_root });
+    // The one path resolved: the target's, which the operator chose.
+    let root_dir = match rustix::fs::open(
+        &opts.path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => Arc::new(File::from(fd)),
+        Err(Errno::NOTDIR) => return Err(VolumeError::NotADirectory { path: shown_root }),
+        Err(e) => return Err(io_err(e.into())),
+    };
+    super::raise_fd_limit();
+    let proc_fd = proc_works(&root_dir);
+    if !proc_fd {
+        warn!(
+            "/proc/self/fd is not available: modes of FIFOs and devices, and extended attributes of symlinks and special files, are not restored"
+        );
     }
     let is_root = rustix::process::geteuid().is_root();
     if !is_root {
@@ -548,7 +726,7 @@ pub async fn restore(
     let channels = opts.channels.max(1);
     let sh = Arc::new(Shared {
         repo: repo.clone(),
-        root: opts.path.clone(),
+        root: root_dir.clone(),
         rt: Handle::current(),
         tracker: TaskTracker::new(),
         files: Arc::new(Semaphore::new(channels)),
@@ -557,12 +735,17 @@ pub async fn restore(
         stats: Stats::default(),
         errors: Mutex::new(Vec::new()),
         is_root,
+        proc_fd,
+        #[cfg(test)]
+        hooks: opts.hooks.clone(),
+        #[cfg(test)]
+        root_path: opts.path.clone(),
     });
     inc(&sh.stats.dirs, 1);
     let walker = Walker {
         sh: sh.clone(),
         stack: vec![Frame {
-            abs: opts.path.clone(),
+            dir: root_dir,
             rel: Vec::new(),
             node: root,
             nodes: listing.into_iter(),

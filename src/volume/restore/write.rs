@@ -6,16 +6,16 @@ use super::*;
 /// Where a file's content goes.
 pub(super) enum Target {
     /// Created empty by the walker.
-    Created(fs::File),
+    Created(File),
     /// Already there with the right size: verified, and rewritten only if
     /// its content differs.
     Existing,
 }
 
-/// Whether the file at `abs` holds exactly `node`'s chunks: each chunk's
-/// plaintext length comes from the index, its bytes must hash to its id.
-/// `false` (not an error) whenever that cannot be shown.
-pub(super) fn holds_content(repo: &Repository, abs: &Path, node: &Node) -> io::Result<bool> {
+/// Whether the open regular `file` holds exactly `node`'s chunks: each
+/// chunk's plaintext length comes from the index, its bytes must hash to
+/// its id. `false` (not an error) whenever that cannot be shown.
+pub(super) fn holds_content(repo: &Repository, file: &File, node: &Node) -> io::Result<bool> {
     let mut lengths = Vec::with_capacity(node.content.len());
     for id in &node.content {
         match repo.index_entry(id) {
@@ -24,14 +24,6 @@ pub(super) fn holds_content(repo: &Repository, abs: &Path, node: &Node) -> io::R
         }
     }
     if lengths.iter().sum::<u64>() != node.size {
-        return Ok(false);
-    }
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
-        .open(abs)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() || meta.len() != node.size {
         return Ok(false);
     }
     let mut reader = io::BufReader::with_capacity(1 << 20, file);
@@ -50,33 +42,50 @@ pub(super) fn holds_content(repo: &Repository, abs: &Path, node: &Node) -> io::R
     Ok(true)
 }
 
-/// For [`Target::Existing`]: `None` when the file is already right (its
-/// metadata is then set), else the file opened for rewriting in place.
+/// For [`Target::Existing`] `node` of `dir`: `None` when the file is
+/// already right (its metadata is then set), else the file opened for
+/// rewriting in place.
 pub(super) fn verify_or_reopen(
     sh: &Shared,
-    abs: &Path,
+    dir: &File,
     shown: &str,
     node: &Node,
-) -> io::Result<Option<fs::File>> {
-    match holds_content(&sh.repo, abs, node) {
-        Ok(true) => {
-            debug!(path = shown, "already restored and verified; left as it is");
-            inc(&sh.stats.reused, 1);
-            inc(&sh.stats.bytes_reused, node.size);
-            sh.apply_meta(abs, node, shown);
-            return Ok(None);
+) -> io::Result<Option<File>> {
+    // NONBLOCK: a FIFO put in its place meanwhile does not hang the open.
+    let file = File::from(open_beneath(
+        dir.as_fd(),
+        &node.name,
+        OFlags::RDONLY | OFlags::NONBLOCK,
+        Mode::empty(),
+    )?);
+    let st = rustix::fs::fstat(&file)?;
+    if NodeType::of_mode(stat::mode(&st)) != NodeType::File {
+        return Err(io::Error::other("no longer a regular file"));
+    }
+    if stat::size(&st) == node.size {
+        match holds_content(&sh.repo, &file, node) {
+            Ok(true) => {
+                debug!(path = shown, "already restored and verified; left as it is");
+                inc(&sh.stats.reused, 1);
+                inc(&sh.stats.bytes_reused, node.size);
+                sh.apply_meta(&file, node, shown);
+                return Ok(None);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                debug!(path = shown, error = %e, "cannot verify the existing file; rewriting it")
+            }
         }
-        Ok(false) => {}
-        Err(e) => debug!(path = shown, error = %e, "cannot verify the existing file; rewriting it"),
     }
     // A restored file may be read-only; its mode is set again at the end.
-    fs::set_permissions(abs, fs::Permissions::from_mode(0o600))?;
-    let file = OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(abs)?;
-    Ok(Some(file))
+    rustix::fs::fchmod(&file, Mode::from_raw_mode(0o600))?;
+    let file = open_beneath(
+        dir.as_fd(),
+        &node.name,
+        OFlags::WRONLY | OFlags::TRUNC,
+        Mode::empty(),
+    )?;
+    Ok(Some(File::from(file)))
 }
 
 pub(super) enum Msg {
@@ -90,8 +99,8 @@ pub(super) enum Msg {
 /// gave up before `Done`.
 pub(super) fn write_file(
     sh: &Shared,
-    mut file: fs::File,
-    abs: &Path,
+    mut file: File,
+    rel: &[u8],
     shown: &str,
     node: &Node,
     mut rx: mpsc::Receiver<Msg>,
@@ -111,14 +120,20 @@ pub(super) fn write_file(
             }
             Msg::Done => {
                 file.set_len(pos)?;
-                drop(file);
                 if pos != node.size {
                     return Err(io::Error::other(format!(
                         "the chunks hold {pos} bytes but the tree says {}",
                         node.size
                     )));
                 }
-                sh.apply_meta(abs, node, shown);
+                #[cfg(test)]
+                if let Some(h) = &sh.hooks.before_meta {
+                    h(&sh.hook_path(rel));
+                }
+                #[cfg(not(test))]
+                let _ = rel;
+                // On the descriptor written: whatever is at the name now.
+                sh.apply_meta(&file, node, shown);
                 return Ok(true);
             }
         }
@@ -128,26 +143,27 @@ pub(super) fn write_file(
 
 pub(super) async fn write_task(
     sh: Arc<Shared>,
-    abs: PathBuf,
+    dir: Arc<File>,
+    rel: Vec<u8>,
     shown: String,
     node: Node,
     target: Target,
     _permit: OwnedSemaphorePermit,
 ) -> Result<(), Stopped> {
-    let (abs, node, file) = match target {
-        Target::Created(f) => (abs, node, f),
+    let (node, file) = match target {
+        Target::Created(f) => (node, f),
         Target::Existing => {
             let (sh2, shown2) = (sh.clone(), shown.clone());
             let checked = tokio::task::spawn_blocking(move || {
-                let r = verify_or_reopen(&sh2, &abs, &shown2, &node);
-                (abs, node, r)
+                let r = verify_or_reopen(&sh2, &dir, &shown2, &node);
+                (node, r)
             })
             .await
             .map_err(|e| sh.fail(join_err(e)))?;
             match checked {
-                (_, _, Ok(None)) => return Ok(()),
-                (abs, node, Ok(Some(f))) => (abs, node, f),
-                (_, _, Err(e)) => {
+                (_, Ok(None)) => return Ok(()),
+                (node, Ok(Some(f))) => (node, f),
+                (_, Err(e)) => {
                     sh.item_failed(&shown, format!("file: {e}"));
                     return Ok(());
                 }
@@ -158,7 +174,7 @@ pub(super) async fn write_task(
     let (tx, rx) = mpsc::channel::<Msg>(PREFETCH);
     let writer = {
         let (sh, shown) = (sh.clone(), shown.clone());
-        tokio::task::spawn_blocking(move || write_file(&sh, file, &abs, &shown, &node, rx))
+        tokio::task::spawn_blocking(move || write_file(&sh, file, &rel, &shown, &node, rx))
     };
     let repo = sh.repo.clone();
     let mut chunks = futures::stream::iter(content)

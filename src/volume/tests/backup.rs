@@ -249,3 +249,162 @@ async fn rerun_after_an_unfinished_backup_skips_checkpointed_files() {
     assert_eq!(bytes(&third, "read"), 0);
     assert_eq!(bytes(&third, "reused"), 27 * MIB);
 }
+
+/// What the backup tests below plant outside the volume: a file whose
+/// name and content must never reach the repository.
+const MARKER: &[u8] = b"SECRET-MARKER-outside-the-volume-5b0e";
+const MARKER_NAME: &str = "marker-name-outside-the-volume";
+
+/// A directory outside the volume holding the marker, as `inner` (the name
+/// the volume's directories use too) and as a file with a telling name.
+fn outside_with_marker(fx: &Fixture) -> PathBuf {
+    let outside = fx.path("outside");
+    fs::write(outside.join("inner"), MARKER).unwrap();
+    fs::write(outside.join(MARKER_NAME), MARKER).unwrap();
+    outside
+}
+
+/// Nothing of the marker is stored: no blob, data or tree, holds its
+/// content or its name.
+async fn assert_marker_never_stored(repo: &Repository) {
+    assert_eq!(
+        blobs_containing(repo, MARKER).await,
+        [],
+        "the marker's content was stored"
+    );
+    assert_eq!(
+        blobs_containing(repo, MARKER_NAME.as_bytes()).await,
+        [],
+        "a listing outside the volume was stored"
+    );
+}
+
+/// Entries replaced by symlinks out of the volume between the listing and
+/// the opening are reported and never followed: a file, a directory not
+/// yet entered, and a directory already listed whose file is opened next
+/// (the path `sub/inner` then leads outside; its descriptor does not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_never_follows_entries_swapped_for_symlinks() {
+    let fx = Fixture::in_memory().await;
+    let outside = outside_with_marker(&fx);
+    let src = fx.path("src");
+    fs::write(src.join("a-file"), b"a file").unwrap();
+    fs::create_dir(src.join("dir")).unwrap();
+    fs::write(src.join("dir/inner"), b"inside dir").unwrap();
+    fs::create_dir(src.join("sub")).unwrap();
+    fs::write(src.join("sub/inner"), b"inside sub").unwrap();
+    fs::write(src.join("zzz"), b"after").unwrap();
+    let mut opts = fx.opts(&src, "vol", "run-1");
+    let (root, out) = (src.clone(), outside.clone());
+    let swapped = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = swapped.clone();
+    opts.hooks.before_open = Some(Arc::new(move |p: &Path| {
+        let rel = p.strip_prefix(&root).unwrap().to_str().unwrap().to_string();
+        let symlink =
+            |name: &str, to: &Path| std::os::unix::fs::symlink(to, root.join(name)).unwrap();
+        match rel.as_str() {
+            "a-file" => {
+                fs::remove_file(p).unwrap();
+                symlink("a-file", &out.join(MARKER_NAME));
+            }
+            "dir" => {
+                fs::remove_dir_all(p).unwrap();
+                symlink("dir", &out);
+            }
+            // Listed already: moved aside inside the volume, a symlink in
+            // its place.
+            "sub/inner" => {
+                fs::rename(root.join("sub"), root.join("sub-moved")).unwrap();
+                symlink("sub", &out);
+            }
+            _ => return,
+        }
+        seen.lock().unwrap().push(rel);
+    }));
+    let report = backup(&fx.repo, &opts, &CancellationToken::new())
+        .await
+        .unwrap();
+    // Files are opened on reading threads, directories on the walker's.
+    let mut swapped = swapped.lock().unwrap().clone();
+    swapped.sort();
+    assert_eq!(swapped, ["a-file", "dir", "sub/inner"], "the hook ran");
+    assert_marker_never_stored(&fx.repo).await;
+    assert_eq!(report.status(), Status::Partial);
+    let mut items: Vec<&str> = report.errors.iter().map(|e| e.item.as_str()).collect();
+    items.sort();
+    assert_eq!(items, ["a-file", "dir"], "{:?}", report.errors);
+    assert!(
+        report
+            .errors
+            .iter()
+            .all(|e| e.message.contains("not followed")),
+        "{:?}",
+        report.errors
+    );
+    assert_eq!(count(&report, "replaced"), 2);
+
+    // `sub/inner` was read through `sub`'s descriptor: the listed file.
+    let dst = fx.path("dst");
+    fx.restore("vol", &dst).await;
+    assert_eq!(fs::read(dst.join("sub/inner")).unwrap(), b"inside sub");
+    assert_eq!(fs::read(dst.join("zzz")).unwrap(), b"after");
+    assert!(!dst.join("a-file").exists() && !dst.join("dir").exists());
+}
+
+/// The same race without a hook: a thread swaps a directory of the volume
+/// and a symlink out of it (an atomic rename exchange) as fast as it can
+/// while backups run; no run stores anything from outside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_racing_a_directory_swapped_with_a_symlink_stores_nothing_outside() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const RUNS: usize = 100;
+    let fx = Fixture::in_memory().await;
+    let outside = outside_with_marker(&fx);
+    let src = fx.path("src");
+    fs::create_dir(src.join("victim")).unwrap();
+    fs::write(src.join("victim/inner"), b"inside").unwrap();
+    for i in 0..20 {
+        fs::write(src.join(format!("f{i:02}")), random(1000, i)).unwrap();
+    }
+    // Beside the volume, on the same file system (for the exchange).
+    let link = fx.dir.path().join("swap-link");
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let swaps = Arc::new(AtomicU64::new(0));
+    let swapper = {
+        let (stop, swaps, victim) = (stop.clone(), swaps.clone(), src.join("victim"));
+        std::thread::spawn(move || {
+            use rustix::fs::{CWD, RenameFlags, renameat_with};
+            while !stop.load(Ordering::Relaxed) {
+                renameat_with(CWD, &victim, CWD, &link, RenameFlags::EXCHANGE).unwrap();
+                swaps.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let mut outcomes = BTreeMap::<String, usize>::new();
+    for run in 0..RUNS {
+        let report = fx.backup(&src, "vol", &format!("run-{run}")).await;
+        let outcome = if report.errors.is_empty() {
+            "clean".to_string()
+        } else {
+            report
+                .errors
+                .iter()
+                .map(|e| e.item.clone())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        *outcomes.entry(outcome).or_default() += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().unwrap();
+    eprintln!(
+        "{} swaps; outcomes: {outcomes:?}",
+        swaps.load(Ordering::Relaxed)
+    );
+    assert!(
+        swaps.load(Ordering::Relaxed) > RUNS as u64,
+        "the swapper ran"
+    );
+    assert_marker_never_stored(&fx.repo).await;
+}

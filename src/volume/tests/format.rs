@@ -246,6 +246,39 @@ fn tree_json_follows_the_format() {
     assert_eq!(t.nodes[0].kind, NodeType::Unknown);
 }
 
+/// Names are unique and sorted by their bytes (docs/format.md §12); a
+/// tree that breaks this is refused, naming the entry.
+#[test]
+fn tree_with_a_name_twice_or_out_of_order_is_refused() {
+    use super::tree::TreeError;
+    let decode = |names: &[&[u8]]| {
+        let nodes = names.iter().map(|n| node(n, NodeType::File)).collect();
+        Tree::decode(&serde_json::to_vec(&Tree { nodes }).unwrap())
+    };
+    // Byte order: uppercase before lowercase, and non-UTF-8 last.
+    let ok = decode(&[b"A", b"a", b"a.txt", b"b", b"\xff"]).unwrap();
+    assert_eq!(ok.nodes.len(), 5);
+    match decode(&[b"a", b"b", b"b"]) {
+        Err(e @ TreeError::Duplicate { .. }) => {
+            assert_eq!(e.to_string(), "entry `b` appears more than once")
+        }
+        other => panic!("{other:?}"),
+    }
+    match decode(&[b"a", b"c", b"b"]) {
+        Err(e @ TreeError::Unsorted { .. }) => assert_eq!(
+            e.to_string(),
+            "entry `b` comes after `c`; entries must be sorted by name"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // A name that is not UTF-8 is shown lossily, still naming the entry.
+    let e = decode(&[b"z", b"bad-\xff"]).unwrap_err();
+    assert!(
+        e.to_string().contains("`bad-\u{fffd}` comes after `z`"),
+        "{e}"
+    );
+}
+
 #[test]
 fn chunker_params_outside_fastcdc_limits_are_refused() {
     use crate::repo::ChunkerParams;

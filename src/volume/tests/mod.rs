@@ -18,7 +18,7 @@ use super::compare::compare_trees;
 use super::tree::{Node, NodeType, Tree};
 use super::*;
 use crate::config::{Compression, Secret};
-use crate::repo::backend::{Backend, FsBackend};
+use crate::repo::backend::{Backend, FsBackend, MemBackend};
 use crate::repo::{BlobKind, KeyParams, OpenOptions, SnapshotManifest, VolumeEntry};
 use crate::summary::{Report, Status};
 
@@ -37,6 +37,20 @@ impl Fixture {
     async fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(FsBackend::new(dir.path().join("repo")));
+        let repo = OpenOptions::new(backend, &Secret::new("pw"))
+            .compression(Compression::FAST)
+            .key_params(KeyParams::insecure_for_tests(10))
+            .create()
+            .await
+            .unwrap();
+        Fixture { dir, repo }
+    }
+
+    /// The repository in memory (hostile trees need no files of their
+    /// own); the tempdir holds the directories backed up or restored.
+    async fn in_memory() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(MemBackend::new());
         let repo = OpenOptions::new(backend, &Secret::new("pw"))
             .compression(Compression::FAST)
             .key_params(KeyParams::insecure_for_tests(10))
@@ -95,6 +109,7 @@ fn restore_opts(name: &str, dst: &Path) -> RestoreOptions {
         snapshot: None,
         point: None,
         channels: 2,
+        hooks: Default::default(),
     }
 }
 
@@ -268,6 +283,19 @@ fn build_rich_tree(root: &Path) -> (bool, bool) {
     set_mtime(&deep.join("leaf.txt"), -1_234_567_891); // Before 1970.
     stamp_dirs(root, 1_500_000_000_987_654_321);
     (xattrs_ok, device)
+}
+
+/// Ids of the stored blobs (data and trees, every snapshot) whose
+/// plaintext contains `needle`.
+async fn blobs_containing(repo: &Repository, needle: &[u8]) -> Vec<crate::repo::BlobId> {
+    let mut found = Vec::new();
+    for (id, _) in repo.index_entries() {
+        let data = repo.read_blob(&id).await.unwrap();
+        if data.windows(needle.len()).any(|w| w == needle) {
+            found.push(id);
+        }
+    }
+    found
 }
 
 /// Block-level allocation, to tell a sparse file from a full one.

@@ -55,12 +55,96 @@ async fn restore_picks_snapshots_by_point_and_id() {
     assert!(e.to_string().contains("at or before 2000"), "{e}");
 }
 
+/// Stores `nodes` as one tree blob exactly as given: order and duplicates
+/// included, as a hostile writer holding the key could.
+async fn raw_tree(w: &crate::repo::Writer, nodes: Vec<Node>) -> crate::repo::BlobId {
+    let json = serde_json::to_vec(&Tree { nodes }).unwrap();
+    w.add(BlobKind::Tree, Bytes::from(json)).await.unwrap().0
+}
+
+/// Saves a snapshot of volume `name` whose root directory lists the tree
+/// `listing` (the writer must be finished by then).
+async fn save_volume(
+    w: &crate::repo::Writer,
+    repo: &Repository,
+    name: &str,
+    listing: crate::repo::BlobId,
+) {
+    let mut root = node(b".", NodeType::Dir);
+    root.mode = 0o755;
+    root.subtree = Some(listing);
+    let root_id = raw_tree(w, vec![root]).await;
+    w.flush().await.unwrap();
+    let mut m = SnapshotManifest::new(name, 0, 1, "daily");
+    m.volumes.insert(
+        name.into(),
+        VolumeEntry {
+            root: root_id,
+            stats: serde_json::Value::Null,
+        },
+    );
+    repo.save_snapshot(&m).await.unwrap();
+}
+
+/// A file with everything a restore sets: setuid and world-writable, an
+/// owner, an mtime, an extended attribute.
+fn hostile_file(name: &[u8], data: crate::repo::BlobId) -> Node {
+    let mut n = node(name, NodeType::File);
+    n.mode = 0o4777;
+    n.uid = 4321;
+    n.gid = 8765;
+    n.mtime_ns = 42;
+    n.xattrs.insert(b"user.planted".to_vec(), b"x".to_vec());
+    n.size = 7;
+    n.content = vec![data];
+    n
+}
+
+/// A file outside the restore target, and its state before the run.
+struct Outside {
+    dir: PathBuf,
+    file: PathBuf,
+    before: fs::Metadata,
+}
+
+impl Outside {
+    fn new(fx: &Fixture) -> Outside {
+        let dir = fx.path("outside");
+        let file = dir.join("target");
+        fs::write(&file, b"outside").unwrap();
+        chmod(&file, 0o640);
+        set_mtime(&file, 1_234_567_890_123_456_789);
+        let before = fs::symlink_metadata(&file).unwrap();
+        Outside { dir, file, before }
+    }
+
+    /// Content, mode, owner and times (ctime too: any chmod, chown or
+    /// xattr change bumps it) are as before, and nothing was added.
+    fn assert_untouched(&self) {
+        let now = fs::symlink_metadata(&self.file).unwrap();
+        let b = &self.before;
+        assert_eq!(
+            format!("{:o}", now.mode()),
+            format!("{:o}", b.mode()),
+            "the mode of a file outside the target changed"
+        );
+        assert_eq!((now.uid(), now.gid()), (b.uid(), b.gid()), "owner changed");
+        assert_eq!((now.mtime(), now.mtime_nsec()), (b.mtime(), b.mtime_nsec()));
+        assert_eq!((now.ctime(), now.ctime_nsec()), (b.ctime(), b.ctime_nsec()));
+        assert_eq!(fs::read(&self.file).unwrap(), b"outside");
+        let names: Vec<_> = fs::read_dir(&self.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["target"]);
+    }
+}
+
 /// A hostile or damaged tree cannot make restore write outside the target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_refuses_names_and_links_that_escape() {
-    let fx = Fixture::new().await;
-    let outside = fx.path("outside");
-    fs::write(outside.join("secret"), b"outside").unwrap();
+    let fx = Fixture::in_memory().await;
+    let outside = Outside::new(&fx);
     let w = fx.repo.writer(1);
     let (data, _) = w
         .add(BlobKind::Data, Bytes::from_static(b"payload"))
@@ -73,65 +157,33 @@ async fn restore_refuses_names_and_links_that_escape() {
         n
     };
     let mut escape_link = node(b"hl-escape", NodeType::Hardlink);
-    escape_link.link = Some(b"../outside/secret".to_vec());
+    escape_link.link = Some(b"../outside/target".to_vec());
     let mut via_symlink = node(b"hl-via-symlink", NodeType::Hardlink);
-    via_symlink.link = Some(b"sym/secret".to_vec());
-    let mut sym = node(b"sym", NodeType::Symlink);
-    sym.target = Some(outside.as_os_str().as_bytes().to_vec());
-    // `sym` then a directory of the same name: the symlink is replaced,
-    // not followed.
-    let mut sym_dir = node(b"sym", NodeType::Dir);
-    sym_dir.mode = 0o755;
-    let inner = Tree {
-        nodes: vec![file(b"secret")],
-    };
-    sym_dir.subtree = Some(
-        w.add(BlobKind::Tree, Bytes::from(inner.encode()))
-            .await
-            .unwrap()
-            .0,
-    );
-    let listing = Tree {
-        nodes: vec![
+    via_symlink.link = Some(b"a-sym/target".to_vec());
+    let mut sym = node(b"a-sym", NodeType::Symlink);
+    sym.target = Some(outside.dir.as_os_str().as_bytes().to_vec());
+    // A directory where the target already has a symlink: the symlink is
+    // replaced, not followed.
+    let mut was_sym = node(b"was-sym", NodeType::Dir);
+    was_sym.mode = 0o755;
+    was_sym.subtree = Some(raw_tree(&w, vec![file(b"target")]).await);
+    let listing = raw_tree(
+        &w,
+        vec![
             file(b".."),
+            sym,
             file(b"a/b"),
             escape_link,
-            sym,
             via_symlink,
-            sym_dir,
             file(b"ok"),
+            was_sym,
         ],
-    };
-    let listing_id = w
-        .add(
-            BlobKind::Tree,
-            Bytes::from(serde_json::to_vec(&listing).unwrap()),
-        )
-        .await
-        .unwrap()
-        .0;
-    let mut root = node(b".", NodeType::Dir);
-    root.mode = 0o755;
-    root.subtree = Some(listing_id);
-    let (root_id, _) = w
-        .add(
-            BlobKind::Tree,
-            Bytes::from(Tree { nodes: vec![root] }.encode()),
-        )
-        .await
-        .unwrap();
-    w.finish().await.unwrap();
-    let mut m = SnapshotManifest::new("evil", 0, 1, "daily");
-    m.volumes.insert(
-        "evil".into(),
-        VolumeEntry {
-            root: root_id,
-            stats: serde_json::Value::Null,
-        },
-    );
-    fx.repo.save_snapshot(&m).await.unwrap();
+    )
+    .await;
+    save_volume(&w, &fx.repo, "evil", listing).await;
 
     let dst = fx.path("dst");
+    std::os::unix::fs::symlink(&outside.dir, dst.join("was-sym")).unwrap();
     let report = fx.restore("evil", &dst).await;
     let failed: Vec<&str> = report.errors.iter().map(|e| e.item.as_str()).collect();
     assert_eq!(
@@ -140,11 +192,170 @@ async fn restore_refuses_names_and_links_that_escape() {
         "{:?}",
         report.errors
     );
-    assert_eq!(fs::read(outside.join("secret")).unwrap(), b"outside");
-    assert_eq!(fs::read_dir(&outside).unwrap().count(), 1);
+    outside.assert_untouched();
     assert_eq!(fs::read(dst.join("ok")).unwrap(), b"payload");
-    assert!(fs::symlink_metadata(dst.join("sym")).unwrap().is_dir());
-    assert_eq!(fs::read(dst.join("sym/secret")).unwrap(), b"payload");
+    assert!(
+        fs::symlink_metadata(dst.join("a-sym"))
+            .unwrap()
+            .is_symlink()
+    );
+    assert!(fs::symlink_metadata(dst.join("was-sym")).unwrap().is_dir());
+    assert_eq!(fs::read(dst.join("was-sym/target")).unwrap(), b"payload");
+}
+
+/// A file and then a symlink of the same name out of the target: the
+/// symlink replaced the file while its content was written, and the
+/// file's mode went through it. A tree with a name twice is refused,
+/// whether it is the root's (the run fails) or a subdirectory's (that
+/// directory is reported and restored empty).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_refuses_a_tree_with_a_name_twice() {
+    let fx = Fixture::in_memory().await;
+    let outside = Outside::new(&fx);
+    let w = fx.repo.writer(1);
+    let (data, _) = w
+        .add(BlobKind::Data, Bytes::from_static(b"payload"))
+        .await
+        .unwrap();
+    let mut out = node(b"a", NodeType::Symlink);
+    out.target = Some(outside.file.as_os_str().as_bytes().to_vec());
+    out.uid = 4321;
+    out.mtime_ns = 42;
+    let twice = vec![hostile_file(b"a", data), out];
+    let top = raw_tree(&w, twice.clone()).await;
+    let sub = raw_tree(&w, twice).await;
+    let mut d = node(b"d", NodeType::Dir);
+    d.mode = 0o755;
+    d.subtree = Some(sub);
+    let mut ok = hostile_file(b"ok", data);
+    ok.mode = 0o644;
+    let nested = raw_tree(&w, vec![d, ok]).await;
+    save_volume(&w, &fx.repo, "top", top).await;
+    save_volume(&w, &fx.repo, "nested", nested).await;
+
+    let dst = fx.path("dst-top");
+    let result = restore(
+        &fx.repo,
+        &restore_opts("top", &dst),
+        &CancellationToken::new(),
+    )
+    .await;
+    outside.assert_untouched();
+    let err = result.expect_err("a root listing with a name twice is refused");
+    assert!(matches!(err, VolumeError::Tree { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&top.to_hex()) && msg.contains("entry `a` appears more than once"),
+        "{msg}"
+    );
+    assert_eq!(
+        fs::read_dir(&dst).unwrap().count(),
+        0,
+        "nothing is restored"
+    );
+
+    let dst = fx.path("dst-nested");
+    let report = fx.restore("nested", &dst).await;
+    outside.assert_untouched();
+    assert_eq!(report.status(), Status::Partial);
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    let e = &report.errors[0];
+    assert_eq!(e.item, "d");
+    assert!(
+        e.message.contains(&sub.to_hex()) && e.message.contains("entry `a` appears more than once"),
+        "{}",
+        e.message
+    );
+    assert_eq!(fs::read_dir(dst.join("d")).unwrap().count(), 0);
+    assert_eq!(fs::read(dst.join("ok")).unwrap(), b"payload");
+}
+
+/// Names out of order are refused the same way, naming the entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_refuses_a_tree_with_names_out_of_order() {
+    let fx = Fixture::in_memory().await;
+    let w = fx.repo.writer(1);
+    let (data, _) = w
+        .add(BlobKind::Data, Bytes::from_static(b"payload"))
+        .await
+        .unwrap();
+    let unsorted = vec![hostile_file(b"b", data), hostile_file(b"a", data)];
+    let top = raw_tree(&w, unsorted.clone()).await;
+    let mut d = node(b"d", NodeType::Dir);
+    d.subtree = Some(raw_tree(&w, unsorted).await);
+    let nested = raw_tree(&w, vec![d]).await;
+    save_volume(&w, &fx.repo, "top", top).await;
+    save_volume(&w, &fx.repo, "nested", nested).await;
+
+    let dst = fx.path("dst-top");
+    let err = restore(
+        &fx.repo,
+        &restore_opts("top", &dst),
+        &CancellationToken::new(),
+    )
+    .await
+    .expect_err("a root listing out of order is refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&top.to_hex()) && msg.contains("entry `a` comes after `b`"),
+        "{msg}"
+    );
+    assert_eq!(
+        fs::read_dir(&dst).unwrap().count(),
+        0,
+        "nothing is restored"
+    );
+
+    let dst = fx.path("dst-nested");
+    let report = fx.restore("nested", &dst).await;
+    assert_eq!(report.status(), Status::Partial);
+    let items: Vec<(&str, bool)> = report
+        .errors
+        .iter()
+        .map(|e| {
+            (
+                e.item.as_str(),
+                e.message.contains("entry `a` comes after `b`"),
+            )
+        })
+        .collect();
+    assert_eq!(items, [("d", true)], "{:?}", report.errors);
+    assert_eq!(fs::read_dir(dst.join("d")).unwrap().count(), 0);
+}
+
+/// Metadata goes to the file written, through its descriptor: a symlink
+/// put at its name meanwhile (by another process in the target) is not
+/// followed out of the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_sets_metadata_on_the_file_written_not_on_its_name() {
+    let fx = Fixture::in_memory().await;
+    let outside = Outside::new(&fx);
+    let w = fx.repo.writer(1);
+    let (data, _) = w
+        .add(BlobKind::Data, Bytes::from_static(b"payload"))
+        .await
+        .unwrap();
+    let listing = raw_tree(&w, vec![hostile_file(b"victim", data)]).await;
+    save_volume(&w, &fx.repo, "vol", listing).await;
+
+    let dst = fx.path("dst");
+    let mut opts = restore_opts("vol", &dst);
+    let target = outside.file.clone();
+    opts.hooks.before_meta = Some(Arc::new(move |p: &Path| {
+        if p.ends_with("victim") {
+            fs::remove_file(p).unwrap();
+            std::os::unix::fs::symlink(&target, p).unwrap();
+        }
+    }));
+    let report = restore(&fx.repo, &opts, &CancellationToken::new()).await;
+    outside.assert_untouched();
+    report.unwrap();
+    // The hook ran: the swapped-in symlink is there, left as it was put.
+    assert!(
+        fs::symlink_metadata(dst.join("victim"))
+            .unwrap()
+            .is_symlink()
+    );
 }
 
 /// A restore run again over its own partial result (or any older copy)

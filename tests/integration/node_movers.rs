@@ -297,11 +297,54 @@ fn auto_reads_through_the_kubelet_and_the_claim_and_restores_before_the_workload
         "one restore mover per claim: {:?}",
         seen.all
     );
+    // Seen live: no restore mover was running when the StatefulSet first
+    // showed up (the poll may miss the moment; the events below do not).
+    if let Some(live) = &seen.live_when_web_appeared {
+        assert!(
+            live.is_empty(),
+            "restore movers {live:?} still running when the StatefulSet appeared"
+        );
+    }
+    // From the record: the Job controller's "Completed" event of every
+    // restore mover is no later than the StatefulSet's creation (both in
+    // whole seconds). Events outlive the Jobs kubestow deletes.
+    let sts = kubectl_json(&["-n", &st.app, "get", "statefulset", "web"]);
+    let created: jiff::Timestamp = sts["metadata"]["creationTimestamp"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let events = kubectl_json(&["-n", &st.app, "get", "events"]);
+    let completed: Vec<(String, jiff::Timestamp)> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["involvedObject"]["kind"] == "Job"
+                && e["reason"] == "Completed"
+                && e["involvedObject"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("-restore-"))
+        })
+        .filter_map(|e| {
+            let at = e["lastTimestamp"].as_str().or(e["eventTime"].as_str())?;
+            Some((
+                e["involvedObject"]["name"].as_str()?.to_owned(),
+                at.parse().ok()?,
+            ))
+        })
+        .collect();
     assert_eq!(
-        seen.live_when_web_appeared,
-        Some(vec![]),
-        "restore movers still running when the StatefulSet appeared"
+        completed.len(),
+        4,
+        "a Completed event per restore mover: {completed:?}"
     );
+    for (job, at) in completed {
+        assert!(
+            at <= created + jiff::SignedDuration::from_secs(1),
+            "mover {job} completed at {at}, after the StatefulSet was created at {created}"
+        );
+    }
     st.wait_clean();
 }
 

@@ -210,6 +210,59 @@ fn raise_fd_limit() {
 #[derive(Debug)]
 struct Stopped;
 
+/// What went wrong so far in a volume backup or restore, shared by its
+/// tasks: the first fatal error, which stops the run, and the items that
+/// failed on their own.
+struct Failures {
+    /// Logged when the run stops, e.g. "stopping the volume backup".
+    stopping: &'static str,
+    /// Logged per failed item, e.g. "cannot back up".
+    cannot: &'static str,
+    fatal: std::sync::Mutex<Option<VolumeError>>,
+    errors: std::sync::Mutex<Vec<crate::summary::ItemError>>,
+}
+
+impl Failures {
+    fn new(stopping: &'static str, cannot: &'static str) -> Self {
+        Failures {
+            stopping,
+            cannot,
+            fatal: std::sync::Mutex::new(None),
+            errors: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Keeps the first fatal error and stops the run.
+    fn fail(&self, e: VolumeError, stop: &tokio_util::sync::CancellationToken) -> Stopped {
+        let mut slot = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            tracing::warn!(error = %e, "{}", self.stopping);
+            *slot = Some(e);
+        }
+        stop.cancel();
+        Stopped
+    }
+
+    fn item_failed(&self, path: &str, message: impl std::fmt::Display) {
+        tracing::warn!(path, error = %message, "{}", self.cannot);
+        self.errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(crate::summary::ItemError {
+                item: path.to_string(),
+                message: message.to_string(),
+            });
+    }
+
+    fn take_fatal(&self) -> Option<VolumeError> {
+        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn take_errors(&self) -> Vec<crate::summary::ItemError> {
+        std::mem::take(&mut *self.errors.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 fn inc(c: &std::sync::atomic::AtomicU64, n: u64) {
     c.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
 }

@@ -45,12 +45,13 @@ use super::beneath::{is_errno, open_beneath, open_dir, proc_path, proc_works};
 use super::checkpoint::{CHECKPOINT_EVERY, POLL, Recorder, Resume};
 use super::tree::{Node, NodeType, ROOT_NAME, Tree, display_path, join_rel, stat};
 use super::{
-    Chunker, MAX_LISTED, Stopped, VolumeError, get, inc, is_item_error, join_err, load_tree,
+    Chunker, Failures, MAX_LISTED, Stopped, VolumeError, get, inc, is_item_error, join_err,
+    load_tree,
 };
 use crate::repo::{
     BlobKind, MoverResult, Repository, SnapshotId, SnapshotManifest, VolumeEntry, Writer,
 };
-use crate::summary::{ItemError, Report};
+use crate::summary::Report;
 
 /// Chunks queued between a file's reader and its `Writer::add` loop.
 mod parent;
@@ -137,9 +138,8 @@ struct Shared {
     files: Arc<Semaphore>,
     /// Cancelled on SIGTERM (parent token) or on the first fatal error.
     stop: CancellationToken,
-    fatal: Mutex<Option<VolumeError>>,
+    failures: Failures,
     stats: Stats,
-    errors: Mutex<Vec<ItemError>>,
     changed: Mutex<Vec<String>>,
     /// Compare `dev` too when deciding that a file is unchanged: only when
     /// the volume root is on the same device as in the parent snapshot (a
@@ -161,25 +161,11 @@ struct Shared {
 
 impl Shared {
     fn fail(&self, e: impl Into<VolumeError>) -> Stopped {
-        let e = e.into();
-        let mut slot = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            warn!(error = %e, "stopping the volume backup");
-            *slot = Some(e);
-        }
-        self.stop.cancel();
-        Stopped
+        self.failures.fail(e.into(), &self.stop)
     }
 
     fn item_failed(&self, path: &str, message: impl std::fmt::Display) {
-        warn!(path, error = %message, "cannot back up");
-        self.errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(ItemError {
-                item: path.to_string(),
-                message: message.to_string(),
-            });
+        self.failures.item_failed(path, message);
     }
 
     fn unreadable(&self, path: &str, e: &io::Error) {
@@ -695,9 +681,8 @@ pub async fn backup(
         tracker: TaskTracker::new(),
         files: Arc::new(Semaphore::new(channels)),
         stop: cancel.child_token(),
-        fatal: Mutex::new(None),
+        failures: Failures::new("stopping the volume backup", "cannot back up"),
         stats: Stats::default(),
-        errors: Mutex::new(Vec::new()),
         changed: Mutex::new(Vec::new()),
         dev_strict,
         resume,
@@ -749,7 +734,7 @@ pub async fn backup(
     walked.cancel();
     let _ = checkpoints.await;
 
-    let fatal = sh.fatal.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let fatal = sh.failures.take_fatal();
     if let Some(e) = fatal {
         // Best effort: what is stored already serves a retry.
         match writer.flush().await {
@@ -824,7 +809,7 @@ pub async fn backup(
     report.add_bytes("deduplicated", ws.bytes_reused);
     report.add_bytes("new", ws.bytes_raw_new);
     report.add_bytes("stored", ws.bytes_stored);
-    report.errors = std::mem::take(&mut *sh.errors.lock().unwrap_or_else(|p| p.into_inner()));
+    report.errors = sh.failures.take_errors();
     let saved = if opts.mover {
         let result = MoverResult {
             version: 1,

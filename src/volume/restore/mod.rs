@@ -34,8 +34,8 @@ use std::os::unix::ffi::OsStrExt;
 #[cfg(test)]
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -53,9 +53,9 @@ use super::beneath::{is_errno, open_beneath, open_dir, proc_path, proc_works};
 use super::tree::{
     Node, NodeType, ROOT_NAME, display_path, is_safe_name, is_safe_rel, join_rel, stat,
 };
-use super::{Stopped, VolumeError, get, inc, is_item_error, join_err, load_tree};
+use super::{Failures, Stopped, VolumeError, get, inc, is_item_error, join_err, load_tree};
 use crate::repo::{BlobId, Repository, SnapshotId, SnapshotManifest, SnapshotRef, VolumeEntry};
-use crate::summary::{ItemError, Report};
+use crate::summary::Report;
 
 /// Chunks fetched ahead per file, and queued for its writer.
 mod write;
@@ -126,9 +126,8 @@ struct Shared {
     tracker: TaskTracker,
     files: Arc<Semaphore>,
     stop: CancellationToken,
-    fatal: Mutex<Option<VolumeError>>,
+    failures: Failures,
     stats: Stats,
-    errors: Mutex<Vec<ItemError>>,
     /// Owners are restored only by root.
     is_root: bool,
     /// Whether `/proc/self/fd` works: the extended attributes and the mode
@@ -143,25 +142,11 @@ struct Shared {
 
 impl Shared {
     fn fail(&self, e: impl Into<VolumeError>) -> Stopped {
-        let e = e.into();
-        let mut slot = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            warn!(error = %e, "stopping the volume restore");
-            *slot = Some(e);
-        }
-        self.stop.cancel();
-        Stopped
+        self.failures.fail(e.into(), &self.stop)
     }
 
     fn item_failed(&self, path: &str, message: impl std::fmt::Display) {
-        warn!(path, error = %message, "cannot restore");
-        self.errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(ItemError {
-                item: path.to_string(),
-                message: message.to_string(),
-            });
+        self.failures.item_failed(path, message);
     }
 
     /// Sets the metadata of an entry open as `file` (a file written or
@@ -731,9 +716,8 @@ pub async fn restore(
         tracker: TaskTracker::new(),
         files: Arc::new(Semaphore::new(channels)),
         stop: cancel.child_token(),
-        fatal: Mutex::new(None),
+        failures: Failures::new("stopping the volume restore", "cannot restore"),
         stats: Stats::default(),
-        errors: Mutex::new(Vec::new()),
         is_root,
         proc_fd,
         #[cfg(test)]
@@ -766,7 +750,7 @@ pub async fn restore(
     };
     sh.tracker.close();
     sh.tracker.wait().await;
-    let fatal = sh.fatal.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let fatal = sh.failures.take_fatal();
     if let Some(e) = fatal {
         // On SIGTERM the retries stop with an error: the run was stopped.
         if cancel.is_cancelled() {
@@ -796,7 +780,7 @@ pub async fn restore(
     report.add_bytes("written", get(&s.bytes_written));
     report.add_bytes("sparse", get(&s.bytes_sparse));
     report.add_bytes("reused", get(&s.bytes_reused));
-    report.errors = std::mem::take(&mut *sh.errors.lock().unwrap_or_else(|p| p.into_inner()));
+    report.errors = sh.failures.take_errors();
     report.details = serde_json::json!({
         "snapshot": snapshot.to_hex(),
         "run_id": manifest.run_id,

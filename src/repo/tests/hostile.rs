@@ -81,13 +81,7 @@ fn grouping_a_run_that_claims_u32_max_parts_allocates_nothing_by_it() {
 #[tokio::test]
 async fn index_entry_with_impossible_blob_lengths_fails_open_naming_the_index() {
     let mem = Arc::new(MemBackend::new());
-    let repo = init(mem.clone()).await;
-    let w = repo.writer(1);
-    let (id, _) = w
-        .add(BlobKind::Data, Bytes::from(gen_data(5000, 1, false)))
-        .await
-        .unwrap();
-    w.finish().await.unwrap();
+    let (repo, id) = repo_with_one_blob(&mem).await;
     let good = repo.index_entry(&id).unwrap();
     let bad = [
         (u64::from(u32::MAX), good.raw_length),
@@ -123,13 +117,7 @@ async fn index_entry_with_impossible_blob_lengths_fails_open_naming_the_index() 
 #[tokio::test]
 async fn pack_header_length_beyond_what_its_body_needs_is_refused_before_reading() {
     let mem = Arc::new(MemBackend::new());
-    let repo = init(mem.clone()).await;
-    let w = repo.writer(1);
-    let (id, _) = w
-        .add(BlobKind::Data, Bytes::from(gen_data(5000, 1, false)))
-        .await
-        .unwrap();
-    w.finish().await.unwrap();
+    let (repo, id) = repo_with_one_blob(&mem).await;
     let pack = repo.index_entry(&id).unwrap().pack;
     let key = pack::pack_key(&pack);
     assert_eq!(repo.read_pack_header(&pack).await.unwrap().len(), 1);

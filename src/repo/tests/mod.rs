@@ -44,6 +44,18 @@ async fn reopen(backend: Arc<dyn Backend>) -> Result<Repository, RepoError> {
 }
 
 /// Deterministic test data: random (BLAKE3 output) or compressible text.
+/// A new repository on `mem` holding one stored 5000-byte data blob.
+async fn repo_with_one_blob(mem: &Arc<MemBackend>) -> (Repository, BlobId) {
+    let repo = init(mem.clone()).await;
+    let w = repo.writer(1);
+    let (id, _) = w
+        .add(BlobKind::Data, Bytes::from(gen_data(5000, 1, false)))
+        .await
+        .unwrap();
+    w.finish().await.unwrap();
+    (repo, id)
+}
+
 fn gen_data(len: usize, seed: u64, compressible: bool) -> Vec<u8> {
     let mut out = vec![0u8; len];
     if compressible {

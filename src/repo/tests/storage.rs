@@ -113,13 +113,7 @@ async fn dedup_sequential_and_concurrent() {
 #[tokio::test]
 async fn tampered_pack_is_corrupt_naming_pack_and_blob() {
     let mem = Arc::new(MemBackend::new());
-    let repo = init(mem.clone()).await;
-    let w = repo.writer(1);
-    let (id, _) = w
-        .add(BlobKind::Data, Bytes::from(gen_data(5000, 1, false)))
-        .await
-        .unwrap();
-    w.finish().await.unwrap();
+    let (repo, id) = repo_with_one_blob(&mem).await;
     let entry = repo.index_entry(&id).unwrap();
     let key = pack::pack_key(&entry.pack);
     mem.tamper(&key, |d| d[entry.offset as usize + 100] ^= 1);

@@ -343,6 +343,29 @@ impl Kube {
         .await
     }
 
+    /// A JSON merge patch (`null` removes a field).
+    pub(crate) async fn merge_patch(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        patch: &Value,
+    ) -> Result<Value, kube::Error> {
+        let url = path(rt, ns);
+        let pp = kube::api::PatchParams {
+            field_manager: Some("kubestow".into()),
+            ..Default::default()
+        };
+        let merge = kube::api::Patch::Merge(patch);
+        self.retry(&url, || async {
+            let req = Request::new(&url)
+                .patch(name, &pp, &merge)
+                .map_err(kube::Error::BuildRequest)?;
+            self.client().request::<Value>(req).await
+        })
+        .await
+    }
+
     /// Deletes in the background; a missing object is fine.
     pub(crate) async fn delete(
         &self,

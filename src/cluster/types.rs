@@ -115,6 +115,20 @@ pub fn volume_snapshots() -> ResourceType {
         true,
     )
 }
+/// The `snapshot.storage.k8s.io/v1` VolumeSnapshotContent type.
+pub fn snapshot_contents() -> ResourceType {
+    rt(
+        "snapshot.storage.k8s.io",
+        "v1",
+        "VolumeSnapshotContent",
+        "volumesnapshotcontents",
+        false,
+    )
+}
+/// The core `v1` Event type.
+pub fn events() -> ResourceType {
+    rt("", "v1", "Event", "events", true)
+}
 /// The `snapshot.storage.k8s.io/v1` VolumeSnapshotClass type.
 pub fn snapshot_classes() -> ResourceType {
     rt(

@@ -361,6 +361,8 @@ pub struct VolumeOptions {
     pub image: Option<String>,
     /// `STOW_MOVER_RESOURCES`: mover pod requests and limits, by key such as `limits.memory`.
     pub mover_resources: BTreeMap<String, String>,
+    /// `STOW_MOVER_NAMESPACE`: where movers run; `None` means this pod's namespace.
+    pub mover_namespace: Option<String>,
     /// `STOW_MOVER_SERVICE_ACCOUNT`: the ServiceAccount mover pods run as.
     pub mover_service_account: Option<String>,
     /// `STOW_MOVER_START_TIMEOUT`: how long a mover may stay unscheduled or unstarted.
@@ -369,6 +371,8 @@ pub struct VolumeOptions {
     pub snapshot_timeout: Duration,
     /// `STOW_KUBELET_DIR`: the kubelet's root directory on the nodes (absolute).
     pub kubelet_dir: PathBuf,
+    /// `STOW_TEST_EXIT_AFTER`: a hand-over step after which a restore exits (crash tests).
+    pub test_exit_after: Option<String>,
     /// `STOW_MOVER`: this `volume-backup` runs for an orchestrating backup.
     pub mover: bool,
 }

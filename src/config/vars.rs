@@ -93,7 +93,9 @@ vars! {
     IMAGE = "STOW_IMAGE", default "";
     /// Mover Job resources, e.g. `requests.cpu=100m,limits.memory=512Mi`.
     MOVER_RESOURCES = "STOW_MOVER_RESOURCES", default "";
-    /// Service account of mover Jobs, which must exist in every namespace with volumes; empty means a temporary one per run and namespace, without API access.
+    /// Namespace where mover Jobs, their claims and snapshots run: kubestow's own; empty means this pod's namespace (`STOW_POD_NAMESPACE`). Nothing of kubestow's is ever created in a tenant namespace.
+    MOVER_NAMESPACE = "STOW_MOVER_NAMESPACE", default "";
+    /// Service account of mover Jobs, in the movers' namespace; empty means a temporary one per Job, without API access.
     MOVER_SERVICE_ACCOUNT = "STOW_MOVER_SERVICE_ACCOUNT", default "";
     /// How long a mover may stay unscheduled or unstarted (no node fits, image pull) before its volume fails, e.g. `10m`.
     MOVER_START_TIMEOUT = "STOW_MOVER_START_TIMEOUT", default "10m";
@@ -101,6 +103,8 @@ vars! {
     SNAPSHOT_TIMEOUT = "STOW_SNAPSHOT_TIMEOUT", default "10m";
     /// `kubelet` source: the kubelet's root directory on the nodes (k0s: `/var/lib/k0s/kubelet`, MicroK8s: `/var/snap/microk8s/common/var/lib/kubelet`).
     KUBELET_DIR = "STOW_KUBELET_DIR", default "/var/lib/kubelet";
+    /// For crash tests only: `restore` exits with code 1, as if killed, right after this step of a volume's hand-over: `filled` (filled at home, not handed over) or `rebound` (the restored claim is bound, the volume still `Retain`).
+    TEST_EXIT_AFTER = "STOW_TEST_EXIT_AFTER", default "";
     /// Set by `backup` on its mover Jobs: `volume-backup` saves the volume as part of run `STOW_RUN_ID` instead of as a snapshot of its own: `true` or `false`.
     MOVER = "STOW_MOVER", default "false";
     /// Parallel channels, 1..255: upload streams in a pod, mover Jobs, API calls in flight.

@@ -12,6 +12,10 @@ pub fn mover(config: &Config) -> MoverOptions {
     let v = &config.volume;
     MoverOptions {
         image: v.image.clone(),
+        home: v
+            .mover_namespace
+            .clone()
+            .or_else(|| config.identity.pod_namespace.clone()),
         pod_namespace: config.identity.pod_namespace.clone(),
         pod_name: config.identity.pod_name.clone(),
         job_name: config.identity.job_name.clone(),
@@ -25,6 +29,10 @@ pub fn mover(config: &Config) -> MoverOptions {
         rate_limit: config.rate_limit.clone(),
         source: v.source,
         exclude: v.exclude.clone(),
+        exit_after: v
+            .test_exit_after
+            .as_deref()
+            .and_then(crate::mover::handover::Step::parse),
     }
 }
 

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use super::job::{self, Mount, PODS_MOUNT, VOLUME_MOUNT};
+use super::job::{self, Mount, VOLUME_MOUNT, Work};
 use super::plan::{self, Planned, Source};
 use super::{JobEnd, MoverError, MoverOptions, Runner, str_at};
 use crate::cluster::api::{Kube, message};
@@ -165,8 +165,16 @@ pub(crate) async fn back_up(
     if planned.volumes.is_empty() {
         return out;
     }
-    let image = match super::mover_image(kube, options).await {
-        Ok(i) => i,
+    let runner = match Runner::start(
+        kube,
+        options,
+        &ctx.run_id,
+        ctx.cancel.clone(),
+        planned.volumes.len(),
+    )
+    .await
+    {
+        Ok(r) => r,
         Err(e) => {
             for v in &planned.volumes {
                 report.fail_item(item(&v.volume), e.to_string());
@@ -174,15 +182,6 @@ pub(crate) async fn back_up(
             return out;
         }
     };
-    let mut runner = Runner::new(
-        kube,
-        options,
-        &ctx.run_id,
-        image,
-        ctx.cancel.clone(),
-        planned.volumes.len(),
-    );
-    runner.find_orchestrator(options).await;
     let namespaces: Vec<String> = planned
         .volumes
         .iter()
@@ -274,6 +273,22 @@ pub(crate) async fn back_up(
     out
 }
 
+/// The temporary objects of one volume.
+struct Names {
+    /// VolumeSnapshot of the claim, in the claim's namespace.
+    snap: String,
+    /// VolumeSnapshotContent on the same handle, bound at home.
+    content: String,
+    /// VolumeSnapshot at home, bound to `content`.
+    home_snap: String,
+    /// Claim at home cloned from `home_snap`, or bound to `shadow`.
+    clone: String,
+    /// Read-only PersistentVolume on the claim's volume (claim source).
+    shadow: String,
+    /// The mover Job.
+    job: String,
+}
+
 struct VolumeBackup<'a> {
     runner: &'a Runner<'a>,
     repo: &'a Repository,
@@ -282,13 +297,18 @@ struct VolumeBackup<'a> {
 }
 
 impl VolumeBackup<'_> {
-    fn names(&self, v: &Planned) -> (String, String, String) {
+    /// Names of a volume's temporary objects, all stable for the run.
+    fn names(&self, v: &Planned) -> Names {
         let tag = &self.runner.tag;
-        (
-            job::object_name(tag, "snap", &v.volume),
-            job::object_name(tag, "clone", &v.volume),
-            job::object_name(tag, "backup", &v.volume),
-        )
+        let n = |what| job::object_name(tag, what, &v.volume);
+        Names {
+            snap: n("snap"),
+            content: n("content"),
+            home_snap: n("home"),
+            clone: n("clone"),
+            shadow: n("shadow"),
+            job: n("backup"),
+        }
     }
 
     /// Creates the VolumeSnapshot of a claim (hooks around it).
@@ -296,7 +316,7 @@ impl VolumeBackup<'_> {
         let Source::Snapshot { class } = &v.source else {
             return Ok(());
         };
-        let (snap, _, _) = self.names(v);
+        let snap = self.names(v).snap;
         self.hooks
             .before(v)
             .await
@@ -316,38 +336,38 @@ impl VolumeBackup<'_> {
         r.map(|_| ())
     }
 
-    /// Waits until the snapshot is ready to use; returns its restore size.
-    async fn wait_ready(&self, v: &Planned, snap: &str) -> Result<Option<String>, MoverError> {
+    /// Waits until a VolumeSnapshot is ready to use; returns it.
+    async fn wait_ready(&self, v: &Planned, ns: &str, snap: &str) -> Result<Value, MoverError> {
         let timeout = self.options.snapshot_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let obj = self
                 .runner
                 .kube
-                .get(&types::volume_snapshots(), Some(&v.namespace), snap)
+                .get(&types::volume_snapshots(), Some(ns), snap)
                 .await
                 .map_err(|source| MoverError::ReadSnapshot {
-                    namespace: v.namespace.clone(),
+                    namespace: ns.to_string(),
                     snapshot: snap.to_string(),
-                    claim: v.claim.clone(),
+                    claim: v.volume.clone(),
                     source,
                 })?
                 .ok_or_else(|| MoverError::SnapshotGone {
-                    namespace: v.namespace.clone(),
+                    namespace: ns.to_string(),
                     snapshot: snap.to_string(),
-                    claim: v.claim.clone(),
+                    claim: v.volume.clone(),
                 })?;
             if obj.pointer("/status/readyToUse").and_then(Value::as_bool) == Some(true) {
-                return Ok(str_at(&obj, "/status/restoreSize").map(String::from));
+                return Ok(obj);
             }
             if tokio::time::Instant::now() > deadline {
                 let err = str_at(&obj, "/status/error/message")
                     .map(|m| format!(": {m}"))
                     .unwrap_or_default();
                 return Err(MoverError::SnapshotNotReady {
-                    namespace: v.namespace.clone(),
+                    namespace: ns.to_string(),
                     snapshot: snap.to_string(),
-                    claim: v.claim.clone(),
+                    claim: v.volume.clone(),
                     seconds: timeout.as_secs(),
                     error: err,
                 });
@@ -359,8 +379,145 @@ impl VolumeBackup<'_> {
         }
     }
 
-    /// One volume: clone (for snapshots), mover, result; temporary
-    /// objects of this volume are deleted as soon as it is done.
+    /// Brings the claim's snapshot home: a VolumeSnapshotContent on the
+    /// same snapshot handle (deletionPolicy Retain, so deleting it never
+    /// deletes the snapshot), bound to a VolumeSnapshot at home. Returns
+    /// the home snapshot's restore size.
+    async fn bring_home(&self, v: &Planned, n: &Names) -> Result<Option<String>, MoverError> {
+        let kube = self.runner.kube;
+        let home = &self.runner.home;
+        let snapshot = self.wait_ready(v, &v.namespace, &n.snap).await?;
+        let bound =
+            str_at(&snapshot, "/status/boundVolumeSnapshotContentName").ok_or_else(|| {
+                MoverError::Step(format!(
+                    "VolumeSnapshot {}/{} of claim {} is ready but names no VolumeSnapshotContent",
+                    v.namespace, n.snap, v.volume
+                ))
+            })?;
+        let content = kube
+            .get(&types::snapshot_contents(), None, bound)
+            .await
+            .map_err(|source| MoverError::Api {
+                what: format!("reading VolumeSnapshotContent {bound}"),
+                source,
+            })?
+            .ok_or_else(|| {
+                MoverError::Step(format!("VolumeSnapshotContent {bound} disappeared"))
+            })?;
+        let (Some(handle), Some(driver)) = (
+            str_at(&content, "/status/snapshotHandle"),
+            str_at(&content, "/spec/driver"),
+        ) else {
+            return Err(MoverError::Step(format!(
+                "VolumeSnapshotContent {bound} has no snapshot handle or driver"
+            )));
+        };
+        let mut meta = job::metadata(
+            &n.content,
+            home,
+            &self.runner.tag,
+            &self.runner.run_id,
+            None,
+        );
+        if let Some(m) = meta.as_object_mut() {
+            m.remove("namespace");
+        }
+        let mut spec = json!({
+            "deletionPolicy": "Retain",
+            "driver": driver,
+            "source": {"snapshotHandle": handle},
+            "volumeSnapshotRef": {"namespace": home, "name": n.home_snap},
+        });
+        for key in ["volumeSnapshotClassName", "sourceVolumeMode"] {
+            if let Some(val) = content.pointer(&format!("/spec/{key}")) {
+                spec[key] = val.clone();
+            }
+        }
+        let body = json!({
+            "apiVersion": "snapshot.storage.k8s.io/v1",
+            "kind": "VolumeSnapshotContent",
+            "metadata": meta,
+            "spec": spec,
+        });
+        self.runner
+            .create(&types::snapshot_contents(), home, &body)
+            .await?;
+        let mut home_spec = json!({"source": {"volumeSnapshotContentName": n.content}});
+        if let Some(class) = content.pointer("/spec/volumeSnapshotClassName") {
+            home_spec["volumeSnapshotClassName"] = class.clone();
+        }
+        let body = json!({
+            "apiVersion": "snapshot.storage.k8s.io/v1",
+            "kind": "VolumeSnapshot",
+            "metadata": job::metadata(&n.home_snap, home, &self.runner.tag, &self.runner.run_id, None),
+            "spec": home_spec,
+        });
+        self.runner
+            .create(&types::volume_snapshots(), home, &body)
+            .await?;
+        let ready = self.wait_ready(v, home, &n.home_snap).await?;
+        Ok(str_at(&ready, "/status/restoreSize")
+            .or_else(|| str_at(&snapshot, "/status/restoreSize"))
+            .map(String::from))
+    }
+
+    /// A read-only PersistentVolume on the same volume as the claim's,
+    /// with reclaim policy Retain (deleting it never deletes the data),
+    /// pre-bound to a claim at home: a claim that no pod mounts and that
+    /// cannot be snapshotted is read without touching its namespace.
+    async fn shadow(&self, v: &Planned, n: &Names) -> Result<(), MoverError> {
+        let kube = self.runner.kube;
+        let home = &self.runner.home;
+        let pv = kube
+            .get(&types::volumes(), None, &v.pv)
+            .await
+            .map_err(|source| MoverError::Api {
+                what: format!("reading PersistentVolume {} of claim {}", v.pv, v.volume),
+                source,
+            })?
+            .ok_or_else(|| {
+                MoverError::Step(format!(
+                    "PersistentVolume {} of claim {} disappeared",
+                    v.pv, v.volume
+                ))
+            })?;
+        let mut spec = pv.get("spec").cloned().unwrap_or_else(|| json!({}));
+        spec["persistentVolumeReclaimPolicy"] = json!("Retain");
+        spec["claimRef"] = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                                  "namespace": home, "name": n.clone});
+        if spec.get("csi").is_some() {
+            spec["csi"]["readOnly"] = json!(true);
+        }
+        let mut meta = job::metadata(&n.shadow, home, &self.runner.tag, &self.runner.run_id, None);
+        if let Some(m) = meta.as_object_mut() {
+            m.remove("namespace");
+        }
+        meta["annotations"][job::VOLUME_ANNOTATION] = json!(v.volume);
+        let body = json!({"apiVersion": "v1", "kind": "PersistentVolume",
+                          "metadata": meta, "spec": spec});
+        self.runner.create(&types::volumes(), home, &body).await?;
+        let capacity = pv
+            .pointer("/spec/capacity/storage")
+            .cloned()
+            .unwrap_or_else(|| json!("1Gi"));
+        let body = json!({
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": job::metadata(&n.clone, home, &self.runner.tag, &self.runner.run_id, None),
+            "spec": {
+                "storageClassName": pv.pointer("/spec/storageClassName").cloned().unwrap_or(json!("")),
+                "accessModes": v.access_modes,
+                "volumeMode": pv.pointer("/spec/volumeMode").cloned().unwrap_or(json!("Filesystem")),
+                "resources": {"requests": {"storage": capacity}},
+                "volumeName": n.shadow,
+            },
+        });
+        self.runner.create(&types::claims(), home, &body).await?;
+        Ok(())
+    }
+
+    /// One volume: its way home, mover, result; temporary objects of this
+    /// volume are deleted as soon as it is done.
     async fn one(&self, v: &Planned) -> Result<MoverResult, MoverError> {
         // A retried run keeps what its earlier attempt already finished.
         if let Ok(mut done) = self
@@ -372,89 +529,103 @@ impl VolumeBackup<'_> {
             info!(volume = %v.volume, "backed up by an earlier attempt of this run; kept");
             return Ok(done.remove(0));
         }
-        let (snap, clone, job_name) = self.names(v);
-        let mut env = BTreeMap::from([
+        let n = self.names(v);
+        let home = self.runner.home.clone();
+        let env = BTreeMap::from([
             (vars::MODE.to_string(), "volume-backup".to_string()),
             (vars::MOVER.to_string(), "true".to_string()),
             (vars::VOLUME_NAME.to_string(), v.volume.clone()),
+            (vars::VOLUME_PATH.to_string(), VOLUME_MOUNT.to_string()),
         ]);
-        let (mount, node, path) = match &v.source {
-            Source::Snapshot { .. } => {
-                let size = self.wait_ready(v, &snap).await?;
-                let size = size
-                    .or_else(|| v.capacity.clone())
-                    .unwrap_or_else(|| "1Gi".into());
-                let body = json!({
-                    "apiVersion": "v1",
-                    "kind": "PersistentVolumeClaim",
-                    "metadata": job::metadata(&clone, &v.namespace, &self.runner.tag, &self.runner.run_id, None),
-                    "spec": {
-                        "storageClassName": v.storage_class,
-                        "accessModes": v.access_modes,
-                        "resources": {"requests": {"storage": size}},
-                        "dataSource": {"apiGroup": "snapshot.storage.k8s.io",
-                                       "kind": "VolumeSnapshot", "name": snap},
-                    },
-                });
-                self.runner
-                    .create(&types::claims(), &v.namespace, &body)
-                    .await?;
-                let mount = Mount::Claim {
-                    name: clone.clone(),
-                    read_only: true,
-                };
-                (mount, None, VOLUME_MOUNT.to_string())
-            }
-            Source::Kubelet { node, pod_uid, rel } => {
-                let host_dir = self.options.kubelet_dir.join("pods");
-                let mount = Mount::KubeletPods {
-                    host_dir: host_dir.display().to_string(),
-                };
-                (
-                    mount,
-                    Some(node.clone()),
-                    format!("{PODS_MOUNT}/{pod_uid}/volumes/{rel}"),
-                )
-            }
-            Source::Claim { node } => {
-                let mount = Mount::Claim {
-                    name: v.claim.clone(),
-                    read_only: true,
-                };
-                (mount, node.clone(), VOLUME_MOUNT.to_string())
-            }
+        let clone_mount = || Mount::Claim {
+            name: n.clone.clone(),
+            read_only: true,
         };
-        env.insert(vars::VOLUME_PATH.to_string(), path);
-        let mut spec = self
-            .runner
-            .job(job_name, &v.namespace, &v.volume, env, mount);
-        spec.tolerations = v.tolerations.clone();
-        spec.node = node;
-        if matches!(v.source, Source::Claim { .. }) {
-            spec.node_affinity = v.node_affinity.clone();
-        }
-        let live = !matches!(v.source, Source::Snapshot { .. });
-        if live {
-            self.hooks
-                .before(v)
-                .await
-                .map_err(MoverError::Consistency)?;
-        }
-        let end = self.runner.run_job(&spec).await;
-        if live {
-            self.hooks.after(v).await;
-        }
-        // Free the clone's storage now rather than at the end of the run.
-        if matches!(v.source, Source::Snapshot { .. }) {
-            for (rt, name) in [
-                (types::claims(), &clone),
-                (types::volume_snapshots(), &snap),
-            ] {
-                if let Err(e) = self.runner.kube.delete(&rt, Some(&v.namespace), name).await {
-                    warn!(kind = %rt.kind, name = %name, error = %message(&e), "could not delete; the clean-up at the end retries");
+        let r = async {
+            let (mount, node) = match &v.source {
+                Source::Snapshot { .. } => {
+                    let size = self.bring_home(v, &n).await?;
+                    let size = size
+                        .or_else(|| v.capacity.clone())
+                        .unwrap_or_else(|| "1Gi".into());
+                    let body = json!({
+                        "apiVersion": "v1",
+                        "kind": "PersistentVolumeClaim",
+                        "metadata": job::metadata(&n.clone, &home, &self.runner.tag, &self.runner.run_id, None),
+                        "spec": {
+                            "storageClassName": v.storage_class,
+                            "accessModes": v.access_modes,
+                            "resources": {"requests": {"storage": size}},
+                            "dataSource": {"apiGroup": "snapshot.storage.k8s.io",
+                                           "kind": "VolumeSnapshot", "name": n.home_snap},
+                        },
+                    });
+                    self.runner.create(&types::claims(), &home, &body).await?;
+                    (clone_mount(), None)
                 }
+                Source::Kubelet { node, pod_uid, rel } => {
+                    let path = self
+                        .options
+                        .kubelet_dir
+                        .join("pods")
+                        .join(pod_uid)
+                        .join("volumes")
+                        .join(rel);
+                    let mount = Mount::HostDir {
+                        path: path.display().to_string(),
+                    };
+                    (mount, Some(node.clone()))
+                }
+                Source::Claim { node } => {
+                    self.shadow(v, &n).await?;
+                    (clone_mount(), node.clone())
+                }
+            };
+            let mut spec = self
+                .runner
+                .job(n.job.clone(), &v.volume, env, mount, Work::Read);
+            spec.tolerations = v.tolerations.clone();
+            spec.node = node;
+            if matches!(v.source, Source::Claim { .. }) {
+                spec.node_affinity = v.node_affinity.clone();
+            }
+            let live = !matches!(v.source, Source::Snapshot { .. });
+            if live {
+                self.hooks
+                    .before(v)
+                    .await
+                    .map_err(MoverError::Consistency)?;
+            }
+            let end = self.runner.run_job(&spec).await;
+            if live {
+                self.hooks.after(v).await;
+            }
+            Ok::<_, MoverError>(end)
+        }
+        .await;
+        // Free the clone's storage and the snapshot now rather than at the
+        // end of the run; the clean-up at the end retries what fails here.
+        // Claims before what they hold; the home content is Retain, so only
+        // the claim's own snapshot deletes the snapshot.
+        let home = self.runner.home.as_str();
+        for (rt, ns, name) in [
+            (types::claims(), Some(home), &n.clone),
+            (types::volume_snapshots(), Some(home), &n.home_snap),
+            (types::snapshot_contents(), None, &n.content),
+            (
+                types::volume_snapshots(),
+                Some(v.namespace.as_str()),
+                &n.snap,
+            ),
+            (types::volumes(), None, &n.shadow),
+        ] {
+            if let Err(e) = self.runner.kube.delete(&rt, ns, name).await
+                && crate::cluster::api::status(&e) != Some(404)
+            {
+                warn!(kind = %rt.kind, name = %name, error = %message(&e), "could not delete; the clean-up at the end retries");
             }
         }
+        let end = r?;
         let results = self
             .repo
             .mover_results(&self.runner.run_id, &v.volume)
@@ -468,8 +639,8 @@ impl VolumeBackup<'_> {
             // some files unreadable) still has a tree worth keeping.
             (_, Some(r)) => Ok(r),
             (JobEnd::Succeeded, None) => Err(MoverError::NoResult {
-                namespace: v.namespace.clone(),
-                job: spec.name.clone(),
+                namespace: home.to_string(),
+                job: n.job.clone(),
             }),
             (JobEnd::Failed(e), None) => Err(e),
         }

@@ -46,6 +46,35 @@ pub enum MoverError {
         /// Name of this pod.
         pod: String,
     },
+    /// Neither `STOW_MOVER_NAMESPACE` nor this pod's namespace is known.
+    #[error(
+        "cannot tell which namespace movers run in: set {} (kubestow's own namespace), or {} through the downward API",
+        vars::MOVER_NAMESPACE,
+        vars::POD_NAMESPACE
+    )]
+    NoHome,
+    /// An API call around a mover (hand-over, snapshot copy) failed.
+    #[error("{what}: {}", message(source))]
+    Api {
+        /// What was done, naming the object.
+        what: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A step around a mover cannot go on, e.g. an object is missing.
+    #[error("{0}")]
+    Step(String),
+    /// Admission refused the mover's pods (Pod Security, quota, policy).
+    #[error("mover Job {namespace}/{job} cannot create its pod: {why}")]
+    Rejected {
+        /// Namespace of the Job.
+        namespace: String,
+        /// Name of the Job.
+        job: String,
+        /// The Job controller's `FailedCreate` event message.
+        why: String,
+    },
     /// Listing objects needed to plan the volumes failed.
     #[error("listing {what}: {}", message(source))]
     List {
@@ -232,6 +261,7 @@ impl MoverError {
             | MoverError::Create { source, .. }
             | MoverError::Adopt { source, .. }
             | MoverError::ReadSnapshot { source, .. }
+            | MoverError::Api { source, .. }
             | MoverError::DeleteFailedJob { source, .. }
             | MoverError::CreateJob { source, .. }
             | MoverError::WatchJob { source, .. } => retriable(source),
@@ -241,8 +271,11 @@ impl MoverError {
             | MoverError::JobFailed { .. }
             | MoverError::NotStarted { .. }
             | MoverError::SnapshotNotReady { .. }
+            | MoverError::Step(_)
             | MoverError::Consistency(_) => true,
             MoverError::NoImage
+            | MoverError::NoHome
+            | MoverError::Rejected { .. }
             | MoverError::PodGone { .. }
             | MoverError::NoContainerImage { .. }
             | MoverError::SnapshotGone { .. }

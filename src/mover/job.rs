@@ -17,8 +17,6 @@ const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 
 /// Where movers see what they read or fill.
 pub const VOLUME_MOUNT: &str = "/kubestow/volume";
-/// Where `kubelet` movers see the node's kubelet pods directory.
-pub const PODS_MOUNT: &str = "/kubestow/pods";
 
 /// Attempts a mover Job gets (a retry resumes: the repository keeps what
 /// the failed attempt uploaded).
@@ -108,11 +106,36 @@ pub enum Mount {
         /// Whether the claim is mounted read-only (backups).
         read_only: bool,
     },
-    /// The node's `<kubelet dir>/pods` at [`PODS_MOUNT`], read-only.
-    KubeletPods {
-        /// The `pods` directory under the node's kubelet directory.
-        host_dir: String,
+    /// One volume's directory on the node (below the kubelet's pods
+    /// directory), read-only at [`VOLUME_MOUNT`]. Nothing else of the
+    /// node is visible to the mover.
+    HostDir {
+        /// Absolute path of the volume's directory on the node.
+        path: String,
     },
+}
+
+/// What a mover does to files, which decides the capabilities it keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// Reads a volume: `DAC_OVERRIDE` only, to read files and directories
+    /// of any owner and mode.
+    Read,
+    /// Fills a volume: also `CHOWN`, `FOWNER` (modes and times of files
+    /// it does not own), `FSETID` (keep set-id bits after a chown) and
+    /// `SETFCAP` (restore file capabilities).
+    Fill,
+}
+
+impl Work {
+    /// The capabilities kept after dropping all; each is allowed by the
+    /// `baseline` Pod Security level.
+    pub fn capabilities(self) -> &'static [&'static str] {
+        match self {
+            Work::Read => &["DAC_OVERRIDE"],
+            Work::Fill => &["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETFCAP"],
+        }
+    }
 }
 
 /// Everything a mover Job needs.
@@ -120,7 +143,7 @@ pub enum Mount {
 pub struct MoverJob {
     /// Name of the Job, see [`object_name`].
     pub name: String,
-    /// Namespace of the Job: the claim's own.
+    /// Namespace of the Job: kubestow's own, never a tenant's.
     pub namespace: String,
     /// The run tag for labels, see [`run_tag`].
     pub tag: String,
@@ -134,13 +157,17 @@ pub struct MoverJob {
     pub owner: Option<Owner>,
     /// Service account the mover pod runs as.
     pub service_account: String,
-    /// Secret read with `envFrom` (repository and credentials); the
-    /// orchestrator creates it owned by this Job.
-    pub env_secret: String,
-    /// Plain variables, mode and volume path included.
+    /// `envFrom` entries: the orchestrator's own Secret references, so
+    /// credentials reach the mover by reference and are never copied.
+    pub env_from: Vec<Value>,
+    /// `env` entries taken by reference (`valueFrom`) from the orchestrator.
+    pub env_refs: Vec<Value>,
+    /// Plain variables, mode and volume path included; never secrets.
     pub env: BTreeMap<String, String>,
     /// What the mover reads or fills.
     pub mount: Mount,
+    /// Whether it reads or fills, for its capabilities.
+    pub work: Work,
     /// The pod's `tolerations`, a JSON array.
     pub tolerations: Value,
     /// Pin to this node (`matchFields` on the node name, as DaemonSets do;
@@ -160,6 +187,7 @@ impl MoverJob {
             .iter()
             .map(|(k, v)| json!({"name": k, "value": v}))
             .collect();
+        env.extend(self.env_refs.iter().cloned());
         for (var, field) in [
             (crate::config::vars::POD_NAME, "metadata.name"),
             (crate::config::vars::POD_NAMESPACE, "metadata.namespace"),
@@ -171,12 +199,12 @@ impl MoverJob {
                 json!({"name": "data", "mountPath": VOLUME_MOUNT, "readOnly": read_only}),
                 json!({"name": "data", "persistentVolumeClaim": {"claimName": name, "readOnly": read_only}}),
             ),
-            Mount::KubeletPods { host_dir } => (
-                // HostToContainer: volumes the kubelet mounts after the
-                // mover started are still visible inside it.
-                json!({"name": "pods", "mountPath": PODS_MOUNT, "readOnly": true,
+            Mount::HostDir { path } => (
+                // HostToContainer: a volume the kubelet mounts again while
+                // the mover runs stays visible inside it.
+                json!({"name": "data", "mountPath": VOLUME_MOUNT, "readOnly": true,
                        "mountPropagation": "HostToContainer"}),
-                json!({"name": "pods", "hostPath": {"path": host_dir, "type": "Directory"}}),
+                json!({"name": "data", "hostPath": {"path": path, "type": "Directory"}}),
             ),
         };
         let mut resources = json!({});
@@ -196,17 +224,22 @@ impl MoverJob {
             // Movers talk to the repository only, never to the API.
             "automountServiceAccountToken": false,
             "tolerations": self.tolerations,
-            // Root reads every file and restores owners as they were.
-            "securityContext": {"runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": false},
+            // Root, with all capabilities dropped but the few that
+            // reading (or restoring owners of) any file needs: `baseline`.
+            "securityContext": {"runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": false,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [{
                 "name": "mover",
                 "image": self.image,
                 "imagePullPolicy": "IfNotPresent",
-                "envFrom": [{"secretRef": {"name": self.env_secret}}],
+                "envFrom": self.env_from,
                 "env": env,
                 "resources": resources,
                 "securityContext": {"allowPrivilegeEscalation": false,
-                                    "readOnlyRootFilesystem": true},
+                                    "readOnlyRootFilesystem": true,
+                                    "privileged": false,
+                                    "capabilities": {"drop": ["ALL"],
+                                                     "add": self.work.capabilities()}},
                 "terminationMessagePolicy": "FallbackToLogsOnError",
                 "volumeMounts": [mount, {"name": "tmp", "mountPath": "/tmp"}],
             }],
@@ -272,9 +305,12 @@ mod tests {
             image: "ghcr.io/kubestow/kubestow:1".into(),
             owner: Some(Owner::job("backup-28934521", "u-1")),
             service_account: "kubestow-abcd1234-mover".into(),
-            env_secret: "kubestow-abcd1234".into(),
+            env_from: vec![json!({"secretRef": {"name": "kubestow-credentials"}})],
+            env_refs: vec![json!({"name": "AWS_SECRET_ACCESS_KEY",
+                "valueFrom": {"secretKeyRef": {"name": "s3", "key": "secret"}}})],
             env: BTreeMap::from([("STOW_MODE".into(), "volume-backup".into())]),
             mount,
+            work: Work::Read,
             tolerations: json!([{"key": "dedicated", "operator": "Exists"}]),
             node: None,
             node_affinity: None,
@@ -325,7 +361,18 @@ mod tests {
         assert_eq!(pod["tolerations"][0]["key"], "dedicated");
         assert!(pod.get("affinity").is_none());
         let c = &pod["containers"][0];
-        assert_eq!(c["envFrom"][0]["secretRef"]["name"], "kubestow-abcd1234");
+        assert_eq!(c["envFrom"][0]["secretRef"]["name"], "kubestow-credentials");
+        assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(
+            c["securityContext"]["capabilities"]["add"],
+            json!(["DAC_OVERRIDE"])
+        );
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
         assert_eq!(c["resources"]["requests"]["cpu"], "100m");
         assert_eq!(c["resources"]["limits"]["memory"], "512Mi");
         assert_eq!(c["volumeMounts"][0]["readOnly"], true);
@@ -338,16 +385,25 @@ mod tests {
             .map(|e| e["name"].as_str().unwrap())
             .collect();
         assert!(
-            env.contains(&"STOW_MODE") && env.contains(&"STOW_POD_NAME"),
+            env.contains(&"STOW_MODE")
+                && env.contains(&"STOW_POD_NAME")
+                && env.contains(&"AWS_SECRET_ACCESS_KEY"),
             "{env:?}"
         );
+        // Secrets only by reference: no literal value anywhere in the spec.
+        let secret_ref = &c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "AWS_SECRET_ACCESS_KEY")
+            .unwrap();
+        assert!(secret_ref.get("value").is_none(), "{secret_ref}");
     }
 
     #[test]
-    fn kubelet_mover_is_pinned_and_mounts_the_pods_dir_read_only() {
-        let mut m = job(Mount::KubeletPods {
-            host_dir: "/var/lib/kubelet/pods".into(),
-        });
+    fn kubelet_mover_is_pinned_and_mounts_only_its_volume_read_only() {
+        let dir = "/var/lib/kubelet/pods/u-1/volumes/kubernetes.io~csi/pv-1/mount";
+        let mut m = job(Mount::HostDir { path: dir.into() });
         m.node = Some("node-a".into());
         m.node_affinity =
             Some(json!({"required": {"nodeSelectorTerms": [{"matchExpressions": []}]}}));
@@ -359,9 +415,12 @@ mod tests {
         let mount = &pod["containers"][0]["volumeMounts"][0];
         assert_eq!(mount["mountPropagation"], "HostToContainer");
         assert_eq!(mount["readOnly"], true);
+        assert_eq!(mount["mountPath"], VOLUME_MOUNT);
+        assert_eq!(pod["volumes"][0]["hostPath"]["path"], dir);
         assert_eq!(
-            pod["volumes"][0]["hostPath"]["path"],
-            "/var/lib/kubelet/pods"
+            pod["volumes"].as_array().unwrap().len(),
+            2,
+            "data and /tmp only"
         );
 
         // Without a node, the volume's own affinity is copied.

@@ -8,18 +8,22 @@
 //! creates each claim and fills it through a `volume-restore` mover before
 //! the workloads that use it are created.
 //!
-//! Pods can only read Secrets of their own namespace, so each mover Job
-//! gets its own copy of the repository settings: a Secret, and a service
-//! account without API access, both created right after the Job and owned
-//! by it. Deleting the Job (the orchestrator does at the end, Kubernetes
-//! does after `ttlSecondsAfterFinished` if the orchestrator died) removes
-//! them too, so the orchestrator never needs to delete Secrets or service
-//! accounts. VolumeSnapshots and cloned claims exist before their Job and
-//! are deleted explicitly; everything carries the run's label, and a
-//! retried run removes what an earlier attempt left.
+//! Every mover runs in kubestow's own namespace ("home",
+//! `STOW_MOVER_NAMESPACE`, else this pod's), never in a tenant's: tenants
+//! are not trusted with the repository password or the bucket's keys.
+//! Movers get credentials by reference to the Secrets this pod reads them
+//! from (its `envFrom` and `secretKeyRef` entries), so nothing is copied.
+//! Only when this process has a secret that no reference gives (a run
+//! outside a pod, or a password file) does a Secret in home carry it,
+//! owned by the mover Job so it goes with it. Snapshots are taken in the
+//! claim's namespace and brought home through a VolumeSnapshotContent on
+//! the same handle ([`backup`]); restores fill a claim at home and hand
+//! its volume over ([`restore`]). Temporary objects carry the run's label;
+//! a retried run removes what an earlier attempt left.
 
 pub mod backup;
 mod error;
+pub mod handover;
 pub mod job;
 pub mod plan;
 pub mod restore;
@@ -33,23 +37,36 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::ResourceType;
 use crate::cluster::api::{Kube, message, status};
-use crate::cluster::types::{claims, jobs, pods, secrets, service_accounts, volume_snapshots};
+use crate::cluster::types::{
+    claims, events, jobs, pods, secrets, service_accounts, snapshot_contents, volume_snapshots,
+    volumes,
+};
 use crate::config::{RateSchedule, Secret, VolumeSource, vars};
 pub use error::MoverError;
-use job::{MoverJob, Owner};
+use job::{MoverJob, Owner, Work};
 
 /// How often a waiting orchestrator looks at a Job or snapshot.
 const POLL: Duration = Duration::from_secs(1);
+/// How long a mover Job may have no pod before its events are read.
+const REFUSAL_LOOK: Duration = Duration::from_secs(3);
 /// How long the clean-up waits for temporary objects to disappear.
 const CLEANUP_WAIT: Duration = Duration::from_secs(60);
 
-/// AWS SDK variables handed to movers. Web-identity and container
-/// credentials are left out: they belong to the orchestrator's service
-/// account; set `STOW_MOVER_SERVICE_ACCOUNT` to give movers their own.
-const AWS_VARS: &[&str] = &[
+/// Variables that are secret: a mover gets them by reference only (or
+/// from a Secret at home), never as a literal in its Job.
+const SECRET_VARS: &[&str] = &[
+    vars::PASSWORD,
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
+];
+
+/// Where the repository is: plain variables, unless a URL carries
+/// credentials (`user:pass@`), which makes it secret. Web-identity and
+/// container credentials are left out: they belong to this pod's service
+/// account; `STOW_MOVER_SERVICE_ACCOUNT` gives movers an identity.
+const LOCATION_VARS: &[&str] = &[
+    vars::REPOSITORY,
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
     "AWS_ENDPOINT_URL",
@@ -74,7 +91,10 @@ const PASSED_ON: &[&str] = &[
 pub struct MoverOptions {
     /// `STOW_IMAGE`; `None` means this pod's own image.
     pub image: Option<String>,
-    /// This pod (downward API): its image is the movers' default.
+    /// Where movers run: `STOW_MOVER_NAMESPACE`, else this pod's namespace.
+    pub home: Option<String>,
+    /// This pod (downward API): its image is the movers' default, and
+    /// its Secret references are theirs.
     pub pod_namespace: Option<String>,
     /// See [`Self::pod_namespace`].
     pub pod_name: Option<String>,
@@ -100,6 +120,8 @@ pub struct MoverOptions {
     pub source: VolumeSource,
     /// Globs of volumes not to back up.
     pub exclude: Vec<String>,
+    /// `STOW_TEST_EXIT_AFTER`: crash tests of the restore hand-over.
+    pub exit_after: Option<handover::Step>,
 }
 
 /// How one mover Job ended.
@@ -122,82 +144,186 @@ pub(crate) struct Runner<'a> {
     pub run_id: String,
     pub image: String,
     pub cancel: CancellationToken,
+    /// kubestow's namespace: every mover, clone and home snapshot is here.
+    pub home: String,
     service_account: Option<String>,
     resources: BTreeMap<String, String>,
     start_timeout: Duration,
-    /// `envFrom` content: repository, password, S3 credentials.
-    secret_env: BTreeMap<String, String>,
+    /// `envFrom` entries of this pod, by reference.
+    env_from: Vec<Value>,
+    /// `env` entries of this pod taken by reference (`valueFrom`).
+    env_refs: Vec<Value>,
+    /// Secrets no reference gives: a Secret at home per Job, if any.
+    companion: BTreeMap<String, String>,
     /// Plain variables every mover gets.
     base_env: BTreeMap<String, String>,
-    /// The orchestrating Job (namespace, owner), when known: movers in
-    /// its namespace are owned by it.
-    orchestrator: Option<(String, Owner)>,
+    /// The orchestrating Job, when it runs at home: movers are owned by it.
+    orchestrator: Option<Owner>,
     /// Namespaces where the run may have created something.
     touched: std::sync::Mutex<BTreeSet<String>>,
 }
 
-/// The image movers run: `STOW_IMAGE`, else this pod's own.
-pub(crate) async fn mover_image(kube: &Kube, options: &MoverOptions) -> Result<String, MoverError> {
-    if let Some(i) = &options.image {
-        return Ok(i.clone());
+/// What movers take from this pod: its image, and how it gets its
+/// credentials (references only; values never leave it).
+#[derive(Debug, Default)]
+pub(crate) struct Origin {
+    /// The image movers run.
+    pub image: String,
+    /// `envFrom` entries naming Secrets or ConfigMaps.
+    env_from: Vec<Value>,
+    /// `env` entries with `valueFrom` Secret or ConfigMap keys.
+    env_refs: Vec<Value>,
+    /// Names this pod sets as literal values.
+    literal: BTreeSet<String>,
+}
+
+impl Origin {
+    /// Whether a mover gets `var` through a reference of this pod.
+    fn gives(&self, var: &str) -> bool {
+        self.env_refs
+            .iter()
+            .any(|e| str_at(e, "/name") == Some(var))
+            || (!self.literal.contains(var)
+                && self.env_from.iter().any(|e| e.get("secretRef").is_some()))
     }
+}
+
+/// The container that runs kubestow: the one named so, else the first.
+fn kubestow_container(pod: &Value) -> Option<&Value> {
+    let containers = pod.pointer("/spec/containers").and_then(Value::as_array)?;
+    containers
+        .iter()
+        .find(|c| str_at(c, "/name") == Some("kubestow"))
+        .or(containers.first())
+}
+
+/// The references of kubestow's container that movers inherit: `envFrom`
+/// Secrets and ConfigMaps, and `env` entries from Secret or ConfigMap
+/// keys. Literal values are noted, never taken.
+fn references(c: &Value, origin: &mut Origin) {
+    origin.env_from = c
+        .get("envFrom")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.get("secretRef").is_some() || e.get("configMapRef").is_some())
+        .cloned()
+        .collect();
+    for e in c.get("env").and_then(Value::as_array).into_iter().flatten() {
+        let Some(name) = str_at(e, "/name") else {
+            continue;
+        };
+        if e.pointer("/valueFrom/secretKeyRef").is_some()
+            || e.pointer("/valueFrom/configMapKeyRef").is_some()
+        {
+            origin.env_refs.push(e.clone());
+        } else if e.get("value").is_some() {
+            origin.literal.insert(name.to_string());
+        }
+    }
+}
+
+/// The image movers run (`STOW_IMAGE`, else this pod's own) and the
+/// references they inherit (only when this pod runs at home: references
+/// resolve in the pod's own namespace).
+pub(crate) async fn origin(
+    kube: &Kube,
+    options: &MoverOptions,
+    home: &str,
+) -> Result<Origin, MoverError> {
     let (Some(ns), Some(pod)) = (&options.pod_namespace, &options.pod_name) else {
-        return Err(MoverError::NoImage);
+        return options
+            .image
+            .clone()
+            .map(|image| Origin {
+                image,
+                ..Origin::default()
+            })
+            .ok_or(MoverError::NoImage);
     };
-    let obj = kube
+    let read = kube
         .get(&pods(), Some(ns), pod)
         .await
         .map_err(|source| MoverError::ReadPod {
             namespace: ns.clone(),
             pod: pod.clone(),
             source,
-        })?
-        .ok_or_else(|| MoverError::PodGone {
-            namespace: ns.clone(),
-            pod: pod.clone(),
-        })?;
-    let containers = obj
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    // The container that runs kubestow: the one named so, else the first.
-    containers
-        .iter()
-        .find(|c| str_at(c, "/name") == Some("kubestow"))
-        .or(containers.first())
-        .and_then(|c| str_at(c, "/image"))
-        .map(String::from)
-        .ok_or_else(|| MoverError::NoContainerImage {
-            namespace: ns.clone(),
-            pod: pod.clone(),
         })
+        .and_then(|p| {
+            p.ok_or_else(|| MoverError::PodGone {
+                namespace: ns.clone(),
+                pod: pod.clone(),
+            })
+        });
+    let obj = match (read, &options.image) {
+        (Ok(o), _) => o,
+        (Err(e), Some(image)) => {
+            warn!(error = %e, "movers get no credential references from this pod");
+            return Ok(Origin {
+                image: image.clone(),
+                ..Origin::default()
+            });
+        }
+        (Err(e), None) => return Err(e),
+    };
+    let container = kubestow_container(&obj);
+    let image = match &options.image {
+        Some(i) => i.clone(),
+        None => container
+            .and_then(|c| str_at(c, "/image"))
+            .map(String::from)
+            .ok_or_else(|| MoverError::NoContainerImage {
+                namespace: ns.clone(),
+                pod: pod.clone(),
+            })?,
+    };
+    let mut origin = Origin {
+        image,
+        ..Origin::default()
+    };
+    if ns != home {
+        return Ok(origin);
+    }
+    let Some(c) = container else {
+        return Ok(origin);
+    };
+    references(c, &mut origin);
+    Ok(origin)
 }
 
 impl<'a> Runner<'a> {
-    pub fn new(
+    /// Finds home, the image and the references movers get, and the Job
+    /// this run belongs to.
+    pub async fn start(
         kube: &'a Kube,
         options: &MoverOptions,
         run_id: &str,
-        image: String,
         cancel: CancellationToken,
         movers: usize,
-    ) -> Self {
-        let (secret_env, base_env) = mover_env(options, run_id, movers, |v| std::env::var(v).ok());
-        Runner {
+    ) -> Result<Runner<'a>, MoverError> {
+        let home = options.home.clone().ok_or(MoverError::NoHome)?;
+        let origin = origin(kube, options, &home).await?;
+        let (companion, base_env) =
+            mover_env(options, run_id, movers, &origin, |v| std::env::var(v).ok());
+        let mut runner = Runner {
             kube,
             tag: job::run_tag(run_id),
             run_id: run_id.to_string(),
-            image,
+            image: origin.image,
             cancel,
+            home,
             service_account: options.service_account.clone(),
             resources: options.resources.clone(),
             start_timeout: options.start_timeout,
-            secret_env,
+            env_from: origin.env_from,
+            env_refs: origin.env_refs,
+            companion,
             base_env,
             orchestrator: None,
             touched: std::sync::Mutex::new(BTreeSet::new()),
-        }
+        };
+        runner.find_orchestrator(options).await;
+        Ok(runner)
     }
 
     fn touch(&self, ns: &str) {
@@ -244,30 +370,38 @@ impl<'a> Runner<'a> {
     }
 
     /// Looks up the Job this run belongs to (`STOW_JOB_NAME` in
-    /// `STOW_POD_NAMESPACE`), so movers next to it are owned by it.
-    pub async fn find_orchestrator(&mut self, options: &MoverOptions) {
+    /// `STOW_POD_NAMESPACE`), so movers at home are owned by it (owners
+    /// must be in the same namespace).
+    async fn find_orchestrator(&mut self, options: &MoverOptions) {
         let (Some(ns), Some(job)) = (&options.pod_namespace, &options.job_name) else {
             return;
         };
+        if *ns != self.home {
+            return;
+        }
         if let Ok(Some(obj)) = self.kube.get(&jobs(), Some(ns), job).await
             && let Some(uid) = str_at(&obj, "/metadata/uid")
         {
-            self.orchestrator = Some((ns.clone(), Owner::job(job, uid)));
+            self.orchestrator = Some(Owner::job(job, uid));
         }
     }
 
-    /// The Secret and service account of one mover Job, owned by it.
+    /// The Secret (only for secrets no reference gives) and service
+    /// account (only without `STOW_MOVER_SERVICE_ACCOUNT`) of one mover
+    /// Job, at home and owned by it.
     async fn job_companions(&self, spec: &MoverJob, job_uid: &str) -> Result<(), MoverError> {
         let ns = spec.namespace.as_str();
         let owner = Owner::job(&spec.name, job_uid);
-        let secret = json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": job::metadata(&spec.env_secret, ns, &self.tag, &self.run_id, Some(&owner)),
-            "type": "Opaque",
-            "stringData": self.secret_env,
-        });
-        self.create(&secrets(), ns, &secret).await?;
+        if !self.companion.is_empty() {
+            let secret = json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": job::metadata(&spec.name, ns, &self.tag, &self.run_id, Some(&owner)),
+                "type": "Opaque",
+                "stringData": self.companion,
+            });
+            self.create(&secrets(), ns, &secret).await?;
+        }
         if self.service_account.is_none() {
             let sa = json!({
                 "apiVersion": "v1",
@@ -280,33 +414,35 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
-    /// A mover Job for `volume` in `ns`; `env` adds to the base variables.
+    /// A mover Job for `volume`, at home; `env` adds to the base variables.
     pub fn job(
         &self,
         name: String,
-        ns: &str,
         volume: &str,
         env: BTreeMap<String, String>,
         mount: job::Mount,
+        work: Work,
     ) -> MoverJob {
         let mut all = self.base_env.clone();
         all.extend(env);
+        let mut env_from = self.env_from.clone();
+        if !self.companion.is_empty() {
+            env_from.push(json!({"secretRef": {"name": name}}));
+        }
         MoverJob {
-            namespace: ns.to_string(),
+            namespace: self.home.clone(),
             tag: self.tag.clone(),
             run_id: self.run_id.clone(),
             volume: volume.to_string(),
             image: self.image.clone(),
-            env_secret: name.clone(),
-            owner: self
-                .orchestrator
-                .as_ref()
-                .filter(|(o_ns, _)| o_ns == ns)
-                .map(|(_, o)| o.clone()),
+            env_from,
+            env_refs: self.env_refs.clone(),
+            owner: self.orchestrator.clone(),
             service_account: self.service_account.clone().unwrap_or_else(|| name.clone()),
             name,
             env: all,
             mount,
+            work,
             tolerations: json!([]),
             node: None,
             node_affinity: None,
@@ -420,11 +556,32 @@ impl<'a> Runner<'a> {
                     .iter()
                     .any(|p| str_at(p, "/status/phase").is_some_and(|ph| ph != "Pending"))
                     || job.pointer("/status/failed").is_some();
-                if !started && created.elapsed() > self.start_timeout {
-                    let why = pods.iter().find_map(pending_reason).unwrap_or_else(|| {
-                        "no pod was created (quota, admission or an unknown service account?)"
-                            .into()
+                // No pod at all: the Job controller's FailedCreate event
+                // says why (admission, quota). Pod Security never relents.
+                let refused = if !started && pods.is_empty() && created.elapsed() > REFUSAL_LOOK {
+                    self.refusal(ns, name).await
+                } else {
+                    None
+                };
+                if let Some(why) = &refused
+                    && why.contains("PodSecurity")
+                {
+                    let (namespace, job) = ids();
+                    return JobEnd::Failed(MoverError::Rejected {
+                        namespace,
+                        job,
+                        why: why.clone(),
                     });
+                }
+                if !started && created.elapsed() > self.start_timeout {
+                    let why = pods
+                        .iter()
+                        .find_map(pending_reason)
+                        .or(refused)
+                        .unwrap_or_else(|| {
+                            "no pod was created (quota, admission or an unknown service account?)"
+                                .into()
+                        });
                     let (namespace, job) = ids();
                     return JobEnd::Failed(MoverError::NotStarted {
                         namespace,
@@ -435,6 +592,26 @@ impl<'a> Runner<'a> {
                 }
             }
         }
+    }
+
+    /// The newest `FailedCreate` event of a Job: why it has no pod.
+    async fn refusal(&self, ns: &str, job: &str) -> Option<String> {
+        let events = self.kube.list_all(&events(), Some(ns), None).await.ok()?;
+        events
+            .iter()
+            .filter(|e| {
+                str_at(e, "/involvedObject/kind") == Some("Job")
+                    && str_at(e, "/involvedObject/name") == Some(job)
+                    && str_at(e, "/reason") == Some("FailedCreate")
+            })
+            .max_by_key(|e| {
+                str_at(e, "/lastTimestamp")
+                    .or_else(|| str_at(e, "/eventTime"))
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .and_then(|e| str_at(e, "/message"))
+            .map(String::from)
     }
 
     /// Why the last failed pod of a Job failed: its summary's reason or
@@ -505,92 +682,119 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// Deletes everything the run created in the namespaces it touched
-    /// (and `extra`), then waits a while for it to be gone.
+    /// Deletes everything the run created: at home, in the namespaces it
+    /// touched (snapshots of tenant claims) and `extra`, and the
+    /// cluster-scoped snapshot contents and shadow volumes; then waits a
+    /// while for it to be gone.
     pub async fn clean_up(&self, extra: &[String]) {
         let mut namespaces = self
             .touched
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        namespaces.insert(self.home.clone());
         namespaces.extend(extra.iter().cloned());
         let selector = job::selector(&self.tag);
         // Jobs first: their pods stop using the claims, and their Secrets
-        // and service accounts go with them (owned by the Jobs).
-        let deleted = [jobs(), volume_snapshots(), claims()];
-        let kinds = [
-            jobs(),
-            volume_snapshots(),
-            claims(),
-            service_accounts(),
-            secrets(),
-        ];
-        let deadline = tokio::time::Instant::now() + CLEANUP_WAIT;
+        // and service accounts go with them (owned by the Jobs). Claims
+        // before the volumes and contents they hold on to.
+        let namespaced = [jobs(), claims(), volume_snapshots()];
+        let cluster = [snapshot_contents(), volumes()];
+        let mut scopes: Vec<(ResourceType, Option<&str>)> = Vec::new();
         for ns in &namespaces {
-            for rt in &deleted {
-                let found = match self.kube.list_all(rt, Some(ns), Some(&selector)).await {
-                    Ok(f) => f,
-                    Err(e) => {
-                        warn!(namespace = %ns, kind = %rt.kind, error = %message(&e), "cannot list temporary objects to delete");
-                        continue;
-                    }
-                };
-                for obj in found {
-                    let name = str_at(&obj, "/metadata/name").unwrap_or_default();
-                    debug!(namespace = %ns, kind = %rt.kind, %name, "deleting");
-                    if let Err(e) = self.kube.delete(rt, Some(ns), name).await {
-                        warn!(namespace = %ns, kind = %rt.kind, %name, error = %message(&e), "could not delete a temporary object");
-                    }
+            for rt in &namespaced {
+                scopes.push((rt.clone(), Some(ns.as_str())));
+            }
+        }
+        for rt in &cluster {
+            scopes.push((rt.clone(), None));
+        }
+        for (rt, ns) in &scopes {
+            let found = match self.kube.list_all(rt, *ns, Some(&selector)).await {
+                Ok(f) => f,
+                // No snapshot CRDs: nothing of that kind to delete.
+                Err(e) if status(&e) == Some(404) => continue,
+                Err(e) => {
+                    warn!(namespace = ?ns, kind = %rt.kind, error = %message(&e), "cannot list temporary objects to delete");
+                    continue;
+                }
+            };
+            for obj in found {
+                let name = str_at(&obj, "/metadata/name").unwrap_or_default();
+                debug!(namespace = ?ns, kind = %rt.kind, %name, "deleting");
+                if let Err(e) = self.kube.delete(rt, *ns, name).await {
+                    warn!(namespace = ?ns, kind = %rt.kind, %name, error = %message(&e), "could not delete a temporary object");
                 }
             }
         }
-        for ns in &namespaces {
-            for rt in &kinds {
-                loop {
-                    let left = self
-                        .kube
-                        .list_all(rt, Some(ns), Some(&selector))
-                        .await
-                        .map(|l| l.len())
-                        .unwrap_or(0);
-                    if left == 0 {
-                        break;
-                    }
-                    if tokio::time::Instant::now() > deadline {
-                        warn!(namespace = %ns, kind = %rt.kind, left, "temporary objects are still being deleted");
-                        break;
-                    }
-                    tokio::time::sleep(POLL).await;
+        let deadline = tokio::time::Instant::now() + CLEANUP_WAIT;
+        scopes.push((service_accounts(), Some(self.home.as_str())));
+        scopes.push((secrets(), Some(self.home.as_str())));
+        for (rt, ns) in &scopes {
+            loop {
+                let left = self
+                    .kube
+                    .list_all(rt, *ns, Some(&selector))
+                    .await
+                    .map(|l| l.len())
+                    .unwrap_or(0);
+                if left == 0 {
+                    break;
                 }
+                if tokio::time::Instant::now() > deadline {
+                    warn!(namespace = ?ns, kind = %rt.kind, left, "temporary objects are still being deleted");
+                    break;
+                }
+                tokio::time::sleep(POLL).await;
             }
         }
     }
 }
 
-/// What every mover gets: the Secret's content (repository, password, S3
-/// credentials) and plain variables. `env` reads this process's
+/// What every mover gets: the secrets that no reference of this pod gives
+/// (for a Secret at home), and plain variables. `env` reads this process's
 /// environment (injectable for tests).
 fn mover_env(
     options: &MoverOptions,
     run_id: &str,
     movers: usize,
+    origin: &Origin,
     env: impl Fn(&str) -> Option<String>,
 ) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
-    let mut secret_env = BTreeMap::new();
-    if let Some(repo) = env(vars::REPOSITORY) {
-        secret_env.insert(vars::REPOSITORY.to_string(), repo.trim().to_string());
-    }
-    if let Some(pw) = &options.password {
-        secret_env.insert(vars::PASSWORD.to_string(), pw.expose().to_string());
-    }
-    for var in AWS_VARS {
-        if let Some(v) = env(var)
-            && !v.is_empty()
-        {
-            secret_env.insert(var.to_string(), v);
+    let mut companion = BTreeMap::new();
+    let mut base_env = BTreeMap::new();
+    for var in SECRET_VARS {
+        let value = match env(var).filter(|v| !v.is_empty()) {
+            Some(_) if origin.gives(var) => continue,
+            Some(v) => Some(v),
+            // A password read from STOW_PASSWORD_FILE reaches no mover
+            // through a reference.
+            None if *var == vars::PASSWORD => {
+                options.password.as_ref().map(|p| p.expose().to_string())
+            }
+            None => None,
+        };
+        if let Some(v) = value {
+            companion.insert(var.to_string(), v);
         }
     }
-    let mut base_env = BTreeMap::new();
+    for var in LOCATION_VARS {
+        let Some(v) = env(var)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+        else {
+            continue;
+        };
+        if origin.gives(var) && !origin.literal.contains(*var) {
+            continue;
+        }
+        // `https://user:pass@host`: credentials, so not a plain variable.
+        if v.contains('@') {
+            companion.insert(var.to_string(), v);
+        } else {
+            base_env.insert(var.to_string(), v);
+        }
+    }
     for var in PASSED_ON {
         if let Some(v) = env(var)
             && !v.trim().is_empty()
@@ -610,7 +814,7 @@ fn mover_env(
         let in_flight = movers.clamp(1, channels) as u32;
         base_env.insert(vars::RATE_LIMIT.to_string(), rate.share(in_flight).to_env());
     }
-    (secret_env, base_env)
+    (companion, base_env)
 }
 
 fn condition(obj: &Value, kind: &str) -> bool {
@@ -685,29 +889,93 @@ mod tests {
             (vars::TIMEZONE, "Europe/Berlin"),
             (vars::RATE_LIMIT, "40MiB"),
         ];
+        let none = Origin::default();
         // Six volumes: four movers in flight, one stream and 10 MiB/s each.
-        let (secret, base) = mover_env(
-            &crate::modes::options::mover(&c),
-            "run-1",
-            6,
-            env_of(&process),
-        );
+        let options = crate::modes::options::mover(&c);
+        let (secret, base) = mover_env(&options, "run-1", 6, &none, env_of(&process));
+        // Outside a pod nothing gives the secrets by reference: a Secret
+        // at home carries them.
         assert_eq!(secret[vars::PASSWORD], "pw-123");
         assert_eq!(secret["AWS_SECRET_ACCESS_KEY"], "sekrit");
         assert!(!secret.contains_key("AWS_WEB_IDENTITY_TOKEN_FILE"));
         assert!(!base.contains_key(vars::PASSWORD));
+        assert!(!base.contains_key("AWS_SECRET_ACCESS_KEY"));
+        assert_eq!(base[vars::REPOSITORY], "s3://backups/p");
         assert_eq!(base[vars::CHANNELS], "1");
         assert_eq!(base[vars::RATE_LIMIT], "*=10MiB");
         assert_eq!(base[vars::TIMEZONE], "Europe/Berlin");
         assert_eq!(base[vars::RUN_ID], "run-1");
         // One volume: one mover with every stream and the whole limit.
-        let (_, base) = mover_env(
-            &crate::modes::options::mover(&c),
-            "run-1",
-            1,
-            env_of(&process),
-        );
+        let (_, base) = mover_env(&options, "run-1", 1, &none, env_of(&process));
         assert_eq!(base[vars::CHANNELS], "4");
         assert_eq!(base[vars::RATE_LIMIT], "*=40MiB");
+    }
+
+    #[test]
+    fn secrets_reach_movers_by_reference_only() {
+        let c = config(&[]);
+        let options = crate::modes::options::mover(&c);
+        let process = [
+            (vars::REPOSITORY, "s3://backups/p"),
+            (vars::PASSWORD, "pw-123"),
+            ("AWS_ACCESS_KEY_ID", "id"),
+            ("AWS_SECRET_ACCESS_KEY", "sekrit"),
+            ("AWS_SESSION_TOKEN", "tok"),
+            ("AWS_ENDPOINT_URL", "https://user:pass@s3.example"),
+        ];
+        // The chart's pod: envFrom its credentials Secret, one key by
+        // secretKeyRef, the session token as a literal.
+        let origin = Origin {
+            image: "img".into(),
+            env_from: vec![json!({"secretRef": {"name": "creds"}})],
+            env_refs: vec![json!({"name": "AWS_ACCESS_KEY_ID",
+                "valueFrom": {"secretKeyRef": {"name": "s3", "key": "id"}}})],
+            literal: BTreeSet::from([vars::REPOSITORY.to_string(), "AWS_SESSION_TOKEN".into()]),
+        };
+        let (secret, base) = mover_env(&options, "run-1", 1, &origin, env_of(&process));
+        assert!(!secret.contains_key(vars::PASSWORD), "{secret:?}");
+        assert!(!secret.contains_key("AWS_ACCESS_KEY_ID"));
+        assert!(!secret.contains_key("AWS_SECRET_ACCESS_KEY"));
+        // A literal secret of the pod is not copied into the Job spec.
+        assert_eq!(secret["AWS_SESSION_TOKEN"], "tok");
+        assert!(!base.contains_key("AWS_SESSION_TOKEN"));
+        assert_eq!(base[vars::REPOSITORY], "s3://backups/p");
+        assert!(
+            !base
+                .values()
+                .any(|v| v.contains("sekrit") || v.contains("pw-123"))
+        );
+        // An endpoint with credentials in it is a secret too (here the
+        // pod's envFrom gives it).
+        assert!(!base.contains_key("AWS_ENDPOINT_URL"));
+        let (secret, base) = mover_env(&options, "run-1", 1, &Origin::default(), env_of(&process));
+        assert_eq!(secret["AWS_ENDPOINT_URL"], "https://user:pass@s3.example");
+        assert!(!base.contains_key("AWS_ENDPOINT_URL"));
+    }
+
+    #[test]
+    fn references_come_from_the_kubestow_container() {
+        let pod = json!({"spec": {"containers": [
+            {"name": "sidecar", "image": "other"},
+            {"name": "kubestow", "image": "kubestow:1",
+             "envFrom": [{"secretRef": {"name": "creds"}}, {"prefix": "X_"}],
+             "env": [{"name": "STOW_REPOSITORY", "value": "s3://b/p"},
+                     {"name": "STOW_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                     {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "s3", "key": "k"}}}]},
+        ]}});
+        let c = kubestow_container(&pod).unwrap();
+        assert_eq!(c["image"], "kubestow:1");
+        let mut o = Origin::default();
+        references(c, &mut o);
+        assert_eq!(o.env_from, vec![json!({"secretRef": {"name": "creds"}})]);
+        let names: Vec<&str> = o
+            .env_refs
+            .iter()
+            .filter_map(|e| str_at(e, "/name"))
+            .collect();
+        assert_eq!(names, ["AWS_SECRET_ACCESS_KEY"]);
+        assert!(o.literal.contains(vars::REPOSITORY));
+        assert!(o.gives("AWS_SECRET_ACCESS_KEY") && o.gives(vars::PASSWORD));
+        assert!(!o.gives(vars::REPOSITORY));
     }
 }

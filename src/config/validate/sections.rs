@@ -303,6 +303,7 @@ pub(super) fn volume(raw: &RawConfig, c: &mut Check) -> VolumeOptions {
         mover_resources: c
             .take(mover_resources(&raw.mover_resources))
             .unwrap_or_default(),
+        mover_namespace: opt(&raw.mover_namespace),
         mover_service_account: opt(&raw.mover_service_account),
         mover_start_timeout: c
             .take(positive_duration(
@@ -318,6 +319,7 @@ pub(super) fn volume(raw: &RawConfig, c: &mut Check) -> VolumeOptions {
                 Duration::from_secs(600),
             ))
             .unwrap_or(Duration::from_secs(600)),
+        test_exit_after: opt(&raw.test_exit_after),
         kubelet_dir: PathBuf::from(
             opt(&raw.kubelet_dir).unwrap_or_else(|| "/var/lib/kubelet".into()),
         ),
@@ -325,11 +327,29 @@ pub(super) fn volume(raw: &RawConfig, c: &mut Check) -> VolumeOptions {
             .take(parse_bool(v::MOVER, &raw.mover, false))
             .unwrap_or(false),
     };
+    if let Some(step) = &volume.test_exit_after
+        && !matches!(step.as_str(), "filled" | "rebound")
+    {
+        c.push(ConfigError::invalid(
+            v::TEST_EXIT_AFTER,
+            step,
+            "expected `filled` or `rebound`",
+        ));
+    }
     if !volume.kubelet_dir.is_absolute() {
         c.push(ConfigError::invalid(
             v::KUBELET_DIR,
             &volume.kubelet_dir.display().to_string(),
             "expected an absolute path",
+        ));
+    }
+    if let Some(ns) = &volume.mover_namespace
+        && !is_dns_label(ns)
+    {
+        c.push(ConfigError::invalid(
+            v::MOVER_NAMESPACE,
+            ns,
+            "expected a namespace name (lowercase letters, digits and `-`)",
         ));
     }
     if let Some(sa) = &volume.mover_service_account

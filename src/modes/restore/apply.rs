@@ -108,7 +108,16 @@ impl Restorer<'_> {
             if level > order::CRDS {
                 self.after_crds(items).await?;
             }
-            let open: Vec<usize> = indices.into_iter().filter(|n| items[*n].open()).collect();
+            let mut open: Vec<usize> = indices.into_iter().filter(|n| items[*n].open()).collect();
+            if level == order::level(&crate::cluster::types::claims()) {
+                // Claims with data are created by the hand-over, on their
+                // filled volumes, before any workload that mounts them.
+                self.fill_volumes(items, &open).await;
+                if self.ctx.cancel.is_cancelled() {
+                    return Err(Error::Cancelled);
+                }
+                open.retain(|n| items[*n].open());
+            }
             if open.is_empty() {
                 continue;
             }
@@ -128,50 +137,78 @@ impl Restorer<'_> {
             for (n, outcome, why) in results {
                 items[n].done(outcome, why);
             }
-            if level == order::level(&crate::cluster::types::claims()) {
-                self.fill_volumes(items).await;
-                if self.ctx.cancel.is_cancelled() {
-                    return Err(Error::Cancelled);
-                }
-            }
         }
         Ok(())
     }
 
-    /// Once the claims exist: fill the ones this run created with their
-    /// data, before any workload that mounts them is created.
-    pub(super) async fn fill_volumes(&self, items: &[Item]) {
+    /// Restores the open claims among `open` that have data in the
+    /// snapshot: each is filled at home and its volume handed over to the
+    /// claim. A claim that already exists is left open, for `STOW_EXISTING`.
+    pub(super) async fn fill_volumes(&self, items: &mut [Item], open: &[usize]) {
         let Some(v) = &self.volumes else {
             return;
         };
-        let fills: Vec<crate::mover::restore::Fill> = items
-            .iter()
-            .filter(|i| {
-                i.rt.is("", "persistentvolumeclaims")
-                    && matches!(i.result, Some((Outcome::Created, _)))
-            })
-            .filter_map(|i| {
-                let volume = format!("{}/{}", i.source_ns.as_deref()?, i.name);
-                let namespace = i.ns.clone()?;
-                v.available
-                    .contains(&volume)
-                    .then(|| crate::mover::restore::Fill {
-                        volume,
-                        namespace,
-                        claim: i.name.clone(),
-                    })
-            })
-            .collect();
-        let mut report = Report::default();
-        crate::mover::restore::fill(
+        let mut which = Vec::new();
+        let mut fills = Vec::new();
+        for &n in open {
+            let i = &items[n];
+            if !i.rt.is("", "persistentvolumeclaims") {
+                continue;
+            }
+            let (Some(source_ns), Some(namespace), Some(body)) =
+                (i.source_ns.as_deref(), i.ns.clone(), i.obj.clone())
+            else {
+                continue;
+            };
+            let volume = format!("{source_ns}/{}", i.name);
+            if !v.available.contains(&volume) {
+                continue;
+            }
+            which.push(n);
+            fills.push(crate::mover::restore::Fill {
+                volume,
+                namespace,
+                claim: i.name.clone(),
+                body,
+            });
+        }
+        if fills.is_empty() {
+            return;
+        }
+        let results = crate::mover::restore::fill(
             &self.kube,
             &crate::modes::options::mover(v.config),
             self.ctx,
             &v.snapshot,
             &fills,
-            &mut report,
         )
         .await;
+        let mut filled = 0;
+        let mut report = Report::default();
+        for (n, r) in which.into_iter().zip(results) {
+            let it = &mut items[n];
+            match r {
+                crate::mover::restore::Filled::Restored => {
+                    filled += 1;
+                    let mut notes = it.notes.clone();
+                    notes.push("filled at home and handed over".into());
+                    it.done(Outcome::Created, notes.join("; "));
+                }
+                crate::mover::restore::Filled::Exists => {
+                    it.notes
+                        .push("already exists: its data is left as it is".into());
+                }
+                crate::mover::restore::Filled::Failed(e) => {
+                    report.fail_item(
+                        format!("volume {}/{}", it.ns.as_deref().unwrap_or(""), it.name),
+                        e.to_string(),
+                    );
+                    it.done(Outcome::Failed, format!("volume not restored: {e}"));
+                }
+            }
+        }
+        self.progress.add_objects(filled);
+        report.count("volumes_restored", filled);
         v.report
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -241,20 +241,18 @@ pub(crate) async fn origin(
             })
             .ok_or(MoverError::NoImage);
     };
-    let read = kube
-        .get(&pods(), Some(ns), pod)
-        .await
-        .map_err(|source| MoverError::ReadPod {
+    let read = match kube.get(&pods(), Some(ns), pod).await {
+        Ok(Some(o)) => Ok(o),
+        Ok(None) => Err(MoverError::PodGone {
+            namespace: ns.clone(),
+            pod: pod.clone(),
+        }),
+        Err(source) => Err(MoverError::ReadPod {
             namespace: ns.clone(),
             pod: pod.clone(),
             source,
-        })
-        .and_then(|p| {
-            p.ok_or_else(|| MoverError::PodGone {
-                namespace: ns.clone(),
-                pod: pod.clone(),
-            })
-        });
+        }),
+    };
     let obj = match (read, &options.image) {
         (Ok(o), _) => o,
         (Err(e), Some(image)) => {

@@ -3,9 +3,9 @@
 //! the kubestow image, volume data read through real CSI snapshots by mover
 //! Jobs, and faults injected into the real parts.
 //!
-//! Tenant namespaces are at Pod Security `baseline`: movers still run in
-//! the claim's namespace as root (README, "Volume data"), which `restricted`
-//! refuses. kubestow's own namespace is `restricted`.
+//! Tenant namespaces are at Pod Security `restricted`: movers run in
+//! kubestow's own namespace (README, "Movers stay home"), which is at
+//! `baseline` for the snapshot source.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -108,9 +108,9 @@ fn names(list: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Nothing kubestow makes for a run is left behind: no VolumeSnapshots or
-/// their contents, no clone claims, no mover Jobs, Secrets or
-/// ServiceAccounts in the tenant namespace.
+/// Nothing kubestow makes for a run is left in the tenant namespace: no
+/// VolumeSnapshots or their contents, no claims but the tenant's, no Jobs,
+/// Secrets, ServiceAccounts or pods of kubestow's.
 pub(crate) fn assert_nothing_temporary(app: &str, claims: &[String]) {
     let snaps = kubectl_json(&["-n", app, "get", "volumesnapshots"]);
     assert!(names(&snaps).is_empty(), "VolumeSnapshots left: {snaps}");
@@ -142,6 +142,67 @@ pub(crate) fn assert_nothing_temporary(app: &str, claims: &[String]) {
     }
 }
 
+/// Nothing temporary of kubestow's is left at home (`home`) or among
+/// cluster-scoped objects for the volumes of `app`: no mover Jobs, clones,
+/// staging claims, home snapshots and their contents, shadow volumes, or
+/// volumes still marked for a hand-over.
+pub(crate) fn assert_nothing_at_home(home: &str, app: &str) {
+    for kind in [
+        "jobs",
+        "persistentvolumeclaims",
+        "volumesnapshots",
+        "secrets",
+        "serviceaccounts",
+    ] {
+        let left = kubectl_json(&["-n", home, "get", kind, "-l", "kubestow.io/run"]);
+        assert!(
+            names(&left).is_empty(),
+            "{kind} left at {home}: {:?}",
+            names(&left)
+        );
+    }
+    let staging = kubectl_json(&[
+        "-n",
+        home,
+        "get",
+        "pvc",
+        "-l",
+        "app.kubernetes.io/managed-by=kubestow",
+    ]);
+    assert!(
+        names(&staging).is_empty(),
+        "staging claims left: {:?}",
+        names(&staging)
+    );
+    let contents = kubectl_json(&["get", "volumesnapshotcontents", "-l", "kubestow.io/run"]);
+    let ours: Vec<_> = contents["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["spec"]["volumeSnapshotRef"]["namespace"] == home)
+        .collect();
+    assert!(
+        ours.is_empty(),
+        "home VolumeSnapshotContents left: {ours:?}"
+    );
+    let pvs = kubectl_json(&["get", "pv"]);
+    for pv in pvs["items"].as_array().unwrap() {
+        let shadow = pv["metadata"]["annotations"]["kubestow.io/volume"]
+            .as_str()
+            .is_some_and(|v| v.starts_with(&format!("{app}/")));
+        let handover = pv["metadata"]["annotations"]["kubestow.io/handover-to"]
+            .as_str()
+            .is_some_and(|v| v.starts_with(&format!("{app}/")));
+        let released =
+            pv["status"]["phase"] == "Released" && pv["spec"]["claimRef"]["namespace"] == home;
+        assert!(
+            !shadow && !handover && !released,
+            "volume left: {}",
+            pv["metadata"]["name"]
+        );
+    }
+}
+
 /// The whole flow: a plan's CronJob fires on its own schedule and
 /// backs up a StatefulSet with 3 claims through CSI snapshots; a Job created
 /// from the CronJob by hand runs the same plan; the namespace is deleted and
@@ -152,9 +213,10 @@ fn chart_cronjob_backs_up_a_statefulset_through_csi_snapshots_and_a_restore_job_
     let n = node::get();
     let sys = env::unique_name("node-ks");
     let app = env::unique_name("node-app");
-    namespace(&sys, "restricted");
-    namespace(&app, "baseline");
+    namespace(&sys, "baseline");
+    namespace(&app, "restricted");
     statefulset(&app, 3);
+    let tenant = node::TenantWatch::start(&app);
     let claims: Vec<String> = (0..3).map(|i| format!("data-web-{i}")).collect();
     let mut before = BTreeMap::new();
     for (i, c) in claims.iter().enumerate() {
@@ -259,6 +321,12 @@ fn chart_cronjob_backs_up_a_statefulset_through_csi_snapshots_and_a_restore_job_
         config_before
     );
     assert_nothing_temporary(&app, &claims);
+    assert_nothing_at_home(&sys, &app);
+    let seen = tenant.finish();
+    assert!(
+        seen.is_empty(),
+        "kubestow's objects in the tenant namespace: {seen:?}"
+    );
     assert_eq!(
         n.script("masquerade-count").trim(),
         "0",
@@ -285,8 +353,8 @@ fn a_mover_killed_mid_upload_is_retried_by_the_job_controller_and_resumes() {
     let _shared = node::shared();
     let sys = env::unique_name("node-kill-ks");
     let app = env::unique_name("node-kill-app");
-    namespace(&sys, "restricted");
-    namespace(&app, "baseline");
+    namespace(&sys, "baseline");
+    namespace(&app, "restricted");
     statefulset(&app, 1);
     let dir = claim_dir(&app, "data-web-0");
     // 32 files of 4 MiB at 8 MiB/s: about 16 s of upload in 16 MiB packs,
@@ -317,7 +385,7 @@ fn a_mover_killed_mid_upload_is_retried_by_the_job_controller_and_resumes() {
 
     // The mover pod, once it has been uploading for a few seconds.
     let (pod, container) = wait_until("a running mover pod", JOB_TIMEOUT, || {
-        node::kubestow_pods(&app).into_iter().find_map(|p| {
+        node::kubestow_pods(&sys).into_iter().find_map(|p| {
             let started =
                 p["status"]["containerStatuses"][0]["state"]["running"]["startedAt"].as_str()?;
             let started: jiff::Timestamp = started.parse().ok()?;
@@ -339,7 +407,7 @@ fn a_mover_killed_mid_upload_is_retried_by_the_job_controller_and_resumes() {
 
     // The Job controller counts the failure and starts another pod.
     let mover_job =
-        kubectl_json(&["-n", &app, "get", "pod", &pod])["metadata"]["labels"]["job-name"]
+        kubectl_json(&["-n", &sys, "get", "pod", &pod])["metadata"]["labels"]["job-name"]
             .as_str()
             .unwrap()
             .to_owned();
@@ -347,7 +415,7 @@ fn a_mover_killed_mid_upload_is_retried_by_the_job_controller_and_resumes() {
         "the mover Job to record the failed pod",
         Duration::from_secs(60),
         || {
-            let j = kubectl_json(&["-n", &app, "get", "job", &mover_job]);
+            let j = kubectl_json(&["-n", &sys, "get", "job", &mover_job]);
             (j["status"]["failed"].as_u64() >= Some(1)).then_some(())
         },
     );

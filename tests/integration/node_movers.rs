@@ -5,8 +5,9 @@
 //! The orchestrator runs here as a host process (the test binary's
 //! `kubestow`, with the node's admin kubeconfig), so a test can signal it
 //! and read its summary; its movers run the image on the node
-//! (`STOW_IMAGE`). The chart-driven flow, orchestrator in a pod, is in
-//! `node.rs`.
+//! (`STOW_IMAGE`) in a namespace of kubestow's own (`STOW_MOVER_NAMESPACE`).
+//! Tenant namespaces are at Pod Security `restricted`. The chart-driven
+//! flow, orchestrator in a pod, is in `node.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
@@ -22,26 +23,34 @@ use crate::env::node::{
     wait_until,
 };
 use crate::env::{self, node};
-use crate::node::{assert_nothing_temporary, statefulset_of, statefulset_ready};
+use crate::node::{
+    assert_nothing_at_home, assert_nothing_temporary, statefulset_of, statefulset_ready,
+};
 
 const MIB: usize = 1 << 20;
 
 /// The orchestrator for one test: a repository of its own in the node's
-/// Garage, its namespace, movers on the image.
+/// Garage, a tenant namespace at `restricted`, and kubestow's namespace
+/// (`home`) where its movers run.
 struct Stage {
     app: String,
+    home: String,
     repo: String,
     password: String,
 }
 
 impl Stage {
-    fn new(hint: &str, level: &str) -> Stage {
+    /// `home_level`: the Pod Security level of kubestow's namespace.
+    fn new(hint: &str, home_level: &str) -> Stage {
         let app = env::unique_name(hint);
-        namespace(&app, level);
+        let home = env::unique_name(&format!("{hint}-ks"));
+        namespace(&app, "restricted");
+        namespace(&home, home_level);
         let n = node::get();
         Stage {
             repo: format!("s3://{}/{app}", n.s3("STOW_BUCKET")),
             app,
+            home,
             password: random_password(),
         }
     }
@@ -60,6 +69,7 @@ impl Stage {
             .env("STOW_REPOSITORY", &self.repo)
             .env("STOW_PASSWORD", &self.password)
             .env("STOW_NAMESPACES", &self.app)
+            .env("STOW_MOVER_NAMESPACE", &self.home)
             .env("STOW_INIT", "true");
         for k in [
             "AWS_ENDPOINT_URL",
@@ -99,13 +109,20 @@ spec:
         );
     }
 
-    /// Waits until nothing temporary of kubestow's is left in the namespace.
+    /// Waits until nothing temporary of kubestow's is left, in the tenant
+    /// namespace, at home, and among cluster-scoped objects.
     fn wait_clean(&self) {
         let claims = self.claims_without_clones();
         wait_until(
             "kubestow's temporary objects to go",
             Duration::from_secs(90),
-            || std::panic::catch_unwind(|| assert_nothing_temporary(&self.app, &claims)).ok(),
+            || {
+                std::panic::catch_unwind(|| {
+                    assert_nothing_temporary(&self.app, &claims);
+                    assert_nothing_at_home(&self.home, &self.app);
+                })
+                .ok()
+            },
         );
     }
 
@@ -144,8 +161,8 @@ struct Seen {
     live_when_web_appeared: Option<Vec<String>>,
 }
 
-/// Polls a namespace's mover Jobs (and StatefulSet `web`) from a thread
-/// until stopped.
+/// Polls the mover Jobs at home and StatefulSet `web` in the tenant
+/// namespace from a thread until stopped.
 struct JobWatch {
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<Seen>>,
@@ -153,16 +170,21 @@ struct JobWatch {
 }
 
 impl JobWatch {
-    fn start(ns: &str) -> JobWatch {
+    fn start(st: &Stage) -> JobWatch {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let ns = ns.to_owned();
+        let (home, app) = (st.home.clone(), st.app.clone());
         let thread = {
             let (stop, seen) = (stop.clone(), seen.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    // One list of both kinds, so the two are seen at one moment.
-                    let items = kubectl_json(&["-n", &ns, "get", "jobs,statefulsets"]);
+                    // The StatefulSet first: a mover seen live after it was
+                    // seen absent was live when it appeared, or later.
+                    let web = kubectl_json(&["-n", &app, "get", "statefulsets"]);
+                    let web = web["items"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|i| i["metadata"]["name"] == "web"));
+                    let items = kubectl_json(&["-n", &home, "get", "jobs"]);
                     let items = items["items"].as_array().cloned().unwrap_or_default();
                     let managed = |i: &Value| {
                         i["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubestow"
@@ -176,9 +198,6 @@ impl JobWatch {
                         })
                         .map(|j| j["metadata"]["name"].as_str().unwrap().to_owned())
                         .collect();
-                    let web = items
-                        .iter()
-                        .any(|i| i["kind"] == "StatefulSet" && i["metadata"]["name"] == "web");
                     let mut s = seen.lock().unwrap();
                     s.max_live = s.max_live.max(live.len());
                     for j in items.iter().filter(|i| i["kind"] == "Job" && managed(i)) {
@@ -207,19 +226,22 @@ impl JobWatch {
     }
 }
 
-/// `auto` on a driver without snapshots: the mounted claims of a
-/// StatefulSet are read through the kubelet (hostPath of the one volume's
-/// directory, in a `privileged` namespace as the README says), the claim no
-/// pod mounts through a mover that mounts it. A second backup after a 1 MiB
-/// change stores about 1 MiB. The namespace is deleted and restored: the
-/// movers fill the claims before the StatefulSet exists, and every byte is
-/// back.
+/// `auto` on a driver without snapshots, tenant at `restricted`: the
+/// mounted claims of a StatefulSet are read through the kubelet (a mover at
+/// home, `privileged` as the README says, mounting only that volume's
+/// directory), the claim no pod mounts through a read-only shadow volume
+/// bound at home. A second backup after a 1 MiB change stores about 1 MiB.
+/// The namespace is deleted and restored: the claims are filled at home and
+/// handed over before the StatefulSet exists, and every byte is back. A
+/// watch on the tenant namespace for the whole time sees no Secret, Job,
+/// pod, ServiceAccount or claim of kubestow's.
 #[test]
 fn auto_reads_through_the_kubelet_and_the_claim_and_restores_before_the_workload() {
     let _shared = node::shared();
     let st = Stage::new("node-auto", "privileged");
     statefulset_of(&st.app, 3, "csi-plain");
     st.claim("loose", "csi-plain");
+    let tenant = node::TenantWatch::start(&st.app);
     let mut claims: Vec<String> = (0..3).map(|i| format!("data-web-{i}")).collect();
     claims.push("loose".into());
     for (i, c) in claims.iter().enumerate() {
@@ -269,7 +291,7 @@ fn auto_reads_through_the_kubelet_and_the_claim_and_restores_before_the_workload
         "--wait=true",
         "--timeout=180s",
     ]);
-    let watch = JobWatch::start(&st.app);
+    let watch = JobWatch::start(&st);
     let mut restore = st.cmd("restore");
     restore.env("STOW_CHANNELS", "2");
     let restored = st.run(restore);
@@ -314,7 +336,7 @@ fn auto_reads_through_the_kubelet_and_the_claim_and_restores_before_the_workload
         .unwrap()
         .parse()
         .unwrap();
-    let events = kubectl_json(&["-n", &st.app, "get", "events"]);
+    let events = kubectl_json(&["-n", &st.home, "get", "events"]);
     let completed: Vec<(String, jiff::Timestamp)> = events["items"]
         .as_array()
         .unwrap()
@@ -346,6 +368,24 @@ fn auto_reads_through_the_kubelet_and_the_claim_and_restores_before_the_workload
         );
     }
     st.wait_clean();
+    let seen = tenant.finish();
+    assert!(
+        seen.is_empty(),
+        "kubestow's objects in the tenant namespace: {seen:?}"
+    );
+    // Handed over: every volume has its own reclaim policy back, no marks.
+    for c in &claims {
+        let pvc = kubectl_json(&["-n", &st.app, "get", "pvc", c]);
+        let pv = kubectl_json(&["get", "pv", pvc["spec"]["volumeName"].as_str().unwrap()]);
+        assert_eq!(
+            pv["spec"]["persistentVolumeReclaimPolicy"], "Delete",
+            "{pv}"
+        );
+        assert!(
+            pv["metadata"]["labels"]["kubestow.io/handover"].is_null(),
+            "{pv}"
+        );
+    }
 }
 
 /// `STOW_CHANNELS=2` with five claims: never more than two mover Jobs
@@ -359,7 +399,7 @@ fn channels_bound_the_mover_jobs_in_flight() {
         st.claim(&name, "csi-hostpath");
         std::fs::write(claim_dir(&st.app, &name).join("data"), noise(i, 2 * MIB)).unwrap();
     }
-    let watch = JobWatch::start(&st.app);
+    let watch = JobWatch::start(&st);
     let mut backup = st.cmd("backup");
     backup.env("STOW_CHANNELS", "2");
     let run = st.run(backup);
@@ -429,8 +469,8 @@ fn a_snapshot_that_never_gets_ready_fails_only_its_claim() {
 }
 
 /// SIGTERM to the orchestrator while a mover uploads: it exits 1,
-/// "cancelled", and its VolumeSnapshot, clone claim, mover Job, Secret and
-/// ServiceAccount go.
+/// "cancelled", and its VolumeSnapshot (tenant), snapshot content, clone
+/// claim, mover Job, Secret and ServiceAccount (home) go.
 #[test]
 fn sigterm_of_the_orchestrator_removes_its_temporary_objects() {
     let _shared = node::shared();
@@ -449,8 +489,8 @@ fn sigterm_of_the_orchestrator_removes_its_temporary_objects() {
         "a VolumeSnapshot, a mover Job and its Secret",
         Duration::from_secs(120),
         || {
-            let has = |kind: &str, selector: &str| {
-                let mut args = vec!["-n", st.app.as_str(), "get", kind];
+            let has = |ns: &str, kind: &str, selector: &str| {
+                let mut args = vec!["-n", ns, "get", kind];
                 if !selector.is_empty() {
                     args.extend(["-l", selector]);
                 }
@@ -459,8 +499,12 @@ fn sigterm_of_the_orchestrator_removes_its_temporary_objects() {
                     .is_some_and(|a| !a.is_empty())
             };
             let managed = "app.kubernetes.io/managed-by=kubestow";
-            (has("volumesnapshots", "") && has("jobs", managed) && has("secrets", managed))
-                .then_some(())
+            // A run outside a pod has no Secret to refer movers to: its
+            // password goes into a Secret at home, never the tenant's.
+            (has(&st.app, "volumesnapshots", "")
+                && has(&st.home, "jobs", managed)
+                && has(&st.home, "secrets", managed))
+            .then_some(())
         },
     );
     ok({
@@ -505,7 +549,7 @@ fn a_mover_that_keeps_failing_fails_only_its_claim() {
     let stop = Arc::new(AtomicBool::new(false));
     let killed = Arc::new(Mutex::new(BTreeSet::<String>::new()));
     let killer = {
-        let (stop, killed, app) = (stop.clone(), killed.clone(), st.app.clone());
+        let (stop, killed, app) = (stop.clone(), killed.clone(), st.home.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 for p in &node::kubestow_pods(&app) {

@@ -515,7 +515,8 @@ pub fn create_job_from_cronjob(ns: &str, cronjob: &str, job: &str) {
     );
 }
 
-/// kubestow's pods in a namespace (movers, or a run's own Job pods).
+/// The mover pods in a namespace (they carry the run's label; the chart's
+/// own Job pods do not).
 pub fn kubestow_pods(ns: &str) -> Vec<Value> {
     kubectl_json(&[
         "-n",
@@ -523,7 +524,7 @@ pub fn kubestow_pods(ns: &str) -> Vec<Value> {
         "get",
         "pods",
         "-l",
-        "app.kubernetes.io/managed-by=kubestow",
+        "app.kubernetes.io/managed-by=kubestow,kubestow.io/run",
     ])["items"]
         .as_array()
         .cloned()
@@ -541,4 +542,123 @@ pub fn kill_container(id: &str) -> bool {
         .arg(id.trim_start_matches("containerd://"))
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Watches a tenant namespace for the whole of a run and records anything
+/// of kubestow's in it: Secrets, Jobs, pods, ServiceAccounts and claims
+/// that carry kubestow's label or name. One `kubectl get --watch` per kind,
+/// restarted if it ends (the namespace may be deleted and restored).
+pub struct TenantWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    events: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    children: std::sync::Arc<std::sync::Mutex<Vec<std::process::Child>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+const WATCHED: &[&str] = &[
+    "secrets",
+    "jobs",
+    "pods",
+    "serviceaccounts",
+    "persistentvolumeclaims",
+];
+
+/// Whether an object is kubestow's: its label, or its name.
+fn is_kubestows(obj: &Value) -> bool {
+    obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubestow"
+        || obj["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("kubestow"))
+}
+
+impl TenantWatch {
+    pub fn start(ns: &str) -> TenantWatch {
+        use std::sync::atomic::Ordering;
+        let mut w = TenantWatch {
+            stop: Default::default(),
+            seen: Default::default(),
+            events: Default::default(),
+            children: Default::default(),
+            threads: Vec::new(),
+        };
+        for kind in WATCHED {
+            let (stop, seen, events, children) = (
+                w.stop.clone(),
+                w.seen.clone(),
+                w.events.clone(),
+                w.children.clone(),
+            );
+            let (ns, kind) = (ns.to_owned(), kind.to_string());
+            w.threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let mut cmd = get().kubectl();
+                    cmd.args(["-n", &ns, "get", &kind, "--watch", "--output-watch-events"])
+                        .args(["-o", "json"])
+                        .stdout(std::process::Stdio::piped())
+                        .stderr(std::process::Stdio::null());
+                    let Ok(mut child) = cmd.spawn() else {
+                        std::thread::sleep(Duration::from_millis(500));
+                        continue;
+                    };
+                    let out = child.stdout.take().unwrap();
+                    children.lock().unwrap().push(child);
+                    let stream =
+                        serde_json::Deserializer::from_reader(std::io::BufReader::new(out))
+                            .into_iter::<Value>();
+                    for ev in stream {
+                        let Ok(ev) = ev else { break };
+                        events.fetch_add(1, Ordering::SeqCst);
+                        let obj = &ev["object"];
+                        if is_kubestows(obj) {
+                            seen.lock().unwrap().push(format!(
+                                "{} {kind} {}/{}",
+                                ev["type"].as_str().unwrap_or(""),
+                                ns,
+                                obj["metadata"]["name"].as_str().unwrap_or("")
+                            ));
+                        }
+                    }
+                    if !stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            }));
+        }
+        // Each watch lists what exists first: wait until all have spoken
+        // (a fresh namespace has at least its default ServiceAccount).
+        wait_until(
+            "the tenant watches to start",
+            Duration::from_secs(30),
+            || (w.events.load(Ordering::SeqCst) > 0).then_some(()),
+        );
+        w
+    }
+
+    /// Stops the watches; returns everything of kubestow's they saw.
+    pub fn finish(mut self) -> Vec<String> {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::SeqCst);
+        for c in self.children.lock().unwrap().iter_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for t in self.threads.drain(..) {
+            // A watch started after the kill above ends at its first read
+            // error or the next kill; don't wait on it forever.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                for c in self.children.lock().unwrap().iter_mut() {
+                    let _ = c.kill();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let seen = self.seen.lock().unwrap().clone();
+        assert!(
+            self.events.load(Ordering::SeqCst) > 0,
+            "the tenant watches saw nothing at all"
+        );
+        seen
+    }
 }

@@ -87,6 +87,7 @@ pub async fn all_checks(config: &Config, mode: Mode, open: Option<OpenOptions>) 
     let mut checks = Checks::default();
     if let Some(cluster) = check_cluster(&mut checks).await {
         check_storage(&cluster, config, mode, &mut checks).await;
+        check_pod_security(&cluster, config, mode, &mut checks).await;
         check_rbac(&cluster, config, mode, &mut checks).await;
     }
     check_repository(config, open, &mut checks).await;
@@ -324,6 +325,97 @@ async fn list_json(cluster: &Cluster, path: &str) -> Result<Vec<serde_json::Valu
         }),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
         Err(e) => Err(error_chain(&e)),
+    }
+}
+
+/// Pod Security levels from the least to the most restrictive.
+const LEVELS: [&str; 3] = ["privileged", "baseline", "restricted"];
+
+/// The Pod Security level movers need: `baseline` (root with a few
+/// capabilities), or `privileged` when the `kubelet` source may be used
+/// (hostPath). `None` when the mode runs no movers.
+pub fn mover_level(config: &Config, mode: Mode) -> Option<&'static str> {
+    match mode {
+        Mode::Backup => match config.volume.source {
+            VolumeSource::Skip => None,
+            VolumeSource::Auto | VolumeSource::Kubelet => Some("privileged"),
+            VolumeSource::Snapshot => Some("baseline"),
+        },
+        Mode::Restore if config.restore.volumes && !config.restore.dry_run => Some("baseline"),
+        _ => None,
+    }
+}
+
+/// Whether a namespace's `enforce` label admits pods of `needed` level.
+pub fn admits(labels: &serde_json::Value, needed: &str) -> Result<(), String> {
+    let enforce = labels
+        .get("pod-security.kubernetes.io/enforce")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("privileged");
+    let rank = |l: &str| LEVELS.iter().position(|x| *x == l);
+    match (rank(enforce), rank(needed)) {
+        (Some(have), Some(need)) if have > need => Err(enforce.to_string()),
+        _ => Ok(()),
+    }
+}
+
+/// Whether kubestow's namespace, where every mover runs, admits movers
+/// at its Pod Security `enforce` label. (Cluster-wide defaults set in the
+/// API server's admission configuration are not visible here; a mover
+/// refused by them fails its claim with the admission message.)
+async fn check_pod_security(cluster: &Cluster, config: &Config, mode: Mode, checks: &mut Checks) {
+    let Some(needed) = mover_level(config, mode) else {
+        return;
+    };
+    let Some(home) = config
+        .volume
+        .mover_namespace
+        .as_deref()
+        .or(config.identity.pod_namespace.as_deref())
+    else {
+        return checks.push(
+            "pod security",
+            Level::Warn,
+            format!(
+                "movers run in kubestow's own namespace: set {} (or {} through the downward API)",
+                crate::config::vars::MOVER_NAMESPACE,
+                crate::config::vars::POD_NAMESPACE
+            ),
+        );
+    };
+    let req = match http::Request::get(format!("/api/v1/namespaces/{home}")).body(Vec::new()) {
+        Ok(r) => r,
+        Err(e) => return checks.push("pod security", Level::Warn, e.to_string()),
+    };
+    let ns: serde_json::Value = match cluster.client.request(req).await {
+        Ok(v) => v,
+        Err(e) => {
+            return checks.push(
+                "pod security",
+                Level::Warn,
+                format!("cannot read namespace {home}: {}", error_chain(&e)),
+            );
+        }
+    };
+    let labels = ns.pointer("/metadata/labels").cloned().unwrap_or_default();
+    match admits(&labels, needed) {
+        Ok(()) => checks.push(
+            "pod security",
+            Level::Ok,
+            format!("namespace {home} admits movers (they need Pod Security `{needed}`)"),
+        ),
+        Err(level) => checks.push(
+            "pod security",
+            Level::Fail,
+            format!(
+                "namespace {home} enforces Pod Security `{level}`, which rejects mover pods: they need `{needed}`{}; label it pod-security.kubernetes.io/enforce={needed}",
+                if needed == "privileged" {
+                    " for the kubelet source (hostPath; STOW_VOLUME_SOURCE=snapshot needs only `baseline`)"
+                } else {
+                    " (root with DAC_OVERRIDE, and CHOWN, FOWNER, FSETID, SETFCAP to restore)"
+                }
+            ),
+        ),
     }
 }
 
@@ -802,6 +894,31 @@ mod tests {
         assert!(find(&needs(&update, Mode::Restore), "update", "clusterroles").is_none());
         let shared = config(&[("STOW_EXISTING_CLUSTER_RESOURCES", "recreate")]);
         assert!(find(&needs(&shared, Mode::Restore), "delete", "clusterroles").is_some());
+    }
+
+    #[test]
+    fn pod_security_levels_that_admit_movers() {
+        use serde_json::json;
+        let at = |l: &str| json!({"pod-security.kubernetes.io/enforce": l});
+        assert!(admits(&json!({}), "privileged").is_ok());
+        assert!(admits(&at("privileged"), "privileged").is_ok());
+        assert_eq!(
+            admits(&at("baseline"), "privileged"),
+            Err("baseline".into())
+        );
+        assert!(admits(&at("baseline"), "baseline").is_ok());
+        assert_eq!(
+            admits(&at("restricted"), "baseline"),
+            Err("restricted".into())
+        );
+        let backup = config(&[("STOW_VOLUME_SOURCE", "snapshot")]);
+        assert_eq!(mover_level(&backup, Mode::Backup), Some("baseline"));
+        let auto = config(&[]);
+        assert_eq!(mover_level(&auto, Mode::Backup), Some("privileged"));
+        assert_eq!(mover_level(&auto, Mode::Restore), Some("baseline"));
+        let skip = config(&[("STOW_VOLUME_SOURCE", "skip")]);
+        assert_eq!(mover_level(&skip, Mode::Backup), None);
+        assert_eq!(mover_level(&auto, Mode::Check), None);
     }
 
     #[test]

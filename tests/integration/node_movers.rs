@@ -699,3 +699,210 @@ fn volume_hooks_wrap_each_snapshot_and_exec_in_the_pod_that_mounts_it() {
     check_log();
     st.wait_clean();
 }
+
+/// The volume under a restored claim, and that volume.
+fn volume_of(ns: &str, claim: &str) -> Value {
+    let pvc = kubectl_json(&["-n", ns, "get", "pvc", claim]);
+    kubectl_json(&["get", "pv", pvc["spec"]["volumeName"].as_str().unwrap()])
+}
+
+/// The volumes marked for a hand-over to claims of `ns`.
+fn marked_for(ns: &str) -> Vec<Value> {
+    kubectl_json(&["get", "pv", "-l", "kubestow.io/handover"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|pv| {
+            pv["metadata"]["annotations"]["kubestow.io/handover-to"]
+                .as_str()
+                .is_some_and(|t| t.starts_with(&format!("{ns}/")))
+        })
+        .cloned()
+        .collect()
+}
+
+/// A restore killed at each step of the hand-over finishes when run again.
+/// The crash is `STOW_TEST_EXIT_AFTER` (exit 1 right after the step, no
+/// clean-up, as a kill would leave it): a stand-in for a kill, because a
+/// signal from outside cannot land between two exact API calls. Killed
+/// after `filled`, the volume is marked and `Retain` under the staging claim
+/// at home and the tenant has no claim; killed after `rebound`, the tenant's
+/// claim is bound and the volume still `Retain`. Run again, each ends with
+/// the bytes identical, the volume's own policy back, nothing marked and no
+/// volume Released; a filled volume is not filled again.
+#[test]
+fn a_restore_killed_during_the_hand_over_finishes_when_run_again() {
+    let _shared = node::shared();
+    let st = Stage::new("node-handover", "baseline");
+    st.claim("data", "csi-hostpath");
+    node::fill(&claim_dir(&st.app, "data"), 77, 3_000_000);
+    let before = digest(&claim_dir(&st.app, "data"));
+    let mut backup = st.cmd("backup");
+    backup.env("STOW_VOLUME_SOURCE", "snapshot");
+    assert_success(&st.run(backup));
+    st.wait_clean();
+
+    for step in ["filled", "rebound"] {
+        let to = env::unique_name(&format!("node-ho-{step}"));
+        namespace(&to, "restricted");
+        let restore = |exit_after: Option<&str>| {
+            let mut cmd = st.cmd("restore");
+            cmd.env("STOW_NAMESPACE_MAP", format!("{}={to}", st.app));
+            if let Some(s) = exit_after {
+                cmd.env("STOW_TEST_EXIT_AFTER", s);
+            }
+            st.run(cmd)
+        };
+        let crashed = restore(Some(step));
+        assert_eq!(
+            crashed.code,
+            Some(1),
+            "{step}: {}\n{}",
+            crashed.stderr,
+            crashed.stdout
+        );
+        let marked = marked_for(&to);
+        assert_eq!(marked.len(), 1, "{step}: one volume marked: {marked:?}");
+        let pv = &marked[0];
+        assert_eq!(
+            pv["spec"]["persistentVolumeReclaimPolicy"], "Retain",
+            "{step}: {pv}"
+        );
+        let target = kubectl_json(&["-n", &to, "get", "pvc"]);
+        match step {
+            "filled" => {
+                assert!(
+                    names_of(&target).is_empty(),
+                    "no tenant claim yet: {target}"
+                );
+                assert_eq!(pv["spec"]["claimRef"]["namespace"], st.home, "{pv}");
+            }
+            _ => {
+                assert_eq!(names_of(&target), ["data"], "{target}");
+                assert_eq!(target["items"][0]["status"]["phase"], "Bound");
+                assert_eq!(pv["spec"]["claimRef"]["namespace"], to, "{pv}");
+            }
+        }
+        let pv_name = pv["metadata"]["name"].as_str().unwrap().to_owned();
+
+        let again = restore(None);
+        assert_success(&again);
+        // A volume filled before the crash is not filled again.
+        assert!(
+            !again.stderr.contains("filled at home"),
+            "{step}: filled again:\n{}",
+            again.stderr
+        );
+        let pv = volume_of(&to, "data");
+        assert_eq!(
+            pv["metadata"]["name"],
+            pv_name.as_str(),
+            "{step}: the same volume"
+        );
+        assert_eq!(
+            pv["spec"]["persistentVolumeReclaimPolicy"], "Delete",
+            "{step}: {pv}"
+        );
+        assert!(marked_for(&to).is_empty(), "{step}: still marked");
+        assert_eq!(before, digest(&claim_dir(&to, "data")), "{step}: data");
+        let released: Vec<_> = kubectl_json(&["get", "pv"])["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Released")
+            .map(|p| p["metadata"]["name"].clone())
+            .collect();
+        assert!(
+            released.is_empty(),
+            "{step}: volumes left Released: {released:?}"
+        );
+    }
+    st.wait_clean();
+}
+
+fn names_of(list: &Value) -> Vec<String> {
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// kubestow's namespace at `restricted` refuses movers (they run as root
+/// with DAC_OVERRIDE). Preflight names the namespace and its level, and a
+/// backup stops there before any work (no snapshot taken). When the level
+/// changes after preflight (here a pre-hook labels the namespace), the
+/// claim fails at once with the admission message from the Job's events,
+/// not after STOW_MOVER_START_TIMEOUT.
+#[test]
+fn a_home_namespace_that_refuses_movers_is_named_with_its_admission_message() {
+    let _shared = node::shared();
+    let st = Stage::new("node-psa", "restricted");
+    st.claim("data", "csi-hostpath");
+    std::fs::write(claim_dir(&st.app, "data").join("f"), "x").unwrap();
+    let snapshots = || names_of(&kubectl_json(&["-n", &st.app, "get", "volumesnapshots"]));
+
+    let mut preflight = st.cmd("preflight");
+    preflight.env("STOW_VOLUME_SOURCE", "snapshot");
+    let pre = st.run(preflight);
+    assert_eq!(pre.code, Some(1), "{}\n{}", pre.stderr, pre.stdout);
+    let text = format!("{}{}", pre.stdout, pre.stderr);
+    assert!(
+        text.contains(&format!(
+            "namespace {} enforces Pod Security `restricted`",
+            st.home
+        )) && text.contains("they need `baseline`"),
+        "preflight does not name the namespace and its level:\n{text}"
+    );
+    let mut backup = st.cmd("backup");
+    backup.env("STOW_VOLUME_SOURCE", "snapshot");
+    let stopped = st.run(backup);
+    assert_eq!(
+        stopped.code,
+        Some(1),
+        "{}\n{}",
+        stopped.stderr,
+        stopped.stdout
+    );
+    assert!(
+        stopped.stdout.contains("enforces Pod Security"),
+        "{}",
+        stopped.stdout
+    );
+    assert!(
+        snapshots().is_empty(),
+        "a snapshot was taken: {:?}",
+        snapshots()
+    );
+
+    // Admitted at preflight, refused when the mover's pod is created.
+    kubectl(&[
+        "label",
+        "namespace",
+        &st.home,
+        "--overwrite",
+        "pod-security.kubernetes.io/enforce=baseline",
+    ]);
+    let n = node::get();
+    let relabel = format!(
+        "kubectl --kubeconfig={} label namespace {} --overwrite pod-security.kubernetes.io/enforce=restricted",
+        n.kubeconfig().display(),
+        st.home
+    );
+    let mut backup = st.cmd("backup");
+    backup
+        .env("STOW_VOLUME_SOURCE", "snapshot")
+        .env("STOW_PRE_HOOKS", relabel)
+        .env("STOW_MOVER_START_TIMEOUT", "30m");
+    let run = st.run(backup);
+    assert_eq!(run.code, Some(3), "{}\n{}", run.stderr, run.stdout);
+    let errors = run.summary["errors"].as_array().unwrap();
+    let msg = errors[0]["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("cannot create its pod") && msg.contains("violates PodSecurity"),
+        "{msg}"
+    );
+    assert!(!msg.contains("did not start within"), "{msg}");
+    st.wait_clean();
+}

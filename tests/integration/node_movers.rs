@@ -832,7 +832,7 @@ fn names_of(list: &Value) -> Vec<String> {
 /// kubestow's namespace at `restricted` refuses movers (they run as root
 /// with DAC_OVERRIDE). Preflight names the namespace and its level, and a
 /// backup stops there before any work (no snapshot taken). When the level
-/// changes after preflight (here a pre-hook labels the namespace), the
+/// changes after preflight (here a volume pre-hook labels it), the
 /// claim fails at once with the admission message from the Job's events,
 /// not after STOW_MOVER_START_TIMEOUT.
 #[test]
@@ -885,8 +885,9 @@ fn a_home_namespace_that_refuses_movers_is_named_with_its_admission_message() {
         "pod-security.kubernetes.io/enforce=baseline",
     ]);
     let n = node::get();
+    // A volume-scope hook runs after preflight, right before the snapshot.
     let relabel = format!(
-        "kubectl --kubeconfig={} label namespace {} --overwrite pod-security.kubernetes.io/enforce=restricted",
+        "scope=volume kubectl --kubeconfig={} label namespace {} --overwrite pod-security.kubernetes.io/enforce=restricted",
         n.kubeconfig().display(),
         st.home
     );

@@ -407,10 +407,21 @@ impl<'a> Runner<'a> {
                     Ok(rt) => rt,
                     Err(why) => return Ok(Some(why)),
                 };
+                // A list by name, not a get: the chart grants `get` on
+                // built-in types only (a `get` on every resource would
+                // include the GET subresources: pods/exec over WebSocket,
+                // nodes/proxy), while `list` reaches custom resources too.
+                let lp = kube::api::ListParams {
+                    field_selector: Some(format!("metadata.name={name}")),
+                    ..kube::api::ListParams::default()
+                };
                 let obj = kube
-                    .get(&rt, namespace.as_deref(), name)
+                    .list_page(&rt, namespace.as_deref(), &lp)
                     .await
-                    .map_err(|e| kube.cluster.err(format!("reading {} {name}", rt.name()), e))?;
+                    .map_err(|e| kube.cluster.err(format!("reading {} {name}", rt.name()), e))?
+                    .items
+                    .into_iter()
+                    .next();
                 Ok(match obj {
                     None => Some("not found".into()),
                     Some(obj) => ready(&rt.kind, &obj).err(),

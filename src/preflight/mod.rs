@@ -510,34 +510,80 @@ async fn check_storage(cluster: &Cluster, config: &Config, mode: Mode, checks: &
     }
 }
 
-/// One permission a mode needs: verb, group, resource, namespaced, why.
-/// Permissions to read or create objects are *per item*: without one, the
-/// run still goes on and reports those objects as failed (a warning here);
-/// the others are required (a failure: the run stops before it starts).
-type Need = (&'static str, &'static str, &'static str, bool, &'static str);
+/// Where a permission is needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Cluster-scoped objects, or every namespace at once.
+    Cluster,
+    /// The namespaces the run selects (after `STOW_NAMESPACE_MAP` for a
+    /// restore); every namespace when it names none or uses globs.
+    Targets,
+    /// kubestow's own namespace, where mover Jobs, their claims and
+    /// snapshots run: `STOW_MOVER_NAMESPACE`, else `STOW_POD_NAMESPACE`.
+    Home,
+}
+
+/// One permission a mode needs. Permissions to read or create objects are
+/// *per item*: without one, the run still goes on and reports those
+/// objects as failed (a warning here); the others are required (a failure:
+/// the run stops before it starts). See [`required`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Need {
+    /// The API verb: `get`, `list`, `create`, `patch`, `delete`, …
+    pub verb: &'static str,
+    /// The API group; empty for the core group.
+    pub group: &'static str,
+    /// The resource, plural.
+    pub resource: &'static str,
+    /// Where it is needed.
+    pub scope: Scope,
+    /// What the run does with it.
+    pub why: &'static str,
+}
+
+const fn need(
+    verb: &'static str,
+    group: &'static str,
+    resource: &'static str,
+    scope: Scope,
+    why: &'static str,
+) -> Need {
+    Need {
+        verb,
+        group,
+        resource,
+        scope,
+        why,
+    }
+}
+
+const SNAPSHOTS: &str = "snapshot.storage.k8s.io";
 
 /// Whether a run cannot do its job without this permission.
 fn required(need: &Need, config: &Config, mode: Mode) -> bool {
-    let (verb, group, resource, _, _) = *need;
-    // A restore learns whether its snapshot has volume data only after
-    // opening the repository: without these, the volumes fail as items.
+    let Need {
+        verb,
+        group,
+        resource,
+        scope,
+        ..
+    } = *need;
+    // A backup's movers: every volume needs them. Events only make a
+    // mover's failure clearer. A restore learns whether its snapshot has
+    // volume data only after opening the repository: without these, its
+    // volumes fail as items.
     let movers = mode == Mode::Backup
-        && matches!(
-            (verb, group, resource),
-            ("create" | "delete", "batch", "jobs")
-                | ("create", "", "secrets" | "serviceaccounts")
-                | (
+        && ((scope == Scope::Home && resource != "events")
+            || matches!(
+                (verb, group, resource),
+                (
                     "create" | "delete",
-                    "snapshot.storage.k8s.io",
-                    "volumesnapshots"
-                )
-                | ("get", "", "persistentvolumes")
-                | ("list", "", "pods")
-                | ("list", "storage.k8s.io", "storageclasses")
-        )
-        || (matches!(verb, "create" | "delete")
-            && resource == "persistentvolumeclaims"
-            && mode == Mode::Backup);
+                    SNAPSHOTS,
+                    "volumesnapshots" | "volumesnapshotcontents"
+                ) | ("create" | "delete" | "get", "", "persistentvolumes")
+                    | ("list", "", "pods")
+                    | ("list", "storage.k8s.io", "storageclasses")
+            ));
     // Without listing namespaces, a backup of globs finds nothing; literal
     // names are read one by one instead.
     let namespaces = (verb, resource) == ("list", "namespaces")
@@ -548,109 +594,177 @@ fn required(need: &Need, config: &Config, mode: Mode) -> bool {
     movers || namespaces
 }
 
+/// kubestow's own namespace, where movers run: `STOW_MOVER_NAMESPACE`,
+/// else this pod's (`STOW_POD_NAMESPACE`); `None` when neither is set.
+pub fn home(config: &Config) -> Option<&str> {
+    config
+        .volume
+        .mover_namespace
+        .as_deref()
+        .or(config.identity.pod_namespace.as_deref())
+}
+
 /// The permissions `mode` needs with this configuration.
 pub fn needs(config: &Config, mode: Mode) -> Vec<Need> {
+    use Scope::{Cluster, Home, Targets};
     let mut out: Vec<Need> = Vec::new();
-    let movers: &[Need] = &[
-        ("create", "batch", "jobs", true, "to run mover Jobs"),
-        ("delete", "batch", "jobs", true, "to remove mover Jobs"),
-        (
-            "create",
+    // Mover Jobs and the claims they mount live in kubestow's namespace
+    // only: nothing of kubestow's is created in a tenant namespace.
+    let mut movers = vec![
+        need("create", "batch", "jobs", Home, "to run mover Jobs"),
+        need("delete", "batch", "jobs", Home, "to remove mover Jobs"),
+        need(
+            "list",
             "",
-            "secrets",
-            true,
-            "to give each mover Job its repository settings",
+            "events",
+            Home,
+            "to name why a mover pod could not be created",
         ),
-        (
+    ];
+    // Credentials reach movers by reference; without a named account each
+    // mover Job gets one of its own (the chart names one).
+    if config.volume.mover_service_account.is_none() {
+        movers.push(need(
             "create",
             "",
             "serviceaccounts",
-            true,
-            "to give mover Jobs a service account without API access",
-        ),
-    ];
+            Home,
+            "to give each mover Job a service account without API access \
+             (STOW_MOVER_SERVICE_ACCOUNT names one instead)",
+        ));
+    }
     match mode {
         Mode::Backup => {
             out.extend_from_slice(&[
-                (
+                need(
                     "list",
                     "",
                     "namespaces",
-                    false,
+                    Cluster,
                     "to find the namespaces to back up",
                 ),
-                ("list", "", "configmaps", true, "to back up objects"),
-                ("list", "", "secrets", true, "to back up objects"),
-                ("list", "apps", "deployments", true, "to back up objects"),
-                (
+                need("list", "", "configmaps", Targets, "to back up objects"),
+                need("list", "", "secrets", Targets, "to back up objects"),
+                need("list", "apps", "deployments", Targets, "to back up objects"),
+                need(
                     "list",
                     "",
                     "persistentvolumeclaims",
-                    true,
+                    Targets,
                     "to back up claims",
                 ),
-                (
+                need(
                     "list",
                     "apiextensions.k8s.io",
                     "customresourcedefinitions",
-                    false,
+                    Cluster,
                     "to back up the CRDs of custom resources",
                 ),
             ]);
-            if config.volume.source != VolumeSource::Skip {
+            let source = config.volume.source;
+            if source != VolumeSource::Skip {
                 out.extend_from_slice(&[
-                    (
+                    need(
                         "get",
                         "",
                         "persistentvolumes",
-                        false,
+                        Cluster,
                         "to plan volume sources",
                     ),
-                    (
+                    need(
                         "list",
                         "",
                         "pods",
-                        true,
+                        Targets,
                         "to find the pods that mount claims",
                     ),
-                    (
+                    need(
                         "list",
                         "storage.k8s.io",
                         "storageclasses",
-                        false,
+                        Cluster,
                         "to plan volume sources",
                     ),
                 ]);
-                out.extend_from_slice(movers);
-                if config.volume.source != VolumeSource::Kubelet {
+                out.extend_from_slice(&movers);
+                out.extend_from_slice(&[
+                    need(
+                        "create",
+                        "",
+                        "persistentvolumeclaims",
+                        Home,
+                        "to give mover Jobs a claim to mount",
+                    ),
+                    need(
+                        "delete",
+                        "",
+                        "persistentvolumeclaims",
+                        Home,
+                        "to remove the claims of mover Jobs",
+                    ),
+                ]);
+                if source != VolumeSource::Kubelet {
                     out.extend_from_slice(&[
-                        (
+                        need(
                             "create",
-                            "snapshot.storage.k8s.io",
+                            SNAPSHOTS,
                             "volumesnapshots",
-                            true,
-                            "to snapshot volumes",
+                            Targets,
+                            "to snapshot claims in their namespace",
                         ),
-                        (
+                        need(
                             "delete",
-                            "snapshot.storage.k8s.io",
+                            SNAPSHOTS,
                             "volumesnapshots",
-                            true,
+                            Targets,
                             "to remove temporary snapshots",
                         ),
-                        (
+                        need(
+                            "create",
+                            SNAPSHOTS,
+                            "volumesnapshotcontents",
+                            Cluster,
+                            "to bind a claim's snapshot to a VolumeSnapshot in kubestow's namespace",
+                        ),
+                        need(
+                            "delete",
+                            SNAPSHOTS,
+                            "volumesnapshotcontents",
+                            Cluster,
+                            "to remove temporary snapshot contents",
+                        ),
+                        need(
+                            "create",
+                            SNAPSHOTS,
+                            "volumesnapshots",
+                            Home,
+                            "to clone snapshots in kubestow's namespace",
+                        ),
+                        need(
+                            "delete",
+                            SNAPSHOTS,
+                            "volumesnapshots",
+                            Home,
+                            "to remove temporary snapshots",
+                        ),
+                    ]);
+                }
+                if source != VolumeSource::Snapshot {
+                    out.extend_from_slice(&[
+                        need(
                             "create",
                             "",
-                            "persistentvolumeclaims",
-                            true,
-                            "to clone snapshots into temporary claims",
+                            "persistentvolumes",
+                            Cluster,
+                            "to read a claim that no pod mounts and that cannot be snapshotted \
+                             through a read-only copy of its volume",
                         ),
-                        (
+                        need(
                             "delete",
                             "",
-                            "persistentvolumeclaims",
-                            true,
-                            "to remove temporary claims",
+                            "persistentvolumes",
+                            Cluster,
+                            "to remove read-only copies of volumes",
                         ),
                     ]);
                 }
@@ -658,48 +772,54 @@ pub fn needs(config: &Config, mode: Mode) -> Vec<Need> {
         }
         Mode::Restore => {
             out.extend_from_slice(&[
-                ("get", "", "namespaces", false, "to check target namespaces"),
-                (
+                need(
+                    "get",
+                    "",
+                    "namespaces",
+                    Cluster,
+                    "to check target namespaces",
+                ),
+                need(
                     "create",
                     "",
                     "namespaces",
-                    false,
+                    Cluster,
                     "to create missing namespaces",
                 ),
-                ("create", "", "configmaps", true, "to restore objects"),
-                ("create", "", "secrets", true, "to restore objects"),
-                (
+                need("create", "", "configmaps", Targets, "to restore objects"),
+                need("create", "", "secrets", Targets, "to restore objects"),
+                need(
                     "create",
                     "apps",
                     "deployments",
-                    true,
+                    Targets,
                     "to restore workloads",
                 ),
-                (
+                need(
                     "create",
                     "",
                     "persistentvolumeclaims",
-                    true,
+                    Targets,
                     "to restore claims",
                 ),
             ]);
             match config.restore.existing {
                 crate::config::Existing::Skip => {}
                 crate::config::Existing::Update => {
-                    out.push((
+                    out.push(need(
                         "update",
                         "apps",
                         "deployments",
-                        true,
+                        Targets,
                         "to update existing objects (STOW_EXISTING=update)",
                     ));
                 }
                 crate::config::Existing::Recreate => {
-                    out.push((
+                    out.push(need(
                         "delete",
                         "apps",
                         "deployments",
-                        true,
+                        Targets,
                         "to recreate existing objects (STOW_EXISTING=recreate)",
                     ));
                 }
@@ -707,23 +827,53 @@ pub fn needs(config: &Config, mode: Mode) -> Vec<Need> {
             // ClusterRoles stand for the shared objects this reaches.
             match config.restore.existing_cluster {
                 crate::config::Existing::Skip => {}
-                crate::config::Existing::Update => out.push((
+                crate::config::Existing::Update => out.push(need(
                     "update",
                     "rbac.authorization.k8s.io",
                     "clusterroles",
-                    false,
+                    Cluster,
                     "to update existing cluster-scoped objects (STOW_EXISTING_CLUSTER_RESOURCES=update)",
                 )),
-                crate::config::Existing::Recreate => out.push((
+                crate::config::Existing::Recreate => out.push(need(
                     "delete",
                     "rbac.authorization.k8s.io",
                     "clusterroles",
-                    false,
+                    Cluster,
                     "to recreate existing cluster-scoped objects (STOW_EXISTING_CLUSTER_RESOURCES=recreate)",
                 )),
             }
             if config.restore.volumes && !config.restore.dry_run {
-                out.extend_from_slice(movers);
+                out.extend_from_slice(&movers);
+                out.extend_from_slice(&[
+                    need(
+                        "create",
+                        "",
+                        "persistentvolumeclaims",
+                        Home,
+                        "to fill volumes in kubestow's namespace",
+                    ),
+                    need(
+                        "delete",
+                        "",
+                        "persistentvolumeclaims",
+                        Home,
+                        "to release filled volumes to the restored claims",
+                    ),
+                    need(
+                        "get",
+                        "",
+                        "persistentvolumes",
+                        Cluster,
+                        "to hand filled volumes over to the restored claims",
+                    ),
+                    need(
+                        "patch",
+                        "",
+                        "persistentvolumes",
+                        Cluster,
+                        "to hand filled volumes over to the restored claims",
+                    ),
+                ]);
             }
         }
         _ => {}
@@ -731,36 +881,61 @@ pub fn needs(config: &Config, mode: Mode) -> Vec<Need> {
     out
 }
 
-/// `SelfSubjectAccessReview` for every permission the mode needs, in the
-/// namespaces it names (all namespaces when it names none or globs).
-async fn check_rbac(cluster: &Cluster, config: &Config, mode: Mode, checks: &mut Checks) {
-    let needs = needs(config, mode);
-    if needs.is_empty() {
-        return;
-    }
+/// Where each need is checked: `(need, namespace)`, the namespace empty
+/// for all namespaces or cluster-scoped objects. `Targets` needs are asked
+/// in the namespaces the run names (all namespaces when it names none or
+/// uses globs), `Home` needs in kubestow's namespace; without one, they
+/// are left out and the second value is `true`.
+fn asks(needs: &[Need], config: &Config, mode: Mode) -> (Vec<(Need, String)>, bool) {
     let selector = crate::resources::select::Selector::new(&config.selection).ok();
-    let mut namespaces: Vec<String> = selector
+    let mut targets: Vec<String> = selector
         .and_then(|s| s.literal_namespaces())
         .unwrap_or_default();
     if mode == Mode::Restore {
-        for ns in namespaces.iter_mut() {
+        for ns in targets.iter_mut() {
             if let Some(to) = config.restore.namespace_map.get(ns.as_str()) {
                 *ns = to.clone();
             }
         }
     }
-    if namespaces.is_empty() {
-        namespaces.push(String::new());
+    if targets.is_empty() {
+        targets.push(String::new());
     }
-    let mut asks = Vec::new();
-    for need in &needs {
-        if need.3 {
-            for ns in &namespaces {
-                asks.push((*need, ns.clone()));
-            }
-        } else {
-            asks.push((*need, String::new()));
+    let home = home(config);
+    let mut out = Vec::new();
+    let mut no_home = false;
+    for need in needs {
+        match need.scope {
+            Scope::Cluster => out.push((*need, String::new())),
+            Scope::Targets => out.extend(targets.iter().map(|ns| (*need, ns.clone()))),
+            Scope::Home => match home {
+                Some(ns) => out.push((*need, ns.to_string())),
+                None => no_home = true,
+            },
         }
+    }
+    (out, no_home)
+}
+
+/// `SelfSubjectAccessReview` for every permission the mode needs, where it
+/// needs it ([`Scope`]).
+async fn check_rbac(cluster: &Cluster, config: &Config, mode: Mode, checks: &mut Checks) {
+    let needs = needs(config, mode);
+    if needs.is_empty() {
+        return;
+    }
+    let (asks, no_home) = asks(&needs, config, mode);
+    if no_home {
+        checks.push(
+            "mover namespace",
+            Level::Warn,
+            format!(
+                "mover Jobs run in kubestow's own namespace, which is not known: set {} \
+                 (or {} through the downward API); the permissions movers need there were not checked",
+                crate::config::vars::MOVER_NAMESPACE,
+                crate::config::vars::POD_NAMESPACE,
+            ),
+        );
     }
     use futures::StreamExt;
     let results: Vec<(Need, String, Result<bool, String>)> = futures::stream::iter(asks)
@@ -773,7 +948,13 @@ async fn check_rbac(cluster: &Cluster, config: &Config, mode: Mode, checks: &mut
         .await;
     let mut missing = 0;
     for (need, ns, r) in &results {
-        let (verb, group, resource, _, why) = need;
+        let Need {
+            verb,
+            group,
+            resource,
+            why,
+            ..
+        } = need;
         let level = if required(need, config, mode) {
             Level::Fail
         } else {
@@ -789,7 +970,7 @@ async fn check_rbac(cluster: &Cluster, config: &Config, mode: Mode, checks: &mut
             Ok(true) => {}
             Ok(false) => {
                 missing += 1;
-                let effect = if level == Level::Warn {
+                let effect = if level == Level::Warn && *resource != "events" {
                     "; those objects will fail as items"
                 } else {
                     ""
@@ -823,7 +1004,12 @@ async fn check_rbac(cluster: &Cluster, config: &Config, mode: Mode, checks: &mut
 }
 
 async fn access(cluster: &Cluster, need: Need, ns: &str) -> Result<bool, String> {
-    let (verb, group, resource, _, _) = need;
+    let Need {
+        verb,
+        group,
+        resource,
+        ..
+    } = need;
     let mut attrs = serde_json::json!({"verb": verb, "group": group, "resource": resource});
     if !ns.is_empty() {
         attrs["namespace"] = serde_json::json!(ns);
@@ -859,41 +1045,186 @@ mod tests {
         Config::from_vars(v.iter().map(|(k, v)| (k.to_string(), v.to_string())), None).unwrap()
     }
 
-    fn find<'a>(needs: &'a [Need], verb: &str, resource: &str) -> Option<&'a Need> {
-        needs.iter().find(|n| n.0 == verb && n.2 == resource)
+    fn find<'a>(needs: &'a [Need], verb: &str, resource: &str, scope: Scope) -> Option<&'a Need> {
+        needs
+            .iter()
+            .find(|n| n.verb == verb && n.resource == resource && n.scope == scope)
+    }
+
+    fn has(needs: &[Need], verb: &str, resource: &str, scope: Scope) -> bool {
+        find(needs, verb, resource, scope).is_some()
     }
 
     #[test]
     fn what_each_mode_needs_and_what_it_cannot_do_without() {
+        use Scope::{Cluster, Home, Targets};
         let c = config(&[("STOW_NAMESPACES", "shop-*")]);
         let backup = needs(&c, Mode::Backup);
-        let secrets = find(&backup, "create", "secrets").unwrap();
-        assert!(required(secrets, &c, Mode::Backup), "movers need it");
-        let list_secrets = find(&backup, "list", "secrets").unwrap();
+        let jobs = find(&backup, "create", "jobs", Home).unwrap();
+        assert!(required(jobs, &c, Mode::Backup), "movers need it");
+        let list_secrets = find(&backup, "list", "secrets", Targets).unwrap();
         assert!(
             !required(list_secrets, &c, Mode::Backup),
             "only those items fail"
         );
-        let ns = find(&backup, "list", "namespaces").unwrap();
+        let events = find(&backup, "list", "events", Home).unwrap();
+        assert!(!required(events, &c, Mode::Backup), "only messages suffer");
+        let ns = find(&backup, "list", "namespaces", Cluster).unwrap();
         assert!(required(ns, &c, Mode::Backup), "globs need the list");
         let literal = config(&[("STOW_NAMESPACES", "shop")]);
         assert!(!required(ns, &literal, Mode::Backup));
         // No volume data: no mover permissions at all.
         let skip = config(&[("STOW_VOLUME_SOURCE", "skip")]);
-        assert!(find(&needs(&skip, Mode::Backup), "create", "jobs").is_none());
-        // kubelet source: no snapshots.
-        let kubelet = config(&[("STOW_VOLUME_SOURCE", "kubelet")]);
-        assert!(find(&needs(&kubelet, Mode::Backup), "create", "volumesnapshots").is_none());
+        let none = needs(&skip, Mode::Backup);
+        assert!(none.iter().all(|n| n.scope != Home), "{none:?}");
+        assert!(!has(&none, "create", "persistentvolumes", Cluster));
+        // kubelet source: no snapshots anywhere, but read-only copies of
+        // volumes no pod mounts.
+        let kubelet = needs(&config(&[("STOW_VOLUME_SOURCE", "kubelet")]), Mode::Backup);
+        assert!(kubelet.iter().all(|n| n.group != SNAPSHOTS), "{kubelet:?}");
+        assert!(has(&kubelet, "create", "persistentvolumes", Cluster));
+        // snapshot source: no PersistentVolumes are created.
+        let snapshot = needs(&config(&[("STOW_VOLUME_SOURCE", "snapshot")]), Mode::Backup);
+        assert!(!has(&snapshot, "create", "persistentvolumes", Cluster));
+        assert!(has(&snapshot, "create", "volumesnapshotcontents", Cluster));
         // A restore's movers fail as items: the snapshot may have no volumes.
         let restore = needs(&c, Mode::Restore);
-        let jobs = find(&restore, "create", "jobs").unwrap();
+        let jobs = find(&restore, "create", "jobs", Home).unwrap();
         assert!(!required(jobs, &c, Mode::Restore));
+        let patch = find(&restore, "patch", "persistentvolumes", Cluster).unwrap();
+        assert!(!required(patch, &c, Mode::Restore));
+        let dry = config(&[("STOW_DRY_RUN", "true")]);
+        assert!(!has(
+            &needs(&dry, Mode::Restore),
+            "patch",
+            "persistentvolumes",
+            Cluster
+        ));
         let update = config(&[("STOW_EXISTING", "update")]);
-        assert!(find(&needs(&update, Mode::Restore), "update", "deployments").is_some());
+        assert!(has(
+            &needs(&update, Mode::Restore),
+            "update",
+            "deployments",
+            Targets
+        ));
         // STOW_EXISTING does not reach cluster-scoped objects; their own setting does.
-        assert!(find(&needs(&update, Mode::Restore), "update", "clusterroles").is_none());
+        assert!(!has(
+            &needs(&update, Mode::Restore),
+            "update",
+            "clusterroles",
+            Cluster
+        ));
         let shared = config(&[("STOW_EXISTING_CLUSTER_RESOURCES", "recreate")]);
-        assert!(find(&needs(&shared, Mode::Restore), "delete", "clusterroles").is_some());
+        assert!(has(
+            &needs(&shared, Mode::Restore),
+            "delete",
+            "clusterroles",
+            Cluster
+        ));
+    }
+
+    /// Movers run in kubestow's namespace only: nothing is created in a
+    /// tenant's namespace but the snapshot of its claim, and with a named
+    /// mover account no mode creates Secrets or ServiceAccounts.
+    #[test]
+    fn movers_need_rights_in_kubestow_namespace_only() {
+        use Scope::{Cluster, Home, Targets};
+        for source in ["auto", "snapshot", "kubelet"] {
+            let c = config(&[
+                ("STOW_VOLUME_SOURCE", source),
+                ("STOW_MOVER_SERVICE_ACCOUNT", "kubestow-mover"),
+            ]);
+            for mode in [Mode::Backup, Mode::Restore] {
+                let all = needs(&c, mode);
+                for n in &all {
+                    assert!(
+                        !matches!(n.resource, "secrets" | "serviceaccounts" | "pods")
+                            || n.verb == "list"
+                            || (mode == Mode::Restore && n.scope == Targets),
+                        "{source} {mode}: {n:?}"
+                    );
+                    if n.scope == Targets && mode == Mode::Backup && n.verb != "list" {
+                        assert_eq!(n.resource, "volumesnapshots", "{source}: {n:?}");
+                    }
+                    if matches!(n.resource, "jobs" | "events") {
+                        assert_eq!(n.scope, Home, "{source} {mode}: {n:?}");
+                    }
+                }
+                assert!(has(&all, "create", "persistentvolumeclaims", Home));
+            }
+        }
+        let backup = needs(&config(&[]), Mode::Backup);
+        // Without a named account, movers get one each, at home.
+        let accounts: Vec<_> = backup
+            .iter()
+            .filter(|n| n.resource == "serviceaccounts")
+            .collect();
+        assert_eq!(accounts.len(), 1, "{accounts:?}");
+        assert_eq!((accounts[0].verb, accounts[0].scope), ("create", Home));
+        assert!(!has(&backup, "create", "persistentvolumeclaims", Targets));
+        assert!(has(&backup, "create", "volumesnapshots", Targets));
+        assert!(has(&backup, "create", "volumesnapshots", Home));
+        assert!(has(&backup, "delete", "volumesnapshotcontents", Cluster));
+    }
+
+    #[test]
+    fn home_is_the_mover_namespace_else_this_pods() {
+        let both = config(&[
+            ("STOW_MOVER_NAMESPACE", "backups"),
+            ("STOW_POD_NAMESPACE", "kubestow"),
+        ]);
+        assert_eq!(home(&both), Some("backups"));
+        let pod = config(&[("STOW_POD_NAMESPACE", "kubestow")]);
+        assert_eq!(home(&pod), Some("kubestow"));
+        assert_eq!(home(&config(&[])), None);
+    }
+
+    #[test]
+    fn each_need_is_asked_where_it_applies() {
+        let c = config(&[
+            ("STOW_NAMESPACES", "shop,web"),
+            ("STOW_POD_NAMESPACE", "kubestow"),
+        ]);
+        let (backup, no_home) = asks(&needs(&c, Mode::Backup), &c, Mode::Backup);
+        assert!(!no_home);
+        let at = |verb: &str, resource: &str| -> Vec<&str> {
+            backup
+                .iter()
+                .filter(|(n, _)| n.verb == verb && n.resource == resource)
+                .map(|(_, ns)| ns.as_str())
+                .collect()
+        };
+        assert_eq!(at("create", "jobs"), ["kubestow"]);
+        assert_eq!(at("create", "persistentvolumeclaims"), ["kubestow"]);
+        assert_eq!(at("create", "volumesnapshots"), ["shop", "web", "kubestow"]);
+        assert_eq!(at("create", "volumesnapshotcontents"), [""]);
+        assert_eq!(at("create", "persistentvolumes"), [""]);
+        assert_eq!(at("list", "pods"), ["shop", "web"]);
+        // A restore asks in the mapped namespaces, movers still at home.
+        let r = config(&[
+            ("STOW_NAMESPACES", "shop"),
+            ("STOW_NAMESPACE_MAP", "shop=shop2"),
+            ("STOW_MOVER_NAMESPACE", "backups"),
+        ]);
+        let (restore, _) = asks(&needs(&r, Mode::Restore), &r, Mode::Restore);
+        let ns_of = |verb: &str, resource: &str| -> Vec<String> {
+            restore
+                .iter()
+                .filter(|(n, _)| n.verb == verb && n.resource == resource)
+                .map(|(_, ns)| ns.clone())
+                .collect()
+        };
+        assert_eq!(
+            ns_of("create", "persistentvolumeclaims"),
+            ["shop2", "backups"]
+        );
+        assert_eq!(ns_of("create", "jobs"), ["backups"]);
+        assert_eq!(ns_of("patch", "persistentvolumes"), [""]);
+        // Without a home, its needs are left out and said so.
+        let none = config(&[]);
+        let (homeless, no_home) = asks(&needs(&none, Mode::Backup), &none, Mode::Backup);
+        assert!(no_home);
+        assert!(homeless.iter().all(|(n, _)| n.scope != Scope::Home));
     }
 
     #[test]

@@ -38,10 +38,22 @@ HEADERS = {
     "restore-point-in-time.yaml": "Restore to a point in time: the newest complete run at or before\n"
                                   "STOW_RESTORE_POINT, into a new namespace (STOW_NAMESPACE_MAP).",
     "rbac.yaml": "ServiceAccounts and RBAC for the manifests in this directory (namespace\n"
-                 "`kubestow`): backup (read everything; create/delete VolumeSnapshots, PVCs,\n"
-                 "Jobs; pods/exec; suspend its own CronJob), mover (no API access; prune,\n"
-                 "check, copy) and restore (writes everywhere: apply that part only when\n"
-                 "you restore). Also create the Secret `kubestow-credentials`.",
+                 "`kubestow`; helm/kubestow/templates/rbac.yaml explains each rule):\n"
+                 "- backup: reads every resource, Secrets included (list/watch all, get the\n"
+                 "  built-in types: no pods/exec, pods/log or nodes/proxy); create/delete\n"
+                 "  VolumeSnapshots in every namespace, VolumeSnapshotContents and\n"
+                 "  PersistentVolumes (cluster-scoped; a PersistentVolume may name a\n"
+                 "  hostPath); in `kubestow` only: create/delete Jobs, claims and\n"
+                 "  VolumeSnapshots (mover Jobs run there and nowhere else), get/patch its\n"
+                 "  CronJobs. No Secret, ServiceAccount or RBAC writes; no exec (the chart\n"
+                 "  binds pods/exec in the namespaces exec hooks name).\n"
+                 "- mover: no API access; mover Jobs, prune, check, copy.\n"
+                 "- restore: writes everywhere (cluster-admin in effect): apply that part\n"
+                 "  only when you restore. While it exists, the backup account can start\n"
+                 "  Jobs that run as it in `kubestow`.\n"
+                 "Label `kubestow` for Pod Security `privileged` (kubelet movers use a\n"
+                 "hostPath), or `baseline` if every plan uses STOW_VOLUME_SOURCE=snapshot.\n"
+                 "Also create the Secret `kubestow-credentials`.",
     "copy.yaml": "Replication: copies complete runs to a second repository daily. Put\n"
                  "STOW_COPY_TO_PASSWORD (and the destination's credentials) in the Secret.",
 }

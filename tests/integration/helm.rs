@@ -871,12 +871,16 @@ async fn kube_client_from(path: &Path) -> kube::Client {
     kube::Client::try_from(config).unwrap()
 }
 
+/// `SelfSubjectAccessReview`: may this client `verb` `resource` (or
+/// `resource/subresource`) in `ns` (empty: cluster-scoped or every namespace)?
 async fn can_i(client: &kube::Client, verb: &str, group: &str, resource: &str, ns: &str) -> bool {
+    let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
     let review = json!({
         "apiVersion": "authorization.k8s.io/v1",
         "kind": "SelfSubjectAccessReview",
         "spec": { "resourceAttributes": {
-            "verb": verb, "group": group, "resource": resource, "namespace": ns
+            "verb": verb, "group": group, "resource": resource,
+            "subresource": subresource, "namespace": ns
         } }
     });
     let out = request(
@@ -945,17 +949,11 @@ async fn backup_service_account_backs_up_but_cannot_create_deployments_and_resto
             .await
             .unwrap_or_else(|e| panic!("backup SA cannot list {path}: {e}"));
     }
-    // The temporary objects of a volume backup, and hooks.
+    // In a tenant namespace, only the snapshot of a claim: movers, their
+    // claims and credentials stay in kubestow's namespace.
     for (verb, group, resource) in [
         ("create", "snapshot.storage.k8s.io", "volumesnapshots"),
         ("delete", "snapshot.storage.k8s.io", "volumesnapshots"),
-        ("create", "", "persistentvolumeclaims"),
-        ("delete", "", "persistentvolumeclaims"),
-        ("create", "batch", "jobs"),
-        ("delete", "batch", "jobs"),
-        ("create", "", "secrets"),
-        ("create", "", "serviceaccounts"),
-        ("create", "", "pods/exec"),
     ] {
         assert!(
             can_i(&sa, verb, group, resource, &app).await,
@@ -969,6 +967,12 @@ async fn backup_service_account_backs_up_but_cannot_create_deployments_and_resto
         ("update", "", "secrets"),
         ("delete", "", "serviceaccounts"),
         ("create", "rbac.authorization.k8s.io", "clusterrolebindings"),
+        ("create", "", "persistentvolumeclaims"),
+        ("create", "batch", "jobs"),
+        ("create", "", "secrets"),
+        ("create", "", "serviceaccounts"),
+        ("create", "", "pods/exec"),
+        ("get", "", "pods/exec"),
     ] {
         assert!(
             !can_i(&sa, verb, group, resource, &app).await,
@@ -1051,6 +1055,502 @@ async fn backup_service_account_backs_up_but_cannot_create_deployments_and_resto
     .await
     .unwrap();
     assert_eq!(back["data"]["k"], "v");
+}
+
+// ---------------------------------------------------------------- what the roles deny
+
+/// The chart's ServiceAccounts and RBAC, applied to the apiserver: release
+/// (and namespace) `home`, restore into `app` only, a plan whose exec hook
+/// names `hooked`; `other` is a tenant namespace nothing names.
+struct Applied {
+    admin: kube::Client,
+    home: String,
+    app: String,
+    hooked: String,
+    other: String,
+    objs: Vec<Value>,
+    dir: tempfile::TempDir,
+}
+
+async fn apply_chart_rbac(hint: &str) -> Applied {
+    let (admin, home) = env::namespace(hint).await;
+    let (_, app) = env::namespace(&format!("{hint}-app")).await;
+    let (_, hooked) = env::namespace(&format!("{hint}-hooked")).await;
+    let (_, other) = env::namespace(&format!("{hint}-other")).await;
+    let values = json!({
+        "repository": "s3://bucket/prefix",
+        "restore": { "enabled": true, "namespaces": [app] },
+        "plans": [{
+            "name": "db", "schedule": { "type": "daily", "at": "02:00" },
+            "preHooks": format!("timeout=30s exec:{hooked}/app=db/db:sync"),
+        }],
+    });
+    let version = env::server_version().await;
+    let objs = try_render(&values, version.semver(), &home, &home).unwrap();
+    for obj in &objs {
+        let kind = obj["kind"].as_str().unwrap();
+        if kind.contains("Role") || kind == "ServiceAccount" {
+            create(&admin, obj, false)
+                .await
+                .unwrap_or_else(|e| panic!("create {kind} {}: {e}", obj["metadata"]["name"]));
+        }
+    }
+    Applied {
+        admin,
+        home,
+        app,
+        hooked,
+        other,
+        objs,
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+impl Applied {
+    /// The ServiceAccount `<release>-<kind>`, with a client holding its token.
+    async fn client(&self, kind: &str) -> (String, kube::Client) {
+        let suffix = format!("-{kind}");
+        let sa = self
+            .objs
+            .iter()
+            .find(|o| {
+                o["kind"] == "ServiceAccount"
+                    && o["metadata"]["name"].as_str().unwrap().ends_with(&suffix)
+            })
+            .map(|o| o["metadata"]["name"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("no {kind} ServiceAccount rendered"));
+        let kc = service_account_kubeconfig(&self.admin, &self.home, &sa, self.dir.path()).await;
+        (sa.clone(), kube_client_from(&kc).await)
+    }
+}
+
+/// Waits until RBAC lets `client` do this (the authorizer's cache follows
+/// new bindings within moments), so that a denial after it is the role's,
+/// not a binding not seen yet.
+async fn wait_allowed(client: &kube::Client, verb: &str, group: &str, resource: &str, ns: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !can_i(client, verb, group, resource, ns).await {
+        assert!(
+            Instant::now() < deadline,
+            "never allowed to {verb} {resource} in {ns:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A request that RBAC must refuse: 403, never created or changed.
+async fn forbidden(client: &kube::Client, method: http::Method, path: &str, body: &Value) {
+    match request(client, method.clone(), path, Some(body)).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{method} {path}: {s:?}"),
+        other => panic!("{method} {path} was not refused: {other:?}"),
+    }
+}
+
+/// A dry-run create that RBAC allows (nothing is stored).
+async fn dry_run_created(client: &kube::Client, path: &str, body: &Value) {
+    request(
+        client,
+        http::Method::POST,
+        &format!("{path}?dryRun=All"),
+        Some(body),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("dry-run POST {path}: {e}"));
+}
+
+fn job_in(ns: &str) -> Value {
+    json!({ "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": { "name": "probe", "namespace": ns },
+        "spec": { "template": { "spec": { "restartPolicy": "Never",
+            "containers": [{ "name": "c", "image": "kubestow:test" }] } } } })
+}
+
+fn pod_in(ns: &str) -> Value {
+    json!({ "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "probe", "namespace": ns },
+        "spec": { "containers": [{ "name": "c", "image": "kubestow:test" }] } })
+}
+
+fn jobs_path(ns: &str) -> String {
+    format!("/apis/batch/v1/namespaces/{ns}/jobs")
+}
+
+/// The backup SA runs movers in its own namespace only: no pod, Job,
+/// Secret or ServiceAccount of its in a tenant namespace; exec only where
+/// a hook names; no GET subresource that would run or reach anything.
+#[tokio::test]
+async fn backup_role_creates_movers_at_home_only_and_execs_only_where_hooks_name() {
+    let a = apply_chart_rbac("rbac-backup").await;
+    let (_, sa) = a.client("backup").await;
+    let (home, app, hooked, other) = (&a.home, &a.app, &a.hooked, &a.other);
+    wait_allowed(&sa, "create", "batch", "jobs", home).await;
+
+    // Mover Jobs in its own namespace, nowhere else; pods never directly.
+    dry_run_created(&sa, &jobs_path(home), &job_in(home)).await;
+    forbidden(&sa, http::Method::POST, &jobs_path(app), &job_in(app)).await;
+    forbidden(&sa, http::Method::POST, &jobs_path(other), &job_in(other)).await;
+    for ns in [app, home] {
+        forbidden(
+            &sa,
+            http::Method::POST,
+            &format!("/api/v1/namespaces/{ns}/pods"),
+            &pod_in(ns),
+        )
+        .await;
+    }
+    // Claims at home only (a tenant gets nothing of kubestow's but the
+    // snapshot of its own claim).
+    assert!(can_i(&sa, "create", "", "persistentvolumeclaims", home).await);
+    assert!(!can_i(&sa, "create", "", "persistentvolumeclaims", app).await);
+    assert!(
+        can_i(
+            &sa,
+            "create",
+            "snapshot.storage.k8s.io",
+            "volumesnapshots",
+            app
+        )
+        .await
+    );
+    // Cluster-scoped: snapshot contents and read-only copies of volumes.
+    assert!(
+        can_i(
+            &sa,
+            "create",
+            "snapshot.storage.k8s.io",
+            "volumesnapshotcontents",
+            ""
+        )
+        .await
+    );
+    assert!(can_i(&sa, "create", "", "persistentvolumes", "").await);
+    assert!(!can_i(&sa, "patch", "", "persistentvolumes", "").await);
+
+    // Secrets: it reads them (it backs them up), never writes one.
+    let secret = |ns: &str| {
+        json!({ "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": "tenant-secret", "namespace": ns },
+            "stringData": { "k": "v" } })
+    };
+    request(
+        &a.admin,
+        http::Method::POST,
+        &format!("/api/v1/namespaces/{app}/secrets"),
+        Some(&secret(app)),
+    )
+    .await
+    .unwrap();
+    request(
+        &sa,
+        http::Method::GET,
+        &format!("/api/v1/namespaces/{app}/secrets/tenant-secret"),
+        None,
+    )
+    .await
+    .expect("the backup SA reads the Secrets it backs up");
+    forbidden(
+        &sa,
+        http::Method::POST,
+        &format!("/api/v1/namespaces/{app}/secrets"),
+        &json!({ "apiVersion": "v1", "kind": "Secret",
+                 "metadata": { "name": "mover-credentials" }, "stringData": { "k": "v" } }),
+    )
+    .await;
+    forbidden(
+        &sa,
+        http::Method::PUT,
+        &format!("/api/v1/namespaces/{app}/secrets/tenant-secret"),
+        &secret(app),
+    )
+    .await;
+    for ns in [app, home] {
+        forbidden(
+            &sa,
+            http::Method::POST,
+            &format!("/api/v1/namespaces/{ns}/secrets"),
+            &json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "x" } }),
+        )
+        .await;
+        forbidden(
+            &sa,
+            http::Method::POST,
+            &format!("/api/v1/namespaces/{ns}/serviceaccounts"),
+            &json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "mover" } }),
+        )
+        .await;
+    }
+    assert!(!can_i(&sa, "create", "", "serviceaccounts", "").await);
+    assert!(!can_i(&sa, "create", "", "secrets", "").await);
+
+    // Exec (WebSocket: `get`; 1.35+ also `create`) where the hook names.
+    for verb in ["get", "create"] {
+        assert!(can_i(&sa, verb, "", "pods/exec", hooked).await, "{verb}");
+        for ns in [app, other, home] {
+            assert!(
+                !can_i(&sa, verb, "", "pods/exec", ns).await,
+                "{verb} pods/exec in {ns}"
+            );
+        }
+    }
+    // No GET subresource that runs a command or reaches a service.
+    for sub in [
+        "pods/attach",
+        "pods/portforward",
+        "pods/proxy",
+        "services/proxy",
+    ] {
+        assert!(!can_i(&sa, "get", "", sub, other).await, "get {sub}");
+    }
+    assert!(!can_i(&sa, "get", "", "nodes/proxy", "").await);
+    // No RBAC changes.
+    for (verb, resource) in [
+        ("create", "rolebindings"),
+        ("create", "clusterrolebindings"),
+        ("bind", "clusterroles"),
+        ("escalate", "clusterroles"),
+    ] {
+        assert!(
+            !can_i(&sa, verb, "rbac.authorization.k8s.io", resource, home).await,
+            "{verb} {resource}"
+        );
+    }
+}
+
+/// With `restore.namespaces`, the restore SA writes there, hands volumes
+/// over (PersistentVolume patch) and runs movers at home; nothing else.
+#[tokio::test]
+async fn restore_role_writes_only_in_its_namespaces_and_runs_movers_at_home() {
+    let a = apply_chart_rbac("rbac-restore").await;
+    let (_, sa) = a.client("restore").await;
+    let (home, app, hooked, other) = (&a.home, &a.app, &a.hooked, &a.other);
+    wait_allowed(&sa, "create", "", "configmaps", app).await;
+    let cm = |ns: &str| {
+        json!({ "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": "restored", "namespace": ns }, "data": { "k": "v" } })
+    };
+    dry_run_created(
+        &sa,
+        &format!("/api/v1/namespaces/{app}/configmaps"),
+        &cm(app),
+    )
+    .await;
+    for ns in [other, home, hooked] {
+        forbidden(
+            &sa,
+            http::Method::POST,
+            &format!("/api/v1/namespaces/{ns}/configmaps"),
+            &cm(ns),
+        )
+        .await;
+    }
+    // Jobs: its namespaces (it restores workloads) and home (movers) only.
+    dry_run_created(&sa, &jobs_path(app), &job_in(app)).await;
+    wait_allowed(&sa, "create", "batch", "jobs", home).await;
+    dry_run_created(&sa, &jobs_path(home), &job_in(home)).await;
+    for ns in [other, hooked] {
+        forbidden(&sa, http::Method::POST, &jobs_path(ns), &job_in(ns)).await;
+    }
+    // The hand-over: get/patch PersistentVolumes, not create or delete.
+    assert!(can_i(&sa, "patch", "", "persistentvolumes", "").await);
+    assert!(can_i(&sa, "get", "", "persistentvolumes", "").await);
+    for verb in ["create", "delete", "update"] {
+        assert!(
+            !can_i(&sa, verb, "", "persistentvolumes", "").await,
+            "{verb} persistentvolumes"
+        );
+    }
+    // No credentials copied home, no exec or Secrets outside its namespaces.
+    assert!(!can_i(&sa, "create", "", "secrets", home).await);
+    assert!(!can_i(&sa, "create", "", "secrets", other).await);
+    for verb in ["get", "create"] {
+        assert!(!can_i(&sa, verb, "", "pods/exec", other).await, "{verb}");
+    }
+    assert!(!can_i(&sa, "get", "", "nodes/proxy", "").await);
+}
+
+/// Mover pods run as the mover SA: no API access at all.
+#[tokio::test]
+async fn mover_account_has_no_api_access() {
+    let a = apply_chart_rbac("rbac-mover").await;
+    let (mover, sa) = a.client("mover").await;
+    // Nothing binds it: its access cannot be waiting for a binding.
+    for obj in &a.objs {
+        let subjects = obj["subjects"].as_array().into_iter().flatten();
+        for s in subjects {
+            assert_ne!(s["name"], mover.as_str(), "{obj}");
+        }
+    }
+    let credentials = json!({ "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "kubestow-credentials" }, "stringData": { "STOW_PASSWORD": "x" } });
+    request(
+        &a.admin,
+        http::Method::POST,
+        &format!("/api/v1/namespaces/{}/secrets", a.home),
+        Some(&credentials),
+    )
+    .await
+    .unwrap();
+    for path in [
+        format!("/api/v1/namespaces/{}/secrets", a.home),
+        format!("/api/v1/namespaces/{}/secrets/kubestow-credentials", a.home),
+        format!("/api/v1/namespaces/{}/secrets", a.app),
+        "/api/v1/secrets".to_owned(),
+        format!("/api/v1/namespaces/{}/configmaps", a.home),
+        format!("/api/v1/namespaces/{}/pods", a.home),
+    ] {
+        match request(&sa, http::Method::GET, &path, None).await {
+            Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "GET {path}: {s:?}"),
+            other => panic!("the mover SA read {path}: {other:?}"),
+        }
+    }
+}
+
+/// Exec is bound in exactly the namespaces the hooks name, in every form
+/// kubestow accepts; volume rules follow `volumeSource`; movers run as
+/// the mover SA.
+#[test]
+fn chart_rbac_follows_hooks_and_volume_sources() {
+    let bindings = |objs: &[Value], role: &str| -> Vec<String> {
+        let mut ns: Vec<String> = objs
+            .iter()
+            .filter(|o| o["kind"] == "RoleBinding" && o["roleRef"]["name"] == role)
+            .map(|o| o["metadata"]["namespace"].as_str().unwrap().to_owned())
+            .collect();
+        ns.sort();
+        ns
+    };
+    let rules = |objs: &[Value], kind: &str, name: &str| -> Vec<(String, String)> {
+        find(objs, kind, name)["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| {
+                let verbs: Vec<String> = r["verbs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_owned())
+                    .collect();
+                // `resource.group`; core resources without a group.
+                let mut names = Vec::new();
+                for g in r["apiGroups"].as_array().unwrap() {
+                    for res in r["resources"].as_array().unwrap() {
+                        let (g, res) = (g.as_str().unwrap(), res.as_str().unwrap());
+                        names.push(if g.is_empty() {
+                            res.to_owned()
+                        } else {
+                            format!("{res}.{g}")
+                        });
+                    }
+                }
+                names
+                    .into_iter()
+                    .flat_map(move |res| verbs.clone().into_iter().map(move |v| (v, res.clone())))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let mut a = plan("a", json!({ "type": "daily" }));
+    a["preHooks"] = json!(
+        "timeout=5s scope=volume exec:shop/app=db/db:fsfreeze -f /d\n\
+                           # exec:commented/a=b/c:true\n\
+                           sh -c 'echo exec:local/'"
+    );
+    a["postHooks"] = json!([{ "exec": { "namespace": "post", "selector": "a=b", "container": "c" },
+                              "command": ["true"] }, { "command": ["sync"] }]);
+    let mut b = plan("b", json!({ "type": "daily" }));
+    b["precondition"] = json!({ "exec": { "namespace": "pre", "selector": "a=b", "container": "c" },
+                                "command": ["true"] });
+    b["volumeSource"] = json!("snapshot");
+    let mut values = with_plans(vec![a, b]);
+    values["restore"] = json!({ "enabled": true, "namespaces": ["app"],
+        "job": { "enabled": true, "env": { "STOW_PRE_HOOKS": "exec:rst/a=b/c:true" } } });
+    let objs = render(&values, "1.30.0");
+    assert_eq!(
+        bindings(&objs, "kubestow-kubestow-exec"),
+        ["post", "pre", "rst", "shop"]
+    );
+    let exec = rules(&objs, "ClusterRole", "kubestow-kubestow-exec");
+    assert!(
+        exec.contains(&("get".into(), "pods/exec".into())),
+        "{exec:?}"
+    );
+    assert!(
+        exec.contains(&("create".into(), "pods/exec".into())),
+        "{exec:?}"
+    );
+    // Plan a (auto) may use shadow volumes; snapshots for both.
+    let backup = rules(&objs, "ClusterRole", "kubestow-kubestow-backup");
+    for want in [
+        ("create", "persistentvolumes"),
+        ("create", "volumesnapshotcontents.snapshot.storage.k8s.io"),
+        ("create", "volumesnapshots.snapshot.storage.k8s.io"),
+        ("get", "secrets"),
+        ("list", "*.*"),
+    ] {
+        assert!(
+            backup.contains(&(want.0.into(), want.1.into())),
+            "{want:?} {backup:?}"
+        );
+    }
+    // get on every core resource would include pods/exec and nodes/proxy.
+    for wild in ["*", "*.*"] {
+        assert!(!backup.contains(&("get".into(), wild.into())), "{backup:?}");
+    }
+    let cj = find(&objs, "CronJob", "kubestow-a");
+    assert_eq!(
+        env_of(cj, "STOW_MOVER_SERVICE_ACCOUNT").as_deref(),
+        Some("kubestow-mover")
+    );
+    let job = objs
+        .iter()
+        .find(|o| {
+            o["kind"] == "Job"
+                && o["metadata"]["labels"]["app.kubernetes.io/component"] == "restore"
+        })
+        .unwrap();
+    assert_eq!(
+        env_of(job, "STOW_MOVER_SERVICE_ACCOUNT").as_deref(),
+        Some("kubestow-mover")
+    );
+
+    // No hooks: no exec at all. Snapshots only: no PersistentVolumes.
+    let mut snap = plan("s", json!({ "type": "daily" }));
+    snap["volumeSource"] = json!("snapshot");
+    let objs = render(&with_plans(vec![snap]), "1.30.0");
+    assert!(
+        objs.iter()
+            .all(|o| !o["metadata"]["name"].as_str().unwrap().ends_with("-exec")),
+        "exec rendered without hooks"
+    );
+    let backup = rules(&objs, "ClusterRole", "kubestow-kubestow-backup");
+    assert!(
+        !backup.contains(&("create".into(), "persistentvolumes".into())),
+        "{backup:?}"
+    );
+    // No volume data: no writes at all but suspending its CronJob.
+    let mut skip = plan("k", json!({ "type": "daily" }));
+    skip["volumeSource"] = json!("skip");
+    let objs = render(&with_plans(vec![skip]), "1.30.0");
+    let backup = rules(&objs, "ClusterRole", "kubestow-kubestow-backup");
+    assert!(
+        backup
+            .iter()
+            .all(|(v, _)| v == "get" || v == "list" || v == "watch"),
+        "{backup:?}"
+    );
+    assert_eq!(
+        rules(&objs, "Role", "kubestow-backup"),
+        [
+            ("get".into(), "cronjobs.batch".into()),
+            ("patch".into(), "cronjobs.batch".into())
+        ]
+    );
+    // A glob is no namespace: rendering fails rather than binding "*".
+    let mut glob = plan("g", json!({ "type": "daily" }));
+    glob["preHooks"] = json!("exec:shop-*/app=db/db:sync");
+    let e = try_render(&with_plans(vec![glob]), "1.30.0", "kubestow", "kubestow").unwrap_err();
+    assert!(e.contains("not a namespace name"), "{e}");
 }
 
 // ---------------------------------------------------------------- STOW_ONCE and friends

@@ -97,14 +97,21 @@ async fn preflight_names_a_missing_bucket() {
     );
 }
 
-/// The chart's backup role without `create secrets`.
-fn backup_rules_without_secret_create() -> serde_json::Value {
+/// Backup rules everywhere: read, snapshots, contents, volumes.
+fn backup_cluster_rules() -> serde_json::Value {
     serde_json::json!([
         {"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["snapshot.storage.k8s.io"], "resources": ["volumesnapshots"], "verbs": ["create", "delete"]},
+        {"apiGroups": ["snapshot.storage.k8s.io"], "resources": ["volumesnapshots", "volumesnapshotcontents"], "verbs": ["create", "delete"]},
+        {"apiGroups": [""], "resources": ["persistentvolumes"], "verbs": ["create", "delete"]},
+    ])
+}
+
+/// The chart's backup rules in kubestow's namespace, without `create jobs`.
+fn backup_home_rules_without_job_create() -> serde_json::Value {
+    serde_json::json!([
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["delete"]},
         {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["create", "delete"]},
-        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "delete"]},
-        {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["create"]},
+        {"apiGroups": ["snapshot.storage.k8s.io"], "resources": ["volumesnapshots"], "verbs": ["create", "delete"]},
     ])
 }
 
@@ -126,7 +133,32 @@ async fn preflight_names_exactly_the_missing_permission_and_backup_stops_there()
         "/apis/rbac.authorization.k8s.io/v1/clusterroles",
         Some(
             &serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": {"name": role}, "rules": backup_rules_without_secret_create()}),
+            "metadata": {"name": role}, "rules": backup_cluster_rules()}),
+        ),
+    )
+    .await
+    .unwrap();
+    // Movers run in kubestow's namespace: its rights there are a Role.
+    request(
+        &client,
+        Method::POST,
+        &format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles"),
+        Some(
+            &serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "backup"}, "rules": backup_home_rules_without_job_create()}),
+        ),
+    )
+    .await
+    .unwrap();
+    request(
+        &client,
+        Method::POST,
+        &format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings"),
+        Some(
+            &serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "backup"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "backup"},
+            "subjects": [{"kind": "ServiceAccount", "name": "backup", "namespace": ns}]}),
         ),
     )
     .await
@@ -154,6 +186,8 @@ async fn preflight_names_exactly_the_missing_permission_and_backup_stops_there()
             .env("STOW_REPOSITORY", format!("s3://{bucket}/repo"))
             .env("STOW_PASSWORD", "preflight-password")
             .env("STOW_INIT", "true")
+            .env("STOW_MOVER_NAMESPACE", &ns)
+            .env("STOW_MOVER_SERVICE_ACCOUNT", "mover")
             .env("STOW_NAMESPACES", &app);
         cmd
     };
@@ -168,7 +202,7 @@ async fn preflight_names_exactly_the_missing_permission_and_backup_stops_there()
     assert_eq!(
         failed,
         vec![format!(
-            "missing permission: create secrets in namespace {app} (to give each mover Job its repository settings)"
+            "missing permission: create jobs.batch in namespace {ns} (to run mover Jobs)"
         )],
         "{}",
         run.stdout
@@ -182,7 +216,9 @@ async fn preflight_names_exactly_the_missing_permission_and_backup_stops_there()
     assert_eq!(run.code, Some(1), "{}\n{}", run.stderr, run.stdout);
     let reason = run.summary["reason"].as_str().unwrap();
     assert!(
-        reason.contains("missing permission: create secrets in namespace"),
+        reason.contains(&format!(
+            "missing permission: create jobs.batch in namespace {ns}"
+        )),
         "{reason}"
     );
     let objects = s3.list_objects_v2().bucket(&bucket).send().await.unwrap();
@@ -192,7 +228,7 @@ async fn preflight_names_exactly_the_missing_permission_and_backup_stops_there()
         "the failed backup wrote {objects:?}"
     );
 
-    // Without volume data it needs no Secrets: the backup goes through.
+    // Without volume data it runs no movers: the backup goes through.
     let mut skip = cmd("backup");
     skip.env("STOW_VOLUME_SOURCE", "skip");
     let run = binary::run(skip).await;

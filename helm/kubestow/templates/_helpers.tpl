@@ -313,6 +313,7 @@ spec:
   "STOW_PRECONDITION" ($p.precondition | default "")
   "STOW_PRE_HOOKS" ($p.preHooks | default "")
   "STOW_POST_HOOKS" ($p.postHooks | default "")
+  "STOW_MOVER_SERVICE_ACCOUNT" (include "kubestow.sa" (list $root "mover"))
   "STOW_MIN_INTERVAL" $sched.minInterval
   "STOW_TIMEZONE" $sched.timeZone
 -}}
@@ -326,4 +327,103 @@ spec:
 {{- if kindIs "slice" $p.postHooks }}{{ $_ := set $env "STOW_POST_HOOKS" (toJson $p.postHooks) }}{{ end -}}
 {{- range $k, $v := ($p.env | default dict) }}{{ $_ := set $env $k $v }}{{ end -}}
 {{- toJson $env -}}
+{{- end -}}
+
+{{/*
+The namespaces the exec hooks and preconditions of one run name, as a JSON
+list. Input: dict "name" (plan, for errors) "env" (its STOW_* variables).
+Both forms kubestow accepts (src/config/hooks): a JSON array (a
+precondition: also one object) of {"exec": {"namespace", …}, …}, or one
+entry per line, `[key=value ...] exec:<ns>/<selector>/<container>:<cmd>`.
+Every exec hook names its namespace, `scope=volume` ones too (they run in
+the pods of that namespace that mount the claim), so exec is granted in
+exactly these namespaces and nowhere else.
+*/}}
+{{- define "kubestow.hookNamespaces" -}}
+{{- $out := list -}}
+{{- range $k := list "STOW_PRECONDITION" "STOW_PRE_HOOKS" "STOW_POST_HOOKS" -}}
+{{- $text := trim (toString (index $.env $k | default "")) -}}
+{{- if $text -}}
+{{- if or (regexMatch "^\\[\\s*[\\{\\]\"]" $text) (and (eq $k "STOW_PRECONDITION") (hasPrefix "{" $text)) -}}
+{{- $entries := list -}}
+{{- if hasPrefix "{" $text -}}{{- $entries = list (fromJson $text) -}}{{- else -}}{{- $entries = fromJsonArray $text -}}{{- end -}}
+{{- range $entries -}}
+{{- if and (kindIs "map" .) (kindIs "map" .exec) -}}
+{{- $out = append $out (toString .exec.namespace) -}}
+{{- end -}}
+{{- end -}}
+{{- else -}}
+{{- range $line := splitList "\n" $text -}}
+{{- $l := trim $line -}}
+{{- if regexMatch "^([A-Za-z][-A-Za-z0-9_]*=\\S*\\s+)*exec:" $l -}}
+{{- $out = append $out (trim (regexReplaceAll "^([A-Za-z][-A-Za-z0-9_]*=\\S*\\s+)*exec:([^/]*)/.*$" $l "${2}")) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $out -}}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" .) -}}
+{{- fail (printf "%s: exec hook namespace %q is not a namespace name (hooks name one namespace each, no globs)" $.name .) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson (uniq $out) -}}
+{{- end -}}
+
+{{/*
+What the release's runs will do, for RBAC and NOTES.txt, as JSON:
+  snapshots    some plan may read volumes from CSI snapshots (volumeSource auto or snapshot)
+  shadowPVs    some plan may read a claim no pod mounts through a read-only
+               copy of its PersistentVolume, or a mounted one through the
+               kubelet's directory (auto or kubelet)
+  movers       some plan backs up volume data (anything but skip)
+  backupExec   namespaces the plans' exec hooks name
+  restoreExec  namespaces the restore Job's exec hooks name
+  podSecurity  the Pod Security level the release namespace needs
+*/}}
+{{- define "kubestow.usage" -}}
+{{- $root := . -}}
+{{- $out := dict "snapshots" false "shadowPVs" false "movers" false "backupExec" list "restoreExec" list -}}
+{{- $noSched := dict "minInterval" "" "timeZone" "" "once" false "lastDay" false -}}
+{{- range $p := $root.Values.plans -}}
+{{- $env := include "kubestow.planEnv" (dict "root" $root "plan" $p "sched" $noSched) | fromJson -}}
+{{- $src := toString ($env.STOW_VOLUME_SOURCE | default "auto") -}}
+{{- if ne $src "skip" -}}{{- $_ := set $out "movers" true -}}{{- end -}}
+{{- if and (ne $src "skip") (ne $src "kubelet") -}}{{- $_ := set $out "snapshots" true -}}{{- end -}}
+{{- if and (ne $src "skip") (ne $src "snapshot") -}}{{- $_ := set $out "shadowPVs" true -}}{{- end -}}
+{{- $ns := include "kubestow.hookNamespaces" (dict "name" (printf "plan %s" $p.name) "env" $env) | fromJsonArray -}}
+{{- $_ := set $out "backupExec" (concat $out.backupExec $ns | uniq) -}}
+{{- end -}}
+{{- if and $root.Values.restore.enabled $root.Values.restore.job.enabled -}}
+{{- $ns := include "kubestow.hookNamespaces" (dict "name" "restore.job" "env" ($root.Values.restore.job.env | default dict)) | fromJsonArray -}}
+{{- $_ := set $out "restoreExec" $ns -}}
+{{- end -}}
+{{- $level := "restricted" -}}
+{{- if or $out.movers $root.Values.restore.enabled -}}{{- $level = "baseline" -}}{{- end -}}
+{{- if $out.shadowPVs -}}{{- $level = "privileged" -}}{{- end -}}
+{{- $_ := set $out "podSecurity" $level -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/*
+Read access for the backup SA everywhere, and for the restore SA outside
+its namespaces. `list` and `watch` on every resource of every group,
+custom resources included. `get` only on the built-in types: RBAC's "*"
+also matches subresources, and a GET on pods/exec, pods/attach and
+pods/portforward (WebSocket, authorized as `get` before Kubernetes 1.35),
+on nodes/proxy (the kubelet's API) or on services/ and pods/proxy would run
+commands or reach services. The core group is therefore listed type by
+type (none of its subresources), and the other built-in groups have no
+such subresource. Custom resources are listed, never fetched one by one.
+*/}}
+{{- define "kubestow.readRules" -}}
+- apiGroups: ["*"]
+  resources: ["*"]
+  verbs: [list, watch]
+- apiGroups: [""]
+  resources: [configmaps, endpoints, events, limitranges, namespaces, nodes, persistentvolumeclaims, persistentvolumes, pods, podtemplates, replicationcontrollers, resourcequotas, secrets, serviceaccounts, services]
+  verbs: [get]
+- apiGroups: [admissionregistration.k8s.io, apiextensions.k8s.io, apiregistration.k8s.io, apps, autoscaling, batch, certificates.k8s.io, coordination.k8s.io, discovery.k8s.io, events.k8s.io, extensions, flowcontrol.apiserver.k8s.io, networking.k8s.io, node.k8s.io, policy, rbac.authorization.k8s.io, resource.k8s.io, scheduling.k8s.io, snapshot.storage.k8s.io, storage.k8s.io]
+  resources: ["*"]
+  verbs: [get]
 {{- end -}}

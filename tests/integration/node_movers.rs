@@ -887,7 +887,7 @@ fn a_home_namespace_that_refuses_movers_is_named_with_its_admission_message() {
     let n = node::get();
     // A volume-scope hook runs after preflight, right before the snapshot.
     let relabel = format!(
-        "scope=volume kubectl --kubeconfig={} label namespace {} --overwrite pod-security.kubernetes.io/enforce=restricted",
+        "scope=volume kubectl --cache-dir=/tmp/kubestow-node-it/kubectl-cache --kubeconfig={} label namespace {} --overwrite pod-security.kubernetes.io/enforce=restricted",
         n.kubeconfig().display(),
         st.home
     );

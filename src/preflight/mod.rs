@@ -332,14 +332,16 @@ async fn list_json(cluster: &Cluster, path: &str) -> Result<Vec<serde_json::Valu
 const LEVELS: [&str; 3] = ["privileged", "baseline", "restricted"];
 
 /// The Pod Security level movers need: `baseline` (root with a few
-/// capabilities), or `privileged` when the `kubelet` source may be used
-/// (hostPath). `None` when the mode runs no movers.
+/// capabilities), or `privileged` for `STOW_VOLUME_SOURCE=kubelet`
+/// (hostPath). `None` when the mode runs no movers. With `auto`, claims
+/// that end up read through the kubelet need `privileged` too: a warning,
+/// since most may be snapshotted.
 pub fn mover_level(config: &Config, mode: Mode) -> Option<&'static str> {
     match mode {
         Mode::Backup => match config.volume.source {
             VolumeSource::Skip => None,
-            VolumeSource::Auto | VolumeSource::Kubelet => Some("privileged"),
-            VolumeSource::Snapshot => Some("baseline"),
+            VolumeSource::Kubelet => Some("privileged"),
+            VolumeSource::Auto | VolumeSource::Snapshot => Some("baseline"),
         },
         Mode::Restore if config.restore.volumes && !config.restore.dry_run => Some("baseline"),
         _ => None,
@@ -398,7 +400,15 @@ async fn check_pod_security(cluster: &Cluster, config: &Config, mode: Mode, chec
         }
     };
     let labels = ns.pointer("/metadata/labels").cloned().unwrap_or_default();
+    let auto = mode == Mode::Backup && config.volume.source == VolumeSource::Auto;
     match admits(&labels, needed) {
+        Ok(()) if auto && admits(&labels, "privileged").is_err() => checks.push(
+            "pod security",
+            Level::Warn,
+            format!(
+                "namespace {home} admits movers at Pod Security `{needed}`, but not the kubelet source's (hostPath, `privileged`): claims that cannot be snapshotted and are read through the kubelet will fail; set STOW_VOLUME_SOURCE=snapshot, or label it pod-security.kubernetes.io/enforce=privileged"
+            ),
+        ),
         Ok(()) => checks.push(
             "pod security",
             Level::Ok,
@@ -410,7 +420,7 @@ async fn check_pod_security(cluster: &Cluster, config: &Config, mode: Mode, chec
             format!(
                 "namespace {home} enforces Pod Security `{level}`, which rejects mover pods: they need `{needed}`{}; label it pod-security.kubernetes.io/enforce={needed}",
                 if needed == "privileged" {
-                    " for the kubelet source (hostPath; STOW_VOLUME_SOURCE=snapshot needs only `baseline`)"
+                    " for STOW_VOLUME_SOURCE=kubelet (hostPath; `snapshot` needs only `baseline`)"
                 } else {
                     " (root with DAC_OVERRIDE, and CHOWN, FOWNER, FSETID, SETFCAP to restore)"
                 }
@@ -1245,7 +1255,9 @@ mod tests {
         let backup = config(&[("STOW_VOLUME_SOURCE", "snapshot")]);
         assert_eq!(mover_level(&backup, Mode::Backup), Some("baseline"));
         let auto = config(&[]);
-        assert_eq!(mover_level(&auto, Mode::Backup), Some("privileged"));
+        assert_eq!(mover_level(&auto, Mode::Backup), Some("baseline"));
+        let kubelet = config(&[("STOW_VOLUME_SOURCE", "kubelet")]);
+        assert_eq!(mover_level(&kubelet, Mode::Backup), Some("privileged"));
         assert_eq!(mover_level(&auto, Mode::Restore), Some("baseline"));
         let skip = config(&[("STOW_VOLUME_SOURCE", "skip")]);
         assert_eq!(mover_level(&skip, Mode::Backup), None);

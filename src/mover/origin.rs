@@ -243,8 +243,8 @@ pub(super) fn mover_env(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
     use crate::config::Config;
+    use serde_json::json;
 
     fn config(extra: &[(&str, &str)]) -> Config {
         let mut v = vec![

@@ -907,3 +907,86 @@ fn a_home_namespace_that_refuses_movers_is_named_with_its_admission_message() {
     assert!(!msg.contains("did not start within"), "{msg}");
     st.wait_clean();
 }
+
+/// A restore whose volume fill fails (every attempt of the restore mover is
+/// SIGKILLed through containerd, as an OOM kill would) does not create the
+/// StatefulSet that mounts the claim, so nothing starts on an empty volume
+/// (a StatefulSet would create the missing claim itself, empty), and says
+/// so. Run again without the killer, it completes with the bytes identical.
+#[test]
+fn a_workload_whose_claim_was_not_filled_is_held_back_until_a_rerun() {
+    let _shared = node::shared();
+    let st = Stage::new("node-hold", "baseline");
+    statefulset_of(&st.app, 1, "csi-hostpath");
+    node::fill(&claim_dir(&st.app, "data-web-0"), 501, 2_000_000);
+    let before = digest(&claim_dir(&st.app, "data-web-0"));
+    let mut backup = st.cmd("backup");
+    backup.env("STOW_VOLUME_SOURCE", "snapshot");
+    assert_success(&st.run(backup));
+    st.wait_clean();
+    kubectl(&[
+        "delete",
+        "namespace",
+        &st.app,
+        "--wait=true",
+        "--timeout=180s",
+    ]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let killed = Arc::new(Mutex::new(BTreeSet::<String>::new()));
+    let killer = {
+        let (stop, killed, home) = (stop.clone(), killed.clone(), st.home.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for p in &node::kubestow_pods(&home) {
+                    let job = p["metadata"]["labels"]["job-name"].as_str().unwrap_or("");
+                    let id = p["status"]["containerStatuses"][0]["containerID"]
+                        .as_str()
+                        .unwrap_or("")
+                        .trim_start_matches("containerd://");
+                    let running =
+                        p["status"]["containerStatuses"][0]["state"]["running"].is_object();
+                    if job.contains("-restore-") && running && node::kill_container(id) {
+                        killed
+                            .lock()
+                            .unwrap()
+                            .insert(p["metadata"]["name"].as_str().unwrap().to_owned());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    // Throttled (downloads too), so each attempt runs for seconds and the
+    // killer sees it running.
+    let mut restore = st.cmd("restore");
+    restore.env("STOW_RATE_LIMIT", "512KiB");
+    let first = st.run(restore);
+    stop.store(true, Ordering::Relaxed);
+    killer.join().unwrap();
+    assert!(
+        !killed.lock().unwrap().is_empty(),
+        "the killer never saw a restore mover"
+    );
+    assert_eq!(first.code, Some(3), "{}\n{}", first.stderr, first.stdout);
+    let errors = first.summary["errors"].to_string();
+    assert!(
+        errors.contains("data-web-0") && errors.contains("web") && errors.contains("not created"),
+        "the summary does not name the held workload: {errors}"
+    );
+    let sts = kubectl_json(&["-n", &st.app, "get", "statefulsets"]);
+    assert!(names_of(&sts).is_empty(), "StatefulSet created: {sts}");
+    let pods = kubectl_json(&["-n", &st.app, "get", "pods"]);
+    assert!(names_of(&pods).is_empty(), "pods running: {pods}");
+    let claims = kubectl_json(&["-n", &st.app, "get", "pvc"]);
+    assert!(
+        names_of(&claims).is_empty(),
+        "an unfilled claim exists: {claims}"
+    );
+
+    let again = st.run(st.cmd("restore"));
+    assert_success(&again);
+    statefulset_ready(&st.app, 1);
+    assert_eq!(before, digest(&claim_dir(&st.app, "data-web-0")));
+    st.wait_clean();
+}

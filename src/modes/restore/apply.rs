@@ -101,9 +101,32 @@ impl Restorer<'_> {
         for (n, it) in items.iter().enumerate() {
             by_level.entry(order::level(&it.rt)).or_default().push(n);
         }
+        // Claims whose data could not be restored, by namespace: what
+        // mounts them is held back.
+        let mut unfilled: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (level, indices) in by_level {
             if self.ctx.cancel.is_cancelled() {
                 return Err(Error::Cancelled);
+            }
+            for &n in &indices {
+                let it = &mut items[n];
+                if !it.open() {
+                    continue;
+                }
+                let (Some(ns), Some(obj)) = (it.ns.as_deref(), it.obj.as_ref()) else {
+                    continue;
+                };
+                let Some(claims) = unfilled.get(ns) else {
+                    continue;
+                };
+                if let Some(claim) = super::hold::mounts_unfilled(obj, claims) {
+                    it.done(
+                        Outcome::Failed,
+                        format!(
+                            "not created: it mounts claim {ns}/{claim}, whose data could not be restored (run the restore again)"
+                        ),
+                    );
+                }
             }
             if level > order::CRDS {
                 self.after_crds(items).await?;
@@ -112,7 +135,9 @@ impl Restorer<'_> {
             if level == order::level(&crate::cluster::types::claims()) {
                 // Claims with data are created by the hand-over, on their
                 // filled volumes, before any workload that mounts them.
-                self.fill_volumes(items, &open).await;
+                for (ns, claim) in self.fill_volumes(items, &open).await {
+                    unfilled.entry(ns).or_default().insert(claim);
+                }
                 if self.ctx.cancel.is_cancelled() {
                     return Err(Error::Cancelled);
                 }
@@ -144,9 +169,14 @@ impl Restorer<'_> {
     /// Restores the open claims among `open` that have data in the
     /// snapshot: each is filled at home and its volume handed over to the
     /// claim. A claim that already exists is left open, for `STOW_EXISTING`.
-    pub(super) async fn fill_volumes(&self, items: &mut [Item], open: &[usize]) {
+    /// Returns the claims (namespace, name) that could not be restored.
+    pub(super) async fn fill_volumes(
+        &self,
+        items: &mut [Item],
+        open: &[usize],
+    ) -> Vec<(String, String)> {
         let Some(v) = &self.volumes else {
-            return;
+            return Vec::new();
         };
         let mut which = Vec::new();
         let mut fills = Vec::new();
@@ -173,7 +203,7 @@ impl Restorer<'_> {
             });
         }
         if fills.is_empty() {
-            return;
+            return Vec::new();
         }
         let results = crate::mover::restore::fill(
             &self.kube,
@@ -184,6 +214,7 @@ impl Restorer<'_> {
         )
         .await;
         let mut filled = 0;
+        let mut failed = Vec::new();
         let mut report = Report::default();
         for (n, r) in which.into_iter().zip(results) {
             let it = &mut items[n];
@@ -199,6 +230,7 @@ impl Restorer<'_> {
                         .push("already exists: its data is left as it is".into());
                 }
                 crate::mover::restore::Filled::Failed(e) => {
+                    failed.push((it.ns.clone().unwrap_or_default(), it.name.clone()));
                     report.fail_item(
                         format!("volume {}/{}", it.ns.as_deref().unwrap_or(""), it.name),
                         e.to_string(),
@@ -213,6 +245,7 @@ impl Restorer<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .absorb(report);
+        failed
     }
 
     /// Once the CRD level is done: wait until the restored CRDs are

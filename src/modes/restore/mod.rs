@@ -32,6 +32,7 @@ use crate::summary::Report;
 use super::Error;
 
 mod apply;
+mod hold;
 mod plan;
 mod report;
 

@@ -1,6 +1,7 @@
 //! Helpers shared by every module's error type.
 
 /// "outer: inner: root" — hyper's top-level messages alone say too little.
+/// Credentials in URLs are redacted: the chain often names an endpoint.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
@@ -12,5 +13,5 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         }
         src = inner.source();
     }
-    s
+    crate::config::redact_urls(&s)
 }

@@ -65,7 +65,8 @@ impl ConfigError {
             value: if secret {
                 "<redacted>".into()
             } else {
-                format!("{value:?}")
+                // A URL may carry credentials (`s3://key:secret@...`).
+                format!("{:?}", super::redact_urls(value))
             },
             reason: reason.to_string(),
         }

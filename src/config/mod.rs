@@ -30,7 +30,7 @@ pub use hooks::HookSpecError;
 pub use parse::{DurationError, MAX_DURATION};
 pub use rate::{RateError, RateSchedule};
 pub use raw::RawConfig;
-pub use secret::Secret;
+pub use secret::{Secret, SecretUrl, redact_urls};
 pub use selector::{LabelSelector, SelectorError};
 
 /// The operation one run performs.
@@ -483,7 +483,7 @@ pub struct Config {
     /// `STOW_CHECK_READ_DATA`; `None` means `check` reads no pack data.
     pub check_read_data: Option<ReadData>,
     /// `STOW_PUSHGATEWAY_URL`: where metrics are pushed; `None` means nowhere.
-    pub pushgateway_url: Option<String>,
+    pub pushgateway_url: Option<SecretUrl>,
     /// `STOW_CLUSTER_NAME`: this cluster's name in metrics.
     pub cluster_name: String,
     /// `preflight`: the mode whose needs are checked.

@@ -407,3 +407,24 @@ fn mover_timeouts_out_of_range_are_config_errors() {
     assert_out_of_range("backup", v::MOVER_START_TIMEOUT, "4294967297");
     assert_out_of_range("backup", v::SNAPSHOT_TIMEOUT, "4294967297");
 }
+
+#[test]
+fn credentials_in_urls_never_reach_logs_or_errors() {
+    // A gateway with basic auth: the effective configuration logged at
+    // start (Debug) shows the URL without its password.
+    let c = cfg(&with(&[(
+        v::PUSHGATEWAY_URL,
+        "https://ci:gw-pass-1@gw:9091",
+    )]))
+    .unwrap();
+    let dump = format!("{c:?}");
+    assert!(dump.contains("https://***@gw:9091"), "{dump}");
+    assert!(!dump.contains("gw-pass-1"), "{dump}");
+    // An invalid repository or gateway URL is named, never echoed whole.
+    let e = cfg(&with(&[(v::REPOSITORY, "https://key:repo-pass-2@host/x")])).unwrap_err();
+    assert!(e.to_string().contains(v::REPOSITORY), "{e}");
+    assert!(!e.to_string().contains("repo-pass-2"), "{e}");
+    let e = cfg(&with(&[(v::PUSHGATEWAY_URL, "ftp://u:gw-pass-3@gw")])).unwrap_err();
+    assert!(e.to_string().contains(v::PUSHGATEWAY_URL), "{e}");
+    assert!(!e.to_string().contains("gw-pass-3"), "{e}");
+}

@@ -58,6 +58,22 @@ async fn capture(mut r: impl AsyncRead + Unpin) -> String {
     s
 }
 
+/// Variables besides the secret ones that a hook never sees: where the
+/// passwords are, and the storage credentials.
+const HIDDEN_FROM_HOOKS: &[&str] = &[
+    crate::config::vars::PASSWORD_FILE,
+    crate::config::vars::COPY_TO_PASSWORD_FILE,
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+];
+
 /// Runs `argv` in its own process group, so that a timeout kills what it
 /// started too (`sh -c 'sleep 30'` leaves no `sleep` behind).
 pub async fn local(
@@ -73,9 +89,13 @@ pub async fn local(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    // Hooks do not need the repository password, and their output is logged.
+    // Hooks need neither the repository's password nor the bucket's keys,
+    // and their output is logged.
     for v in crate::config::vars::ALL.iter().filter(|v| v.secret) {
         cmd.env_remove(v.name);
+    }
+    for name in HIDDEN_FROM_HOOKS {
+        cmd.env_remove(name);
     }
     for (k, v) in env {
         cmd.env(k, v);

@@ -229,8 +229,10 @@ impl MetricsError {
 /// failing the run.
 pub async fn push(url: &str, group: &Group, summary: &Summary) -> Result<(), MetricsError> {
     let body = exposition(summary, jiff::Timestamp::now());
+    let (url, auth) = credentials(url);
+    let url = url.as_str();
     let target = format!("{}{}", url.trim_end_matches('/'), group.path());
-    let result = tokio::time::timeout(PUSH_TIMEOUT, post(&target, body))
+    let result = tokio::time::timeout(PUSH_TIMEOUT, post(&target, auth.as_deref(), body))
         .await
         .unwrap_or_else(|_| {
             Err(MetricsError::Timeout {
@@ -247,7 +249,28 @@ pub async fn push(url: &str, group: &Group, summary: &Summary) -> Result<(), Met
     result
 }
 
-async fn post(target: &str, body: String) -> Result<(), MetricsError> {
+/// Splits `user:pass@` off a gateway URL: it is sent as HTTP basic auth
+/// (hyper does not), and the URL without it is the one logged.
+fn credentials(url: &str) -> (String, Option<String>) {
+    use base64::Engine as _;
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), None);
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => {
+            let user = &rest[..at];
+            let auth = base64::engine::general_purpose::STANDARD.encode(user);
+            (
+                format!("{scheme}://{}", &rest[at + 1..]),
+                Some(format!("Basic {auth}")),
+            )
+        }
+        None => (url.to_string(), None),
+    }
+}
+
+async fn post(target: &str, auth: Option<&str>, body: String) -> Result<(), MetricsError> {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_native_roots()
         .map_err(|source| MetricsError::RootCertificates { source })?
@@ -255,8 +278,11 @@ async fn post(target: &str, body: String) -> Result<(), MetricsError> {
         .enable_http1()
         .build();
     let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build(https);
-    let req = http::Request::post(target)
-        .header("content-type", "text/plain; version=0.0.4")
+    let mut req = http::Request::post(target).header("content-type", "text/plain; version=0.0.4");
+    if let Some(a) = auth {
+        req = req.header(http::header::AUTHORIZATION, a);
+    }
+    let req = req
         .body(Full::new(bytes::Bytes::from(body)))
         .map_err(|source| MetricsError::Request {
             url: target.to_string(),
@@ -288,6 +314,16 @@ async fn post(target: &str, body: String) -> Result<(), MetricsError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn gateway_credentials_become_basic_auth_and_leave_the_url() {
+        let (url, auth) = super::credentials("https://ci:s3cret@gw.local:9091/base");
+        assert_eq!(url, "https://gw.local:9091/base");
+        // base64("ci:s3cret")
+        assert_eq!(auth.as_deref(), Some("Basic Y2k6czNjcmV0"));
+        let (url, auth) = super::credentials("http://gw.local:9091");
+        assert_eq!((url.as_str(), auth), ("http://gw.local:9091", None));
+    }
+
     use super::*;
     use crate::summary::{ItemError, Report};
 

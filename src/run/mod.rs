@@ -144,7 +144,7 @@ pub fn main(args: &[String]) -> ExitCode {
             cluster: config.cluster_name.clone(),
         };
         // A failed push is logged; the summary above is the record.
-        let _ = runtime.block_on(metrics::push(url, &group, &summary));
+        let _ = runtime.block_on(metrics::push(url.expose(), &group, &summary));
     }
     // Stragglers (e.g. a hung connection) must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));

@@ -60,3 +60,34 @@ async fn missing_bucket_fails_at_once_naming_it() {
     assert!(matches!(err, BackendError::Permanent { .. }), "{err}");
     assert!(err.to_string().contains("no-such-bucket-kubestow"), "{err}");
 }
+
+/// With no S3 credentials anywhere, a run fails at once naming what it
+/// looked for, instead of retrying for the reconnect window (10 minutes
+/// here). Instance metadata is switched off: it is off the machine.
+#[tokio::test]
+async fn missing_credentials_fail_at_once_naming_what_was_looked_for() {
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = crate::binary::command();
+    cmd.arg("list")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("HOME", home.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("STOW_REPOSITORY", "s3://kubestow-no-creds/x")
+        .env("STOW_PASSWORD", "pw")
+        .env("STOW_RECONNECT_TIMEOUT", "10m");
+    let run = tokio::time::timeout(Duration::from_secs(120), crate::binary::run(cmd))
+        .await
+        .expect("a missing credential was retried instead of failing at once");
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stderr, run.stdout);
+    let reason = run.summary["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+        + &run.summary["errors"].to_string();
+    assert!(
+        reason.contains("no usable S3 credentials") && reason.contains("AWS_ACCESS_KEY_ID"),
+        "{}",
+        run.stdout
+    );
+}

@@ -541,3 +541,44 @@ async fn malformed_hooks_are_configuration_errors() {
         assert!(!dir.path().join("repo").exists());
     }
 }
+
+/// A local hook's environment holds neither password (nor where its file
+/// is) nor the storage credentials, though the run itself has them all.
+#[tokio::test(flavor = "multi_thread")]
+async fn hooks_never_see_passwords_or_storage_credentials() {
+    let (_, ns) = env::namespace("hookenv").await;
+    let (dir, repo) = file_repo();
+    let seen = dir.path().join("env");
+    let pw_file = dir.path().join("password");
+    std::fs::write(&pw_file, "pw-from-a-file-123").unwrap();
+    let hook = format!("sh -c 'env > {}'", seen.display());
+    let mut cmd = binary::command();
+    cmd.arg("backup")
+        .env("STOW_REPOSITORY", &repo)
+        .env("STOW_PASSWORD_FILE", &pw_file)
+        .env("STOW_VOLUME_SOURCE", "skip")
+        .env("STOW_NAMESPACES", &ns)
+        .env("STOW_INIT", "true")
+        .env("STOW_PRE_HOOKS", &hook)
+        .env("AWS_ACCESS_KEY_ID", "AKIDHOOKTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "hook-secret-key-456")
+        .env("AWS_SESSION_TOKEN", "hook-session-789")
+        .env("AWS_ENDPOINT_URL", "http://user:endpoint-pass@127.0.0.1:9");
+    let run = binary::run(cmd).await;
+    assert_code(&run, 0);
+    let env = std::fs::read_to_string(&seen).unwrap();
+    assert!(
+        env.contains("KUBESTOW_HOOK=pre"),
+        "the hook did not run: {env}"
+    );
+    for leaked in [
+        "STOW_PASSWORD_FILE",
+        "pw-from-a-file-123",
+        "AWS_ACCESS_KEY_ID",
+        "hook-secret-key-456",
+        "hook-session-789",
+        "endpoint-pass",
+    ] {
+        assert!(!env.contains(leaked), "a hook saw {leaked}");
+    }
+}

@@ -468,7 +468,7 @@ pub(super) fn retention(raw: &RawConfig, c: &mut Check) -> Maintenance {
 /// Logs, metrics, and the mode `preflight` checks for.
 pub(super) struct Reporting {
     pub(super) preflight_mode: Mode,
-    pub(super) pushgateway_url: Option<String>,
+    pub(super) pushgateway_url: Option<crate::config::SecretUrl>,
     pub(super) log_format: LogFormat,
 }
 
@@ -502,7 +502,7 @@ pub(super) fn reporting(raw: &RawConfig, c: &mut Check) -> Reporting {
         .unwrap_or(LogFormat::Plain);
     Reporting {
         preflight_mode,
-        pushgateway_url,
+        pushgateway_url: pushgateway_url.map(crate::config::SecretUrl::new),
         log_format,
     }
 }

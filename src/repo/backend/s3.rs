@@ -41,6 +41,13 @@ impl std::fmt::Debug for S3Backend {
     }
 }
 
+/// Whether the SDK failed to find or load credentials (its identity
+/// resolver's error), as opposed to reaching the server.
+fn is_credentials_error(err: &dyn std::error::Error) -> bool {
+    let chain = crate::error::error_chain(err).to_ascii_lowercase();
+    chain.contains("credentials") && !chain.contains("invalidaccesskeyid")
+}
+
 impl S3Backend {
     /// A client configured from the AWS environment (credentials, region,
     /// `AWS_ENDPOINT_URL`), with SDK retries off and 5 s connect / 60 s
@@ -62,7 +69,7 @@ impl S3Backend {
         if shared.region().is_none() {
             builder = builder.region(aws_sdk_s3::config::Region::new("us-east-1"));
         }
-        let endpoint = shared.endpoint_url().map(String::from);
+        let endpoint = shared.endpoint_url().map(crate::config::redact_urls);
         Self {
             endpoint,
             ..Self::new(Client::from_conf(builder.build()), bucket, prefix)
@@ -144,6 +151,16 @@ impl S3Backend {
                 op,
                 key,
                 message,
+            },
+            // No credentials, or unusable ones: no retry makes them appear.
+            _ if is_credentials_error(&err) => BackendError::Permanent {
+                location,
+                op,
+                key,
+                message: format!(
+                    "no usable S3 credentials (looked for AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN, a profile in AWS_CONFIG_FILE/AWS_SHARED_CREDENTIALS_FILE, container and instance credentials): {}",
+                    crate::error::error_chain(&err)
+                ),
             },
             // Timeouts, connection failures, truncated responses.
             _ => BackendError::Transient {

@@ -85,6 +85,16 @@ pub enum VolumeError {
         /// The volumes it does hold.
         available: String,
     },
+    /// The trees expand beyond what the snapshot records, or nest deeper
+    /// than a restore goes: a hostile repository that references one tree
+    /// many times (exponential expansion) or builds an endless chain.
+    #[error("volume {volume}: {reason}; refused as a hostile or damaged repository")]
+    TreeBudget {
+        /// The volume being restored.
+        volume: String,
+        /// Which bound was crossed.
+        reason: String,
+    },
     /// A tree blob is not a valid volume tree.
     #[error("tree {id}: {reason}")]
     BadTree {

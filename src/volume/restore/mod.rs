@@ -57,6 +57,36 @@ use super::{Failures, Stopped, VolumeError, get, inc, is_item_error, join_err, l
 use crate::repo::{BlobId, Repository, SnapshotId, SnapshotManifest, SnapshotRef, VolumeEntry};
 use crate::summary::Report;
 
+/// How deep directories nest in a restore. Path lengths stop real trees
+/// long before (PATH_MAX is 4096 bytes); each level holds a directory
+/// descriptor and its listing, so the bound is what keeps those bounded.
+pub const MAX_DEPTH: usize = 512;
+
+/// Entries a restore may create: what the snapshot records for the volume
+/// (its backup counted every entry it wrote to the tree), twice over plus
+/// a margin so that counting differences never stop a real restore, while
+/// a tree referenced many times (2^depth entries from a few blobs) is.
+/// Every backup records the counts; without them, [`UNRECORDED_BUDGET`].
+pub fn entry_budget(stats: &serde_json::Value) -> u64 {
+    let mut total = 0u64;
+    let mut any = false;
+    for key in ["files", "dirs", "symlinks", "hardlinks", "special"] {
+        if let Some(n) = stats.get(key).and_then(serde_json::Value::as_u64) {
+            total = total.saturating_add(n);
+            any = true;
+        }
+    }
+    if any {
+        total.saturating_mul(2).saturating_add(1024)
+    } else {
+        UNRECORDED_BUDGET
+    }
+}
+
+/// Entries a restore may create for a volume whose snapshot records no
+/// counts (no backup writes such a snapshot).
+pub const UNRECORDED_BUDGET: u64 = 10_000_000;
+
 /// Chunks fetched ahead per file, and queued for its writer.
 mod write;
 use write::*;
@@ -387,6 +417,10 @@ struct Walker {
     sh: Arc<Shared>,
     stack: Vec<Frame>,
     progress: crate::progress::Ticker,
+    /// Entries visited so far, and how many the snapshot allows.
+    visited: u64,
+    budget: u64,
+    volume: String,
 }
 
 impl Walker {
@@ -405,7 +439,20 @@ impl Walker {
                 .last_mut()
                 .expect("the root frame is popped last");
             match top.nodes.next() {
-                Some(node) => self.visit(node),
+                Some(node) => {
+                    self.visited += 1;
+                    if self.visited > self.budget {
+                        self.sh.fail(VolumeError::TreeBudget {
+                            volume: self.volume.clone(),
+                            reason: format!(
+                                "its trees hold more than {} entries, more than twice what the snapshot records",
+                                self.budget
+                            ),
+                        });
+                        return None;
+                    }
+                    self.visit(node)
+                }
                 None => {
                     let frame = self.stack.pop().expect("non-empty");
                     let task = self
@@ -485,6 +532,13 @@ impl Walker {
 
     fn dir(&mut self, parent: &File, rel: Vec<u8>, shown: String, node: Node) {
         let sh = self.sh.clone();
+        if self.stack.len() >= MAX_DEPTH {
+            sh.fail(VolumeError::TreeBudget {
+                volume: self.volume.clone(),
+                reason: format!("{shown} nests deeper than {MAX_DEPTH} directories"),
+            });
+            return;
+        }
         let dir = match make_dir(parent, &node.name) {
             Ok(d) => d,
             Err(e) => return sh.item_failed(&shown, format!("directory: {e}")),
@@ -740,6 +794,9 @@ pub async fn restore(
             "volume restore",
             entry.stats.get("bytes").and_then(|b| b.as_u64()),
         ),
+        visited: 0,
+        budget: entry_budget(&entry.stats),
+        volume: opts.name.clone(),
     };
     let root_task = tokio::task::spawn_blocking(move || walker.run())
         .await

@@ -70,6 +70,17 @@ async fn save_volume(
     name: &str,
     listing: crate::repo::BlobId,
 ) {
+    save_volume_with(w, repo, name, listing, serde_json::Value::Null).await
+}
+
+/// [`save_volume`] with the counts a backup records.
+async fn save_volume_with(
+    w: &crate::repo::Writer,
+    repo: &Repository,
+    name: &str,
+    listing: crate::repo::BlobId,
+    stats: serde_json::Value,
+) {
     let mut root = node(b".", NodeType::Dir);
     root.mode = 0o755;
     root.subtree = Some(listing);
@@ -80,7 +91,7 @@ async fn save_volume(
         name.into(),
         VolumeEntry {
             root: root_id,
-            stats: serde_json::Value::Null,
+            stats,
         },
     );
     repo.save_snapshot(&m).await.unwrap();
@@ -419,4 +430,105 @@ async fn restore_again_skips_verified_files_only() {
         bytes(&again, "written") >= 2 * MIB + 500_000,
         "the flipped and the short file are written again: {again:?}"
     );
+}
+
+/// Counts every entry under `dir` (not following symlinks).
+fn entries_under(dir: &Path) -> usize {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| {
+                let e = e.unwrap();
+                1 + if e.file_type().unwrap().is_dir() {
+                    entries_under(&e.path())
+                } else {
+                    0
+                }
+            })
+            .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A key holder's tree bomb: 24 levels, each a directory listing `a` and
+/// `b`, both the same tree of the level below: 2^25 directories from 25
+/// blobs. The snapshot records 3 directories, so the restore stops after a
+/// bounded number of entries and fails naming the volume, instead of
+/// creating tens of millions of directories.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_refuses_a_tree_that_references_one_subtree_many_times() {
+    let fx = Fixture::in_memory().await;
+    let w = fx.repo.writer(1);
+    let mut level = raw_tree(&w, vec![]).await;
+    for _ in 0..24 {
+        let mut a = node(b"a", NodeType::Dir);
+        a.mode = 0o755;
+        a.subtree = Some(level);
+        let mut b = a.clone();
+        b.name = b"b".to_vec();
+        level = raw_tree(&w, vec![a, b]).await;
+    }
+    save_volume_with(
+        &w,
+        &fx.repo,
+        "bomb",
+        level,
+        serde_json::json!({"dirs": 3, "files": 0}),
+    )
+    .await;
+    let target = fx.path("bomb-target");
+    let err = restore(
+        &fx.repo,
+        &restore_opts("bomb", &target),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, VolumeError::TreeBudget { .. }), "{err}");
+    assert!(err.to_string().contains("bomb"), "{err}");
+    let made = entries_under(&target);
+    assert!(
+        made <= 1100,
+        "{made} entries created before the budget stopped it"
+    );
+    assert_eq!(
+        crate::volume::restore::entry_budget(&serde_json::json!({"dirs": 3, "files": 0})),
+        1030
+    );
+    assert_eq!(
+        crate::volume::restore::entry_budget(&serde_json::Value::Null),
+        crate::volume::restore::UNRECORDED_BUDGET
+    );
+}
+
+/// A chain of directories deeper than a restore goes (each level holds a
+/// descriptor and a listing) fails at the bound, naming the volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_refuses_directories_nested_beyond_the_bound() {
+    let fx = Fixture::in_memory().await;
+    let w = fx.repo.writer(1);
+    let mut level = raw_tree(&w, vec![]).await;
+    for _ in 0..(crate::volume::restore::MAX_DEPTH + 10) {
+        let mut d = node(b"d", NodeType::Dir);
+        d.mode = 0o755;
+        d.subtree = Some(level);
+        level = raw_tree(&w, vec![d]).await;
+    }
+    let dirs = (crate::volume::restore::MAX_DEPTH + 10) as u64;
+    save_volume_with(
+        &w,
+        &fx.repo,
+        "deep",
+        level,
+        serde_json::json!({"dirs": dirs}),
+    )
+    .await;
+    let err = restore(
+        &fx.repo,
+        &restore_opts("deep", &fx.path("deep-target")),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, VolumeError::TreeBudget { .. }), "{err}");
+    assert!(err.to_string().contains("deeper than 512"), "{err}");
 }

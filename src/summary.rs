@@ -6,6 +6,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
+/// The kubelet keeps at most 4096 bytes of a termination message; the
+/// line and its newline stay below that.
+pub const TERMINATION_LIMIT: usize = 4000;
+
 /// How a run ended. Each status has exactly one exit code (docs/design.md §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -137,8 +141,65 @@ impl Summary {
         serde_json::to_string(self).expect("summary serialises")
     }
 
-    /// Prints to stdout and, when writable, the termination log. A failure to
-    /// write the latter is not an error: outside Kubernetes it does not exist.
+    /// The summary for the termination log: whole when it fits in
+    /// [`TERMINATION_LIMIT`] bytes, else the same fields with `reason` and
+    /// each error's message shortened and as many errors as fit, plus
+    /// `errors_total` and `full_summary` (where the whole one is). Always
+    /// one line of valid JSON: the kubelet cuts the message at 4 KiB,
+    /// which would break JSON exactly where CI reads it.
+    pub fn termination_line(&self) -> String {
+        let line = self.to_line();
+        if line.len() < TERMINATION_LIMIT {
+            return line;
+        }
+        let short = |s: &str, n: usize| -> String {
+            if s.len() <= n {
+                s.to_string()
+            } else {
+                let mut end = n;
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                format!("{}…", &s[..end])
+            }
+        };
+        let mut v = serde_json::json!({
+            "run_id": short(&self.run_id, 128),
+            "mode": self.mode,
+            "status": self.status,
+            "started_at": self.started_at,
+            "duration_seconds": self.duration_seconds,
+            "counts": self.report.counts,
+            "bytes": self.report.bytes,
+            "errors": [],
+            "errors_total": self.report.errors.len(),
+            "truncated": true,
+            "full_summary": "the last line of the container's log (stdout)",
+        });
+        if let Some(r) = &self.report.reason {
+            v["reason"] = serde_json::json!(short(r, 512));
+        }
+        let fits = |v: &serde_json::Value| v.to_string().len() < TERMINATION_LIMIT;
+        // Counts and bytes are a few dozen keys; should they not fit, they go.
+        if !fits(&v) {
+            v["counts"] = serde_json::json!({});
+            v["bytes"] = serde_json::json!({});
+        }
+        for e in &self.report.errors {
+            let entry =
+                serde_json::json!({"item": short(&e.item, 200), "message": short(&e.message, 300)});
+            v["errors"].as_array_mut().expect("an array").push(entry);
+            if !fits(&v) {
+                v["errors"].as_array_mut().expect("an array").pop();
+                break;
+            }
+        }
+        v.to_string()
+    }
+
+    /// Prints to stdout and, when writable, writes the termination log
+    /// (size-capped, see [`Self::termination_line`]). A failure to write the
+    /// latter is not an error: outside Kubernetes it does not exist.
     pub fn emit(&self, termination_log: &Path) {
         let line = self.to_line();
         println!("{line}");
@@ -148,7 +209,7 @@ impl Summary {
             .open(termination_log)
         {
             use std::io::Write;
-            let _ = writeln!(f, "{line}");
+            let _ = writeln!(f, "{}", self.termination_line());
         }
     }
 }
@@ -162,6 +223,47 @@ pub trait Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn summary(errors: usize, reason: Option<String>) -> Summary {
+        let mut r = Report::default();
+        r.count("objects", 12);
+        for i in 0..errors {
+            r.fail_item(
+                format!("apps/v1/Deployment shop/web-{i}"),
+                format!("forbidden: {}", "x".repeat(100 + i)),
+            );
+        }
+        r.reason = reason;
+        Summary {
+            run_id: "restore-1".into(),
+            mode: "restore".into(),
+            status: Status::Partial,
+            started_at: "2026-12-02T00:00:00Z".into(),
+            duration_seconds: 1.5,
+            report: r,
+        }
+    }
+
+    #[test]
+    fn the_termination_message_is_valid_json_under_4_kib() {
+        // Small: the whole summary.
+        let s = summary(2, None);
+        assert_eq!(s.termination_line(), s.to_line());
+        // 200 errors (about 40 KiB), and a huge reason.
+        let s = summary(200, Some("é".repeat(5000)));
+        assert!(s.to_line().len() > 30_000);
+        let t = s.termination_line();
+        assert!(t.len() < TERMINATION_LIMIT, "{}", t.len());
+        let v: serde_json::Value = serde_json::from_str(&t).expect("valid JSON");
+        assert_eq!(v["status"], "partial");
+        assert_eq!(v["errors_total"], 200);
+        assert_eq!(v["counts"]["objects"], 12);
+        let kept = v["errors"].as_array().unwrap();
+        assert!(!kept.is_empty() && kept.len() < 200, "{}", kept.len());
+        assert_eq!(kept[0]["item"], "apps/v1/Deployment shop/web-0");
+        assert_eq!(v["truncated"], true);
+        assert!(v["full_summary"].as_str().unwrap().contains("log"));
+    }
 
     #[test]
     fn exit_codes_follow_the_design() {

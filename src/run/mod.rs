@@ -89,7 +89,8 @@ pub fn main(args: &[String]) -> ExitCode {
         // STOW_LAST_DAY_OF_MONTH / STOW_MIN_INTERVAL may skip the run;
         // STOW_ONCE suspends the CronJob after a success (see `schedule`).
         // STOW_PRECONDITION may skip it too; hooks wrap the mode (`hooks`).
-        let mut result = match schedule::before(&config).await {
+        let manual = schedule::is_manual(&config).await;
+        let mut result = match schedule::before(&config, manual).await {
             Ok(Some(skipped)) => Ok(skipped),
             Ok(None) => {
                 crate::hooks::around(
@@ -102,7 +103,7 @@ pub fn main(args: &[String]) -> ExitCode {
             Err(e) => Err(e),
         };
         if let Ok(report) = &mut result {
-            schedule::after(&config, report.status(), report).await;
+            schedule::after(&config, manual, report.status(), report).await;
         }
         result
     });

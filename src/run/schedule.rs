@@ -18,6 +18,11 @@
 //!   else batch/v1beta1 (Kubernetes < 1.21). A failure to suspend is logged
 //!   and noted in the summary, but does not fail the run: the backup itself
 //!   succeeded, and retrying it would only repeat it.
+//!
+//! A Job created by hand from the CronJob (`kubectl create job --from=...`,
+//! annotated `cronjob.kubernetes.io/instantiate: manual`) bypasses all
+//! three: whoever starts a run by hand wants it to run, and the schedule has
+//! yet to fire for `STOW_ONCE`. The summary says so (`details.manual`).
 
 use std::time::Duration;
 
@@ -80,8 +85,65 @@ fn skipped(reason: String) -> Report {
     }
 }
 
+/// Annotation the CronJob controller's `kubectl create job --from` sets on a
+/// Job made by hand from a CronJob.
+pub const INSTANTIATE_ANNOTATION: &str = "cronjob.kubernetes.io/instantiate";
+
+/// Whether this run's Job (`STOW_JOB_NAME` in `STOW_POD_NAMESPACE`) was
+/// created by hand from its CronJob. Asked only when a guard is set; a Job
+/// that cannot be read counts as scheduled (the guards then apply).
+pub async fn is_manual(config: &Config) -> bool {
+    let guarded = config.last_day_of_month
+        || config.once
+        || (config.mode == Mode::Backup && config.min_interval.is_some());
+    let (Some(ns), Some(job)) = (
+        config.identity.pod_namespace.as_deref(),
+        config.identity.job_name.as_deref(),
+    ) else {
+        return false;
+    };
+    if !guarded {
+        return false;
+    }
+    let Ok(cluster) = crate::cluster::Cluster::connect().await else {
+        return false;
+    };
+    let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), ns);
+    match jobs.get(job).await {
+        Ok(j) => j
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(INSTANTIATE_ANNOTATION))
+            .is_some_and(|v| v == "manual"),
+        Err(e) => {
+            warn!(job = %format!("{ns}/{job}"), error = %e, "cannot tell whether this run was started by hand; the schedule guards apply");
+            false
+        }
+    }
+}
+
+/// Notes in the summary that a manual run bypassed the schedule guards.
+pub fn note_manual(report: &mut Report) {
+    let note = json!(
+        "started by hand from its CronJob: the schedule guards (STOW_LAST_DAY_OF_MONTH, STOW_MIN_INTERVAL, STOW_ONCE) do not apply"
+    );
+    match &mut report.details {
+        Value::Object(map) => {
+            map.insert("manual".into(), note);
+        }
+        Value::Null => report.details = json!({ "manual": note }),
+        _ => {}
+    }
+}
+
 /// The guards that run before the mode; `Some` is the skipped run's report.
-pub async fn before(config: &Config) -> Result<Option<Report>, Error> {
+/// A run started by hand (`manual`) is never skipped by them.
+pub async fn before(config: &Config, manual: bool) -> Result<Option<Report>, Error> {
+    if manual {
+        info!("started by hand from its CronJob: schedule guards bypassed");
+        return Ok(None);
+    }
     let now = jiff::Timestamp::now();
     if config.last_day_of_month && !is_last_day_of_month(now, &config.timezone) {
         let today = now.to_zoned(config.timezone.clone()).date();
@@ -104,9 +166,14 @@ pub async fn before(config: &Config) -> Result<Option<Report>, Error> {
     Ok(None)
 }
 
-/// The guards after the mode: `STOW_ONCE` suspends the CronJob after success.
-pub async fn after(config: &Config, status: Status, report: &mut Report) {
-    if !config.once || status != Status::Success {
+/// The guards after the mode: `STOW_ONCE` suspends the CronJob after a
+/// successful scheduled run (never after a manual one: the schedule has
+/// yet to run once).
+pub async fn after(config: &Config, manual: bool, status: Status, report: &mut Report) {
+    if manual {
+        note_manual(report);
+    }
+    if !config.once || status != Status::Success || manual {
         return;
     }
     let note = match suspend_own_cronjob(config).await {

@@ -19,4 +19,5 @@ mod rate;
 mod repo;
 mod resources;
 mod resume;
+mod schedule;
 mod volume;

@@ -1,6 +1,7 @@
 //! The run frame: configuration, logging, signals, schedule guards, hooks
 //! around the mode, summary, metrics, exit.
 
+mod events;
 mod logging;
 mod metrics;
 mod schedule;
@@ -84,8 +85,12 @@ pub fn main(args: &[String]) -> ExitCode {
         }
     };
     let ctx = RunContext::new(run_id.clone());
+    let recorder = runtime.block_on(events::Recorder::for_run(&config));
     let result = runtime.block_on(async {
         spawn_signal_handler(ctx.cancel.clone());
+        if let Some(r) = &recorder {
+            r.started(&config, &run_id).await;
+        }
         // STOW_LAST_DAY_OF_MONTH / STOW_MIN_INTERVAL may skip the run;
         // STOW_ONCE suspends the CronJob after a success (see `schedule`).
         // STOW_PRECONDITION may skip it too; hooks wrap the mode (`hooks`).
@@ -138,6 +143,9 @@ pub fn main(args: &[String]) -> ExitCode {
     };
     info!(status = ?status, seconds = summary.duration_seconds, "run finished");
     summary.emit(Path::new(TERMINATION_LOG));
+    if let Some(r) = &recorder {
+        runtime.block_on(r.finished(&summary));
+    }
     if let Some(url) = &config.pushgateway_url {
         let group = metrics::Group {
             plan: config.plan.clone(),

@@ -233,3 +233,73 @@ async fn a_manual_run_bypasses_the_schedule_guards_and_does_not_suspend() {
     );
     assert!(!suspended(&client, &ns, "by-hand").await);
 }
+
+/// The reasons of the events kubestow recorded on an object, sorted.
+async fn event_reasons(client: &kube::Client, ns: &str, kind: &str, name: &str) -> Vec<String> {
+    let list = request(
+        client,
+        http::Method::GET,
+        &format!("/api/v1/namespaces/{ns}/events"),
+        None,
+    )
+    .await
+    .unwrap();
+    let mut reasons: Vec<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["involvedObject"]["kind"] == kind
+                && e["involvedObject"]["name"] == name
+                && e["source"]["component"] == "kubestow"
+        })
+        .map(|e| e["reason"].as_str().unwrap_or("").to_owned())
+        .collect();
+    reasons.sort();
+    reasons
+}
+
+/// A run records Events on its Job: started and succeeded; a skipped run
+/// records why on the Job and on its CronJob, where `kubectl describe
+/// cronjob` shows it.
+#[tokio::test]
+async fn runs_record_events_on_their_job_and_skips_on_the_cronjob() {
+    let (client, ns) = env::namespace("run-events").await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = format!("file://{}/repo", dir.path().display());
+    let first_job = cronjob_with_job(&client, &ns, "evented").await;
+    let cmd = |job: &str| {
+        let mut cmd = binary::command();
+        cmd.arg("backup")
+            .env("STOW_POD_NAMESPACE", &ns)
+            .env("STOW_JOB_NAME", job)
+            .env("STOW_REPOSITORY", &repo)
+            .env("STOW_PASSWORD", "events-password")
+            .env("STOW_INIT", "true")
+            .env("STOW_PLAN", "evented")
+            .env("STOW_MIN_INTERVAL", "60h")
+            .env("STOW_NAMESPACES", &ns)
+            .env("STOW_VOLUME_SOURCE", "skip");
+        cmd
+    };
+    let run = binary::run(cmd(&first_job)).await;
+    assert_eq!(run.summary["status"], "success", "{}", run.stdout);
+    assert_eq!(
+        event_reasons(&client, &ns, "Job", &first_job).await,
+        ["RunStarted", "RunSucceeded"]
+    );
+    // A second Job of the same CronJob, skipped by STOW_MIN_INTERVAL.
+    let second_job = cronjob_with_job(&client, &ns, "evented-2").await;
+    let mut skipped = cmd(&second_job);
+    skipped.env("STOW_PLAN", "evented");
+    let run = binary::run(skipped).await;
+    assert_eq!(run.summary["status"], "skipped", "{}", run.stdout);
+    assert_eq!(
+        event_reasons(&client, &ns, "Job", &second_job).await,
+        ["RunSkipped", "RunStarted"]
+    );
+    assert_eq!(
+        event_reasons(&client, &ns, "CronJob", "evented-2").await,
+        ["RunSkipped"]
+    );
+}

@@ -1528,7 +1528,8 @@ fn chart_rbac_follows_hooks_and_volume_sources() {
         !backup.contains(&("create".into(), "persistentvolumes".into())),
         "{backup:?}"
     );
-    // No volume data: no writes at all but suspending its CronJob.
+    // No volume data: no writes at all but suspending its CronJob and
+    // recording its Events.
     let mut skip = plan("k", json!({ "type": "daily" }));
     skip["volumeSource"] = json!("skip");
     let objs = render(&with_plans(vec![skip]), "1.30.0");
@@ -1543,7 +1544,8 @@ fn chart_rbac_follows_hooks_and_volume_sources() {
         rules(&objs, "Role", "kubestow-backup"),
         [
             ("get".into(), "cronjobs.batch".into()),
-            ("patch".into(), "cronjobs.batch".into())
+            ("patch".into(), "cronjobs.batch".into()),
+            ("create".into(), "events".into())
         ]
     );
     // A glob is no namespace: rendering fails rather than binding "*".

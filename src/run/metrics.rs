@@ -7,6 +7,13 @@
 //! survives a failed run, which is what "time since last success" alerts
 //! need. The JSON summary stays the authoritative record; a failed push is
 //! a warning, never a failed run.
+//!
+//! Every value is a gauge of the last run. A push replaces the group's
+//! values, so a counter could not accumulate across runs (each run would
+//! reset it, and `rate()` would read the resets as restarts); and no label
+//! takes a new value every run (no run id, no free-text reason), so the
+//! series stay the same from run to run. Why a run failed is in its
+//! summary and its Job's Events.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -63,12 +70,6 @@ impl Group {
     }
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 fn sum(summary: &Summary, keys: &[&str]) -> u64 {
     keys.iter()
         .filter_map(|k| summary.report.bytes.get(*k))
@@ -105,24 +106,23 @@ pub fn exposition(summary: &Summary, now: jiff::Timestamp) -> String {
         "Duration of the last run.",
         &[(String::new(), summary.duration_seconds)],
     );
-    // Per run, reset by every push: counters of that run, as the names
-    // Prometheus users expect for byte totals.
-    let bytes = [
+    let bytes: Vec<(String, f64)> = [
         ("read", sum(summary, &["read", "volume_read"])),
         (
             "written",
             sum(summary, &["stored", "volume_stored", "written"]),
         ),
         ("reused", sum(summary, &["reused", "volume_reused"])),
-    ];
-    for (what, n) in bytes {
-        metric(
-            &format!("kubestow_bytes_{what}_total"),
-            "counter",
-            &format!("Bytes {what} by the last run."),
-            &[(String::new(), n as f64)],
-        );
-    }
+    ]
+    .iter()
+    .map(|(k, n)| (format!("{{kind=\"{k}\"}}"), *n as f64))
+    .collect();
+    metric(
+        "kubestow_last_run_bytes",
+        "gauge",
+        "Bytes the last run read, wrote (stored) and reused, by kind.",
+        &bytes,
+    );
     let c = &summary.report.counts;
     let get = |k: &str| c.get(k).copied().unwrap_or(0) as f64;
     let mut objects: Vec<(String, f64)> = Vec::new();
@@ -139,8 +139,8 @@ pub fn exposition(summary: &Summary, now: jiff::Timestamp) -> String {
         summary.report.errors.len() as f64,
     ));
     metric(
-        "kubestow_objects_total",
-        "counter",
+        "kubestow_last_run_objects",
+        "gauge",
         "Objects of the last run by result (failed: items that failed).",
         &objects,
     );
@@ -158,27 +158,6 @@ pub fn exposition(summary: &Summary, now: jiff::Timestamp) -> String {
         "gauge",
         "1 for the status of the last run, 0 for the others.",
         &states,
-    );
-    let reason = match summary.status {
-        Status::Success => String::new(),
-        _ => summary.report.reason.clone().unwrap_or_default(),
-    };
-    metric(
-        "kubestow_run_info",
-        "gauge",
-        "The last run's id, status and reason (why it was skipped or failed).",
-        &[(
-            format!(
-                "{{run_id=\"{}\",status=\"{}\",reason=\"{}\"}}",
-                escape(&summary.run_id),
-                STATUSES
-                    .iter()
-                    .find(|(s, _)| *s == summary.status)
-                    .map_or("", |(_, n)| n),
-                escape(&reason.chars().take(200).collect::<String>())
-            ),
-            1.0,
-        )],
     );
     out
 }
@@ -373,28 +352,53 @@ mod tests {
             now.as_second() as f64
         );
         assert_eq!(value(&t, "kubestow_run_duration_seconds "), 12.5);
-        assert_eq!(value(&t, "kubestow_bytes_read_total "), 15.0);
-        assert_eq!(value(&t, "kubestow_bytes_written_total "), 7.0);
-        assert_eq!(value(&t, "kubestow_bytes_reused_total "), 100.0);
-        assert_eq!(value(&t, "kubestow_objects_total{result=\"stored\"}"), 42.0);
-        assert_eq!(value(&t, "kubestow_objects_total{result=\"failed\"}"), 0.0);
+        assert_eq!(value(&t, "kubestow_last_run_bytes{kind=\"read\"}"), 15.0);
+        assert_eq!(value(&t, "kubestow_last_run_bytes{kind=\"written\"}"), 7.0);
+        assert_eq!(value(&t, "kubestow_last_run_bytes{kind=\"reused\"}"), 100.0);
+        assert_eq!(
+            value(&t, "kubestow_last_run_objects{result=\"stored\"}"),
+            42.0
+        );
+        assert_eq!(
+            value(&t, "kubestow_last_run_objects{result=\"failed\"}"),
+            0.0
+        );
         assert_eq!(value(&t, "kubestow_run_status{status=\"success\"}"), 1.0);
         assert_eq!(value(&t, "kubestow_run_status{status=\"failed\"}"), 0.0);
-        assert!(t.contains("# TYPE kubestow_bytes_read_total counter"));
+        // Gauges only: a push replaces the values, nothing accumulates.
+        assert!(!t.contains(" counter"), "{t}");
+        assert!(!t.contains("_total"), "{t}");
     }
 
     #[test]
-    fn other_runs_keep_the_last_success_and_say_why() {
+    fn other_runs_keep_the_last_success_and_no_label_changes_per_run() {
         let now = jiff::Timestamp::now();
         let t = exposition(&summary(Status::Partial), now);
         assert!(!t.contains("kubestow_last_success_timestamp_seconds"));
         assert_eq!(value(&t, "kubestow_run_status{status=\"partial\"}"), 1.0);
-        assert_eq!(value(&t, "kubestow_objects_total{result=\"failed\"}"), 1.0);
-        let t = exposition(&summary(Status::Skipped), now);
-        assert!(
-            t.contains(r#"reason="precondition not met: \"db\" down""#),
-            "{t}"
+        assert_eq!(
+            value(&t, "kubestow_last_run_objects{result=\"failed\"}"),
+            1.0
         );
+        // The same series, whatever the run id or the reason.
+        let series = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| l.rsplit_once(' ').unwrap().0.to_string())
+                .collect()
+        };
+        let mut other = summary(Status::Skipped);
+        other.run_id = "backup-2".into();
+        let skipped = exposition(&other, now);
+        assert!(
+            !skipped.contains("backup-2") && !skipped.contains("db"),
+            "{skipped}"
+        );
+        let mut a = series(&t);
+        let mut b = series(&skipped);
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -164,6 +164,9 @@ pub struct MoverJob {
     pub env_refs: Vec<Value>,
     /// Plain variables, mode and volume path included; never secrets.
     pub env: BTreeMap<String, String>,
+    /// (volumeMount, volume) pairs mounted as well, read-only: the
+    /// orchestrator's CA bundle.
+    pub extra_mounts: Vec<(Value, Value)>,
     /// What the mover reads or fills.
     pub mount: Mount,
     /// Whether it reads or fills, for its capabilities.
@@ -245,6 +248,14 @@ impl MoverJob {
             }],
             "volumes": [volume, {"name": "tmp", "emptyDir": {}}],
         });
+        for (m, v) in &self.extra_mounts {
+            if let Some(a) = pod_spec["containers"][0]["volumeMounts"].as_array_mut() {
+                a.push(m.clone());
+            }
+            if let Some(a) = pod_spec["volumes"].as_array_mut() {
+                a.push(v.clone());
+            }
+        }
         let affinity_terms = self
             .node_affinity
             .as_ref()
@@ -309,6 +320,7 @@ mod tests {
             env_refs: vec![json!({"name": "AWS_SECRET_ACCESS_KEY",
                 "valueFrom": {"secretKeyRef": {"name": "s3", "key": "secret"}}})],
             env: BTreeMap::from([("STOW_MODE".into(), "volume-backup".into())]),
+            extra_mounts: Vec::new(),
             mount,
             work: Work::Read,
             tolerations: json!([{"key": "dedicated", "operator": "Exists"}]),

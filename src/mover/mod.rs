@@ -122,6 +122,8 @@ pub(crate) struct Runner<'a> {
     env_from: Vec<Value>,
     /// `env` entries of this pod taken by reference (`valueFrom`).
     env_refs: Vec<Value>,
+    /// This pod's CA bundle volumes, mounted the same way in movers.
+    ca_mounts: Vec<(Value, Value)>,
     /// Secrets no reference gives: a Secret at home per Job, if any.
     companion: BTreeMap<String, String>,
     /// Plain variables every mover gets.
@@ -158,6 +160,7 @@ impl<'a> Runner<'a> {
             start_timeout: options.start_timeout,
             env_from: origin.env_from,
             env_refs: origin.env_refs,
+            ca_mounts: origin.ca_mounts,
             companion,
             base_env,
             orchestrator: None,
@@ -278,6 +281,7 @@ impl<'a> Runner<'a> {
             image: self.image.clone(),
             env_from,
             env_refs: self.env_refs.clone(),
+            extra_mounts: self.ca_mounts.clone(),
             owner: self.orchestrator.clone(),
             service_account: self.service_account.clone().unwrap_or_else(|| name.clone()),
             name,

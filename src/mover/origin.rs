@@ -46,7 +46,18 @@ const PASSED_ON: &[&str] = &[
     vars::TIMEZONE,
     vars::LOG_FORMAT,
     "RUST_LOG",
+    // A private CA, and the S3 checksum settings some S3-compatible stores
+    // need; the files they name come with the mounts (see `ca_mounts`).
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "AWS_CA_BUNDLE",
+    "AWS_REQUEST_CHECKSUM_CALCULATION",
+    "AWS_RESPONSE_CHECKSUM_VALIDATION",
 ];
+
+/// Variables naming certificate files or directories whose volumes movers
+/// mount too.
+const CA_PATH_VARS: &[&str] = &["SSL_CERT_FILE", "SSL_CERT_DIR", "AWS_CA_BUNDLE"];
 
 /// What movers take from this pod: its image, and how it gets its
 /// credentials (references only; values never leave it).
@@ -60,6 +71,9 @@ pub(crate) struct Origin {
     pub(super) env_refs: Vec<Value>,
     /// Names this pod sets as literal values.
     pub(super) literal: BTreeSet<String>,
+    /// (volumeMount, volume) pairs of ConfigMaps and Secrets holding the
+    /// certificate files `CA_PATH_VARS` name, renamed for the mover.
+    pub(super) ca_mounts: Vec<(Value, Value)>,
 }
 
 impl Origin {
@@ -106,6 +120,50 @@ fn references(c: &Value, origin: &mut Origin) {
             origin.literal.insert(name.to_string());
         }
     }
+}
+
+/// The volumes (ConfigMap, Secret or projected) of this pod that hold the
+/// files `paths` name: the mover mounts the same ones, read-only, under
+/// the same paths, so a private CA bundle works there too.
+fn ca_mounts(pod: &Value, c: &Value, paths: &[String]) -> Vec<(Value, Value)> {
+    let volumes = pod
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for m in c
+        .get("volumeMounts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let (Some(name), Some(at)) = (str_at(m, "/name"), str_at(m, "/mountPath")) else {
+            continue;
+        };
+        let at_dir = format!("{}/", at.trim_end_matches('/'));
+        if !paths.iter().any(|p| p == at || p.starts_with(&at_dir)) {
+            continue;
+        }
+        let Some(v) = volumes.iter().find(|v| str_at(v, "/name") == Some(name)) else {
+            continue;
+        };
+        if !["configMap", "secret", "projected"]
+            .iter()
+            .any(|k| v.get(*k).is_some())
+        {
+            continue;
+        }
+        let renamed = format!("ca-{}", out.len());
+        let mut mount = serde_json::json!({"name": renamed, "mountPath": at, "readOnly": true});
+        if let Some(sub) = m.get("subPath") {
+            mount["subPath"] = sub.clone();
+        }
+        let mut volume = v.clone();
+        volume["name"] = serde_json::json!(renamed);
+        out.push((mount, volume));
+    }
+    out
 }
 
 /// The image movers run (`STOW_IMAGE`, else this pod's own) and the
@@ -171,6 +229,12 @@ pub(crate) async fn origin(
         return Ok(origin);
     };
     references(c, &mut origin);
+    let paths: Vec<String> = CA_PATH_VARS
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .filter(|p| !p.is_empty())
+        .collect();
+    origin.ca_mounts = ca_mounts(&obj, c, &paths);
     Ok(origin)
 }
 
@@ -317,6 +381,7 @@ mod tests {
             env_refs: vec![json!({"name": "AWS_ACCESS_KEY_ID",
                 "valueFrom": {"secretKeyRef": {"name": "s3", "key": "id"}}})],
             literal: BTreeSet::from([vars::REPOSITORY.to_string(), "AWS_SESSION_TOKEN".into()]),
+            ca_mounts: Vec::new(),
         };
         let (secret, base) = mover_env(&options, "run-1", 1, &origin, env_of(&process));
         assert!(!secret.contains_key(vars::PASSWORD), "{secret:?}");
@@ -337,6 +402,29 @@ mod tests {
         let (secret, base) = mover_env(&options, "run-1", 1, &Origin::default(), env_of(&process));
         assert_eq!(secret["AWS_ENDPOINT_URL"], "https://user:pass@s3.example");
         assert!(!base.contains_key("AWS_ENDPOINT_URL"));
+    }
+
+    #[test]
+    fn a_private_ca_mounted_from_a_config_map_reaches_movers() {
+        let pod = json!({"spec": {
+            "volumes": [
+                {"name": "ca", "configMap": {"name": "corp-ca"}},
+                {"name": "cache", "emptyDir": {}},
+                {"name": "other", "secret": {"secretName": "x"}}],
+            "containers": [{"name": "kubestow", "volumeMounts": [
+                {"name": "ca", "mountPath": "/etc/corp-ca"},
+                {"name": "cache", "mountPath": "/etc/corp-ca-cache"},
+                {"name": "other", "mountPath": "/etc/other"}]}]}});
+        let c = kubestow_container(&pod).unwrap();
+        let got = ca_mounts(&pod, c, &["/etc/corp-ca/bundle.pem".to_string()]);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0["mountPath"], "/etc/corp-ca");
+        assert_eq!(got[0].0["readOnly"], true);
+        assert_eq!(got[0].1["configMap"]["name"], "corp-ca");
+        assert_eq!(got[0].0["name"], got[0].1["name"]);
+        // A path no ConfigMap or Secret holds mounts nothing.
+        assert!(ca_mounts(&pod, c, &["/etc/corp-ca-cache/x".to_string()]).is_empty());
+        assert!(ca_mounts(&pod, c, &[]).is_empty());
     }
 
     #[test]

@@ -203,12 +203,7 @@ impl HandOver<'_> {
         self.wait_bound(&f.namespace, &f.claim).await?;
         self.maybe_exit(Step::Rebound, f);
         // Step 4: the volume's own policy back.
-        let pv = self
-            .kube()
-            .get(&volumes(), None, &pv_name)
-            .await
-            .map_err(Self::api(format!("reading volume {pv_name}")))?
-            .ok_or_else(|| MoverError::Step(format!("volume {pv_name} disappeared")))?;
+        let pv = self.volume(&pv_name).await?;
         self.finish(&pv, &target).await?;
         Ok(Filled::Restored)
     }
@@ -278,12 +273,7 @@ impl HandOver<'_> {
         let pv_name = str_at(&claim, "/spec/volumeName")
             .ok_or_else(|| MoverError::Step(format!("claim {home}/{staging} is not bound")))?
             .to_string();
-        let pv = self
-            .kube()
-            .get(&volumes(), None, &pv_name)
-            .await
-            .map_err(Self::api(format!("reading volume {pv_name}")))?
-            .ok_or_else(|| MoverError::Step(format!("volume {pv_name} disappeared")))?;
+        let pv = self.volume(&pv_name).await?;
         let marked = self
             .kube()
             .merge_patch(
@@ -299,6 +289,15 @@ impl HandOver<'_> {
         info!(claim = %target, volume = %pv_name, "filled at home");
         self.maybe_exit(Step::Filled, f);
         Ok(marked)
+    }
+
+    /// A PersistentVolume that must exist.
+    async fn volume(&self, name: &str) -> Result<Value, MoverError> {
+        self.kube()
+            .get(&volumes(), None, name)
+            .await
+            .map_err(Self::api(format!("reading volume {name}")))?
+            .ok_or_else(|| MoverError::Step(format!("volume {name} disappeared")))
     }
 
     async fn finish(&self, pv: &Value, target: &str) -> Result<(), MoverError> {

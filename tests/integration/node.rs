@@ -99,7 +99,7 @@ fn csi_log_count(what: &str) -> usize {
     log.lines().filter(|l| l.contains(what)).count()
 }
 
-fn names(list: &Value) -> Vec<String> {
+pub(crate) fn names(list: &Value) -> Vec<String> {
     list["items"]
         .as_array()
         .unwrap()

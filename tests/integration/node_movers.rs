@@ -24,7 +24,7 @@ use crate::env::node::{
 };
 use crate::env::{self, node};
 use crate::node::{
-    assert_nothing_at_home, assert_nothing_temporary, statefulset_of, statefulset_ready,
+    assert_nothing_at_home, assert_nothing_temporary, names, statefulset_of, statefulset_ready,
 };
 
 const MIB: usize = 1 << 20;
@@ -518,6 +518,59 @@ fn sigterm_of_the_orchestrator_removes_its_temporary_objects() {
     st.wait_clean();
 }
 
+/// SIGKILLs, through containerd, every running mover container at `home`
+/// whose Job name `which` picks (as the OOM killer would), until finished.
+struct MoverKiller {
+    stop: Arc<AtomicBool>,
+    killed: Arc<Mutex<BTreeSet<String>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl MoverKiller {
+    fn start(home: &str, which: impl Fn(&str) -> bool + Send + 'static) -> MoverKiller {
+        let stop = Arc::new(AtomicBool::new(false));
+        let killed = Arc::new(Mutex::new(BTreeSet::new()));
+        let thread = {
+            let (stop, killed, home) = (stop.clone(), killed.clone(), home.to_owned());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for p in &node::kubestow_pods(&home) {
+                        let job = p["metadata"]["labels"]["job-name"].as_str().unwrap_or("");
+                        let status = &p["status"]["containerStatuses"][0];
+                        let id = status["containerID"]
+                            .as_str()
+                            .unwrap_or("")
+                            .trim_start_matches("containerd://");
+                        if which(job)
+                            && status["state"]["running"].is_object()
+                            && !id.is_empty()
+                            && node::kill_container(id)
+                        {
+                            killed
+                                .lock()
+                                .unwrap()
+                                .insert(p["metadata"]["name"].as_str().unwrap().to_owned());
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        MoverKiller {
+            stop,
+            killed,
+            thread,
+        }
+    }
+
+    /// Stops; the pods it killed.
+    fn finish(self) -> BTreeSet<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        self.killed.lock().unwrap().clone()
+    }
+}
+
 /// The end of the name of a claim's backup mover Job
 /// (`kubestow-<run tag>-backup-<hash of namespace/claim>`).
 fn job_suffix(ns: &str, claim: &str) -> String {
@@ -546,41 +599,13 @@ fn a_mover_that_keeps_failing_fails_only_its_claim() {
         .unwrap();
     }
     let suffix = job_suffix(&st.app, "bad");
-    let stop = Arc::new(AtomicBool::new(false));
-    let killed = Arc::new(Mutex::new(BTreeSet::<String>::new()));
-    let killer = {
-        let (stop, killed, app) = (stop.clone(), killed.clone(), st.home.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                for p in &node::kubestow_pods(&app) {
-                    let job = p["metadata"]["labels"]["job-name"].as_str().unwrap_or("");
-                    let running = &p["status"]["containerStatuses"][0]["state"]["running"];
-                    let id = p["status"]["containerStatuses"][0]["containerID"]
-                        .as_str()
-                        .unwrap_or("")
-                        .trim_start_matches("containerd://");
-                    if job.ends_with(&suffix)
-                        && running.is_object()
-                        && !id.is_empty()
-                        && node::kill_container(id)
-                    {
-                        killed
-                            .lock()
-                            .unwrap()
-                            .insert(p["metadata"]["name"].as_str().unwrap().to_owned());
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
+    let killer = MoverKiller::start(&st.home, move |job| job.ends_with(&suffix));
     let mut backup = st.cmd("backup");
     backup
         .env("STOW_CHANNELS", "2")
         .env("STOW_RATE_LIMIT", "4MiB");
     let run = st.run(backup);
-    stop.store(true, Ordering::Relaxed);
-    killer.join().unwrap();
+    let killed = killer.finish();
     assert_eq!(run.code, Some(3), "{}\n{}", run.stderr, run.stdout);
     let errors = run.summary["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 1, "{errors:?}");
@@ -592,12 +617,7 @@ fn a_mover_that_keeps_failing_fails_only_its_claim() {
     );
     assert_eq!(count(&run, "volumes"), 1);
     // Three pods: the Job's backoff limit of 2 retries.
-    assert_eq!(
-        killed.lock().unwrap().len(),
-        3,
-        "{:?}",
-        killed.lock().unwrap()
-    );
+    assert_eq!(killed.len(), 3, "{killed:?}");
     let list = st.run(st.cmd("list"));
     assert!(
         list.stdout.contains(&format!("{}/good", st.app)),
@@ -771,14 +791,11 @@ fn a_restore_killed_during_the_hand_over_finishes_when_run_again() {
         let target = kubectl_json(&["-n", &to, "get", "pvc"]);
         match step {
             "filled" => {
-                assert!(
-                    names_of(&target).is_empty(),
-                    "no tenant claim yet: {target}"
-                );
+                assert!(names(&target).is_empty(), "no tenant claim yet: {target}");
                 assert_eq!(pv["spec"]["claimRef"]["namespace"], st.home, "{pv}");
             }
             _ => {
-                assert_eq!(names_of(&target), ["data"], "{target}");
+                assert_eq!(names(&target), ["data"], "{target}");
                 assert_eq!(target["items"][0]["status"]["phase"], "Bound");
                 assert_eq!(pv["spec"]["claimRef"]["namespace"], to, "{pv}");
             }
@@ -820,15 +837,6 @@ fn a_restore_killed_during_the_hand_over_finishes_when_run_again() {
     st.wait_clean();
 }
 
-fn names_of(list: &Value) -> Vec<String> {
-    list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["metadata"]["name"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// kubestow's namespace at `restricted` refuses movers (they run as root
 /// with DAC_OVERRIDE). Preflight names the namespace and its level, and a
 /// backup stops there before any work (no snapshot taken). When the level
@@ -841,7 +849,7 @@ fn a_home_namespace_that_refuses_movers_is_named_with_its_admission_message() {
     let st = Stage::new("node-psa", "restricted");
     st.claim("data", "csi-hostpath");
     std::fs::write(claim_dir(&st.app, "data").join("f"), "x").unwrap();
-    let snapshots = || names_of(&kubectl_json(&["-n", &st.app, "get", "volumesnapshots"]));
+    let snapshots = || names(&kubectl_json(&["-n", &st.app, "get", "volumesnapshots"]));
 
     let mut preflight = st.cmd("preflight");
     preflight.env("STOW_VOLUME_SOURCE", "snapshot");
@@ -932,40 +940,14 @@ fn a_workload_whose_claim_was_not_filled_is_held_back_until_a_rerun() {
         "--timeout=180s",
     ]);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let killed = Arc::new(Mutex::new(BTreeSet::<String>::new()));
-    let killer = {
-        let (stop, killed, home) = (stop.clone(), killed.clone(), st.home.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                for p in &node::kubestow_pods(&home) {
-                    let job = p["metadata"]["labels"]["job-name"].as_str().unwrap_or("");
-                    let id = p["status"]["containerStatuses"][0]["containerID"]
-                        .as_str()
-                        .unwrap_or("")
-                        .trim_start_matches("containerd://");
-                    let running =
-                        p["status"]["containerStatuses"][0]["state"]["running"].is_object();
-                    if job.contains("-restore-") && running && node::kill_container(id) {
-                        killed
-                            .lock()
-                            .unwrap()
-                            .insert(p["metadata"]["name"].as_str().unwrap().to_owned());
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
+    let killer = MoverKiller::start(&st.home, |job| job.contains("-restore-"));
     // Throttled (downloads too), so each attempt runs for seconds and the
     // killer sees it running.
     let mut restore = st.cmd("restore");
     restore.env("STOW_RATE_LIMIT", "512KiB");
     let first = st.run(restore);
-    stop.store(true, Ordering::Relaxed);
-    killer.join().unwrap();
     assert!(
-        !killed.lock().unwrap().is_empty(),
+        !killer.finish().is_empty(),
         "the killer never saw a restore mover"
     );
     assert_eq!(first.code, Some(3), "{}\n{}", first.stderr, first.stdout);
@@ -975,12 +957,12 @@ fn a_workload_whose_claim_was_not_filled_is_held_back_until_a_rerun() {
         "the summary does not name the held workload: {errors}"
     );
     let sts = kubectl_json(&["-n", &st.app, "get", "statefulsets"]);
-    assert!(names_of(&sts).is_empty(), "StatefulSet created: {sts}");
+    assert!(names(&sts).is_empty(), "StatefulSet created: {sts}");
     let pods = kubectl_json(&["-n", &st.app, "get", "pods"]);
-    assert!(names_of(&pods).is_empty(), "pods running: {pods}");
+    assert!(names(&pods).is_empty(), "pods running: {pods}");
     let claims = kubectl_json(&["-n", &st.app, "get", "pvc"]);
     assert!(
-        names_of(&claims).is_empty(),
+        names(&claims).is_empty(),
         "an unfilled claim exists: {claims}"
     );
 

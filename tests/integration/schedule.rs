@@ -176,6 +176,23 @@ async fn min_interval_skips_a_backup_while_the_last_run_is_young() {
     assert_eq!(run.summary["status"], want, "{}", run.stdout);
 }
 
+/// A backup of `ns` as Job `job` of plan `plan`, guarded by
+/// `STOW_MIN_INTERVAL=60h`.
+fn guarded_backup(ns: &str, repo: &str, job: &str, plan: &str) -> std::process::Command {
+    let mut cmd = binary::command();
+    cmd.arg("backup")
+        .env("STOW_POD_NAMESPACE", ns)
+        .env("STOW_JOB_NAME", job)
+        .env("STOW_REPOSITORY", repo)
+        .env("STOW_PASSWORD", "guarded-password")
+        .env("STOW_INIT", "true")
+        .env("STOW_PLAN", plan)
+        .env("STOW_MIN_INTERVAL", "60h")
+        .env("STOW_NAMESPACES", ns)
+        .env("STOW_VOLUME_SOURCE", "skip");
+    cmd
+}
+
 /// A Job created by hand from a guarded plan's CronJob runs although the
 /// guard would skip a scheduled one, says so in its summary, and
 /// `STOW_ONCE` does not suspend the CronJob after it.
@@ -188,18 +205,8 @@ async fn a_manual_run_bypasses_the_schedule_guards_and_does_not_suspend() {
     let scheduled_job = cronjob_with_job(&client, &ns, "guarded").await;
     let manual_job = cronjob_with_job_annotated(&client, &ns, "by-hand", manual).await;
     let cmd = |job: &str| {
-        let mut cmd = binary::command();
-        cmd.arg("backup")
-            .env("STOW_POD_NAMESPACE", &ns)
-            .env("STOW_JOB_NAME", job)
-            .env("STOW_REPOSITORY", &repo)
-            .env("STOW_PASSWORD", "manual-password")
-            .env("STOW_INIT", "true")
-            .env("STOW_PLAN", "guarded")
-            .env("STOW_MIN_INTERVAL", "60h")
-            .env("STOW_ONCE", "true")
-            .env("STOW_NAMESPACES", &ns)
-            .env("STOW_VOLUME_SOURCE", "skip");
+        let mut cmd = guarded_backup(&ns, &repo, job, "guarded");
+        cmd.env("STOW_ONCE", "true");
         cmd
     };
     // A first scheduled run is due (no run yet), and suspends its CronJob.
@@ -268,20 +275,7 @@ async fn runs_record_events_on_their_job_and_skips_on_the_cronjob() {
     let dir = tempfile::tempdir().unwrap();
     let repo = format!("file://{}/repo", dir.path().display());
     let first_job = cronjob_with_job(&client, &ns, "evented").await;
-    let cmd = |job: &str| {
-        let mut cmd = binary::command();
-        cmd.arg("backup")
-            .env("STOW_POD_NAMESPACE", &ns)
-            .env("STOW_JOB_NAME", job)
-            .env("STOW_REPOSITORY", &repo)
-            .env("STOW_PASSWORD", "events-password")
-            .env("STOW_INIT", "true")
-            .env("STOW_PLAN", "evented")
-            .env("STOW_MIN_INTERVAL", "60h")
-            .env("STOW_NAMESPACES", &ns)
-            .env("STOW_VOLUME_SOURCE", "skip");
-        cmd
-    };
+    let cmd = |job: &str| guarded_backup(&ns, &repo, job, "evented");
     let run = binary::run(cmd(&first_job)).await;
     assert_eq!(run.summary["status"], "success", "{}", run.stdout);
     assert_eq!(
@@ -290,9 +284,7 @@ async fn runs_record_events_on_their_job_and_skips_on_the_cronjob() {
     );
     // A second Job of the same CronJob, skipped by STOW_MIN_INTERVAL.
     let second_job = cronjob_with_job(&client, &ns, "evented-2").await;
-    let mut skipped = cmd(&second_job);
-    skipped.env("STOW_PLAN", "evented");
-    let run = binary::run(skipped).await;
+    let run = binary::run(cmd(&second_job)).await;
     assert_eq!(run.summary["status"], "skipped", "{}", run.stdout);
     assert_eq!(
         event_reasons(&client, &ns, "Job", &second_job).await,

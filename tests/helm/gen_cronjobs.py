@@ -16,7 +16,9 @@ OUT = os.path.join(HERE, "..", "..", "cronjobs")
 
 HEADERS = {
     "immediate.yaml": "Immediate: a one-off backup now. `kubectl create -f` it (the name must be new\n"
-                      "each time), or start one from any scheduled plan:\n"
+                      "each time; the chart names it after a hash of its spec and sets no\n"
+                      "ttlSecondsAfterFinished, so that an upgrade or a GitOps sync with the same\n"
+                      "values runs nothing), or start one from any scheduled plan:\n"
                       "  kubectl -n kubestow create job --from=cronjob/kubestow-nightly manual-$(date +%s)",
     "once.yaml": "Once at a time: runs at the first matching time (here Dec 24th, 03:00) and,\n"
                  "after a successful run, kubestow suspends this CronJob itself (STOW_ONCE).\n"
@@ -33,10 +35,19 @@ HEADERS = {
                     "28-31 and kubestow skips all but the month's last day (STOW_LAST_DAY_OF_MONTH,\n"
                     "judged in STOW_TIMEZONE). Other examples: `0 4 1,15 1,7 *` (1st and 15th of\n"
                     "January and July), `0 4 29 2 *` (Feb 29th: leap years only).",
-    "restore.yaml": "Restore (one-off): the newest complete run of namespace `shop`. Needs the\n"
-                    "restore ServiceAccount (chart: restore.enabled=true). Use a new name per run.",
-    "restore-point-in-time.yaml": "Restore to a point in time: the newest complete run at or before\n"
-                                  "STOW_RESTORE_POINT, into a new namespace (STOW_NAMESPACE_MAP).",
+    "restore.yaml": "The restore template: a suspended CronJob that never runs by itself (its\n"
+                    "schedule, February 31st, never comes). Each restore is a Job created from it\n"
+                    "with that run's values; with nothing set, the newest complete run of\n"
+                    "namespace `shop`. Needs the restore ServiceAccount (the restore part of\n"
+                    "rbac.yaml; chart: restore.enabled=true). Point in time, into a new namespace:\n"
+                    "  kubectl -n kubestow create job restore-1 --from=cronjob/kubestow-restore \\\n"
+                    "      --dry-run=client -o json \\\n"
+                    "    | jq '.spec.template.spec.containers[0].env +=\n"
+                    "        [{name: \"STOW_RESTORE_POINT\", value: \"2026-11-20T14:00:00Z\"},\n"
+                    "         {name: \"STOW_NAMESPACE_MAP\", value: \"shop=shop-restored\"}]' \\\n"
+                    "    | kubectl create -f -\n"
+                    "README \"Restore\" has the recipe for CI (replacing values the template sets,\n"
+                    "waiting, reading the result).",
     "rbac.yaml": "ServiceAccounts and RBAC for the manifests in this directory (namespace\n"
                  "`kubestow`; helm/kubestow/templates/rbac.yaml explains each rule):\n"
                  "- backup: reads every resource, Secrets included (list/watch all, get the\n"
@@ -44,8 +55,9 @@ HEADERS = {
                  "  VolumeSnapshots in every namespace, VolumeSnapshotContents and\n"
                  "  PersistentVolumes (cluster-scoped; a PersistentVolume may name a\n"
                  "  hostPath); in `kubestow` only: create/delete Jobs, claims and\n"
-                 "  VolumeSnapshots (mover Jobs run there and nowhere else), get/patch its\n"
-                 "  CronJobs. No Secret, ServiceAccount or RBAC writes; no exec (the chart\n"
+                 "  VolumeSnapshots (mover Jobs run there and nowhere else), get/patch the\n"
+                 "  plans' CronJobs by name (STOW_ONCE; add yours, never kubestow-restore).\n"
+                 "  No Secret, ServiceAccount or RBAC writes; no exec (the chart\n"
                  "  binds pods/exec in the namespaces exec hooks name).\n"
                  "- mover: no API access; mover Jobs, prune, check, copy.\n"
                  "- restore: writes everywhere (cluster-admin in effect): apply that part\n"
@@ -66,7 +78,7 @@ Kubernetes < 1.21: use `apiVersion: batch/v1beta1` for CronJobs; < 1.26: drop
 `podFailurePolicy`; < 1.27: drop `timeZone`."""
 
 INLINE = [
-    (r"^\s*concurrencyPolicy:", "Never two runs of one plan at once."),
+    (r"^\s*concurrencyPolicy:", "Never two scheduled runs of this CronJob at once."),
     (r"^\s*podFailurePolicy:", "Exit code 2 is a configuration error: do not retry it."),
     (r"^\s*envFrom:", "Credentials only from the Secret, never as literals."),
     (r"^\s*- name: STOW_POD_NAME$", "Downward API: run id (Job name), pod identity."),

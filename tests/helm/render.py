@@ -7,8 +7,13 @@ Helm v4's Go SDK) and prints the manifests as one JSON document:
 
 Usage: render.py [--kube-version 1.20.2] [--release kubestow]
                  [--namespace kubestow] [--values FILE ...]
+                 [--upgrade --revision N] [--raw]
 Values are YAML (or JSON) files; `-` reads JSON from stdin. Later files win
-(deep merge, like `helm -f a -f b`).
+(deep merge, like `helm -f a -f b`). `--upgrade` renders as `helm upgrade`
+does for revision N (default: as `helm install`, revision 1). `--raw` adds
+Helm's output itself, template by template, NOTES.txt included:
+{"ok": true, "objects": [...], "raw": {"kubestow/templates/x.yaml": "..."}}.
+Helm checks the values against values.schema.json first.
 
     render.py compare CRONJOBS_DIR CASES_DIR   # see compare() below
     render.py lint 1.20.2 1.30.0               # helm lint --strict per version
@@ -29,6 +34,11 @@ except ImportError:  # pragma: no cover
 
 CHART = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "helm", "kubestow")
 
+# What every release sets beyond the chart's defaults: a repository and the
+# repository password (the chart makes none up).
+LINT_VALUES = {"repository": "s3://my-backups/cluster-a",
+               "secret": {"existingSecret": "kubestow-credentials"}}
+
 
 def merge(a, b):
     if isinstance(a, dict) and isinstance(b, dict):
@@ -39,14 +49,22 @@ def merge(a, b):
     return b
 
 
-def render(values, kube_version="1.20.2", release="kubestow", namespace="kubestow"):
+def render_raw(values, kube_version="1.20.2", release="kubestow", namespace="kubestow",
+               upgrade=False, revision=1):
+    """Helm's output: {template path: rendered text}."""
     chart = helm.Chart.load(CHART)
     opts = {"name": release, "namespace": namespace, "kube_version": kube_version,
-            "is_install": True, "revision": 1}
+            "is_install": not upgrade, "is_upgrade": upgrade, "revision": revision}
     # Chart.render() does not expose kube_version; the C ABI does.
     out = _native.call_string("helm_render", chart._raw(), json.dumps(values), json.dumps(opts))
+    return json.loads(out)
+
+
+def render(values, kube_version="1.20.2", release="kubestow", namespace="kubestow",
+           upgrade=False, revision=1, raw=None):
+    raw = raw if raw is not None else render_raw(values, kube_version, release, namespace, upgrade, revision)
     objects = []
-    for template, text in sorted(json.loads(out).items()):
+    for template, text in sorted(raw.items()):
         if template.endswith("NOTES.txt"):
             continue
         for doc in yaml.safe_load_all(text):
@@ -138,8 +156,9 @@ def strip(spec):
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "lint":
-        # `helm lint --strict` for each Kubernetes version given.
-        reports = {v: helm.lint(CHART, strict=True, kube_version=v) for v in sys.argv[2:]}
+        # `helm lint --strict` for each Kubernetes version given, with the
+        # chart's defaults plus what a release must set (LINT_VALUES).
+        reports = {v: helm.lint(CHART, LINT_VALUES, strict=True, kube_version=v) for v in sys.argv[2:]}
         print(json.dumps(reports))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "compare":
@@ -151,13 +170,22 @@ def main():
     ap.add_argument("--release", default="kubestow")
     ap.add_argument("--namespace", default="kubestow")
     ap.add_argument("--values", action="append", default=[])
+    ap.add_argument("--upgrade", action="store_true")
+    ap.add_argument("--revision", type=int, default=None)
+    ap.add_argument("--raw", action="store_true")
     args = ap.parse_args()
+    revision = args.revision if args.revision is not None else (2 if args.upgrade else 1)
     try:
-        objects = render(load_values(args.values), args.kube_version, args.release, args.namespace)
+        raw = render_raw(load_values(args.values), args.kube_version, args.release, args.namespace,
+                         args.upgrade, revision)
+        objects = render(None, raw=raw)
     except helm.HelmError as e:
         print(json.dumps({"ok": False, "error": str(e)}))
         return
-    print(json.dumps({"ok": True, "objects": objects}))
+    out = {"ok": True, "objects": objects}
+    if args.raw:
+        out["raw"] = raw
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -21,10 +21,26 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Renders the chart; `Err` carries Helm's message (e.g. a template `fail`).
-fn try_render(values: &Value, kube: &str, release: &str, ns: &str) -> Result<Vec<Value>, String> {
-    let mut child = Command::new("python3")
-        .arg(root().join("tests/helm/render.py"))
+/// How Helm renders: as `helm install` (revision 1) or as `helm upgrade` to
+/// revision N.
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    Install,
+    Upgrade(u32),
+}
+
+/// Helm's output for these values: the parsed objects and the text of
+/// every template (NOTES.txt included), byte for byte. `Err` carries Helm's
+/// message (a template `fail`, or what values.schema.json rejects).
+fn try_render_as(
+    values: &Value,
+    kube: &str,
+    release: &str,
+    ns: &str,
+    action: Action,
+) -> Result<(Vec<Value>, Value), String> {
+    let mut cmd = Command::new("python3");
+    cmd.arg(root().join("tests/helm/render.py"))
         .args([
             "--kube-version",
             kube,
@@ -32,8 +48,13 @@ fn try_render(values: &Value, kube: &str, release: &str, ns: &str) -> Result<Vec
             release,
             "--namespace",
             ns,
+            "--raw",
         ])
-        .args(["--values", "-"])
+        .args(["--values", "-"]);
+    if let Action::Upgrade(revision) = action {
+        cmd.args(["--upgrade", "--revision", &revision.to_string()]);
+    }
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -54,15 +75,21 @@ fn try_render(values: &Value, kube: &str, release: &str, ns: &str) -> Result<Vec
         )
     });
     if parsed["ok"] == json!(true) {
-        Ok(parsed["objects"]
+        let objects = parsed["objects"]
             .as_array()
             .unwrap()
             .iter()
             .map(|o| o["object"].clone())
-            .collect())
+            .collect();
+        Ok((objects, parsed["raw"].clone()))
     } else {
         Err(parsed["error"].as_str().unwrap_or_default().to_owned())
     }
+}
+
+/// Renders the chart as `helm install`; `Err` carries Helm's message.
+fn try_render(values: &Value, kube: &str, release: &str, ns: &str) -> Result<Vec<Value>, String> {
+    try_render_as(values, kube, release, ns, Action::Install).map(|(objects, _)| objects)
 }
 
 fn render(values: &Value, kube: &str) -> Vec<Value> {
@@ -79,6 +106,13 @@ fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
                 .collect();
             panic!("no {kind} {name}; rendered: {have:?}")
         })
+}
+
+/// The one Job rendered (an immediate plan's).
+fn only_job(objs: &[Value]) -> &Value {
+    let jobs: Vec<&Value> = objs.iter().filter(|o| o["kind"] == "Job").collect();
+    assert_eq!(jobs.len(), 1, "{jobs:#?}");
+    jobs[0]
 }
 
 fn pod_spec(workload: &Value) -> &Value {
@@ -119,7 +153,18 @@ fn plan(name: &str, schedule: Value) -> Value {
 }
 
 fn with_plans(plans: Vec<Value>) -> Value {
-    json!({ "repository": "s3://bucket/prefix", "plans": plans })
+    let mut values = defaults();
+    values["plans"] = json!(plans);
+    values
+}
+
+/// What every release sets beyond the chart's defaults: a repository and
+/// the credentials Secret (the chart makes no password up).
+fn defaults() -> Value {
+    json!({
+        "repository": "s3://bucket/prefix",
+        "secret": { "existingSecret": "kubestow-credentials" },
+    })
 }
 
 // ---------------------------------------------------------------- render tests
@@ -160,7 +205,13 @@ fn hooks_given_as_lists_render_as_the_json_form_kubestow_accepts() {
 
 #[test]
 fn default_values_render_a_hardened_nightly_cronjob_for_1_20() {
-    let objs = render(&json!({}), "1.20.2");
+    // The defaults plus what a release must set: a repository and the
+    // password (here in values, so the chart makes the Secret).
+    let values = json!({
+        "repository": "s3://bucket/prefix",
+        "secret": { "password": "from-values", "env": { "AWS_ACCESS_KEY_ID": "id" } },
+    });
+    let objs = render(&values, "1.20.2");
     let cj = find(&objs, "CronJob", "kubestow-nightly");
     assert_eq!(
         cj["apiVersion"], "batch/v1beta1",
@@ -229,20 +280,19 @@ fn default_values_render_a_hardened_nightly_cronjob_for_1_20() {
     );
     assert_eq!(env_of(cj, "STOW_MODE").as_deref(), Some("backup"));
     assert_eq!(env_of(cj, "STOW_PLAN").as_deref(), Some("nightly"));
-    // Secret with a generated password; three... two SAs: restore is opt-in.
+    // The Secret holds the password given, kept on uninstall; two SAs:
+    // restore is opt-in.
     let secret = find(&objs, "Secret", "kubestow-credentials");
     assert_eq!(
         secret["metadata"]["annotations"]["helm.sh/resource-policy"],
         "keep"
     );
-    let pw = secret["data"]["STOW_PASSWORD"].as_str().unwrap();
-    assert_eq!(
-        base64::engine::general_purpose::STANDARD
-            .decode(pw)
-            .unwrap()
-            .len(),
-        32
-    );
+    let decoded = |k: &str| {
+        let v = secret["data"][k].as_str().unwrap();
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v).unwrap()).unwrap()
+    };
+    assert_eq!(decoded("STOW_PASSWORD"), "from-values");
+    assert_eq!(decoded("AWS_ACCESS_KEY_ID"), "id");
     find(&objs, "ServiceAccount", "kubestow-backup");
     let mover = find(&objs, "ServiceAccount", "kubestow-mover");
     assert_eq!(mover["automountServiceAccountToken"], false);
@@ -257,7 +307,7 @@ fn default_values_render_a_hardened_nightly_cronjob_for_1_20() {
 #[test]
 fn existing_secret_is_referenced_and_nothing_is_created() {
     let objs = render(
-        &json!({ "secret": { "existingSecret": "my-creds" } }),
+        &json!({ "repository": "s3://bucket/prefix", "secret": { "existingSecret": "my-creds" } }),
         "1.20.2",
     );
     assert!(!objs.iter().any(|o| o["kind"] == "Secret"));
@@ -331,12 +381,17 @@ fn every_schedule_type_translates_to_cron_and_env() {
             Some("s3://bucket/prefix")
         );
     }
-    // immediate: a hook Job, no CronJob.
-    let job = find(&objs, "Job", "kubestow-now-1");
-    assert_eq!(
-        job["metadata"]["annotations"]["helm.sh/hook"],
-        "post-install,post-upgrade"
+    // immediate: a plain Job (no Helm hook, no TTL), no CronJob; its name
+    // ends in a hash of its spec.
+    let job = only_job(&objs);
+    let name = job["metadata"]["name"].as_str().unwrap();
+    assert!(
+        name.strip_prefix("kubestow-now-")
+            .is_some_and(|h| h.len() == 10 && h.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{name}"
     );
+    assert!(job["metadata"].get("annotations").is_none(), "{job:#}");
+    assert!(job["spec"].get("ttlSecondsAfterFinished").is_none());
     assert!(
         !objs
             .iter()
@@ -435,6 +490,7 @@ fn schedule_edge_cases_feb_29_last_day_and_time_zones() {
     )
     .unwrap_err();
     assert!(err.contains("exactly one weekday"), "{err}");
+    // An unknown type: values.schema.json names the types there are.
     let err = try_render(
         &with_plans(vec![plan("bad", json!({ "type": "fortnightly" }))]),
         "1.20.2",
@@ -442,7 +498,10 @@ fn schedule_edge_cases_feb_29_last_day_and_time_zones() {
         "kubestow",
     )
     .unwrap_err();
-    assert!(err.contains("unknown schedule type"), "{err}");
+    assert!(
+        err.contains("/plans/0/schedule/type") && err.contains("'immediate'"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -493,7 +552,7 @@ fn api_version_and_pod_failure_policy_follow_the_cluster_version() {
         ("1.30.1", "batch/v1", true),
         ("1.37.2", "batch/v1", true),
     ] {
-        let objs = render(&json!({}), kube);
+        let objs = render(&defaults(), kube);
         let cj = find(&objs, "CronJob", "kubestow-nightly");
         assert_eq!(cj["apiVersion"], api, "{kube}");
         let policy = &job_spec(cj)["podFailurePolicy"];
@@ -506,14 +565,17 @@ fn api_version_and_pod_failure_policy_follow_the_cluster_version() {
         }
     }
     // Forced on, e.g. for a 1.25 cluster with the feature gate.
-    let objs = render(&json!({ "job": { "podFailurePolicy": true } }), "1.25.0");
+    let mut forced = defaults();
+    forced["job"] = json!({ "podFailurePolicy": true });
+    let objs = render(&forced, "1.25.0");
     assert!(job_spec(find(&objs, "CronJob", "kubestow-nightly"))["podFailurePolicy"].is_object());
 }
 
 #[test]
-fn retention_check_and_restore_job_render_when_asked() {
+fn retention_check_and_restore_template_render_when_asked() {
     let values = json!({
-        "repository": "s3://b/p",
+        "repository": "s3://bkt/p",
+        "secret": { "password": "pw" },
         "plans": [{
             "name": "nightly", "schedule": { "type": "daily", "at": "01:00" },
             "namespaces": ["shop", "billing"], "tags": ["nightly", "team=a"],
@@ -521,7 +583,7 @@ fn retention_check_and_restore_job_render_when_asked() {
             "retention": { "keepDaily": 7, "keepWeekly": 4, "schedule": { "type": "daily", "at": "06:00" } }
         }],
         "check": { "enabled": true, "readData": "10%" },
-        "restore": { "enabled": true, "job": { "enabled": true, "restorePoint": "2026-11-01T00:00:00Z", "namespaceMap": "shop=shop-restored", "allowHostVolumes": "pv-a" } }
+        "restore": { "enabled": true, "template": { "restorePoint": "2026-11-01T00:00:00Z", "namespaceMap": "shop=shop-restored", "allowHostVolumes": "pv-a" } }
     });
     let objs = render(&values, "1.20.2");
     let cj = find(&objs, "CronJob", "kubestow-nightly");
@@ -556,9 +618,18 @@ fn retention_check_and_restore_job_render_when_asked() {
         env_of(check, "STOW_CHECK_READ_DATA").as_deref(),
         Some("10%")
     );
-    let restore = find(&objs, "Job", "kubestow-restore-1");
+    // The restore template: a suspended CronJob whose schedule never comes;
+    // no restore Job is rendered.
+    let restore = find(&objs, "CronJob", "kubestow-restore");
+    assert_eq!(restore["spec"]["suspend"], true);
+    assert_eq!(restore["spec"]["schedule"], "0 0 31 2 *");
+    assert!(!objs.iter().any(|o| o["kind"] == "Job"));
     assert_eq!(pod_spec(restore)["serviceAccountName"], "kubestow-restore");
     assert_eq!(env_of(restore, "STOW_MODE").as_deref(), Some("restore"));
+    assert_eq!(
+        env_of(restore, "STOW_REPOSITORY").as_deref(),
+        Some("s3://bkt/p")
+    );
     assert_eq!(
         env_of(restore, "STOW_RESTORE_POINT").as_deref(),
         Some("2026-11-01T00:00:00Z")
@@ -578,15 +649,387 @@ fn retention_check_and_restore_job_render_when_asked() {
     );
     find(&objs, "ServiceAccount", "kubestow-restore");
     find(&objs, "ClusterRoleBinding", "kubestow-kubestow-restore");
-    // A restore Job without the restore SA is refused.
+    // Without restore.enabled: no template, no restore account.
+    let objs = render(&with_plans(vec![]), "1.20.2");
+    assert!(
+        !objs
+            .iter()
+            .any(|o| o["metadata"]["name"].as_str().unwrap().contains("restore")),
+        "restore is opt-in"
+    );
+    // The one-off restore Job of earlier versions is gone, and said so.
+    let mut old = with_plans(vec![]);
+    old["restore"] = json!({ "enabled": true, "job": { "enabled": true } });
+    let err = try_render(&old, "1.20.2", "kubestow", "kubestow").unwrap_err();
+    assert!(err.contains("'job' not allowed"), "{err}");
+    // A plan may not take the template's name.
+    let mut clash = with_plans(vec![plan("restore", json!({ "type": "daily" }))]);
+    clash["restore"] = json!({ "enabled": true });
+    let err = try_render(&clash, "1.20.2", "kubestow", "kubestow").unwrap_err();
+    assert!(err.contains("taken by the restore CronJob"), "{err}");
+}
+
+/// Where two renders differ, template by template (empty: byte-identical).
+fn differences(a: &Value, b: &Value) -> Vec<String> {
+    let (a, b) = (a.as_object().unwrap(), b.as_object().unwrap());
+    let mut out = Vec::new();
+    for name in a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))) {
+        let (x, y) = (a.get(name), b.get(name));
+        if x != y {
+            out.push(format!(
+                "{name}:\n--- first\n{}\n--- second\n{}",
+                x.map_or("(none)".into(), |v| v.to_string()),
+                y.map_or("(none)".into(), |v| v.to_string())
+            ));
+        }
+    }
+    out
+}
+
+/// GitOps: `helm template`, Argo CD and Flux render the chart again and
+/// again, and `helm upgrade` renders it for each new revision. Every render
+/// of the same values is the same, byte for byte (a password generated per
+/// render would lock the repository; a name with the revision in it would
+/// make a new Job per upgrade), with the password in values or in a Secret
+/// of one's own.
+#[test]
+fn same_values_render_the_same_bytes_every_time_and_for_every_revision() {
+    let with_password = full_values("kubestow");
+    let mut with_existing = full_values("kubestow");
+    with_existing["secret"] = json!({ "existingSecret": "kubestow-credentials" });
+    for (label, values) in [
+        ("secret.password", &with_password),
+        ("secret.existingSecret", &with_existing),
+    ] {
+        for kube in ["1.20.2", "1.37.2"] {
+            let render_as = |action| {
+                try_render_as(values, kube, "kubestow", "kubestow", action)
+                    .unwrap_or_else(|e| panic!("{label}, {kube}: {e}"))
+            };
+            let (objs, first) = render_as(Action::Install);
+            let templates = first.as_object().unwrap();
+            assert!(
+                templates.len() >= 8 && templates.keys().any(|k| k.ends_with("NOTES.txt")),
+                "{label}, {kube}: {:?}",
+                templates.keys().collect::<Vec<_>>()
+            );
+            let secrets = objs.iter().filter(|o| o["kind"] == "Secret").count();
+            assert_eq!(secrets, usize::from(label == "secret.password"), "{label}");
+            for (what, action) in [
+                ("a second install render", Action::Install),
+                ("an upgrade to revision 2", Action::Upgrade(2)),
+                ("an upgrade to revision 17", Action::Upgrade(17)),
+            ] {
+                let (_, again) = render_as(action);
+                let diff = differences(&first, &again);
+                assert!(
+                    diff.is_empty(),
+                    "{label}, {kube}: {what} differs from the install render:\n{}",
+                    diff.join("\n")
+                );
+            }
+        }
+    }
+}
+
+/// The chart never makes a password up: without `secret.password` and
+/// without `secret.existingSecret`, rendering fails and says which values
+/// to set. Plans that all bring their own Secret need neither.
+#[test]
+fn a_render_without_a_password_or_existing_secret_fails_naming_both() {
+    let mut values = with_plans(vec![plan("a", json!({ "type": "daily" }))]);
+    values["secret"] = json!({});
+    for kube in ["1.20.2", "1.37.2"] {
+        let err = try_render(&values, kube, "kubestow", "kubestow").unwrap_err();
+        assert!(
+            err.contains("secret.password") && err.contains("secret.existingSecret"),
+            "{kube}: {err}"
+        );
+    }
+    // The restore template alone uses the chart's Secret too.
+    let mut restore_only = values.clone();
+    restore_only["plans"] = json!([]);
+    restore_only["restore"] = json!({ "enabled": true });
+    let err = try_render(&restore_only, "1.37.2", "kubestow", "kubestow").unwrap_err();
+    assert!(err.contains("secret.existingSecret"), "{err}");
+    // Each plan with its own Secret, no check, copy or restore: no Secret
+    // is needed, and none is rendered.
+    let mut own = values.clone();
+    own["plans"][0]["existingSecret"] = json!("team-a");
+    let objs = render(&own, "1.37.2");
+    assert!(!objs.iter().any(|o| o["kind"] == "Secret"));
+}
+
+/// Everything a render of these values runs: no Helm hook anywhere (an
+/// install or upgrade never waits for a backup or restore, nor fails with
+/// one), no restore Job, one backup Job for the immediate plan; returns its
+/// name.
+fn assert_upgrade_safe(objs: &[Value], what: &str) -> String {
+    for o in objs {
+        let annotations = o["metadata"]["annotations"].as_object();
+        assert!(
+            annotations.is_none_or(|a| !a.keys().any(|k| k.starts_with("helm.sh/hook"))),
+            "{what}: a Helm hook: {}/{}",
+            o["kind"],
+            o["metadata"]["name"]
+        );
+    }
+    let job = only_job(objs);
+    assert_eq!(
+        job["metadata"]["labels"]["app.kubernetes.io/component"], "backup",
+        "{what}: {job:#}"
+    );
+    assert_eq!(env_of(job, "STOW_MODE").as_deref(), Some("backup"));
+    assert!(
+        job["spec"].get("ttlSecondsAfterFinished").is_none(),
+        "{what}"
+    );
+    job["metadata"]["name"].as_str().unwrap().to_owned()
+}
+
+/// An install, then upgrades: with the same values, with an unrelated value
+/// changed, with the immediate plan changed. No render starts a restore or
+/// holds Helm on a backup; the immediate plan's Job keeps its name (so an
+/// upgrade leaves it alone and nothing runs again) until what it would run
+/// changes; the restore template is a suspended CronJob carrying the
+/// restore settings.
+#[test]
+fn upgrades_start_no_restore_and_wait_for_no_backup() {
+    let mut values = with_plans(vec![
+        plan("now", json!({ "type": "immediate" })),
+        plan("nightly", json!({ "type": "daily", "at": "02:00" })),
+    ]);
+    values["restore"] = json!({ "enabled": true,
+        "template": { "restorePoint": "2026-11-01T00:00:00Z", "namespaces": "shop" } });
+    let kube = "1.37.2";
+    let as_ = |v: &Value, action| {
+        try_render_as(v, kube, "kubestow", "kubestow", action)
+            .unwrap()
+            .0
+    };
+    let install = as_(&values, Action::Install);
+    let job = assert_upgrade_safe(&install, "install");
+    let same = as_(&values, Action::Upgrade(2));
+    assert_eq!(assert_upgrade_safe(&same, "upgrade, same values"), job);
+    let mut unrelated = values.clone();
+    unrelated["check"] = json!({ "enabled": true });
+    unrelated["plans"][1]["schedule"]["at"] = json!("03:30");
+    unrelated["restore"]["template"]["restorePoint"] = json!("2026-11-02T00:00:00Z");
+    let upgraded = as_(&unrelated, Action::Upgrade(3));
+    assert_eq!(
+        assert_upgrade_safe(&upgraded, "upgrade, unrelated values changed"),
+        job,
+        "an unrelated change must not run the immediate plan again"
+    );
+    // What the Job would run changed: a new Job (a Job's pod template
+    // cannot change in place), which runs once.
+    let mut changed = values.clone();
+    changed["plans"][0]["namespaces"] = json!("shop");
+    let renamed = assert_upgrade_safe(&as_(&changed, Action::Upgrade(4)), "plan changed");
+    assert_ne!(renamed, job);
+    let mut resources = values.clone();
+    resources["resources"] = json!({ "requests": { "cpu": "200m" } });
+    let renamed2 = assert_upgrade_safe(&as_(&resources, Action::Upgrade(5)), "resources");
+    assert!(renamed2 != job && renamed2 != renamed);
+
+    for (objs, point) in [
+        (&install, "2026-11-01T00:00:00Z"),
+        (&upgraded, "2026-11-02T00:00:00Z"),
+    ] {
+        let template = find(objs, "CronJob", "kubestow-restore");
+        assert_eq!(template["spec"]["suspend"], true);
+        assert_eq!(
+            template["spec"]["schedule"], "0 0 31 2 *",
+            "February 31st never comes"
+        );
+        assert_eq!(env_of(template, "STOW_MODE").as_deref(), Some("restore"));
+        assert_eq!(
+            env_of(template, "STOW_RESTORE_POINT").as_deref(),
+            Some(point)
+        );
+        assert_eq!(env_of(template, "STOW_NAMESPACES").as_deref(), Some("shop"));
+        assert_eq!(
+            env_of(template, "STOW_REPOSITORY").as_deref(),
+            Some("s3://bucket/prefix")
+        );
+        assert_eq!(pod_spec(template)["serviceAccountName"], "kubestow-restore");
+        // The backup account patches the scheduled plans' CronJobs only.
+        let role = find(objs, "Role", "kubestow-backup");
+        let names: Vec<&Value> = role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["resources"] == json!(["cronjobs"]))
+            .map(|r| &r["resourceNames"])
+            .collect();
+        assert_eq!(names, [&json!(["kubestow-nightly"])], "{role:#}");
+    }
+    // Only an immediate plan: no CronJob rule at all (an empty resourceNames
+    // would allow every CronJob).
+    let objs = render(
+        &with_plans(vec![plan("now", json!({ "type": "immediate" }))]),
+        kube,
+    );
+    let role = find(&objs, "Role", "kubestow-backup");
+    assert!(
+        !role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["resources"] == json!(["cronjobs"])),
+        "{role:#}"
+    );
+}
+
+/// values.schema.json, which Helm checks before rendering (install,
+/// upgrade, template, lint), refuses values kubestow would refuse at run
+/// time, and accepts the chart's defaults once a repository is set.
+#[test]
+fn values_schema_rejects_what_would_fail_at_run_time() {
+    // The schema is generated (its patterns are long); it is up to date.
+    let check = Command::new("python3")
+        .arg(root().join("tests/helm/gen_schema.py"))
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let schema_error = |values: &Value| -> String {
+        let err = try_render(values, "1.37.2", "kubestow", "kubestow")
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            err.contains("values don't meet the specifications of the schema"),
+            "not the schema: {err}"
+        );
+        err
+    };
+    // The defaults with a repository: the schema passes them; only the
+    // password is left to give (a template `fail`, not the schema).
     let err = try_render(
-        &json!({ "restore": { "job": { "enabled": true } } }),
-        "1.20.2",
+        &json!({ "repository": "s3://bucket/prefix" }),
+        "1.37.2",
         "kubestow",
         "kubestow",
     )
     .unwrap_err();
-    assert!(err.contains("restore.enabled"), "{err}");
+    assert!(
+        !err.contains("schema") && err.contains("secret.password"),
+        "{err}"
+    );
+    render(&defaults(), "1.37.2");
+    // No repository, or an empty one: refused unless every plan has its own.
+    for repo in [json!(""), json!(null)] {
+        let mut v = defaults();
+        v["repository"] = repo;
+        let err = schema_error(&v);
+        assert!(
+            err.contains("'repository'") || err.contains("/repository"),
+            "{err}"
+        );
+        assert!(err.contains("/plans/0"), "{err}");
+    }
+    let mut own = defaults();
+    own["repository"] = json!("");
+    own["plans"] = json!([{ "name": "a", "repository": "s3://team-a/backups" }]);
+    render(&own, "1.37.2");
+    own["check"] = json!({ "enabled": true });
+    assert!(schema_error(&own).contains("/check/enabled"));
+    // Not a repository kubestow can open.
+    for bad in ["s3://AB", "file:///", "https://bucket/x", "file://relative"] {
+        let mut v = defaults();
+        v["repository"] = json!(bad);
+        assert!(schema_error(&v).contains("/repository"), "{bad}");
+    }
+    // An unknown schedule type.
+    let err = schema_error(&with_plans(vec![plan(
+        "a",
+        json!({ "type": "fortnightly" }),
+    )]));
+    assert!(err.contains("/plans/0/schedule/type"), "{err}");
+    // A rate kubestow cannot parse.
+    let mut fast = plan("a", json!({ "type": "daily" }));
+    fast["rateLimit"] = json!("fast");
+    let err = schema_error(&with_plans(vec![fast]));
+    assert!(err.contains("/plans/0/rateLimit"), "{err}");
+    // Unknown keys: at the top, in a plan, in a schedule.
+    let mut v = defaults();
+    v["repositry"] = json!("s3://bucket/prefix");
+    assert!(schema_error(&v).contains("'repositry' not allowed"));
+    let mut typo = plan("a", json!({ "type": "daily", "time": "02:00" }));
+    typo["volumesource"] = json!("skip");
+    let err = schema_error(&with_plans(vec![typo]));
+    assert!(
+        err.contains("'volumesource' not allowed") && err.contains("'time' not allowed"),
+        "{err}"
+    );
+    // copy without a destination.
+    let mut v = defaults();
+    v["copy"] = json!({ "enabled": true });
+    assert!(schema_error(&v).contains("/copy/toRepository"));
+}
+
+/// The schema's `rateLimit` pattern and kubestow's own parser agree on
+/// every sample, but one: a zero rate, which the pattern lets through and
+/// kubestow refuses ("would stop all transfers").
+#[test]
+fn schema_rate_limit_pattern_agrees_with_kubestow() {
+    let samples = [
+        "50MiB",
+        "500KB/s",
+        "10 MiB",
+        "1.5GiB",
+        "unlimited",
+        "UNLIMITED",
+        "1048576",
+        "mon-fri 09:00-18:00=10MiB,*=200MiB",
+        "sat+sun=1GiB",
+        "fri 22:00-06:00=5MiB, * = unlimited",
+        "22:00-24:00=1MiB",
+        "fast",
+        "1.5",
+        "50MiB/h",
+        "fri=",
+        "=5MiB",
+        "xyz=5MiB",
+        "Mon-Fri 9:00-18:00=1MiB",
+        "09:00-18:00 mon=1MiB",
+        "mon 09:00-25:00=1MiB",
+        "unlimited/s",
+        "",
+    ];
+    let plans: Vec<Value> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, r)| json!({ "name": format!("r{i}"), "rateLimit": r }))
+        .collect();
+    let refused = match try_render(&with_plans(plans), "1.37.2", "kubestow", "kubestow") {
+        Ok(_) => String::new(),
+        Err(e) => e,
+    };
+    for (i, sample) in samples.iter().enumerate() {
+        let schema_ok = !refused.contains(&format!("'/plans/{i}/rateLimit'"));
+        let kubestow_ok = sample.is_empty()
+            || kubestow::config::Config::from_vars(
+                [
+                    ("STOW_MODE", "backup"),
+                    ("STOW_REPOSITORY", "s3://bucket/prefix"),
+                    ("STOW_PASSWORD", "x"),
+                    ("STOW_RATE_LIMIT", sample),
+                ]
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+                None,
+            )
+            .is_ok();
+        assert_eq!(
+            schema_ok, kubestow_ok,
+            "rateLimit {sample:?}: schema {schema_ok}, kubestow {kubestow_ok}\n{refused}"
+        );
+    }
 }
 
 /// The plain manifests in `cronjobs/` match what the chart renders for the
@@ -621,7 +1064,6 @@ fn plain_cronjob_manifests_match_the_chart() {
         "weekly.yaml",
         "monthly.yaml",
         "restore.yaml",
-        "restore-point-in-time.yaml",
         "copy.yaml",
         "rbac.yaml",
     ] {
@@ -669,11 +1111,12 @@ async fn create(client: &kube::Client, obj: &Value, dry_run: bool) -> Result<Val
     request(client, http::Method::POST, &path, Some(obj)).await
 }
 
-/// Every schedule type, retention, check, copy and a restore Job, for one
-/// release in `ns`.
+/// Every schedule type, retention, check, copy and the restore template,
+/// for one release in `ns`.
 fn full_values(ns: &str) -> Value {
     json!({
         "repository": "s3://bucket/prefix",
+        "secret": { "password": "full-values-password" },
         "plans": [
             { "name": "now", "schedule": { "type": "immediate" } },
             { "name": "once", "schedule": { "type": "once", "date": "2026-12-24", "at": "03:00" } },
@@ -686,7 +1129,7 @@ fn full_values(ns: &str) -> Value {
         "check": { "enabled": true },
         "copy": { "enabled": true, "toRepository": "s3://other/prefix" },
         "restore": { "enabled": true, "namespaces": [ns],
-                     "job": { "enabled": true, "restorePoint": "2026-11-01T00:00:00Z" } }
+                     "template": { "restorePoint": "2026-11-01T00:00:00Z" } }
     })
 }
 
@@ -775,6 +1218,227 @@ async fn rendered_manifests_are_accepted_by_the_apiserver() {
             .iter()
             .all(|s| s["metadata"]["name"] == "default")
     );
+}
+
+/// The Job `kubectl create job --from=cronjob/NAME JOB` makes from the
+/// CronJob `cj` (its jobTemplate, the `manual` annotation, the CronJob as
+/// controlling owner), with this run's variables replacing any of the same
+/// name, as README "Restore" does with jq.
+fn job_from_cronjob(cj: &Value, job: &str, run_env: &[(&str, &str)]) -> Value {
+    let template = &cj["spec"]["jobTemplate"];
+    let mut spec = template["spec"].clone();
+    let env = spec["template"]["spec"]["containers"][0]["env"]
+        .as_array_mut()
+        .unwrap();
+    env.retain(|e| !run_env.iter().any(|(k, _)| e["name"] == *k));
+    env.extend(
+        run_env
+            .iter()
+            .map(|(k, v)| json!({ "name": k, "value": v })),
+    );
+    json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {
+            "name": job,
+            "namespace": cj["metadata"]["namespace"],
+            "labels": template["metadata"]["labels"],
+            "annotations": { "cronjob.kubernetes.io/instantiate": "manual" },
+            "ownerReferences": [{
+                "apiVersion": cj["apiVersion"], "kind": "CronJob",
+                "name": cj["metadata"]["name"], "uid": cj["metadata"]["uid"], "controller": true,
+            }],
+        },
+        "spec": spec,
+    })
+}
+
+/// README "Restore": the CI recipe, the shell block after the marker
+/// comment that names this test.
+fn readme_ci_restore_block() -> String {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let marker = "<!-- ci-restore: helm::restore_template_runs_a_ci_restore runs this block -->";
+    let after =
+        &readme[readme.find(marker).expect("the README's ci-restore marker") + marker.len()..];
+    let body = after
+        .trim_start()
+        .strip_prefix("```sh\n")
+        .expect("a sh block right after the marker");
+    body[..body.find("\n```").unwrap()].to_owned()
+}
+
+/// The env of the kubestow container of a Job, name → value; a name set
+/// twice fails (which one the kubelet takes is easy to get wrong).
+fn job_env(job: &Value) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+    {
+        let name = e["name"].as_str().unwrap().to_owned();
+        let value = e["value"].as_str().unwrap_or("(valueFrom)").to_owned();
+        assert!(
+            out.insert(name.clone(), value).is_none(),
+            "{name} set twice"
+        );
+    }
+    out
+}
+
+/// The restore template applied to the apiserver (1.20.2: batch/v1beta1; a
+/// current release: batch/v1) and a restore Job created from it, as
+/// `kubectl create job --from` does, carries the template's variables with
+/// this run's own in place of the template's. Then README's CI recipe, run
+/// as written (on 1.20 its first step is made through the API, because a
+/// current kubectl reads batch/v1 CronJobs only): it creates the Job, waits
+/// until it completes or fails (no kubelet here, so the Job fails at its
+/// activeDeadlineSeconds) and exits non-zero, in seconds rather than at the
+/// timeout of a `kubectl wait` for the wrong condition.
+#[tokio::test]
+async fn restore_template_runs_a_ci_restore() {
+    let (client, ns) = env::namespace("helm-restore-ci").await;
+    let version = env::server_version().await;
+    let mut values = defaults();
+    values["secret"] = json!({ "password": "ci-restore" });
+    values["plans"] = json!([]);
+    values["job"] = json!({ "activeDeadlineSeconds": 2 });
+    values["restore"] = json!({ "enabled": true,
+        "template": { "restorePoint": "2026-01-01T00:00:00Z", "namespaces": "shop" } });
+    let objs = try_render(&values, version.semver(), "kubestow", &ns).unwrap();
+    for obj in objs
+        .iter()
+        .filter(|o| o["metadata"]["namespace"].is_string())
+    {
+        create(&client, obj, false)
+            .await
+            .unwrap_or_else(|e| panic!("create {} {}: {e}", obj["kind"], obj["metadata"]["name"]));
+    }
+    let api = cronjob_api_version().await;
+    let template_path = format!("/apis/{api}/namespaces/{ns}/cronjobs/kubestow-restore");
+    let template = request(&client, http::Method::GET, &template_path, None)
+        .await
+        .unwrap();
+    assert_eq!(template["spec"]["suspend"], true);
+
+    // Through the API, as kubectl does.
+    let run = [
+        ("STOW_RESTORE_POINT", "2026-11-20T14:00:00Z"),
+        ("STOW_NAMESPACE_MAP", "shop=shop-restored"),
+    ];
+    let made = request(
+        &client,
+        http::Method::POST,
+        &jobs_path(&ns),
+        Some(&job_from_cronjob(&template, "restore-api", &run)),
+    )
+    .await
+    .unwrap();
+    let want = |job: &Value| {
+        let env = job_env(job);
+        assert_eq!(env["STOW_MODE"], "restore", "{env:?}");
+        assert_eq!(env["STOW_RESTORE_POINT"], "2026-11-20T14:00:00Z", "{env:?}");
+        assert_eq!(env["STOW_NAMESPACE_MAP"], "shop=shop-restored", "{env:?}");
+        assert_eq!(
+            env["STOW_NAMESPACES"], "shop",
+            "the template's, kept: {env:?}"
+        );
+        assert_eq!(env["STOW_REPOSITORY"], "s3://bucket/prefix", "{env:?}");
+        assert_eq!(env["STOW_JOB_NAME"], "(valueFrom)", "{env:?}");
+        assert_eq!(
+            job["spec"]["template"]["spec"]["serviceAccountName"],
+            "kubestow-restore"
+        );
+        assert_eq!(
+            job["metadata"]["ownerReferences"][0]["uid"],
+            template["metadata"]["uid"]
+        );
+    };
+    want(&made);
+
+    // README's recipe, as written but for the namespace, the Job's name and
+    // a poll every second.
+    let block = readme_ci_restore_block();
+    let (first, rest) = block.split_once('\n').unwrap();
+    assert!(first.starts_with("NS=kubestow RUN="), "{first}");
+    for arg in [
+        "--arg point 2026-11-20T14:00:00Z",
+        "--arg map shop=shop-restored",
+    ] {
+        assert!(
+            rest.contains(arg),
+            "the test's run values are the README's: {arg}"
+        );
+    }
+    let mut script = format!("NS={ns} RUN=restore-readme\n{rest}")
+        .replace("sleep 10", "sleep 1")
+        .replace("$(seq 1440)", "$(seq 200)");
+    if !version.at_least(21) {
+        let (before, step1) = script.split_once("\n# 1.").unwrap();
+        let (_, after) = step1.split_once("\n# 2.").unwrap();
+        script = format!("{before}\n# 2.{after}");
+        request(
+            &client,
+            http::Method::POST,
+            &jobs_path(&ns),
+            Some(&job_from_cronjob(&template, "restore-readme", &run)),
+        )
+        .await
+        .unwrap();
+    }
+    for tool in ["kubectl", "jq"] {
+        assert!(
+            Command::new(tool).arg("--help").output().is_ok(),
+            "{tool} is needed (tests/env/setup.sh installs it)"
+        );
+    }
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .env("KUBECONFIG", env::kubeconfig_path())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("restore restore-readme did not complete: ") && stderr.contains("Failed"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(230),
+        "the wait took {:?}",
+        started.elapsed()
+    );
+    let job = request(
+        &client,
+        http::Method::GET,
+        &format!("{}/restore-readme", jobs_path(&ns)),
+        None,
+    )
+    .await
+    .unwrap();
+    want(&job);
+    // The template made no Job of its own and is still suspended.
+    let template = request(&client, http::Method::GET, &template_path, None)
+        .await
+        .unwrap();
+    assert_eq!(template["spec"]["suspend"], true);
+    let jobs = request(&client, http::Method::GET, &jobs_path(&ns), None)
+        .await
+        .unwrap();
+    let mut names: Vec<&str> = jobs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["metadata"]["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["restore-api", "restore-readme"]);
 }
 
 /// A kubeconfig file for ServiceAccount `sa` (the admin one with the token
@@ -898,8 +1562,8 @@ async fn can_i(client: &kube::Client, verb: &str, group: &str, resource: &str, n
 async fn backup_service_account_backs_up_but_cannot_create_deployments_and_restore_sa_restores() {
     let (client, ns) = env::namespace("helm-rbac").await;
     let (_, app) = env::namespace("helm-rbac-app").await;
-    let mut values = json!({ "restore": { "enabled": true } });
-    values["restore"]["namespaces"] = json!([app.clone()]);
+    let mut values = defaults();
+    values["restore"] = json!({ "enabled": true, "namespaces": [app.clone()] });
     let version = env::server_version().await;
     let objs = try_render(&values, version.semver(), &ns, &ns).unwrap();
     for obj in &objs {
@@ -1079,6 +1743,7 @@ async fn apply_chart_rbac(hint: &str) -> Applied {
     let (_, other) = env::namespace(&format!("{hint}-other")).await;
     let values = json!({
         "repository": "s3://bucket/prefix",
+        "secret": { "existingSecret": "kubestow-credentials" },
         "restore": { "enabled": true, "namespaces": [app] },
         "plans": [{
             "name": "db", "schedule": { "type": "daily", "at": "02:00" },
@@ -1464,7 +2129,7 @@ fn chart_rbac_follows_hooks_and_volume_sources() {
     b["volumeSource"] = json!("snapshot");
     let mut values = with_plans(vec![a, b]);
     values["restore"] = json!({ "enabled": true, "namespaces": ["app"],
-        "job": { "enabled": true, "env": { "STOW_PRE_HOOKS": "exec:rst/a=b/c:true" } } });
+        "template": { "env": { "STOW_PRE_HOOKS": "exec:rst/a=b/c:true" } } });
     let objs = render(&values, "1.30.0");
     assert_eq!(
         bindings(&objs, "kubestow-kubestow-exec"),
@@ -1502,16 +2167,24 @@ fn chart_rbac_follows_hooks_and_volume_sources() {
         env_of(cj, "STOW_MOVER_SERVICE_ACCOUNT").as_deref(),
         Some("kubestow-mover")
     );
-    let job = objs
-        .iter()
-        .find(|o| {
-            o["kind"] == "Job"
-                && o["metadata"]["labels"]["app.kubernetes.io/component"] == "restore"
-        })
-        .unwrap();
+    let template = find(&objs, "CronJob", "kubestow-restore");
     assert_eq!(
-        env_of(job, "STOW_MOVER_SERVICE_ACCOUNT").as_deref(),
+        env_of(template, "STOW_MOVER_SERVICE_ACCOUNT").as_deref(),
         Some("kubestow-mover")
+    );
+    // The backup account may patch the plans' CronJobs (STOW_ONCE), by name,
+    // and not the restore template: that would run a Job as the restore SA.
+    let role = find(&objs, "Role", "kubestow-backup");
+    let cronjobs: Vec<&Value> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["resources"] == json!(["cronjobs"]))
+        .collect();
+    assert_eq!(cronjobs.len(), 1, "{role:#}");
+    assert_eq!(
+        cronjobs[0]["resourceNames"],
+        json!(["kubestow-a", "kubestow-b"])
     );
 
     // No hooks: no exec at all. Snapshots only: no PersistentVolumes.

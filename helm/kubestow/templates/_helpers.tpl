@@ -14,6 +14,27 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- .Values.secret.existingSecret | default (printf "%s-credentials" (include "kubestow.fullname" .)) -}}
 {{- end -}}
 
+{{/* "true" when some pod takes its credentials from the chart's Secret: a
+plan without its own existingSecret, check, copy or the restore template. */}}
+{{- define "kubestow.needsSecret" -}}
+{{- $need := or .Values.check.enabled .Values.copy.enabled .Values.restore.enabled -}}
+{{- range .Values.plans -}}{{- if not .existingSecret -}}{{- $need = true -}}{{- end -}}{{- end -}}
+{{- if $need -}}true{{- end -}}
+{{- end -}}
+
+{{/* The name of plan p's CronJob (for an immediate plan, the start of its
+Job's name): <fullname>-<plan>, at most 52
+characters (the CronJob controller appends 11 to its Jobs' names). Input:
+list root plan-name. */}}
+{{- define "kubestow.planName" -}}
+{{- printf "%s-%s" (include "kubestow.fullname" (index . 0)) (index . 1) | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The suspended CronJob that restores are created from. */}}
+{{- define "kubestow.restoreTemplateName" -}}
+{{- printf "%s-restore" (include "kubestow.fullname" .) -}}
+{{- end -}}
+
 {{- define "kubestow.sa" -}}
 {{- $root := index . 0 -}}{{- $kind := index . 1 -}}
 {{- (index $root.Values.serviceAccounts $kind).name | default (printf "%s-%s" (include "kubestow.fullname" $root) $kind) -}}
@@ -157,14 +178,18 @@ Output: JSON {cron, minInterval, once, lastDay, immediate, timeZone}.
 {{/*
 Job spec shared by every CronJob and Job.
 Input: dict "root" . "component" name "mode" mode "env" (dict of STOW_* → value)
-"sa" service-account kind "job" per-plan job overrides "resources" override.
+"sa" service-account kind "job" per-plan job overrides "resources" override
+"noTTL" (true: no ttlSecondsAfterFinished, for Jobs that Helm or a GitOps
+tool owns, which would create them again once the TTL deleted them).
 */}}
 {{- define "kubestow.jobSpec" -}}
 {{- $root := .root -}}
 {{- $job := merge (deepCopy (.job | default dict)) $root.Values.job -}}
 backoffLimit: {{ $job.backoffLimit }}
 activeDeadlineSeconds: {{ $job.activeDeadlineSeconds }}
+{{- if not .noTTL }}
 ttlSecondsAfterFinished: {{ $job.ttlSecondsAfterFinished }}
+{{- end }}
 {{- if include "kubestow.podFailurePolicy" $root }}
 podFailurePolicy:
   rules:
@@ -378,7 +403,7 @@ What the release's runs will do, for RBAC and NOTES.txt, as JSON:
                kubelet's directory (auto or kubelet)
   movers       some plan backs up volume data (anything but skip)
   backupExec   namespaces the plans' exec hooks name
-  restoreExec  namespaces the restore Job's exec hooks name
+  restoreExec  namespaces the restore template's exec hooks name
   podSecurity  the Pod Security level the release namespace needs
 */}}
 {{- define "kubestow.usage" -}}
@@ -394,8 +419,8 @@ What the release's runs will do, for RBAC and NOTES.txt, as JSON:
 {{- $ns := include "kubestow.hookNamespaces" (dict "name" (printf "plan %s" $p.name) "env" $env) | fromJsonArray -}}
 {{- $_ := set $out "backupExec" (concat $out.backupExec $ns | uniq) -}}
 {{- end -}}
-{{- if and $root.Values.restore.enabled $root.Values.restore.job.enabled -}}
-{{- $ns := include "kubestow.hookNamespaces" (dict "name" "restore.job" "env" ($root.Values.restore.job.env | default dict)) | fromJsonArray -}}
+{{- if $root.Values.restore.enabled -}}
+{{- $ns := include "kubestow.hookNamespaces" (dict "name" "restore.template" "env" ((($root.Values.restore.template | default dict).env) | default dict)) | fromJsonArray -}}
 {{- $_ := set $out "restoreExec" $ns -}}
 {{- end -}}
 {{- $level := "restricted" -}}

@@ -35,7 +35,7 @@ test: setup lint
     KUBESTOW_K8S_VERSION={{oldest_k8s}} cargo test --test integration -- node:: 2>&1 | tee -a target/test.log
     @awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f; exit (f > 0) }' target/test.log
 
-# A real one-node cluster (1.37) with CSI and S3: the chart backs up a sample shop with its volume data, the namespace is deleted, a restore Job brings it back, every object and byte is checked.
+# A real one-node cluster (1.37) with CSI and S3: the chart backs up a sample shop with its volume data, the namespace is deleted, a Job from the chart's restore template brings it back, every object and byte is checked.
 demo: setup
     bash tests/env/setup-node.sh
     bash images/build.sh

@@ -5,8 +5,9 @@
 //! network namespace on this machine (the same fixture the node tests use),
 //! deploys a sample shop whose database has data on a CSI volume, installs
 //! the kubestow chart with Helm, backs the shop up with a Job made from the
-//! plan's CronJob, deletes the namespace, restores it with the chart's
-//! restore Job, and checks that every object and every byte came back.
+//! plan's CronJob, deletes the namespace, restores it with a Job made from
+//! the chart's restore template, and checks that every object and every
+//! byte came back.
 //! Every kubestow pod runs the image from `just image`.
 
 use std::collections::BTreeMap;
@@ -19,8 +20,8 @@ use serde_json::{Value, json};
 mod env;
 
 use env::node::{
-    self, create_job_from_cronjob, digest, fill, helm, job_summary, kubectl, kubectl_json, values,
-    wait_job, wait_until,
+    self, create_job_from_cronjob, create_restore_job, digest, fill, helm, job_summary, kubectl,
+    kubectl_json, values, wait_job, wait_until,
 };
 
 /// The objects of examples/demo-app.yaml in namespace `shop`, plus the PVC
@@ -209,12 +210,7 @@ fn main() {
         // needs kubestow's namespace at `privileged`.
         "volumeSource": "snapshot",
     }]);
-    helm(
-        "install",
-        SYSTEM,
-        "demo",
-        &values(SYSTEM, &password, plans.clone()),
-    );
+    helm("install", SYSTEM, "demo", &values(SYSTEM, &password, plans));
     println!(
         "   {}",
         kubectl(&["-n", SYSTEM, "get", "cronjobs"])
@@ -222,7 +218,14 @@ fn main() {
             .collect::<Vec<_>>()
             .join("\n   ")
     );
-    let cronjob = kubectl_json(&["-n", SYSTEM, "get", "cronjobs"])["items"][0]["metadata"]["name"]
+    let cronjob = kubectl_json(&[
+        "-n",
+        SYSTEM,
+        "get",
+        "cronjobs",
+        "-l",
+        "app.kubernetes.io/component=backup",
+    ])["items"][0]["metadata"]["name"]
         .as_str()
         .unwrap_or_else(|| fail("the chart made no CronJob"))
         .to_owned();
@@ -263,11 +266,16 @@ fn main() {
     );
     println!("   namespace shop and its volume are gone");
 
-    step(6, "Restore with the chart's restore Job (helm upgrade)");
-    let mut restore = values(SYSTEM, &password, plans);
-    restore["restore"]["job"] =
-        json!({"enabled": true, "name": "restore-shop", "namespaces": "shop"});
-    helm("upgrade", SYSTEM, "demo", &restore);
+    step(
+        6,
+        "Restore: a Job from the chart's restore template (kubectl create job --from=cronjob/demo-kubestow-restore)",
+    );
+    create_restore_job(
+        SYSTEM,
+        "demo-kubestow-restore",
+        "restore-shop",
+        &[("STOW_NAMESPACES", "shop")],
+    );
     wait_job(SYSTEM, "restore-shop");
     show(&job_summary(SYSTEM, "restore-shop"));
     ready("statefulset", "db", 1);

@@ -15,8 +15,9 @@ use serde_json::{Value, json};
 
 use crate::env;
 use crate::env::node::{
-    self, JOB_TIMEOUT, apply, claim_dir, create_job_from_cronjob, digest, fill, helm, job_summary,
-    kubectl, kubectl_json, namespace, noise, ok, random_password, values, wait_job, wait_until,
+    self, JOB_TIMEOUT, apply, claim_dir, create_job_from_cronjob, create_restore_job, digest, fill,
+    helm, job_summary, kubectl, kubectl_json, namespace, noise, ok, random_password, values,
+    wait_job, wait_until,
 };
 
 /// A StatefulSet `web` of `replicas` pause pods (restricted-compliant), each
@@ -206,7 +207,8 @@ pub(crate) fn assert_nothing_at_home(home: &str, app: &str) {
 /// The whole flow: a plan's CronJob fires on its own schedule and
 /// backs up a StatefulSet with 3 claims through CSI snapshots; a Job created
 /// from the CronJob by hand runs the same plan; the namespace is deleted and
-/// a restore Job from the chart brings it back with every byte and object.
+/// a restore Job made from the chart's restore template brings it back with
+/// every byte and object.
 #[test]
 fn chart_cronjob_backs_up_a_statefulset_through_csi_snapshots_and_a_restore_job_brings_it_back() {
     let _shared = node::shared();
@@ -241,7 +243,14 @@ fn chart_cronjob_backs_up_a_statefulset_through_csi_snapshots_and_a_restore_job_
         "ks",
         &values(&sys, &password, plans.clone()),
     );
-    let cronjobs = names(&kubectl_json(&["-n", &sys, "get", "cronjobs"]));
+    let cronjobs = names(&kubectl_json(&[
+        "-n",
+        &sys,
+        "get",
+        "cronjobs",
+        "-l",
+        "app.kubernetes.io/component=backup",
+    ]));
     assert_eq!(cronjobs.len(), 1, "one plan, one CronJob: {cronjobs:?}");
     let cronjob = &cronjobs[0];
 
@@ -262,12 +271,7 @@ fn chart_cronjob_backs_up_a_statefulset_through_csi_snapshots_and_a_restore_job_
     // would conflict with Helm's server-side apply on the next upgrade).
     let mut plans = plans;
     plans[0]["suspend"] = json!(true);
-    helm(
-        "upgrade",
-        &sys,
-        "ks",
-        &values(&sys, &password, plans.clone()),
-    );
+    helm("upgrade", &sys, "ks", &values(&sys, &password, plans));
     wait_job(&sys, &scheduled);
     let summary = job_summary(&sys, &scheduled);
     assert_eq!(summary["status"], "success", "{summary}");
@@ -304,10 +308,14 @@ fn chart_cronjob_backs_up_a_statefulset_through_csi_snapshots_and_a_restore_job_
         .then_some(())
     });
 
-    // A restore Job from the chart.
-    let mut restore = values(&sys, &password, plans);
-    restore["restore"]["job"] = json!({"enabled": true, "name": "e2e-restore", "namespaces": app});
-    helm("upgrade", &sys, "ks", &restore);
+    // A restore Job from the chart's restore template, with this run's
+    // namespaces set at creation (README "Restore").
+    create_restore_job(
+        &sys,
+        "ks-kubestow-restore",
+        "e2e-restore",
+        &[("STOW_NAMESPACES", &app)],
+    );
     wait_job(&sys, "e2e-restore");
     let restored = job_summary(&sys, "e2e-restore");
     assert_eq!(restored["status"], "success", "{restored}");
@@ -374,13 +382,16 @@ fn a_mover_killed_mid_upload_is_retried_by_the_job_controller_and_resumes() {
         "rateLimit": "8MiB",
         "env": {"STOW_RESUME_BUFFER": "4MiB"},
     }]);
-    helm(
-        "install",
+    helm("install", &sys, "ks", &values(&sys, &password, plans));
+    let cronjob = names(&kubectl_json(&[
+        "-n",
         &sys,
-        "ks",
-        &values(&sys, &password, plans.clone()),
-    );
-    let cronjob = names(&kubectl_json(&["-n", &sys, "get", "cronjobs"])).remove(0);
+        "get",
+        "cronjobs",
+        "-l",
+        "app.kubernetes.io/component=backup",
+    ]))
+    .remove(0);
     create_job_from_cronjob(&sys, &cronjob, "slow-1");
 
     // The mover pod, once it has been uploading for a few seconds.
@@ -430,12 +441,15 @@ fn a_mover_killed_mid_upload_is_retried_by_the_job_controller_and_resumes() {
 
     // And the data is all there: restore into a new namespace.
     let copy = env::unique_name("node-kill-copy");
-    let mut restore = values(&sys, &password, plans);
-    restore["restore"]["job"] = json!({
-        "enabled": true, "name": "slow-restore", "namespaces": app,
-        "namespaceMap": format!("{app}={copy}"),
-    });
-    helm("upgrade", &sys, "ks", &restore);
+    create_restore_job(
+        &sys,
+        "ks-kubestow-restore",
+        "slow-restore",
+        &[
+            ("STOW_NAMESPACES", &app),
+            ("STOW_NAMESPACE_MAP", &format!("{app}={copy}")),
+        ],
+    );
     wait_job(&sys, "slow-restore");
     statefulset_ready(&copy, 1);
     assert_eq!(before, digest(&claim_dir(&copy, "data-web-0")));

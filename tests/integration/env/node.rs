@@ -489,29 +489,80 @@ pub fn create_job_from_cronjob(ns: &str, cronjob: &str, job: &str) {
         ]);
         return;
     }
+    apply(&job_by_hand(ns, cronjob, job, &cj).to_string());
+}
+
+/// The Job `kubectl create job --from=cronjob/NAME JOB` makes, built from
+/// the CronJob `cj` (batch/v1beta1 too).
+fn job_by_hand(ns: &str, cronjob: &str, job: &str, cj: &Value) -> Value {
     let template = &cj["spec"]["jobTemplate"];
     let mut annotations = template["metadata"]["annotations"].clone();
     if !annotations.is_object() {
         annotations = json!({});
     }
     annotations["cronjob.kubernetes.io/instantiate"] = json!("manual");
-    apply(
-        &json!({
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "metadata": {
-                "name": job,
-                "namespace": ns,
-                "labels": template["metadata"]["labels"],
-                "annotations": annotations,
-                "ownerReferences": [{
-                    "apiVersion": cj["apiVersion"], "kind": "CronJob", "name": cronjob,
-                    "uid": cj["metadata"]["uid"], "controller": true,
-                }],
-            },
-            "spec": template["spec"],
-        })
-        .to_string(),
+    json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job,
+            "namespace": ns,
+            "labels": template["metadata"]["labels"],
+            "annotations": annotations,
+            "ownerReferences": [{
+                "apiVersion": cj["apiVersion"], "kind": "CronJob", "name": cronjob,
+                "uid": cj["metadata"]["uid"], "controller": true,
+            }],
+        },
+        "spec": template["spec"],
+    })
+}
+
+/// A restore Job from the chart's restore template (CronJob
+/// `<release>-restore`), made as README "Restore" makes one: the Job that
+/// `kubectl create job --from` would create (`--dry-run=client -o json`; on
+/// 1.20 the same Job by hand), with this run's variables replacing any of
+/// the same name, then created.
+pub fn create_restore_job(ns: &str, template: &str, job: &str, run_env: &[(&str, &str)]) {
+    let cj = kubectl_json(&["-n", ns, "get", "cronjob", template]);
+    let mut manifest = if cj["apiVersion"] == "batch/v1" {
+        kubectl_json(&[
+            "-n",
+            ns,
+            "create",
+            "job",
+            job,
+            &format!("--from=cronjob/{template}"),
+            "--dry-run=client",
+        ])
+    } else {
+        job_by_hand(ns, template, job, &cj)
+    };
+    let env = manifest["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array_mut()
+        .expect("the template's container has env");
+    env.retain(|e| !run_env.iter().any(|(k, _)| e["name"] == *k));
+    env.extend(run_env.iter().map(|(k, v)| json!({"name": k, "value": v})));
+    let mut cmd = get().kubectl();
+    cmd.args(["create", "-f", "-"]);
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl create");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl create restore Job {ns}/{job}: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

@@ -24,7 +24,12 @@ impl Pushgateway {
         let proc = Proc::start(
             "pushgateway",
             &bin,
-            &[format!("--web.listen-address=127.0.0.1:{port}")],
+            &[
+                format!("--web.listen-address=127.0.0.1:{port}"),
+                // Debian's default persists to one file under /var/lib,
+                // which every test run would share: memory only.
+                "--persistence.file=".to_string(),
+            ],
             &[],
             dir,
         );

@@ -96,9 +96,13 @@ fn normalise(mut v: Value) -> Value {
             meta.remove(k);
         }
         if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            // Set by controllers, not by the user: the binding, and the
+            // provisioner of a claim that was provisioned (a restored
+            // claim is bound to the volume filled for it instead).
             a.retain(|k, _| {
                 !k.starts_with("pv.kubernetes.io/")
                     && !k.starts_with("volume.beta.kubernetes.io/")
+                    && k != "volume.kubernetes.io/storage-provisioner"
                     && k != "deployment.kubernetes.io/revision"
             });
             if a.is_empty() {

@@ -189,7 +189,7 @@ pub(crate) fn finish(
 }
 
 /// A pack is at least its 4-byte header length.
-fn check_size(key: &str, size: u64) -> Result<(), RepoError> {
+pub(crate) fn check_size(key: &str, size: u64) -> Result<(), RepoError> {
     if size < 4 {
         return Err(RepoError::corrupt(
             key,
@@ -201,7 +201,7 @@ fn check_size(key: &str, size: u64) -> Result<(), RepoError> {
 }
 
 /// The body length of a pack of `size` bytes whose last 4 bytes are `tail`.
-fn body_len(key: &str, size: u64, tail: &[u8]) -> Result<u64, RepoError> {
+pub(crate) fn body_len(key: &str, size: u64, tail: &[u8]) -> Result<u64, RepoError> {
     let corrupt = |reason: String| RepoError::corrupt(key, None, reason);
     let tail: [u8; 4] = tail.try_into().map_err(|_| corrupt("short read".into()))?;
     let header_len = u64::from(u32::from_le_bytes(tail));

@@ -53,6 +53,10 @@ bench: setup
     cargo run --release --quiet --example bench_resources
     cargo test --release --test integration rate:: -- --ignored --nocapture
 
+# Fuzz the repository decoders (pack, index, manifest, tree, catalogue, envelope) and the configuration parser with cargo fuzz, FUZZ_SECONDS (default 60) each, or only the targets named; prints the executions per target and fails on a crash. Not part of `just test`.
+fuzz *targets:
+    bash fuzz/run.sh {{targets}}
+
 # Build the container image FROM scratch with buildah (images/build.sh; no registry needed) and write it as a docker-archive tar.
 image tag="localhost/kubestow:dev":
     bash images/build.sh "{{tag}}"

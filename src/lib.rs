@@ -11,11 +11,16 @@
 //! 4. [`repo`] (the repository and its operations) and [`cluster`] (the API
 //!    server);
 //! 5. [`config`], [`context`], [`summary`], [`progress`], [`error`].
+//!
+//! Beside the floors, the hidden `fuzzing` module holds the harnesses of the
+//! fuzz targets (`fuzz/`); nothing in the crate imports it.
 
 pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hooks;
 pub mod modes;
 pub mod mover;

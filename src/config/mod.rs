@@ -200,7 +200,13 @@ fn validate_bucket(b: &str) -> Result<(), LocationError> {
     if (3..=63).contains(&b.len()) && ok_chars && ok_ends {
         Ok(())
     } else {
-        Err(LocationError::Bucket(b.to_string()))
+        // `s3://key:secret@bucket` puts credentials where the bucket goes:
+        // name the bucket without them.
+        let shown = match b.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => b.to_string(),
+        };
+        Err(LocationError::Bucket(shown))
     }
 }
 

@@ -428,3 +428,15 @@ fn credentials_in_urls_never_reach_logs_or_errors() {
     assert!(e.to_string().contains(v::PUSHGATEWAY_URL), "{e}");
     assert!(!e.to_string().contains("gw-pass-3"), "{e}");
 }
+
+/// Found by the config fuzz target (`fuzz/`): the bucket error repeated
+/// the credentials an S3 URL carried in place of the bucket.
+#[test]
+fn credentials_in_an_s3_url_are_not_shown_as_its_bucket() {
+    for var in [v::REPOSITORY, v::COPY_TO_REPOSITORY] {
+        let e = cfg(&with(&[(var, "s3://user:s3-pass-4@bucket-name/prefix")])).unwrap_err();
+        assert!(e.to_string().contains(var), "{e}");
+        assert!(e.to_string().contains("***@bucket-name"), "{e}");
+        assert!(!e.to_string().contains("s3-pass-4"), "{e}");
+    }
+}

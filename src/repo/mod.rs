@@ -10,20 +10,20 @@ mod blob;
 pub mod check;
 mod checkpoint;
 pub mod copy;
-mod crypto;
+pub(crate) mod crypto;
 mod error;
 mod filter;
 #[doc(hidden)]
 pub mod fixture;
 mod id;
-mod index;
+pub(crate) mod index;
 mod keys;
 pub mod lock;
 mod mover;
 mod open;
-mod pack;
+pub(crate) mod pack;
 pub mod prune;
-mod snapshot;
+pub(crate) mod snapshot;
 pub mod walk;
 mod writer;
 

@@ -150,6 +150,24 @@ pub fn group_runs(snapshots: Vec<(SnapshotId, SnapshotManifest)>) -> Vec<Run> {
     runs
 }
 
+/// Parses the decrypted manifest stored under `key`: JSON whose part
+/// number is in range.
+pub(crate) fn decode_manifest(key: &str, plain: &[u8]) -> Result<SnapshotManifest, RepoError> {
+    let m: SnapshotManifest = serde_json::from_slice(plain)
+        .map_err(|e| RepoError::format(key, format!("not a snapshot manifest: {e}")))?;
+    if !(1..=MAX_PARTS).contains(&m.parts) || m.part >= m.parts {
+        return Err(RepoError::corrupt(
+            key,
+            None,
+            format!(
+                "part {} of {} parts is out of range (a run has 1 to {MAX_PARTS} parts, numbered from 0)",
+                m.part, m.parts
+            ),
+        ));
+    }
+    Ok(m)
+}
+
 /// Object key of a snapshot manifest: `snapshots/<id>`.
 pub fn snapshot_key(id: &SnapshotId) -> String {
     format!("{}{}", PREFIX, id.to_hex())
@@ -215,19 +233,7 @@ impl Repository {
             .master
             .open(kind::SNAPSHOT, bytes, MAX_META_LEN)
             .map_err(|e| open_error(key, None, e))?;
-        let m: SnapshotManifest = serde_json::from_slice(&plain)
-            .map_err(|e| RepoError::format(key, format!("not a snapshot manifest: {e}")))?;
-        if !(1..=MAX_PARTS).contains(&m.parts) || m.part >= m.parts {
-            return Err(RepoError::corrupt(
-                key,
-                None,
-                format!(
-                    "part {} of {} parts is out of range (a run has 1 to {MAX_PARTS} parts, numbered from 0)",
-                    m.part, m.parts
-                ),
-            ));
-        }
-        Ok(m)
+        decode_manifest(key, &plain)
     }
 
     /// Every snapshot manifest, oldest first. Fails naming the first object

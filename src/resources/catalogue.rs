@@ -10,6 +10,7 @@
 //! 3. one node per object, `content` = `[object blob id]`.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -191,7 +192,22 @@ impl Catalogue {
         root: &BlobId,
         want: impl Fn(&str) -> bool,
     ) -> Result<(Catalogue, Vec<Problem>), RepoError> {
-        let root_tree: Tree<ScopeNode> = read_tree(repo, root, "catalogue root").await?;
+        Self::read_from(|id| async move { repo.read_blob(&id).await }, root, want).await
+    }
+
+    /// [`read`](Self::read), with the tree blobs from `read_blob` (the fuzz
+    /// target serves them from memory).
+    pub(crate) async fn read_from<F, Fut>(
+        read_blob: F,
+        root: &BlobId,
+        want: impl Fn(&str) -> bool,
+    ) -> Result<(Catalogue, Vec<Problem>), RepoError>
+    where
+        F: Fn(BlobId) -> Fut,
+        Fut: Future<Output = Result<Bytes, RepoError>>,
+    {
+        let read_blob = &read_blob;
+        let root_tree: Tree<ScopeNode> = read_tree(read_blob, root, "catalogue root").await?;
         let mut cat = Catalogue::default();
         let mut problems = Vec::new();
         let mut wanted: Vec<ScopeNode> = Vec::new();
@@ -221,7 +237,7 @@ impl Catalogue {
             futures::stream::iter(wanted)
                 .map(|node| async move {
                     let what = format!("type list of {}", node.name);
-                    let tree = read_tree(repo, &node.subtree, &what).await;
+                    let tree = read_tree(read_blob, &node.subtree, &what).await;
                     (node, tree)
                 })
                 .buffered(READ_PARALLEL)
@@ -250,7 +266,8 @@ impl Catalogue {
         let lists: Vec<_> = futures::stream::iter(type_reads)
             .map(|(cluster, scope, tn)| async move {
                 let what = format!("object list of {} in {scope}", tn.name);
-                let tree: Result<Tree<ObjectNode>, _> = read_tree(repo, &tn.subtree, &what).await;
+                let tree: Result<Tree<ObjectNode>, _> =
+                    read_tree(read_blob, &tn.subtree, &what).await;
                 (cluster, scope, tn, tree)
             })
             .buffered(READ_PARALLEL)
@@ -322,12 +339,13 @@ async fn add_tree<N: Serialize>(writer: &Writer, tree: &Tree<N>) -> Result<BlobI
     Ok(writer.add(BlobKind::Tree, Bytes::from(json)).await?.0)
 }
 
-async fn read_tree<N: serde::de::DeserializeOwned>(
-    repo: &Repository,
-    id: &BlobId,
-    what: &str,
-) -> Result<Tree<N>, RepoError> {
-    let bytes = repo.read_blob(id).await?;
+async fn read_tree<N, F, Fut>(read_blob: &F, id: &BlobId, what: &str) -> Result<Tree<N>, RepoError>
+where
+    N: serde::de::DeserializeOwned,
+    F: Fn(BlobId) -> Fut,
+    Fut: Future<Output = Result<Bytes, RepoError>>,
+{
+    let bytes = read_blob(*id).await?;
     serde_json::from_slice(&bytes).map_err(|e| RepoError::Format {
         key: format!("tree {id}"),
         reason: format!("{what} is not a catalogue tree: {e}"),

@@ -1,0 +1,5 @@
+#![no_main]
+
+//! Harness: `kubestow::fuzzing::config`.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kubestow::fuzzing::config(data));

@@ -1,0 +1,5 @@
+#![no_main]
+
+//! Harness: `kubestow::fuzzing::pack`.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kubestow::fuzzing::pack(data));

@@ -117,21 +117,9 @@ impl MasterKey {
     /// payload all as the caller gives them, which is what an attacker
     /// holding the key can store. For the fuzz targets.
     pub fn seal_inner(&self, kind: u8, inner: &[u8]) -> Vec<u8> {
-        let nonce = random::<NONCE_LEN>();
-        let mut out = Vec::with_capacity(OUTER_HEADER + inner.len() + TAG_LEN);
-        out.push(FORMAT_VERSION);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(inner);
-        let tag = self
-            .data
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from([kind]),
-                &mut out[OUTER_HEADER..],
-            )
-            .expect("AES-GCM seals any input below 64 GiB");
-        out.extend_from_slice(tag.as_ref());
-        out
+        seal_with(&self.data, kind, inner.len(), |out| {
+            out.extend_from_slice(inner)
+        })
     }
 }
 
@@ -180,22 +168,40 @@ fn compress_into(out: &mut Vec<u8>, plain: &[u8], level: i32) -> bool {
 }
 
 fn seal(key: &LessSafeKey, kind: u8, compression: Compression, plain: &[u8]) -> Vec<u8> {
-    let nonce = random::<NONCE_LEN>();
     // Room for the raw form plus the tag, so nothing reallocates.
-    let mut out = Vec::with_capacity(OVERHEAD + plain.len());
+    seal_with(
+        key,
+        kind,
+        OVERHEAD - OUTER_HEADER - TAG_LEN + plain.len(),
+        |out| {
+            out.push(COMPRESSION_NONE);
+            out.extend_from_slice(&(plain.len() as u64).to_le_bytes());
+            let compressed = match compression {
+                Compression::Level(level) if !plain.is_empty() => compress_into(out, plain, level),
+                _ => false,
+            };
+            if compressed {
+                out[OUTER_HEADER] = COMPRESSION_ZSTD;
+            } else {
+                out.extend_from_slice(plain);
+            }
+        },
+    )
+}
+
+/// The outer header (format, random nonce), the inner part `write_inner`
+/// appends (about `inner_len` bytes), encrypted in place, and the tag.
+fn seal_with(
+    key: &LessSafeKey,
+    kind: u8,
+    inner_len: usize,
+    write_inner: impl FnOnce(&mut Vec<u8>),
+) -> Vec<u8> {
+    let nonce = random::<NONCE_LEN>();
+    let mut out = Vec::with_capacity(OUTER_HEADER + inner_len + TAG_LEN);
     out.push(FORMAT_VERSION);
     out.extend_from_slice(&nonce);
-    out.push(COMPRESSION_NONE);
-    out.extend_from_slice(&(plain.len() as u64).to_le_bytes());
-    let compressed = match compression {
-        Compression::Level(level) if !plain.is_empty() => compress_into(&mut out, plain, level),
-        _ => false,
-    };
-    if compressed {
-        out[OUTER_HEADER] = COMPRESSION_ZSTD;
-    } else {
-        out.extend_from_slice(plain);
-    }
+    write_inner(&mut out);
     let tag = key
         .seal_in_place_separate_tag(
             Nonce::assume_unique_for_key(nonce),

@@ -176,6 +176,14 @@ impl Summary {
             "truncated": true,
             "full_summary": "the last line of the container's log (stdout)",
         });
+        // A restore also keeps every item's outcome in the repository,
+        // which outlives the pod and its log.
+        if let Some(id) = self.report.details.get("report").and_then(|r| r.as_str()) {
+            v["report"] = serde_json::json!(short(id, 128));
+            v["full_summary"] = serde_json::json!(
+                "the last line of the container's log (stdout); every item's outcome is in the repository's restore report `restores/<report>`"
+            );
+        }
         if let Some(r) = &self.report.reason {
             v["reason"] = serde_json::json!(short(r, 512));
         }
@@ -263,6 +271,14 @@ mod tests {
         assert_eq!(kept[0]["item"], "apps/v1/Deployment shop/web-0");
         assert_eq!(v["truncated"], true);
         assert!(v["full_summary"].as_str().unwrap().contains("log"));
+        assert!(v.get("report").is_none());
+
+        // A restore names its stored report, which keeps every item.
+        let mut s = summary(200, None);
+        s.report.details = serde_json::json!({"report": "ab".repeat(32), "plan": "x".repeat(9000)});
+        let v: serde_json::Value = serde_json::from_str(&s.termination_line()).expect("valid JSON");
+        assert_eq!(v["report"], "ab".repeat(32));
+        assert!(v["full_summary"].as_str().unwrap().contains("restores/"));
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod rate;
 mod raw;
 mod secret;
 pub mod selector;
+pub mod trust;
 mod validate;
 pub mod vars;
 

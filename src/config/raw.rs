@@ -117,6 +117,7 @@ impl Config {
                 });
             }
         }
+        errors.extend(super::trust::check(&vars));
         // Empty values mean "unset": Kubernetes manifests often template `value: ""`.
         let ours = vars
             .into_iter()

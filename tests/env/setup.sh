@@ -22,7 +22,7 @@ SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 need_pkgs=()
-for pair in etcd:etcd-server go:golang-go rsync:rsync jq:jq setpriv:util-linux kubectl:kubernetes-client; do
+for pair in etcd:etcd-server go:golang-go rsync:rsync jq:jq setpriv:util-linux kubectl:kubernetes-client stunnel4:stunnel4 promtool:prometheus; do
   cmd="${pair%%:*}"; pkg="${pair#*:}"
   command -v "$cmd" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done

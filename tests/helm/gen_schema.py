@@ -126,6 +126,7 @@ plan = {
         "suspend": {"type": "boolean"},
         "resources": obj,
         "job": job,
+        "alertAfterHours": {"type": "integer", "minimum": 1},
     },
 }
 
@@ -151,6 +152,19 @@ schema = {
             "password": {"type": "string"},
             "env": obj}},
         "env": obj,
+        "caBundle": {"type": "object", "additionalProperties": False, "properties": {
+            "configMap": {"type": "string"},
+            "secret": {"type": "string"},
+            "key": {"type": "string", "minLength": 1}}},
+        "prometheusRule": {"type": "object", "additionalProperties": False, "properties": {
+            "enabled": {"type": "boolean"},
+            "labels": obj,
+            "cluster": {"type": "string"},
+            "severity": {"type": "string", "minLength": 1},
+            "successMaxAgeHours": {"type": "integer", "minimum": 1},
+            "durationGrowthFactor": {"type": "number", "exclusiveMinimum": 1},
+            "durationWindow": {"type": "string", "pattern": "^[0-9]+[smhdwy]$"},
+            "durationMinSeconds": nonneg}},
         "timeZone": {"type": "string"},
         "randomizeSeed": {"type": ["string", "integer"]},
         "serviceAccounts": {"type": "object", "additionalProperties": False, "properties": {

@@ -2294,3 +2294,193 @@ fn chart_passes_helm_lint_strict() {
         }
     }
 }
+
+/// The optional PrometheusRule: a too-old rule per scheduled plan (none for
+/// an immediate one), checked by promtool, whose rule tests feed it the
+/// series kubestow pushes (names and grouping labels of src/run/metrics.rs)
+/// and assert which alerts fire when.
+#[test]
+fn prometheus_rule_alerts_fire_on_the_series_kubestow_pushes() {
+    let mut nightly = plan("nightly", json!({"type": "daily", "at": "02:00"}));
+    nightly["alertAfterHours"] = json!(2);
+    let mut values = with_plans(vec![
+        nightly,
+        plan("weekly", json!({"type": "weekly", "days": ["sun"]})),
+        plan("now", json!({"type": "immediate"})),
+    ]);
+    assert!(
+        !render(&values, "1.37.2")
+            .iter()
+            .any(|o| o["kind"] == "PrometheusRule"),
+        "off by default"
+    );
+    values["prometheusRule"] = json!({"enabled": true, "labels": {"release": "prom"},
+        "durationWindow": "1h"});
+    let objs = render(&values, "1.37.2");
+    let rule = find(&objs, "PrometheusRule", "kubestow");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prom");
+    let rules = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
+    let alerts: Vec<&str> = rules.iter().map(|r| r["alert"].as_str().unwrap()).collect();
+    assert_eq!(
+        alerts,
+        [
+            "KubestowBackupTooOld",
+            "KubestowBackupTooOld",
+            "KubestowRunFailed",
+            "KubestowBackupSlower"
+        ]
+    );
+    assert!(rules[0]["expr"].as_str().unwrap().contains("> 7200"));
+    assert!(rules[1]["expr"].as_str().unwrap().contains("> 93600"));
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        serde_json::to_string(&rule["spec"]).unwrap(),
+    )
+    .unwrap();
+    let series = |name: &str, labels: &str, values: &str| {
+        format!(
+            "      - series: '{name}{{job=\"kubestow\",cluster=\"default\",{labels}}}'\n        values: '{values}'\n"
+        )
+    };
+    let mut tests = String::from(
+        "rule_files: [rules.yaml]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n",
+    );
+    // nightly succeeded at time 0; weekly never reported a success.
+    tests += &series(
+        "kubestow_last_success_timestamp_seconds",
+        "plan=\"nightly\",mode=\"backup\"",
+        "0x300",
+    );
+    // weekly's backup failed from minute 2 on; nightly's check succeeded.
+    tests += &series(
+        "kubestow_run_status",
+        "plan=\"weekly\",mode=\"backup\",status=\"failed\"",
+        "0 0 1x300",
+    );
+    tests += &series(
+        "kubestow_run_status",
+        "plan=\"weekly\",mode=\"backup\",status=\"success\"",
+        "1 1 0x300",
+    );
+    tests += &series(
+        "kubestow_run_status",
+        "plan=\"nightly\",mode=\"check\",status=\"success\"",
+        "1x300",
+    );
+    // nightly's backups took 100 s, then 1000 s from minute 121 on.
+    tests += &series(
+        "kubestow_run_duration_seconds",
+        "plan=\"nightly\",mode=\"backup\"",
+        "100x120 1000x180",
+    );
+    tests += r#"    alert_rule_test:
+      - {eval_time: 1h, alertname: KubestowBackupTooOld, exp_alerts: []}
+      - eval_time: 3h
+        alertname: KubestowBackupTooOld
+        exp_alerts:
+          - exp_labels: {severity: warning, plan: nightly, cluster: default}
+            exp_annotations:
+              summary: "kubestow plan nightly has no successful backup for 2 hours"
+              description: "The last successful backup of plan nightly in cluster default ended 3h 0m 0s ago."
+      - {eval_time: 1m, alertname: KubestowRunFailed, exp_alerts: []}
+      - eval_time: 3m
+        alertname: KubestowRunFailed
+        exp_alerts:
+          - exp_labels: {severity: warning, plan: weekly, mode: backup, cluster: default}
+            exp_annotations:
+              summary: "kubestow backup of plan weekly did not succeed"
+              description: "The last backup run of plan weekly in cluster default ended failed, partial or cancelled; its summary and Events are on its Job."
+      - {eval_time: 100m, alertname: KubestowBackupSlower, exp_alerts: []}
+      - eval_time: 125m
+        alertname: KubestowBackupSlower
+        exp_alerts:
+          - exp_labels: {severity: warning, plan: nightly, cluster: default}
+            exp_annotations:
+              summary: "kubestow backups of plan nightly are getting slower"
+              description: "The last backup of plan nightly in cluster default took 16m 40s, more than 2 times its average over 1h."
+"#;
+    std::fs::write(dir.path().join("tests.yaml"), tests).unwrap();
+    for args in [
+        vec!["check", "rules", "rules.yaml"],
+        vec!["test", "rules", "tests.yaml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(&args)
+            .current_dir(dir.path())
+            .output()
+            .expect("promtool is needed (tests/env/setup.sh installs prometheus)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// `caBundle`: the ConfigMap (or Secret) mounted read-only in every pod the
+/// chart makes and named by SSL_CERT_FILE, which mover Jobs inherit with the
+/// mount; both set fails the render.
+#[test]
+fn a_ca_bundle_is_mounted_in_every_pod_and_named_by_ssl_cert_file() {
+    let mut values = with_plans(vec![
+        plan("nightly", json!({"type": "daily"})),
+        plan("now", json!({"type": "immediate"})),
+    ]);
+    values["restore"] = json!({"enabled": true});
+    values["caBundle"] = json!({"configMap": "s3-ca", "key": "root.pem"});
+    let objs = render(&values, "1.37.2");
+    let workloads: Vec<&Value> = objs
+        .iter()
+        .filter(|o| o["kind"] == "CronJob" || o["kind"] == "Job")
+        .collect();
+    assert!(workloads.len() >= 3, "{}", workloads.len());
+    for w in workloads {
+        let spec = pod_spec(w);
+        assert_eq!(
+            env_of(w, "SSL_CERT_FILE").as_deref(),
+            Some("/etc/kubestow/ca/root.pem"),
+            "{}",
+            w["metadata"]["name"]
+        );
+        let mount = spec["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "ca-bundle")
+            .unwrap();
+        assert_eq!(mount["mountPath"], "/etc/kubestow/ca");
+        assert_eq!(mount["readOnly"], true);
+        let vol = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "ca-bundle")
+            .unwrap();
+        assert_eq!(vol["configMap"]["name"], "s3-ca");
+    }
+    values["caBundle"] = json!({"secret": "s3-ca"});
+    let objs = render(&values, "1.37.2");
+    let cj = find(&objs, "CronJob", "kubestow-nightly");
+    assert_eq!(
+        env_of(cj, "SSL_CERT_FILE").as_deref(),
+        Some("/etc/kubestow/ca/ca.crt")
+    );
+    assert!(
+        pod_spec(cj)["volumes"]
+            .to_string()
+            .contains("\"secretName\":\"s3-ca\"")
+    );
+    values["caBundle"] = json!({"secret": "a", "configMap": "b"});
+    let err = try_render(&values, "1.37.2", "kubestow", "kubestow").unwrap_err();
+    assert!(
+        err.contains("caBundle: set configMap or secret, not both"),
+        "{err}"
+    );
+    values.as_object_mut().unwrap().remove("caBundle");
+    let objs = render(&values, "1.37.2");
+    let cj = find(&objs, "CronJob", "kubestow-nightly");
+    assert_eq!(env_of(cj, "SSL_CERT_FILE"), None);
+}

@@ -20,4 +20,5 @@ mod repo;
 mod resources;
 mod resume;
 mod schedule;
+mod tls;
 mod volume;

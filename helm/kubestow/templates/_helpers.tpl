@@ -272,6 +272,11 @@ template:
             valueFrom:
               fieldRef:
                 fieldPath: metadata.labels['job-name']
+          {{- with (include "kubestow.caBundleSource" $root) }}
+          # The private CA (caBundle); mover Jobs mount the same volume.
+          - name: SSL_CERT_FILE
+            value: {{ printf "/etc/kubestow/ca/%s" $root.Values.caBundle.key | quote }}
+          {{- end }}
         resources:
           {{- toYaml (.resources | default $root.Values.resources) | nindent 10 }}
         securityContext:
@@ -280,9 +285,32 @@ template:
           # The root filesystem is read-only; scratch space goes here.
           - name: tmp
             mountPath: /tmp
+          {{- if (include "kubestow.caBundleSource" $root) }}
+          - name: ca-bundle
+            mountPath: /etc/kubestow/ca
+            readOnly: true
+          {{- end }}
     volumes:
       - name: tmp
         emptyDir: {}
+      {{- with (include "kubestow.caBundleSource" $root) }}
+      - name: ca-bundle
+        {{- . | nindent 8 }}
+      {{- end }}
+{{- end -}}
+
+{{/* The caBundle volume source (configMap or secret), or "" without one; both set fails. */}}
+{{- define "kubestow.caBundleSource" -}}
+{{- $ca := .Values.caBundle | default dict -}}
+{{- if and $ca.configMap $ca.secret -}}
+{{- fail "caBundle: set configMap or secret, not both" -}}
+{{- else if $ca.configMap -}}
+configMap:
+  name: {{ $ca.configMap }}
+{{- else if $ca.secret -}}
+secret:
+  secretName: {{ $ca.secret }}
+{{- end -}}
 {{- end -}}
 
 {{/* CronJob wrapper: dict "root" "name" "component" "sched" (parsed) "suspend" "job" + jobSpec inputs. */}}

@@ -14,6 +14,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 
 use super::{Backend, BackendError, MAX_OBJECT_LEN, ObjectInfo, Result, check_key};
+use crate::config::trust;
 
 /// Objects larger than this are uploaded in parts. Packs are about 16 MiB,
 /// so large packs and big single blobs take the multipart path.
@@ -48,21 +49,53 @@ fn is_credentials_error(err: &dyn std::error::Error) -> bool {
     chain.contains("credentials") && !chain.contains("invalidaccesskeyid")
 }
 
+/// The SDK's HTTPS client with `AWS_CA_BUNDLE` trusted besides the roots
+/// (`SSL_CERT_FILE`/`SSL_CERT_DIR` or the image's); `None` when it is unset.
+/// The configuration checked the file already (`config::trust`).
+fn ca_bundle_client() -> Option<aws_sdk_s3::config::SharedHttpClient> {
+    use aws_smithy_http_client::tls;
+    let path = std::env::var(trust::AWS_CA_BUNDLE)
+        .ok()
+        .filter(|p| !p.is_empty())?;
+    let pem = match trust::read_bundle(trust::AWS_CA_BUNDLE, &path) {
+        Ok(pem) => pem,
+        Err(e) => {
+            tracing::warn!(error = %e, "AWS_CA_BUNDLE not used");
+            return None;
+        }
+    };
+    let context = tls::TlsContext::builder()
+        .with_trust_store(tls::TrustStore::default().with_pem_certificate(pem))
+        .build()
+        .map_err(|e| tracing::warn!(error = %e, "AWS_CA_BUNDLE not used"))
+        .ok()?;
+    Some(
+        aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::AwsLc,
+            ))
+            .tls_context(context)
+            .build_https(),
+    )
+}
+
 impl S3Backend {
     /// A client configured from the AWS environment (credentials, region,
     /// `AWS_ENDPOINT_URL`), with SDK retries off and 5 s connect / 60 s
     /// read timeouts; the region defaults to `us-east-1`.
     pub async fn from_env(bucket: &str, prefix: &str) -> Self {
-        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .retry_config(aws_config::retry::RetryConfig::disabled())
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(5))
                     .read_timeout(Duration::from_secs(60))
                     .build(),
-            )
-            .load()
-            .await;
+            );
+        if let Some(client) = ca_bundle_client() {
+            loader = loader.http_client(client);
+        }
+        let shared = loader.load().await;
         let custom_endpoint = shared.endpoint_url().is_some();
         let mut builder =
             aws_sdk_s3::config::Builder::from(&shared).force_path_style(custom_endpoint);

@@ -45,6 +45,7 @@ pub mod node;
 mod pki;
 mod process;
 mod pushgateway;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,6 +92,7 @@ pub struct TestEnv {
     second: OnceLock<Cluster>,
     garage: Garage,
     pushgateway: OnceLock<pushgateway::Pushgateway>,
+    tls: OnceLock<tls::TlsFront>,
 }
 
 static ENV: LazyLock<TestEnv> = LazyLock::new(|| off_runtime(TestEnv::start));
@@ -274,6 +276,15 @@ pub fn pushgateway_url() -> &'static str {
         .url
 }
 
+/// Garage behind TLS with a private CA (env::tls), started on first use.
+pub fn s3_tls() -> &'static tls::TlsFront {
+    let env = get();
+    env.tls.get_or_init(|| {
+        let backend = env.garage.s3_url.trim_start_matches("http://").to_owned();
+        tls::TlsFront::start(&env.dir.join("s3-tls"), &backend)
+    })
+}
+
 /// The per-process state directory (server logs live here).
 pub fn state_dir() -> &'static Path {
     &get().dir
@@ -352,6 +363,7 @@ impl TestEnv {
             second: OnceLock::new(),
             garage,
             pushgateway: OnceLock::new(),
+            tls: OnceLock::new(),
         }
     }
 }

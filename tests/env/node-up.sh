@@ -59,6 +59,7 @@ SERVICE_IP=10.215.0.1
 APISERVER_PORT=16443
 ETCD_PORT=12379
 S3_PORT=13900            # Garage's S3 API, on the node IP
+S3_TLS_PORT=13904        # the same over TLS (stunnel, a private CA)
 GARAGE_VERSION=2.5.0
 CSI_DRIVER=hostpath.csi.kubestow.test
 # A second instance of the same driver with no VolumeSnapshotClass (storage
@@ -432,8 +433,25 @@ EOF
   out=$("${gc[@]}" key create kubestow-node)
   wait_for 30 "garage bucket" "${gc[@]}" bucket create kubestow
   "${gc[@]}" bucket allow --read --write --owner kubestow --key kubestow-node >/dev/null
+  # The same Garage over TLS, with a certificate from a CA of its own that
+  # no trust store holds (Garage serves plain HTTP; TLS belongs in a proxy).
+  local t="$D/s3-tls"
+  mkdir -p "$t"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+    -keyout "$t/ca.key" -out "$t/ca.crt" -subj "/CN=kubestow-node-s3-ca" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$t/s3.key" \
+    -out "$t/s3.csr" -subj "/CN=$NODE_IP" 2>/dev/null
+  openssl x509 -req -in "$t/s3.csr" -CA "$t/ca.crt" -CAkey "$t/ca.key" -CAcreateserial -days 30 \
+    -extfile <(printf 'extendedKeyUsage=serverAuth\nsubjectAltName=IP:%s\n' "$NODE_IP") \
+    -out "$t/s3.crt" 2>/dev/null
+  printf 'foreground = yes\npid =\n[s3]\naccept = %s:%s\nconnect = %s:%s\ncert = %s\nkey = %s\n' \
+    "$NODE_IP" "$S3_TLS_PORT" "$NODE_IP" "$S3_PORT" "$t/s3.crt" "$t/s3.key" >"$t/stunnel.conf"
+  start s3-tls stunnel4 "$t/stunnel.conf"
+  wait_for 30 "stunnel on $NODE_IP:$S3_TLS_PORT" bash -c "exec 3<>/dev/tcp/$NODE_IP/$S3_TLS_PORT"
   {
     echo "AWS_ENDPOINT_URL=http://$NODE_IP:$S3_PORT"
+    echo "S3_TLS_ENDPOINT_URL=https://$NODE_IP:$S3_TLS_PORT"
+    echo "S3_TLS_CA_FILE=$t/ca.crt"
     echo "AWS_REGION=garage"
     echo "AWS_ACCESS_KEY_ID=$(awk -F': *' '/Key ID/ { print $2; exit }' <<<"$out")"
     echo "AWS_SECRET_ACCESS_KEY=$(awk -F': *' '/Secret key/ { print $2; exit }' <<<"$out")"
@@ -693,7 +711,7 @@ down() {
       ctr -a "$c" -n k8s.io containers delete "$id" >/dev/null 2>&1 || true
     done
   fi
-  for n in csi-provisioner csi-snapshotter csi-hostpath csi-plain-provisioner csi-plain garage kube-proxy snapshot-controller kube-scheduler \
+  for n in csi-provisioner csi-snapshotter csi-hostpath csi-plain-provisioner csi-plain s3-tls garage kube-proxy snapshot-controller kube-scheduler \
     kube-controller-manager kube-apiserver etcd containerd; do stop_pid "$n"; done
   # kube-proxy's own clean-up removes the chains it made.
   [ ! -f "$D/made-kube-proxy" ] || "$NODE_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true

@@ -140,7 +140,7 @@ build_etcd() {
 
 install_debian() {
   local need=() pair
-  for pair in containerd:containerd runc:runc buildah:buildah podman:podman ip:iproute2 gcc:gcc; do
+  for pair in containerd:containerd runc:runc buildah:buildah podman:podman ip:iproute2 gcc:gcc stunnel4:stunnel4; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
   done
   [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)

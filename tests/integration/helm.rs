@@ -1254,7 +1254,7 @@ fn job_from_cronjob(cj: &Value, job: &str, run_env: &[(&str, &str)]) -> Value {
 
 /// README "Restore": the CI recipe, the shell block after the marker
 /// comment that names this test.
-fn readme_ci_restore_block() -> String {
+pub(crate) fn readme_ci_restore_block() -> String {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     let marker = "<!-- ci-restore: helm::restore_template_runs_a_ci_restore runs this block -->";
     let after =

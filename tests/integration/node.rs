@@ -15,8 +15,9 @@ use serde_json::{Value, json};
 
 use crate::env;
 use crate::env::node::{
-    self, JOB_TIMEOUT, apply, claim_dir, create_job_from_cronjob, create_restore_job, digest, fill,
-    helm, job_summary, kubectl, kubectl_json, namespace, noise, ok, random_password, values,
+    self, JOB_TIMEOUT, apply, claim_dir, create_job_from_cronjob, create_restore_job,
+    create_scheduled_like_job, digest, event_reasons, fill, helm, helm_manifest, job_summary,
+    kubectl, kubectl_json, namespace, noise, ok, random_password, termination_summary, values,
     wait_job, wait_until,
 };
 
@@ -236,13 +237,27 @@ fn chart_cronjob_backs_up_a_statefulset_through_csi_snapshots_and_a_restore_job_
         "namespaces": app,
         "init": true,
         "volumeSource": "snapshot",
+    }, {
+        // STOW_MIN_INTERVAL: at most one scheduled run in two days.
+        "name": "guarded",
+        "schedule": {"type": "daily", "every": 2, "at": "03:00"},
+        "suspend": true,
+        "namespaces": app,
+        "volumeSource": "skip",
+    }, {
+        // STOW_ONCE: the CronJob suspends itself after a scheduled success.
+        "name": "once",
+        "schedule": {"type": "once", "at": "03:00", "date": "2099-12-24"},
+        "namespaces": app,
+        "volumeSource": "skip",
     }]);
-    helm(
-        "install",
-        &sys,
-        "ks",
-        &values(&sys, &password, plans.clone()),
-    );
+    // A failed run fails its Job at once (the failing restore below).
+    let with_plans = |plans: Value| {
+        let mut v = values(&sys, &password, plans);
+        v["job"] = json!({"backoffLimit": 0});
+        v
+    };
+    helm("install", &sys, "ks", &with_plans(plans.clone()));
     let cronjobs = names(&kubectl_json(&[
         "-n",
         &sys,
@@ -271,7 +286,7 @@ fn chart_cronjob_backs_up_a_statefulset_through_csi_snapshots_and_a_restore_job_
     // would conflict with Helm's server-side apply on the next upgrade).
     let mut plans = plans;
     plans[0]["suspend"] = json!(true);
-    helm("upgrade", &sys, "ks", &values(&sys, &password, plans));
+    helm("upgrade", &sys, "ks", &with_plans(plans.clone()));
     wait_job(&sys, &scheduled);
     let summary = job_summary(&sys, &scheduled);
     assert_eq!(summary["status"], "success", "{summary}");
@@ -288,6 +303,23 @@ fn chart_cronjob_backs_up_a_statefulset_through_csi_snapshots_and_a_restore_job_
     );
     assert_nothing_temporary(&app, &claims);
 
+    // A point in time between the two runs; the ConfigMap changes after it.
+    std::thread::sleep(Duration::from_secs(2));
+    let between = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    std::thread::sleep(Duration::from_secs(2));
+    kubectl(&[
+        "-n",
+        &app,
+        "patch",
+        "configmap",
+        "web-config",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"greeting":"changed after the point in time"}}"#,
+    ]);
+
     // The same plan by hand.
     create_job_from_cronjob(&sys, cronjob, "e2e-manual");
     wait_job(&sys, "e2e-manual");
@@ -295,6 +327,11 @@ fn chart_cronjob_backs_up_a_statefulset_through_csi_snapshots_and_a_restore_job_
     assert_eq!(manual["status"], "success", "{manual}");
     assert_eq!(manual["counts"]["volumes"], 3, "{manual}");
     assert_nothing_temporary(&app, &claims);
+    assert_eq!(
+        event_reasons(&sys, "Job", "e2e-manual"),
+        ["RunStarted", "RunSucceeded"]
+    );
+    guards_skip_scheduled_runs_but_not_manual_ones(&sys);
 
     // Lose the namespace, volumes included (reclaim policy Delete).
     kubectl(&["delete", "namespace", &app, "--wait=true", "--timeout=180s"]);
@@ -308,28 +345,63 @@ fn chart_cronjob_backs_up_a_statefulset_through_csi_snapshots_and_a_restore_job_
         .then_some(())
     });
 
-    // A restore Job from the chart's restore template, with this run's
-    // namespaces set at creation (README "Restore").
-    create_restore_job(
-        &sys,
-        "ks-kubestow-restore",
-        "e2e-restore",
-        &[("STOW_NAMESPACES", &app)],
-    );
-    wait_job(&sys, "e2e-restore");
-    let restored = job_summary(&sys, "e2e-restore");
+    // README's CI recipe, as a pipeline runs it: a restore Job from the
+    // chart's template for the point in time between the runs, into
+    // another namespace; it waits, then reads the termination message.
+    let restored_ns = format!("{app}-r");
+    let map = format!("{app}={restored_ns}");
+    let (code, stdout, stderr) =
+        ci_restore(&sys, "ks-kubestow-restore", "e2e-restore", &between, &map);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let restored = last_json(&stdout);
     assert_eq!(restored["status"], "success", "{restored}");
+    assert_eq!(restored["mode"], "restore", "{restored}");
+    assert_eq!(restored, termination_summary(&sys, "e2e-restore"));
+    assert_eq!(
+        restored["details"]["snapshot_run"], *scheduled,
+        "the run before the point in time: {restored}"
+    );
 
-    statefulset_ready(&app, 3);
+    statefulset_ready(&restored_ns, 3);
     for c in &claims {
-        assert_eq!(before[c], digest(&claim_dir(&app, c)), "data of {app}/{c}");
+        assert_eq!(
+            before[c],
+            digest(&claim_dir(&restored_ns, c)),
+            "data of {restored_ns}/{c}"
+        );
     }
     assert_eq!(
-        kubectl_json(&["-n", &app, "get", "configmap", "web-config"])["data"],
-        config_before
+        kubectl_json(&["-n", &restored_ns, "get", "configmap", "web-config"])["data"],
+        config_before,
+        "the ConfigMap as it was at the point in time"
     );
-    assert_nothing_temporary(&app, &claims);
-    assert_nothing_at_home(&sys, &app);
+    assert_nothing_temporary(&restored_ns, &claims);
+    assert_nothing_at_home(&sys, &restored_ns);
+
+    // A restore that cannot succeed: no run before the point in time. The
+    // recipe exits 1 and the termination message says why.
+    let (code, stdout, stderr) = ci_restore(
+        &sys,
+        "ks-kubestow-restore",
+        "e2e-restore-early",
+        "2000-01-01T00:00:00Z",
+        &format!("{app}={app}-early"),
+    );
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("restore e2e-restore-early did not complete: ")
+            && stderr.contains("Failed"),
+        "{stderr}"
+    );
+    let failed = last_json(&stdout);
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("2000-01-01"),
+        "the reason names the point in time: {failed}"
+    );
+
+    upgrades_start_no_restore_and_wait_for_no_backup(&sys, &app, &with_plans(plans));
     let seen = tenant.finish();
     assert!(
         seen.is_empty(),
@@ -340,6 +412,153 @@ fn chart_cronjob_backs_up_a_statefulset_through_csi_snapshots_and_a_restore_job_
         "0",
         "kube-proxy masqueraded packets"
     );
+}
+
+/// README's CI recipe (helm::readme_ci_restore_block) run on the node with
+/// this namespace, template, Job name, point in time and namespace map in
+/// place of the README's, polling every 2 s: (exit code, stdout, stderr).
+/// A current kubectl cannot read 1.20's batch/v1beta1 CronJobs, so there
+/// the recipe's first step is made by `create_restore_job`.
+fn ci_restore(
+    ns: &str,
+    template: &str,
+    run: &str,
+    point: &str,
+    map: &str,
+) -> (i32, String, String) {
+    let block = crate::helm::readme_ci_restore_block();
+    let (first, rest) = block.split_once('\n').unwrap();
+    assert!(first.starts_with("NS=kubestow RUN="), "{first}");
+    let mut script = format!("NS={ns} RUN={run}\n{rest}")
+        .replace("cronjob/kubestow-restore", &format!("cronjob/{template}"))
+        .replace(
+            "--arg point 2026-11-20T14:00:00Z",
+            &format!("--arg point {point}"),
+        )
+        .replace("--arg map shop=shop-restored", &format!("--arg map {map}"))
+        .replace("sleep 10", "sleep 2");
+    let cj = kubectl_json(&["-n", ns, "get", "cronjob", template]);
+    if cj["apiVersion"] != "batch/v1" {
+        let (before, step1) = script.split_once("\n# 1.").unwrap();
+        let (_, after) = step1.split_once("\n# 2.").unwrap();
+        script = format!("{before}\n# 2.{after}");
+        create_restore_job(
+            ns,
+            template,
+            run,
+            &[("STOW_RESTORE_POINT", point), ("STOW_NAMESPACE_MAP", map)],
+        );
+    }
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .env("KUBECONFIG", node::get().kubeconfig())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Schedule guards with the chart's CronJobs: the second scheduled run of a
+/// plan that runs every two days is skipped, with `RunSkipped` on its Job
+/// and on the CronJob; a manual run of it runs and says so; a manual run of
+/// a `once` plan leaves its CronJob unsuspended.
+fn guards_skip_scheduled_runs_but_not_manual_ones(sys: &str) {
+    let guarded = "ks-kubestow-guarded";
+    create_scheduled_like_job(sys, guarded, "guarded-1");
+    wait_job(sys, "guarded-1");
+    assert_eq!(termination_summary(sys, "guarded-1")["status"], "success");
+    assert_eq!(
+        event_reasons(sys, "Job", "guarded-1"),
+        ["RunStarted", "RunSucceeded"]
+    );
+
+    create_scheduled_like_job(sys, guarded, "guarded-2");
+    wait_job(sys, "guarded-2");
+    let skipped = termination_summary(sys, "guarded-2");
+    assert_eq!(skipped["status"], "skipped", "{skipped}");
+    assert_eq!(
+        event_reasons(sys, "Job", "guarded-2"),
+        ["RunSkipped", "RunStarted"]
+    );
+    assert_eq!(event_reasons(sys, "CronJob", guarded), ["RunSkipped"]);
+
+    create_job_from_cronjob(sys, guarded, "guarded-manual");
+    wait_job(sys, "guarded-manual");
+    let manual = termination_summary(sys, "guarded-manual");
+    assert_eq!(manual["status"], "success", "{manual}");
+    assert!(manual["details"]["manual"].is_string(), "{manual}");
+
+    create_job_from_cronjob(sys, "ks-kubestow-once", "once-manual");
+    wait_job(sys, "once-manual");
+    assert_eq!(termination_summary(sys, "once-manual")["status"], "success");
+    let once = kubectl_json(&["-n", sys, "get", "cronjob", "ks-kubestow-once"]);
+    assert_ne!(
+        once["spec"]["suspend"], true,
+        "a manual run never suspends a once plan"
+    );
+}
+
+/// The last line of `out`, parsed as JSON.
+fn last_json(out: &str) -> Value {
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// A `helm upgrade` that adds an immediate plan returns before its backup
+/// finishes and starts no restore; the same values applied again render
+/// the same bytes and leave the finished backup Job alone.
+fn upgrades_start_no_restore_and_wait_for_no_backup(sys: &str, app: &str, values: &Value) {
+    let jobs = || -> BTreeMap<String, String> {
+        kubectl_json(&["-n", sys, "get", "jobs"])["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| {
+                (
+                    j["metadata"]["name"].as_str().unwrap().to_owned(),
+                    j["metadata"]["uid"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let before = jobs();
+    let mut values = values.clone();
+    values["plans"].as_array_mut().unwrap().push(
+        json!({"name": "now", "schedule": {"type": "immediate"}, "namespaces": app,
+            "volumeSource": "skip"}),
+    );
+    let first = helm("upgrade", sys, "ks", &values);
+    let returned = jiff::Timestamp::now();
+    let after = jobs();
+    let new: Vec<&String> = after.keys().filter(|j| !before.contains_key(*j)).collect();
+    assert_eq!(new.len(), 1, "one new Job, the immediate plan's: {new:?}");
+    assert!(new[0].starts_with("ks-kubestow-now-"), "{new:?}");
+    let finished = wait_job(sys, new[0]);
+    let completed: jiff::Timestamp = finished["status"]["completionTime"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        completed > returned,
+        "helm returned at {returned}, before the backup completed at {completed}"
+    );
+    assert_eq!(job_summary(sys, new[0])["status"], "success");
+
+    let second = helm("upgrade", sys, "ks", &values);
+    assert_eq!(
+        helm_manifest(sys, "ks", first),
+        helm_manifest(sys, "ks", second),
+        "the same values render the same bytes"
+    );
+    assert_eq!(jobs(), after, "no Job started, none replaced");
 }
 
 pub(crate) fn statefulset_ready(ns: &str, replicas: u64) {

@@ -7,7 +7,8 @@
 //! and read its summary; its movers run the image on the node
 //! (`STOW_IMAGE`) in a namespace of kubestow's own (`STOW_MOVER_NAMESPACE`).
 //! Tenant namespaces are at Pod Security `restricted`. The chart-driven
-//! flow, orchestrator in a pod, is in `node.rs`.
+//! flow, orchestrator in a pod, is in `node.rs`; the one chart test here
+//! (a private CA reaching movers) runs on the current release only.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
@@ -971,4 +972,62 @@ fn a_workload_whose_claim_was_not_filled_is_held_back_until_a_rerun() {
     statefulset_ready(&st.app, 1);
     assert_eq!(before, digest(&claim_dir(&st.app, "data-web-0")));
     st.wait_clean();
+}
+
+/// The chart's `caBundle` on the node's Garage behind TLS with a private
+/// CA: without it the backup fails on the certificate before touching
+/// anything; with it (a ConfigMap at home) the orchestrator in its pod and
+/// the mover Job it starts both reach S3 over TLS, so the volume is backed
+/// up.
+#[test]
+fn a_private_ca_reaches_the_orchestrator_and_its_movers() {
+    let _shared = node::shared();
+    let n = node::get();
+    let sys = env::unique_name("node-ca");
+    let app = env::unique_name("node-ca-app");
+    namespace(&sys, "baseline");
+    namespace(&app, "restricted");
+    statefulset_of(&app, 1, "csi-hostpath");
+    crate::env::node::fill(&claim_dir(&app, "data-web-0"), 41, 500_000);
+    kubectl(&[
+        "-n",
+        &sys,
+        "create",
+        "configmap",
+        "s3-ca",
+        &format!("--from-file=ca.crt={}", n.s3("S3_TLS_CA_FILE")),
+    ]);
+    let plans = json!([{
+        "name": "tls",
+        "schedule": {"type": "cron", "cron": "0 0 1 1 *"},
+        "suspend": true,
+        "namespaces": app,
+        "init": true,
+        "volumeSource": "snapshot",
+    }]);
+    let mut values = node::values(&sys, &random_password(), plans);
+    values["env"]["AWS_ENDPOINT_URL"] = json!(n.s3("S3_TLS_ENDPOINT_URL"));
+    values["job"] = json!({"backoffLimit": 0});
+    node::helm("install", &sys, "ks", &values);
+
+    node::create_job_from_cronjob(&sys, "ks-kubestow-tls", "without-ca");
+    let (completed, _) = node::wait_finished(&sys, "without-ca");
+    assert!(!completed, "a backup through an unknown CA must fail");
+    let failed = node::termination_summary(&sys, "without-ca");
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.to_ascii_lowercase().contains("certificate")
+            && reason.contains(n.s3("S3_TLS_ENDPOINT_URL")),
+        "{failed}"
+    );
+
+    values["caBundle"] = json!({"configMap": "s3-ca"});
+    node::helm("upgrade", &sys, "ks", &values);
+    node::create_job_from_cronjob(&sys, "ks-kubestow-tls", "with-ca");
+    node::wait_job(&sys, "with-ca");
+    let ok_run = node::termination_summary(&sys, "with-ca");
+    assert_eq!(ok_run["status"], "success", "{ok_run}");
+    assert_eq!(ok_run["counts"]["volumes"], 1, "{ok_run}");
+    assert_nothing_at_home(&sys, &app);
 }

@@ -403,7 +403,7 @@ pub fn values(sys: &str, password: &str, plans: Value) -> Value {
 }
 
 /// `helm install` / `helm upgrade` through tests/helm/release.py.
-pub fn helm(action: &str, ns: &str, release: &str, values: &Value) {
+pub fn helm(action: &str, ns: &str, release: &str, values: &Value) -> u64 {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), values.to_string()).unwrap();
     let mut cmd = Command::new("python3");
@@ -416,6 +416,58 @@ pub fn helm(action: &str, ns: &str, release: &str, values: &Value) {
     let out = ok(cmd);
     let res: Value = serde_json::from_str(out.trim()).expect("release.py prints JSON");
     assert_eq!(res["ok"], true, "helm {action}: {res}");
+    res["revision"].as_u64().expect("a revision")
+}
+
+/// The manifest Helm applied for `revision` of `release`.
+pub fn helm_manifest(ns: &str, release: &str, revision: u64) -> String {
+    let mut cmd = Command::new("python3");
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helm/release.py"))
+        .args(["manifest"])
+        .arg(get().kubeconfig())
+        .args([ns, release, &revision.to_string()]);
+    let res: Value = serde_json::from_str(ok(cmd).trim()).expect("release.py prints JSON");
+    assert_eq!(res["ok"], true, "helm manifest: {res}");
+    res["manifest"].as_str().unwrap().to_owned()
+}
+
+/// Waits for a Job to complete or fail: (completed, the Job).
+pub fn wait_finished(ns: &str, job: &str) -> (bool, Value) {
+    wait_until(&format!("Job {ns}/{job}"), JOB_TIMEOUT, || {
+        let j = kubectl_json(&["-n", ns, "get", "job", job]);
+        let conds = j["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        conds
+            .iter()
+            .find(|c| c["status"] == "True" && (c["type"] == "Complete" || c["type"] == "Failed"))
+            .map(|c| (c["type"] == "Complete", j.clone()))
+    })
+}
+
+/// The termination message of a Job's last pod, parsed: where CI reads
+/// the summary without the logs.
+pub fn termination_summary(ns: &str, job: &str) -> Value {
+    let pods = kubectl_json(&[
+        "-n",
+        ns,
+        "get",
+        "pods",
+        "-l",
+        &format!("job-name={job}"),
+        "--sort-by=.metadata.creationTimestamp",
+    ]);
+    let last = pods["items"].as_array().unwrap().last().cloned();
+    let message = last
+        .as_ref()
+        .and_then(|p| {
+            p["status"]["containerStatuses"][0]["state"]["terminated"]["message"].as_str()
+        })
+        .unwrap_or_else(|| panic!("no termination message on the pods of {ns}/{job}: {pods}"));
+    serde_json::from_str(message.trim()).unwrap_or_else(|e| {
+        panic!("the termination message of {ns}/{job} is not JSON ({e}): {message}")
+    })
 }
 
 /// Waits for a Job to finish; panics with its pods' logs if it failed.
@@ -490,6 +542,41 @@ pub fn create_job_from_cronjob(ns: &str, cronjob: &str, job: &str) {
         return;
     }
     apply(&job_by_hand(ns, cronjob, job, &cj).to_string());
+}
+
+/// A Job as the CronJob controller makes one when the schedule fires: the
+/// jobTemplate, owned by the CronJob, without the annotation of a manual
+/// run. For schedule guards without waiting for the schedule.
+pub fn create_scheduled_like_job(ns: &str, cronjob: &str, job: &str) {
+    let cj = kubectl_json(&["-n", ns, "get", "cronjob", cronjob]);
+    let mut made = job_by_hand(ns, cronjob, job, &cj);
+    made["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .remove("cronjob.kubernetes.io/instantiate");
+    apply(&made.to_string());
+}
+
+/// The reasons of kubestow's Events on `kind` `name`, sorted (their times
+/// have a resolution of a second).
+pub fn event_reasons(ns: &str, kind: &str, name: &str) -> Vec<String> {
+    let events = kubectl_json(&[
+        "-n",
+        ns,
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.kind={kind},involvedObject.name={name}"),
+    ]);
+    let mut reasons: Vec<String> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["source"]["component"] == "kubestow")
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    reasons.sort();
+    reasons
 }
 
 /// The Job `kubectl create job --from=cronjob/NAME JOB` makes, built from

@@ -219,6 +219,17 @@ fn chart_cronjob_backs_up_a_statefulset_through_csi_snapshots_and_a_restore_job_
     namespace(&sys, "baseline");
     namespace(&app, "restricted");
     statefulset(&app, 3);
+    // Enough ConfigMaps that their errors overflow a termination message.
+    apply(
+        &(0..150)
+            .map(|i| {
+                format!(
+                    "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: bulk-config-{i:03}, namespace: {app}}}\ndata: {{n: \"{i}\"}}\n"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("---\n"),
+    );
     let tenant = node::TenantWatch::start(&app);
     let claims: Vec<String> = (0..3).map(|i| format!("data-web-{i}")).collect();
     let mut before = BTreeMap::new();
@@ -266,8 +277,12 @@ fn chart_cronjob_backs_up_a_statefulset_through_csi_snapshots_and_a_restore_job_
         "-l",
         "app.kubernetes.io/component=backup",
     ]));
-    assert_eq!(cronjobs.len(), 1, "one plan, one CronJob: {cronjobs:?}");
-    let cronjob = &cronjobs[0];
+    assert_eq!(
+        cronjobs,
+        ["ks-kubestow-e2e", "ks-kubestow-guarded", "ks-kubestow-once"],
+        "a CronJob per plan"
+    );
+    let cronjob = "ks-kubestow-e2e";
 
     // The schedule fires on its own (within the next minute boundary).
     let scheduled = wait_until(
@@ -401,6 +416,7 @@ fn chart_cronjob_backs_up_a_statefulset_through_csi_snapshots_and_a_restore_job_
         "the reason names the point in time: {failed}"
     );
 
+    a_long_summary_leaves_a_valid_termination_message(&sys, &app);
     upgrades_start_no_restore_and_wait_for_no_backup(&sys, &app, &with_plans(plans));
     let seen = tenant.finish();
     assert!(
@@ -459,6 +475,40 @@ fn ci_restore(
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A restore with far more than 4 KiB of errors (every ConfigMap refused by
+/// a quota in the target namespace) fails its Job; the termination message
+/// still parses as JSON, says it is shortened and where the whole summary
+/// is, and the log's last line has every error.
+fn a_long_summary_leaves_a_valid_termination_message(sys: &str, app: &str) {
+    let target = format!("{app}-quota");
+    namespace(&target, "restricted");
+    apply(&format!(
+        "apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: one-configmap, namespace: {target}}}\nspec: {{hard: {{count/configmaps: \"1\"}}}}\n"
+    ));
+    create_restore_job(
+        sys,
+        "ks-kubestow-restore",
+        "e2e-restore-quota",
+        &[
+            ("STOW_NAMESPACE_MAP", &format!("{app}={target}")),
+            ("STOW_INCLUDE_RESOURCES", "configmaps"),
+        ],
+    );
+    let (completed, _) = node::wait_finished(sys, "e2e-restore-quota");
+    assert!(!completed, "a restore with failed items fails its Job");
+    let short = termination_summary(sys, "e2e-restore-quota");
+    let full = job_summary(sys, "e2e-restore-quota");
+    assert!(full.to_string().len() > 4096, "{}", full.to_string().len());
+    assert_eq!(short["status"], "partial", "{short}");
+    assert_eq!(short["truncated"], true, "{short}");
+    let total = full["errors"].as_array().unwrap().len();
+    assert!(total >= 150, "{total} errors");
+    assert_eq!(short["errors_total"], total, "{short}");
+    assert!(short["errors"].as_array().unwrap().len() < total);
+    assert_eq!(short["report"], full["details"]["report"], "{short}");
+    assert!(short["full_summary"].as_str().unwrap().contains("log"));
 }
 
 /// Schedule guards with the chart's CronJobs: the second scheduled run of a

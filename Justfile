@@ -53,6 +53,10 @@ bench: setup
     cargo run --release --quiet --example bench_resources
     cargo test --release --test integration rate:: -- --ignored --nocapture
 
+# Scale: one million small files (generated, 10,000 directories) backed up, re-backed up and restored by kubestow and restic side by side, with peak RSS; ~20-30 minutes and ~10 GB of disk; SCALE_FILES shrinks it. Rewrites its section of BENCHMARKS.md. Not part of `just bench` or CI.
+bench-scale:
+    bash bench/scale.sh
+
 # Fuzz the repository decoders (pack, index, manifest, tree, catalogue, envelope) and the configuration parser with cargo fuzz, FUZZ_SECONDS (default 60) each, or only the targets named; prints the executions per target and fails on a crash. Not part of `just test`.
 fuzz *targets:
     bash fuzz/run.sh {{targets}}

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# `just bench-scale`: where backup tools break. One million small files
+# (generated: 10,000 directories of 100 files of 0-2 KiB), backed up,
+# backed up again unchanged and restored by kubestow and by restic, side by
+# side in one run on the same disk, with each phase's wall time and peak RSS.
+# Not run by CI; about 20-30 minutes on 2 cores, and about 10 GB of disk
+# (each copy of the tree takes ~4 GB in 4 KiB blocks; restores are checked
+# and deleted one at a time). Prints a table and rewrites the scale section
+# of BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE="${KUBESTOW_CACHE:-$HOME/.cache/kubestow}"
+FILES="${SCALE_FILES:-1000000}"
+DATA="$CACHE/bench-scale-$FILES"
+WORK=$(mktemp -d /var/tmp/kubestow-scale.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+PW="bench-password"
+CHANNELS="${BENCH_CHANNELS:-4}"
+
+free_kib=$(df -Pk /var/tmp | awk 'NR == 2 { print $4 }')
+need_kib=$((FILES * 10 + 4 * 1024 * 1024))
+[ "$free_kib" -gt "$need_kib" ] || { echo "[scale] needs ~$((need_kib >> 20)) GiB free in /var/tmp, has $((free_kib >> 20))" >&2; exit 1; }
+
+if [ ! -f "$DATA.complete" ]; then
+  echo "[scale] generating $FILES files in $DATA" >&2
+  rm -rf "$DATA"
+  python3 - "$DATA" "$FILES" <<'PY'
+import os, random, sys
+root, n = sys.argv[1], int(sys.argv[2])
+rng = random.Random(20261202)
+words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(3000)]
+dirs = max(n // 100, 1)
+for d in range(dirs):
+    p = f"{root}/d{d // 100:03d}/d{d % 100:02d}"
+    os.makedirs(p, exist_ok=True)
+    for f in range(n // dirs):
+        size = rng.randint(0, 2048)
+        body = (b" ".join(rng.choices(words, k=size // 4 + 1)))[:size] if f % 4 else rng.randbytes(size)
+        with open(f"{p}/f{f:03d}", "wb") as out:
+            out.write(body)
+PY
+  touch "$DATA.complete"
+fi
+echo "[scale] building kubestow (release)" >&2
+cargo build --release --quiet
+KUBESTOW="${CARGO_TARGET_DIR:-$PWD/target}/release/kubestow"
+
+measure() {
+  local name=$1; shift
+  echo "[scale] $name" >&2
+  if ! /usr/bin/time -f "%e %M" -o "$WORK/time.$name" "$@" >"$WORK/log.$name" 2>&1; then
+    echo "[scale] $name failed:" >&2; tail -20 "$WORK/log.$name" >&2; exit 1
+  fi
+  echo "$name $(tail -n1 "$WORK/time.$name")" >>"$WORK/results"
+}
+kubestow() {
+  env -i PATH="$PATH" STOW_PASSWORD="$PW" STOW_REPOSITORY="file://$WORK/repo-kubestow" \
+    STOW_CHANNELS="$CHANNELS" STOW_INIT=true STOW_VOLUME_NAME=scale RUST_LOG=warn "$@" "$KUBESTOW"
+}
+restic_() { env RESTIC_PASSWORD="$PW" RESTIC_CACHE_DIR="$WORK/restic-cache" restic -r "$WORK/repo-restic" "$@"; }
+export -f kubestow restic_
+export PW WORK KUBESTOW CHANNELS
+
+# The restored tree has the source's files with the same sizes and bytes:
+# a sorted listing of path, size and content hash of each side.
+listing() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha1sum) | sha1sum | cut -d' ' -f1; }
+want=$(listing "$DATA")
+
+: >"$WORK/results"
+restic_ init --quiet >/dev/null
+for round in backup rebackup; do
+  measure "kubestow.$round" bash -c 'kubestow STOW_MODE=volume-backup STOW_VOLUME_PATH="'"$DATA"'"'
+  measure "restic.$round" bash -c 'restic_ backup --quiet "'"$DATA"'"'
+done
+measure kubestow.restore bash -c 'kubestow STOW_MODE=volume-restore STOW_VOLUME_PATH="$WORK/out"'
+[ "$(listing "$WORK/out")" = "$want" ] || { echo "[scale] kubestow's restore differs from the source" >&2; exit 1; }
+rm -rf "$WORK/out"
+measure restic.restore bash -c 'restic_ restore latest --target "$WORK/out"'
+rm -rf "$WORK/out"
+for t in kubestow restic; do echo "$t.repo 0 $(du -sb "$WORK/repo-$t" | cut -f1)" >>"$WORK/results"; done
+
+python3 bench/report_scale.py "$WORK/results" "$FILES" "$CHANNELS" "$(restic version | head -n1)"

@@ -2,8 +2,10 @@
 //!
 //! The tree convention: a Tree blob is JSON `{"nodes": [...]}`; a node may
 //! carry `"content": [<blob id hex>, ...]` (leaf blobs, Data or Object) and
-//! `"subtree": "<blob id hex>"` (another Tree). Only those two fields are
-//! read (and `name`, when it is a string, to name paths in messages); all
+//! `"subtree": "<blob id hex>"` (another Tree), and the tree itself may
+//! carry `"next": "<blob id hex>"`, the next part of a listing too large
+//! for one blob. Only those fields are read (and `name`, when it is a
+//! string, to name paths in messages); all
 //! other fields are ignored, so the archiver and the resource catalogue can
 //! grow without this module knowing. The roots of a snapshot are
 //! `manifest.resources` and every `manifest.volumes[*].root`.
@@ -110,6 +112,8 @@ pub struct Walk {
 struct TreeDoc {
     #[serde(default)]
     nodes: Vec<NodeRefs>,
+    #[serde(default)]
+    next: Option<BlobId>,
 }
 
 #[derive(Deserialize)]
@@ -137,10 +141,13 @@ pub(crate) struct Refs {
     subtree: Option<BlobId>,
 }
 
-fn parse_tree(data: &[u8]) -> Result<Vec<Refs>, String> {
+/// A tree's references: its nodes', and the next part of its listing.
+type Parsed = (Vec<Refs>, Option<BlobId>);
+
+fn parse_tree(data: &[u8]) -> Result<Parsed, String> {
     let doc: TreeDoc =
         serde_json::from_slice(data).map_err(|e| format!("not a tree (JSON with nodes): {e}"))?;
-    Ok(doc
+    let refs = doc
         .nodes
         .into_iter()
         .enumerate()
@@ -152,7 +159,8 @@ fn parse_tree(data: &[u8]) -> Result<Vec<Refs>, String> {
             content: n.content.unwrap_or_default(),
             subtree: n.subtree,
         })
-        .collect())
+        .collect();
+    Ok((refs, doc.next))
 }
 
 /// How a tree was reached.
@@ -169,7 +177,7 @@ impl Ctx {
 }
 
 /// Reads and parses one tree.
-async fn read_tree(repo: Repository, id: BlobId) -> Result<Vec<Refs>, RepoError> {
+async fn read_tree(repo: Repository, id: BlobId) -> Result<Parsed, RepoError> {
     let data = repo.read_blob(&id).await?;
     let corrupt = |reason: String| {
         let key = repo
@@ -247,8 +255,8 @@ pub async fn walk(repo: &Repository, roots: Vec<Root>, concurrency: usize) -> Wa
         let Some((id, ctx, result)) = inflight.next().await else {
             break;
         };
-        let nodes = match result {
-            Ok(nodes) => nodes,
+        let (nodes, next) = match result {
+            Ok(parsed) => parsed,
             Err(error) => {
                 w.problems.push(Problem {
                     snapshot: ctx.snapshot,
@@ -260,6 +268,10 @@ pub async fn walk(repo: &Repository, roots: Vec<Root>, concurrency: usize) -> Wa
             }
         };
         w.trees += 1;
+        // The rest of the same listing: reached by the same path.
+        if let Some(next) = next {
+            visit_tree(&mut w, &mut expanded, &mut queue, next, ctx.clone());
+        }
         for node in nodes {
             for leaf in node.content {
                 if w.reachable.insert(leaf) && repo.index_entry(&leaf).is_none() {
@@ -297,16 +309,17 @@ mod tests {
                 {{"name":"d","subtree":"{b}","xattrs":{{"k":"v"}}}},
                 {{"name":7,"content":null,"subtree":null}},
                 {{}}
-            ],"other":1}}"#
+            ],"other":1,"next":"{a}"}}"#
         );
-        let refs = parse_tree(json.as_bytes()).unwrap();
+        let (refs, next) = parse_tree(json.as_bytes()).unwrap();
+        assert_eq!(next, Some(a.parse().unwrap()));
         assert_eq!(refs.len(), 4);
         assert_eq!(refs[0].name, "f");
         assert_eq!(refs[0].content, vec![a.parse().unwrap()]);
         assert_eq!(refs[1].subtree, Some(b.parse().unwrap()));
         assert_eq!(refs[2].name, "#2");
         assert!(refs[2].content.is_empty() && refs[2].subtree.is_none());
-        assert!(parse_tree(b"{}").unwrap().is_empty());
+        assert!(parse_tree(b"{}").unwrap().0.is_empty());
         assert!(parse_tree(b"[1]").is_err());
         assert!(parse_tree(br#"{"nodes":[{"content":["zz"]}]}"#).is_err());
     }

@@ -188,13 +188,45 @@ fn is_item_error(e: &RepoError) -> bool {
     }
 }
 
-/// Reads and parses one tree blob.
+/// Most parts one directory listing may have: 64 MiB each, so some
+/// 400 million entries. A longer chain (or a loop) is a bad repository.
+const MAX_TREE_PARTS: usize = 4096;
+
+/// Reads and parses a directory listing: one tree blob, or the chain of
+/// parts a large listing was split into (`Tree::next`), joined. Names must
+/// keep ascending across parts, which also rules out a chain that loops.
 async fn load_tree(repo: &Repository, id: &crate::repo::BlobId) -> Result<tree::Tree, VolumeError> {
-    let bytes = repo.read_blob(id).await?;
-    tree::Tree::decode(&bytes).map_err(|source| VolumeError::Tree {
-        id: id.to_hex(),
-        source,
-    })
+    let mut whole = tree::Tree::default();
+    let mut at = Some(*id);
+    let mut parts = 0;
+    while let Some(part_id) = at {
+        parts += 1;
+        let bad = |source| VolumeError::Tree {
+            id: part_id.to_hex(),
+            source,
+        };
+        if parts > MAX_TREE_PARTS {
+            return Err(bad(tree::TreeError::TooManyParts {
+                max: MAX_TREE_PARTS,
+            }));
+        }
+        let bytes = repo.read_blob(&part_id).await?;
+        let part = tree::Tree::decode(&bytes).map_err(bad)?;
+        if let (Some(last), Some(first)) = (whole.nodes.last(), part.nodes.first())
+            && last.name >= first.name
+        {
+            return Err(bad(tree::TreeError::Unsorted {
+                name: tree::display_path(&first.name),
+                previous: tree::display_path(&last.name),
+            }));
+        }
+        if part.nodes.is_empty() && part.next.is_some() {
+            return Err(bad(tree::TreeError::EmptyPart));
+        }
+        at = part.next;
+        whole.nodes.extend(part.nodes);
+    }
+    Ok(whole)
 }
 
 /// Raises the soft limit of open files to the hard one: a walk holds a

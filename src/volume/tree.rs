@@ -228,8 +228,18 @@ pub enum TreeError {
         /// The name, as shown to users.
         name: String,
     },
+    /// A listing split into more parts than any directory needs.
+    #[error("a directory listing in more than {max} parts")]
+    TooManyParts {
+        /// The most parts a listing may have.
+        max: usize,
+    },
+    /// A part with no entries that names another: the writer never makes
+    /// one, and a chain of them only costs reads.
+    #[error("an empty part of a directory listing names another part")]
+    EmptyPart,
     /// The entries are not in name order (lookups and the walk order of
-    /// hard links depend on it).
+    /// hard links depend on it), also across the parts of a listing.
     #[error("entry `{name}` comes after `{previous}`; entries must be sorted by name")]
     Unsorted {
         /// The entry out of place, as shown to users.
@@ -239,11 +249,16 @@ pub enum TreeError {
     },
 }
 
-/// A directory listing, sorted by name bytes.
+/// A directory listing, sorted by name bytes. A listing too large for one
+/// blob is a chain of parts (`docs/format.md` §12): each part but the last
+/// names the next, and names keep ascending across parts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tree {
     /// The entries, sorted by name bytes.
     pub nodes: Vec<Node>,
+    /// The next part of the same listing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<crate::repo::BlobId>,
 }
 
 impl Tree {
@@ -273,6 +288,28 @@ impl Tree {
             }
         }
         Ok(tree)
+    }
+
+    /// Splits `nodes` (sorted) into parts whose encodings each take at
+    /// most `limit` bytes, in order, so a listing of any size can be
+    /// stored; every part leaves room for `next`. A single node larger than
+    /// `limit` is a part of its own (the caller rejects it).
+    pub fn split(nodes: Vec<Node>, limit: usize) -> Vec<Vec<Node>> {
+        // `{"nodes":[` … `],"next":"<64 hex>"}` around the entries.
+        const FRAME: usize = 96;
+        let mut parts = vec![Vec::new()];
+        let mut used = FRAME;
+        for n in nodes {
+            let size = serde_json::to_vec(&n).map(|v| v.len()).unwrap_or(0) + 1;
+            let last = parts.last_mut().expect("one part at least");
+            if !last.is_empty() && used + size > limit {
+                parts.push(Vec::new());
+                used = FRAME;
+            }
+            used += size;
+            parts.last_mut().expect("one part at least").push(n);
+        }
+        parts
     }
 
     /// The node called `name`, if the listing is sorted as written.

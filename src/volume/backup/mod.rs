@@ -61,7 +61,7 @@ use read::*;
 
 const CHUNKS_QUEUED: usize = 2;
 /// Largest blob plaintext (docs/format.md §5); a directory whose listing
-/// is larger cannot be stored as one tree.
+/// is larger is stored as a chain of trees (§12).
 const MAX_TREE_BYTES: usize = 64 << 20;
 
 /// What to back up and how the snapshot is labelled.
@@ -105,6 +105,9 @@ pub struct Hooks {
     /// Runs after an entry was listed, just before it is opened (a
     /// directory on the walking thread, a file on its reading thread).
     pub before_open: Option<PathHook>,
+    /// A smaller limit for one tree blob, so a test splits a listing
+    /// without a quarter of a million files.
+    pub max_tree_bytes: Option<usize>,
 }
 
 #[derive(Default)]
@@ -567,25 +570,37 @@ async fn finalize(
     if sh.stop.is_cancelled() {
         return Err(Stopped);
     }
-    let count = nodes.len();
-    let json = Tree { nodes }.encode();
-    if json.len() > MAX_TREE_BYTES {
-        sh.item_failed(
-            &display_path(&rel),
-            format!(
-                "the listing of {count} entries takes {} bytes, more than one tree blob may hold ({MAX_TREE_BYTES}); recorded as an empty directory",
-                json.len()
-            ),
-        );
-        return Ok(Some(node));
-    }
-    match sh.writer.add(BlobKind::Tree, Bytes::from(json)).await {
-        Ok((id, _)) => {
-            node.subtree = Some(id);
-            Ok(Some(node))
+    let limit = tree_limit(&sh);
+    // Written last part first: each part names the one after it.
+    let mut next = None;
+    for part in Tree::split(nodes, limit).into_iter().rev() {
+        let json = Tree { nodes: part, next }.encode();
+        if json.len() > limit {
+            // One entry alone over the limit: its name and extended
+            // attributes are bounded far below it, so this is a bug.
+            return Err(sh.fail(VolumeError::Io {
+                path: display_path(&rel),
+                source: io::Error::other(format!(
+                    "a listing part of {} bytes is over the tree limit of {limit}",
+                    json.len()
+                )),
+            }));
         }
-        Err(e) => Err(sh.fail(e)),
+        match sh.writer.add(BlobKind::Tree, Bytes::from(json)).await {
+            Ok((id, _)) => next = Some(id),
+            Err(e) => return Err(sh.fail(e)),
+        }
     }
+    node.subtree = next;
+    Ok(Some(node))
+}
+
+fn tree_limit(_sh: &Shared) -> usize {
+    #[cfg(test)]
+    if let Some(l) = _sh.hooks.max_tree_bytes {
+        return l;
+    }
+    MAX_TREE_BYTES
 }
 
 /// Saves checkpoints while the walk runs: at least every resume buffer
@@ -761,7 +776,13 @@ pub async fn backup(
     let (root_id, _) = writer
         .add(
             BlobKind::Tree,
-            Bytes::from(Tree { nodes: vec![root] }.encode()),
+            Bytes::from(
+                Tree {
+                    nodes: vec![root],
+                    next: None,
+                }
+                .encode(),
+            ),
         )
         .await?;
     let ws = writer.finish().await?;

@@ -221,6 +221,7 @@ fn tree_json_follows_the_format() {
     d.subtree = Some(crate::repo::BlobId([9; 32]));
     let tree = Tree {
         nodes: vec![n, l, h, d],
+        next: None,
     };
     let json = tree.encode();
     let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
@@ -253,7 +254,7 @@ fn tree_with_a_name_twice_or_out_of_order_is_refused() {
     use super::tree::TreeError;
     let decode = |names: &[&[u8]]| {
         let nodes = names.iter().map(|n| node(n, NodeType::File)).collect();
-        Tree::decode(&serde_json::to_vec(&Tree { nodes }).unwrap())
+        Tree::decode(&serde_json::to_vec(&Tree { nodes, next: None }).unwrap())
     };
     // Byte order: uppercase before lowercase, and non-UTF-8 last.
     let ok = decode(&[b"A", b"a", b"a.txt", b"b", b"\xff"]).unwrap();
@@ -331,4 +332,133 @@ async fn generic_walker_reaches_every_blob_of_a_volume() {
     assert!(walk.problems.is_empty(), "{:?}", walk.problems);
     let stored: std::collections::HashSet<_> = fx.repo.index_entries().map(|(id, _)| id).collect();
     assert_eq!(walk.reachable, stored);
+}
+
+/// The tree blob ids of a listing's parts, from its first, in order.
+async fn chain(repo: &Repository, first: crate::repo::BlobId) -> Vec<crate::repo::BlobId> {
+    let mut ids = vec![first];
+    loop {
+        let raw = repo.read_blob(ids.last().unwrap()).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        match v["next"].as_str() {
+            Some(n) => ids.push(n.parse().unwrap()),
+            None => return ids,
+        }
+    }
+}
+
+/// A listing over the tree limit is stored as a chain of parts, each
+/// within the limit, that the restore joins whole, the repository walk
+/// reaches (so prune keeps every part) and the next backup compares whole
+/// (nothing read again). Before, such a directory was recorded empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_over_the_limit_is_a_chain_restored_whole() {
+    let fx = Fixture::new().await;
+    let src = fx.path("src");
+    let big = src.join("big");
+    fs::create_dir(&big).unwrap();
+    for i in 0..300 {
+        fs::write(big.join(format!("file-{i:04}")), format!("body {i}")).unwrap();
+    }
+    let mut o = fx.opts(&src, "vol", "run-1");
+    o.hooks.max_tree_bytes = Some(4096);
+    let r = backup(&fx.repo, &o, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), Status::Success, "{r:?}");
+
+    let (id, m) = fx.repo.list_snapshots().await.unwrap().remove(0);
+    let root = Tree::decode(&fx.repo.read_blob(&m.volumes["vol"].root).await.unwrap()).unwrap();
+    let top = Tree::decode(
+        &fx.repo
+            .read_blob(&root.nodes[0].subtree.unwrap())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let parts = chain(&fx.repo, top.find(b"big").unwrap().subtree.unwrap()).await;
+    assert!(parts.len() > 3, "{} parts", parts.len());
+    let mut names = Vec::new();
+    for p in &parts {
+        let raw = fx.repo.read_blob(p).await.unwrap();
+        assert!(raw.len() <= 4096, "{}", raw.len());
+        names.extend(
+            Tree::decode(&raw)
+                .unwrap()
+                .nodes
+                .into_iter()
+                .map(|n| n.name),
+        );
+    }
+    assert_eq!(names.len(), 300);
+    assert!(
+        names.windows(2).all(|w| w[0] < w[1]),
+        "ascending across parts"
+    );
+
+    let walked =
+        crate::repo::walk::walk(&fx.repo, crate::repo::walk::Root::of_manifest(id, &m), 2).await;
+    assert!(walked.problems.is_empty());
+    for p in &parts {
+        assert!(walked.reachable.contains(p), "part {p} unreachable");
+    }
+
+    let dst = fx.path("dst");
+    let rep = fx.restore("vol", &dst).await;
+    assert_eq!(rep.status(), Status::Success, "{rep:?}");
+    for i in [0, 137, 299] {
+        assert_eq!(
+            fs::read_to_string(dst.join(format!("big/file-{i:04}"))).unwrap(),
+            format!("body {i}")
+        );
+    }
+    assert_eq!(fs::read_dir(dst.join("big")).unwrap().count(), 300);
+
+    o.run_id = "run-2".into();
+    let again = backup(&fx.repo, &o, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(bytes(&again, "read"), 0, "{again:?}");
+}
+
+/// A chain whose names go back (a part that repeats an earlier one, as a
+/// loop would) or an empty part that names another is refused, naming
+/// the tree; the restore fails that directory only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_that_goes_back_or_goes_nowhere_is_refused() {
+    let fx = Fixture::in_memory().await;
+    let w = fx.repo.writer(1);
+    let put = |t: Tree| {
+        let w = &w;
+        async move {
+            w.add(BlobKind::Tree, Bytes::from(t.encode()))
+                .await
+                .unwrap()
+                .0
+        }
+    };
+    let b = put(Tree {
+        nodes: vec![node(b"a", NodeType::Dir)],
+        next: None,
+    })
+    .await;
+    let a = put(Tree {
+        nodes: vec![node(b"b", NodeType::Dir)],
+        next: Some(b),
+    })
+    .await;
+    let empty = put(Tree {
+        nodes: vec![],
+        next: Some(b),
+    })
+    .await;
+    w.finish().await.unwrap();
+    let err = load_tree(&fx.repo, &a).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&b.to_hex()) && err.contains("comes after"),
+        "{err}"
+    );
+    let err = load_tree(&fx.repo, &empty).await.unwrap_err().to_string();
+    assert!(err.contains("empty part"), "{err}");
+    assert_eq!(load_tree(&fx.repo, &b).await.unwrap().nodes.len(), 1);
 }

@@ -58,7 +58,7 @@ async fn restore_picks_snapshots_by_point_and_id() {
 /// Stores `nodes` as one tree blob exactly as given: order and duplicates
 /// included, as a hostile writer holding the key could.
 async fn raw_tree(w: &crate::repo::Writer, nodes: Vec<Node>) -> crate::repo::BlobId {
-    let json = serde_json::to_vec(&Tree { nodes }).unwrap();
+    let json = serde_json::to_vec(&Tree { nodes, next: None }).unwrap();
     w.add(BlobKind::Tree, Bytes::from(json)).await.unwrap().0
 }
 

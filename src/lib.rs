@@ -14,6 +14,9 @@
 //!
 //! Beside the floors, the hidden `fuzzing` module holds the harnesses of the
 //! fuzz targets (`fuzz/`); nothing in the crate imports it.
+//!
+//! The crate has no `unsafe` code but one reviewed libc call
+//! (`run::alloc`); the `unsafe_code` lint denies it everywhere else.
 
 pub mod cluster;
 pub mod config;

@@ -169,7 +169,7 @@ fn compress_into(out: &mut Vec<u8>, plain: &[u8], level: i32) -> bool {
 
 fn seal(key: &LessSafeKey, kind: u8, compression: Compression, plain: &[u8]) -> Vec<u8> {
     // Room for the raw form plus the tag, so nothing reallocates.
-    seal_with(
+    let mut sealed = seal_with(
         key,
         kind,
         OVERHEAD - OUTER_HEADER - TAG_LEN + plain.len(),
@@ -186,7 +186,15 @@ fn seal(key: &LessSafeKey, kind: u8, compression: Compression, plain: &[u8]) -> 
                 out.extend_from_slice(plain);
             }
         },
-    )
+    );
+    // A sealed blob waits in its pack until the upload: without this, a
+    // blob that compressed 4:1 would hold four times the memory the
+    // writer's budget counts. Shrinking a large allocation is a remap, not
+    // a copy.
+    if sealed.capacity() - sealed.len() > sealed.len() / 8 {
+        sealed.shrink_to_fit();
+    }
+    sealed
 }
 
 /// The outer header (format, random nonce), the inner part `write_inner`
@@ -346,6 +354,20 @@ mod tests {
             let opened = k.open(1, Bytes::from(sealed), MAX_BLOB_LEN).unwrap();
             assert_eq!(&opened[..], &plain[..]);
         }
+    }
+
+    #[test]
+    fn a_compressed_blob_holds_no_more_memory_than_its_bytes() {
+        let k = key();
+        let plain: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+        let sealed = k.seal(1, Compression::FAST, &plain);
+        assert!(sealed.len() < plain.len() / 10, "{}", sealed.len());
+        assert!(
+            sealed.capacity() <= sealed.len() + sealed.len() / 8,
+            "capacity {} for {} bytes",
+            sealed.capacity(),
+            sealed.len()
+        );
     }
 
     #[test]

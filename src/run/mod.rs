@@ -1,6 +1,7 @@
 //! The run frame: configuration, logging, signals, schedule guards, hooks
 //! around the mode, summary, metrics, exit.
 
+mod alloc;
 mod events;
 mod logging;
 mod metrics;
@@ -29,6 +30,7 @@ pub fn main(args: &[String]) -> ExitCode {
         print!("{}", usage());
         return ExitCode::SUCCESS;
     }
+    alloc::limit_retention();
     // Both ring and aws-lc-rs are linked (kube, aws-sdk); rustls needs one chosen.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let started = Instant::now();

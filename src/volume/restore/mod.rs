@@ -28,7 +28,7 @@
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 #[cfg(test)]
@@ -40,10 +40,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::future::{BoxFuture, FutureExt, Shared as SharedFuture};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 use tokio::runtime::Handle;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -87,10 +88,14 @@ pub fn entry_budget(stats: &serde_json::Value) -> u64 {
 /// counts (no backup writes such a snapshot).
 pub const UNRECORDED_BUDGET: u64 = 10_000_000;
 
-/// Chunks fetched ahead per file, and queued for its writer.
+mod batch;
 mod write;
+use batch::*;
+#[cfg(test)]
+pub(crate) use batch::{BATCH_BYTES, BATCH_FILES, SMALL_FILE};
 use write::*;
 
+/// Chunks fetched ahead per file, and queued for its writer.
 const PREFETCH: usize = 2;
 
 /// What `volume-restore` restores, and where.
@@ -146,7 +151,22 @@ struct Stats {
     bytes_reused: AtomicU64,
 }
 
-type Task = JoinHandle<Result<(), Stopped>>;
+/// Work a directory waits for before its metadata is set. Shared: one
+/// batch of small files can hold files of many directories.
+type Task = SharedFuture<BoxFuture<'static, Result<(), Stopped>>>;
+
+/// The task of a spawned `handle`; a panic in it stops the run.
+fn task_of(sh: &Arc<Shared>, handle: JoinHandle<Result<(), Stopped>>) -> Task {
+    let sh = sh.clone();
+    async move {
+        match handle.await {
+            Ok(r) => r,
+            Err(e) => Err(sh.fail(join_err(e))),
+        }
+    }
+    .boxed()
+    .shared()
+}
 
 struct Shared {
     repo: Repository,
@@ -404,6 +424,8 @@ fn hard_link(root: &File, rel: &[u8], dir: &File, name: &[u8]) -> io::Result<()>
 }
 
 struct Frame {
+    /// Tells frames apart (a batch registers once with each).
+    id: u64,
     /// The directory, opened: its entries are made relative to it, and its
     /// metadata is set on it.
     dir: Arc<File>,
@@ -421,6 +443,15 @@ struct Walker {
     visited: u64,
     budget: u64,
     volume: String,
+    /// Small files created and waiting to be filled, in walk order.
+    batch: Batcher<SmallFile>,
+    /// The open batch's task, for the directories of its files to wait
+    /// on, and where to send it once spawned (dropped unsent if the walk
+    /// stops: the waiting directories stop too).
+    batch_task: Option<(oneshot::Sender<Task>, Task)>,
+    /// The last frame registered with the open batch.
+    batch_frame: Option<u64>,
+    frames: u64,
 }
 
 impl Walker {
@@ -455,13 +486,18 @@ impl Walker {
                 }
                 None => {
                     let frame = self.stack.pop().expect("non-empty");
-                    let task = self
+                    let handle = self
                         .sh
                         .tracker
                         .spawn_on(finalize(self.sh.clone(), frame), &self.sh.rt);
+                    let task = task_of(&self.sh, handle);
                     match self.stack.last_mut() {
                         Some(parent) => parent.pending.push(task),
-                        None => return Some(task),
+                        None => {
+                            // The last batch: the root waits for it too.
+                            self.flush();
+                            return Some(task);
+                        }
                     }
                 }
             }
@@ -559,7 +595,9 @@ impl Walker {
                 }
             },
         };
+        self.frames += 1;
         self.stack.push(Frame {
+            id: self.frames,
             dir: Arc::new(dir),
             rel,
             node,
@@ -594,19 +632,81 @@ impl Walker {
             Err(e) => return sh.item_failed(&shown, format!("file: {e}")),
         };
         inc(&sh.stats.files, 1);
+        let target = match target {
+            Target::Created(file) if node.size <= SMALL_FILE => {
+                let size = node.size;
+                let f = SmallFile {
+                    file,
+                    rel,
+                    shown,
+                    node,
+                };
+                return self.small_file(f, size);
+            }
+            t => t,
+        };
         let permit = sh
             .rt
             .block_on(sh.files.clone().acquire_owned())
             .expect("the file semaphore is never closed");
-        let task = sh.tracker.spawn_on(
+        let handle = sh.tracker.spawn_on(
             write_task(sh.clone(), dir, rel, shown, node, target, permit),
             &sh.rt,
         );
+        let task = task_of(&sh, handle);
         self.stack
             .last_mut()
             .expect("visiting inside a frame")
             .pending
             .push(task);
+    }
+
+    /// Adds a created small file to the open batch (sending the batch
+    /// first if it would not fit, and after if it is full); its directory
+    /// waits for the batch.
+    fn small_file(&mut self, f: SmallFile, size: u64) {
+        if !self.batch.fits(size) {
+            self.flush();
+        }
+        let (_, task) = self.batch_task.get_or_insert_with(|| {
+            let (tx, rx) = oneshot::channel::<Task>();
+            let task = async move {
+                match rx.await {
+                    Ok(task) => task.await,
+                    Err(_) => Err(Stopped),
+                }
+            }
+            .boxed()
+            .shared();
+            (tx, task)
+        });
+        let top = self.stack.last_mut().expect("visiting inside a frame");
+        if self.batch_frame != Some(top.id) {
+            top.pending.push(task.clone());
+            self.batch_frame = Some(top.id);
+        }
+        self.batch.push(f, size);
+        if self.batch.is_full() {
+            self.flush();
+        }
+    }
+
+    /// Spawns the open batch, if any, once a permit is free.
+    fn flush(&mut self) {
+        self.batch_frame = None;
+        let Some((tx, _)) = self.batch_task.take() else {
+            return;
+        };
+        let files = self.batch.take();
+        let sh = self.sh.clone();
+        let permit = sh
+            .rt
+            .block_on(sh.files.clone().acquire_owned())
+            .expect("the file semaphore is never closed");
+        let handle = sh
+            .tracker
+            .spawn_on(batch_task(sh.clone(), files, permit), &sh.rt);
+        let _ = tx.send(task_of(&sh, handle));
     }
 
     fn special(&mut self, dir: &File, shown: String, node: Node, t: rustix::fs::FileType) {
@@ -628,11 +728,7 @@ impl Walker {
 /// Waits for everything in a directory, then sets its metadata.
 async fn finalize(sh: Arc<Shared>, frame: Frame) -> Result<(), Stopped> {
     for t in frame.pending {
-        match t.await {
-            Ok(Ok(())) => {}
-            Ok(Err(Stopped)) => return Err(Stopped),
-            Err(e) => return Err(sh.fail(join_err(e))),
-        }
+        t.await?;
     }
     if sh.stop.is_cancelled() {
         return Err(Stopped);
@@ -783,6 +879,7 @@ pub async fn restore(
     let walker = Walker {
         sh: sh.clone(),
         stack: vec![Frame {
+            id: 0,
             dir: root_dir,
             rel: Vec::new(),
             node: root,
@@ -797,12 +894,16 @@ pub async fn restore(
         visited: 0,
         budget: entry_budget(&entry.stats),
         volume: opts.name.clone(),
+        batch: Batcher::new(BATCH_FILES, BATCH_BYTES),
+        batch_task: None,
+        batch_frame: None,
+        frames: 0,
     };
     let root_task = tokio::task::spawn_blocking(move || walker.run())
         .await
         .map_err(join_err)?;
     let done = match root_task {
-        Some(t) => t.await.map_err(join_err)?.is_ok(),
+        Some(t) => t.await.is_ok(),
         None => false,
     };
     sh.tracker.close();

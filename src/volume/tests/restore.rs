@@ -548,8 +548,9 @@ async fn restore_fills_small_files_in_batches_across_directories() {
         .await
         .unwrap()
         .0;
-    // (name, bytes) of every file, in tree order, per directory.
-    let mut expected: Vec<(String, Vec<(String, Vec<u8>)>)> = Vec::new();
+    // Each directory's name and its files' names and bytes, in tree order.
+    type Files = Vec<(String, Vec<u8>)>;
+    let mut expected: Vec<(String, Files)> = Vec::new();
     let mut dirs = Vec::new();
     let per_dir = BATCH_FILES + BATCH_FILES / 2;
     for d in 0..3u64 {

@@ -11,7 +11,7 @@ const INLINE_OPEN: u64 = 64 << 10;
 /// [`Repository::read_blobs`] reads neighbouring blobs of one pack in one
 /// ranged request when at most this many bytes lie between them (read and
 /// thrown away: cheaper than another request for small blobs)...
-const MAX_GAP: u64 = 64 << 10;
+const MAX_GAP: u64 = 256 << 10;
 /// ...and the request stays at most this long, so a batch's reads stay
 /// bounded however its blobs lie.
 const MAX_SPAN: u64 = 8 << 20;

@@ -1,7 +1,8 @@
-//! Small files in batches: the walker creates each file and collects it;
-//! a full batch is fetched in one go (neighbouring blobs in one ranged
-//! read) and written by one blocking call, so the cost of handing work
-//! between threads is paid per batch, not per file.
+//! Small files in batches: the walker collects them; a full batch is
+//! created by one blocking call, fetched in one go (neighbouring blobs in
+//! one ranged read) and written by another blocking call, so the cost of
+//! handing work between threads is paid per batch, not per file, and
+//! batches create and write files in parallel with the walk.
 
 use super::*;
 
@@ -57,48 +58,57 @@ impl<T> Batcher<T> {
     }
 }
 
-/// A small file the walker created, to be filled.
+/// A small file the walker met, to be created and filled.
 pub(super) struct SmallFile {
-    pub file: File,
+    /// Its directory: the file is made relative to it.
+    pub dir: Arc<File>,
     pub rel: Vec<u8>,
     pub shown: String,
     pub node: Node,
 }
 
-/// Fetches every chunk of a batch, then writes the files and sets their
-/// metadata in one blocking call. A file whose chunk cannot be read fails
-/// alone; a fatal error stops the run.
+/// Creates a batch's files (or keeps the verified ones already there),
+/// fetches every chunk of those to fill, then writes them and sets their
+/// metadata. A file that cannot be made or read fails alone; a fatal
+/// error stops the run.
 pub(super) async fn batch_task(
     sh: Arc<Shared>,
     files: Vec<SmallFile>,
     _permit: OwnedSemaphorePermit,
 ) -> Result<(), Stopped> {
+    let sh2 = sh.clone();
+    let files = tokio::task::spawn_blocking(move || open_all(&sh2, files))
+        .await
+        .map_err(|e| sh.fail(join_err(e)))?;
+    if sh.stop.is_cancelled() {
+        return Err(Stopped);
+    }
     let ids: Vec<BlobId> = files
         .iter()
-        .flat_map(|f| f.node.content.iter().copied())
+        .flat_map(|(f, _)| f.node.content.iter().copied())
         .collect();
     let mut blobs = sh.repo.read_blobs(&ids).await.into_iter();
     if sh.stop.is_cancelled() {
         return Err(Stopped);
     }
     let mut ready = Vec::with_capacity(files.len());
-    for f in files {
+    for (f, file) in files {
         // Every result of this file is taken, failed or not, so the next
         // file starts at its own.
         let results: Vec<_> = blobs.by_ref().take(f.node.content.len()).collect();
         match results.into_iter().collect::<Result<Vec<Bytes>, _>>() {
-            Ok(chunks) => ready.push((f, chunks)),
+            Ok(chunks) => ready.push((f, file, chunks)),
             Err(e) if is_item_error(&e) => sh.item_failed(&f.shown, e.to_string()),
             Err(e) => return Err(sh.fail(e)),
         }
     }
     let sh2 = sh.clone();
     tokio::task::spawn_blocking(move || {
-        for (f, chunks) in ready {
+        for (f, file, chunks) in ready {
             if sh2.stop.is_cancelled() {
                 return Err(Stopped);
             }
-            if let Err(e) = write_small(&sh2, &f, &chunks) {
+            if let Err(e) = write_small(&sh2, &f, &file, &chunks) {
                 sh2.item_failed(&f.shown, e);
             }
         }
@@ -108,12 +118,51 @@ pub(super) async fn batch_task(
     .map_err(|e| sh.fail(join_err(e)))?
 }
 
-fn write_small(sh: &Shared, f: &SmallFile, chunks: &[Bytes]) -> io::Result<()> {
+/// Each file of the batch, opened for writing: created, or rewritten in
+/// place if it was there but not right. One that was there and right is
+/// only given its metadata, and one that cannot be made fails alone.
+fn open_all(sh: &Shared, files: Vec<SmallFile>) -> Vec<(SmallFile, File)> {
+    let mut out = Vec::with_capacity(files.len());
+    for f in files {
+        if sh.stop.is_cancelled() {
+            break;
+        }
+        match open_small(sh, &f) {
+            Ok(opened) => {
+                inc(&sh.stats.files, 1);
+                if let Some(file) = opened {
+                    out.push((f, file));
+                }
+            }
+            Err(e) => sh.item_failed(&f.shown, format!("file: {e}")),
+        }
+    }
+    out
+}
+
+/// As the walker does for a file it creates: create exclusively; if the
+/// name is taken, keep a verified copy, or rewrite or replace it.
+fn open_small(sh: &Shared, f: &SmallFile) -> io::Result<Option<File>> {
+    match create_file(&f.dir, &f.node.name) {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if is_errno(&e, Errno::EXIST) => {
+            if reusable(&f.dir, &f.node) {
+                verify_or_reopen(sh, &f.dir, &f.shown, &f.node)
+            } else {
+                remove_at(&f.dir, &f.node.name)?;
+                create_file(&f.dir, &f.node.name).map(Some)
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn write_small(sh: &Shared, f: &SmallFile, file: &File, chunks: &[Bytes]) -> io::Result<()> {
     let mut w = ChunkWriter::default();
     for c in chunks {
-        w.write(sh, &f.file, c)?;
+        w.write(sh, file, c)?;
     }
-    w.finish(sh, &f.file, &f.rel, &f.shown, &f.node)
+    w.finish(sh, file, &f.rel, &f.shown, &f.node)
 }
 
 #[cfg(test)]

@@ -378,6 +378,21 @@ fn create_file(dir: &File, name: &[u8]) -> io::Result<File> {
     .map(File::from)
 }
 
+/// Whether the file already at `node`'s name in `dir` may be kept if its
+/// content checks out: a regular file of the right size with this one
+/// name (one shared with another name, outside the tree say, is not
+/// written to in place).
+fn reusable(dir: &File, node: &Node) -> bool {
+    !node.content.is_empty()
+        && rustix::fs::statat(dir, node.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW).is_ok_and(
+            |st| {
+                NodeType::of_mode(stat::mode(&st)) == NodeType::File
+                    && stat::nlink(&st) == 1
+                    && stat::size(&st) == node.size
+            },
+        )
+}
+
 /// Whether a chunk is all zeros (memcmp against a zero page).
 fn is_zero(data: &[u8]) -> bool {
     static ZEROS: [u8; 4096] = [0; 4096];
@@ -607,20 +622,24 @@ impl Walker {
     }
 
     fn file(&mut self, dir: Arc<File>, rel: Vec<u8>, shown: String, node: Node) {
+        // A small file no hard link names is created by its batch, off this
+        // thread; one that may be a link's target must exist before the
+        // walk reaches the link, so it is created here.
+        if node.size <= SMALL_FILE && node.nlink <= 1 {
+            let size = node.size;
+            let f = SmallFile {
+                dir,
+                rel,
+                shown,
+                node,
+            };
+            return self.small_file(f, size);
+        }
         let sh = self.sh.clone();
         let target = match create_file(&dir, &node.name) {
             Ok(f) => Target::Created(f),
             Err(e) if is_errno(&e, Errno::EXIST) => {
-                // Only a file with this one name: one shared with another
-                // name (outside the tree, say) is not written to in place.
-                let reusable = !node.content.is_empty()
-                    && rustix::fs::statat(&*dir, node.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
-                        .is_ok_and(|st| {
-                            NodeType::of_mode(stat::mode(&st)) == NodeType::File
-                                && stat::nlink(&st) == 1
-                                && stat::size(&st) == node.size
-                        });
-                if reusable {
+                if reusable(&dir, &node) {
                     Target::Existing
                 } else {
                     match remove_at(&dir, &node.name).and_then(|()| create_file(&dir, &node.name)) {
@@ -632,19 +651,6 @@ impl Walker {
             Err(e) => return sh.item_failed(&shown, format!("file: {e}")),
         };
         inc(&sh.stats.files, 1);
-        let target = match target {
-            Target::Created(file) if node.size <= SMALL_FILE => {
-                let size = node.size;
-                let f = SmallFile {
-                    file,
-                    rel,
-                    shown,
-                    node,
-                };
-                return self.small_file(f, size);
-            }
-            t => t,
-        };
         let permit = sh
             .rt
             .block_on(sh.files.clone().acquire_owned())
@@ -739,10 +745,10 @@ async fn finalize(sh: Arc<Shared>, frame: Frame) -> Result<(), Stopped> {
     } else {
         display_path(&frame.rel)
     };
-    let sh2 = sh.clone();
-    tokio::task::spawn_blocking(move || sh2.apply_meta(&dir, &node, &shown))
-        .await
-        .map_err(|e| sh.fail(join_err(e)))
+    // A few calls on a descriptor held: quicker here than the hand-off to
+    // a blocking thread and back, which thousands of directories add up.
+    sh.apply_meta(&dir, &node, &shown);
+    Ok(())
 }
 
 /// The snapshot to restore from: `STOW_SNAPSHOT`, else the newest complete

@@ -575,6 +575,9 @@ async fn restore_fills_small_files_in_batches_across_directories() {
             n.mode = 0o640 + (i as u32 % 8);
             n.mtime_ns = 1_000_000_000 * (i as i64 + 1);
             n.content = vec![id];
+            if d == 0 && i == 1 {
+                n.nlink = 2; // The target of zz-link.
+            }
             let mut content = data;
             if i % 7 == 0 {
                 n.content.push(zeros);

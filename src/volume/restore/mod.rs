@@ -1,16 +1,22 @@
 //! `volume-restore`: a tree of nodes back into a directory.
 //!
 //! One blocking thread walks the tree depth-first in name order, creating
-//! directories, files (empty), hard links, symlinks and FIFOs as it goes;
-//! at most `channels` async tasks fill files, each fetching (and so
-//! verifying) its chunks in order and handing them through a bounded
-//! channel to a blocking writer that seeks over all-zero chunks, so holes
-//! come back as holes. A directory's metadata is applied when everything
-//! in it is done, so directories come after their contents, deepest first.
+//! directories, hard links, symlinks and FIFOs as it goes. Small files
+//! (most of a typical volume) are collected into bounded batches: each
+//! batch creates its files, fetches their chunks (neighbouring blobs in
+//! one ranged read) and writes them, a few thread hand-offs per batch
+//! rather than per file. A larger file is created by the walker and
+//! streamed: its chunks are fetched (and so verified) in order and handed
+//! through a bounded channel to a blocking writer. At most `channels`
+//! batches or large files are in flight. All-zero chunks are not written,
+//! so holes come back as holes. A directory's metadata is applied when
+//! everything in it is done, so directories come after their contents,
+//! deepest first.
 //!
 //! Hard links: the first occurrence of a file precedes its other names in
-//! the walk, and is created (empty) before the walk moves on, so the link
-//! can be made at once, inside the directory that holds it.
+//! the walk, and a file with more than one link is created (empty) by the
+//! walker before it moves on, so the link can be made at once, inside the
+//! directory that holds it.
 //!
 //! Every entry is made relative to its directory's descriptor, without
 //! following symlinks, and metadata is set on the descriptor of what was

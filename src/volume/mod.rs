@@ -249,7 +249,7 @@ fn raise_fd_limit() {
 
 /// A walker task gave up because the run is stopping; the reason is in the
 /// walker's `fatal` slot or the cancellation token.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Stopped;
 
 /// What went wrong so far in a volume backup or restore, shared by its

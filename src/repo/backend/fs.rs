@@ -1,7 +1,7 @@
 //! Filesystem backend: one file per object, atomic writes by temp file,
 //! fsync and rename, then fsync of the directory so the rename is durable.
 
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -166,18 +166,21 @@ impl Backend for FsBackend {
             return Err(self.too_large("get range", key, len));
         }
         self.blocking("get range", key, move |p| {
-            let mut f = std::fs::File::open(p)?;
-            let size = f.metadata()?.len();
-            if offset.saturating_add(len) > size {
-                return Err(std::io::Error::new(
-                    ErrorKind::UnexpectedEof,
-                    format!("range {offset}+{len} beyond object size {size}"),
-                ));
-            }
-            f.seek(SeekFrom::Start(offset))?;
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::open(p)?;
+            // One positioned read: no size probe or seek first; the size is
+            // looked up only to explain a short read.
             let mut buf = vec![0u8; len as usize];
-            f.read_exact(&mut buf)?;
-            Ok(Bytes::from(buf))
+            match f.read_exact_at(&mut buf, offset) {
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                    let size = f.metadata()?.len();
+                    Err(std::io::Error::new(
+                        ErrorKind::UnexpectedEof,
+                        format!("range {offset}+{len} beyond object size {size}"),
+                    ))
+                }
+                r => r.map(|()| Bytes::from(buf)),
+            }
         })
         .await
     }

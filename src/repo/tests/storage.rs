@@ -54,6 +54,23 @@ async fn round_trip_on_fs_backend_with_pack_headers() {
     for (id, b) in ids.iter().zip(&blobs) {
         assert_eq!(&repo.read_blob(id).await.unwrap()[..], &b[..]);
     }
+    // Many at once (ranged reads across packs): one result per id, in the
+    // order asked, repeats and a missing blob included.
+    let missing = BlobId([7; 32]);
+    let mut asked: Vec<usize> = (0..ids.len()).rev().chain([3, 3, 0]).collect();
+    asked.insert(5, usize::MAX);
+    let asked_ids: Vec<BlobId> = asked
+        .iter()
+        .map(|&i| ids.get(i).copied().unwrap_or(missing))
+        .collect();
+    let got = repo.read_blobs(&asked_ids).await;
+    assert_eq!(got.len(), asked.len());
+    for (&i, r) in asked.iter().zip(&got) {
+        match blobs.get(i) {
+            Some(b) => assert_eq!(&r.as_ref().unwrap()[..], &b[..]),
+            None => assert!(matches!(r, Err(RepoError::MissingBlob { .. })), "{r:?}"),
+        }
+    }
     // Every pack's own header agrees with the index.
     let mut from_headers = Vec::new();
     for pack in repo.packs() {

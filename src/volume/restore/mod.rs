@@ -1,16 +1,22 @@
 //! `volume-restore`: a tree of nodes back into a directory.
 //!
 //! One blocking thread walks the tree depth-first in name order, creating
-//! directories, files (empty), hard links, symlinks and FIFOs as it goes;
-//! at most `channels` async tasks fill files, each fetching (and so
-//! verifying) its chunks in order and handing them through a bounded
-//! channel to a blocking writer that seeks over all-zero chunks, so holes
-//! come back as holes. A directory's metadata is applied when everything
-//! in it is done, so directories come after their contents, deepest first.
+//! directories, hard links, symlinks and FIFOs as it goes. Small files
+//! (most of a typical volume) are collected into bounded batches: each
+//! batch creates its files, fetches their chunks (neighbouring blobs in
+//! one ranged read) and writes them, a few thread hand-offs per batch
+//! rather than per file. A larger file is created by the walker and
+//! streamed: its chunks are fetched (and so verified) in order and handed
+//! through a bounded channel to a blocking writer. At most `channels`
+//! batches or large files are in flight. All-zero chunks are not written,
+//! so holes come back as holes. A directory's metadata is applied when
+//! everything in it is done, so directories come after their contents,
+//! deepest first.
 //!
 //! Hard links: the first occurrence of a file precedes its other names in
-//! the walk, and is created (empty) before the walk moves on, so the link
-//! can be made at once, inside the directory that holds it.
+//! the walk, and a file with more than one link is created (empty) by the
+//! walker before it moves on, so the link can be made at once, inside the
+//! directory that holds it.
 //!
 //! Every entry is made relative to its directory's descriptor, without
 //! following symlinks, and metadata is set on the descriptor of what was
@@ -28,7 +34,7 @@
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 #[cfg(test)]
@@ -40,10 +46,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::future::{BoxFuture, FutureExt, Shared as SharedFuture};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 use tokio::runtime::Handle;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -87,10 +94,14 @@ pub fn entry_budget(stats: &serde_json::Value) -> u64 {
 /// counts (no backup writes such a snapshot).
 pub const UNRECORDED_BUDGET: u64 = 10_000_000;
 
-/// Chunks fetched ahead per file, and queued for its writer.
+mod batch;
 mod write;
+use batch::*;
+#[cfg(test)]
+pub(crate) use batch::{BATCH_BYTES, BATCH_FILES, SMALL_FILE};
 use write::*;
 
+/// Chunks fetched ahead per file, and queued for its writer.
 const PREFETCH: usize = 2;
 
 /// What `volume-restore` restores, and where.
@@ -146,7 +157,22 @@ struct Stats {
     bytes_reused: AtomicU64,
 }
 
-type Task = JoinHandle<Result<(), Stopped>>;
+/// Work a directory waits for before its metadata is set. Shared: one
+/// batch of small files can hold files of many directories.
+type Task = SharedFuture<BoxFuture<'static, Result<(), Stopped>>>;
+
+/// The task of a spawned `handle`; a panic in it stops the run.
+fn task_of(sh: &Arc<Shared>, handle: JoinHandle<Result<(), Stopped>>) -> Task {
+    let sh = sh.clone();
+    async move {
+        match handle.await {
+            Ok(r) => r,
+            Err(e) => Err(sh.fail(join_err(e))),
+        }
+    }
+    .boxed()
+    .shared()
+}
 
 struct Shared {
     repo: Repository,
@@ -358,6 +384,21 @@ fn create_file(dir: &File, name: &[u8]) -> io::Result<File> {
     .map(File::from)
 }
 
+/// Whether the file already at `node`'s name in `dir` may be kept if its
+/// content checks out: a regular file of the right size with this one
+/// name (one shared with another name, outside the tree say, is not
+/// written to in place).
+fn reusable(dir: &File, node: &Node) -> bool {
+    !node.content.is_empty()
+        && rustix::fs::statat(dir, node.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW).is_ok_and(
+            |st| {
+                NodeType::of_mode(stat::mode(&st)) == NodeType::File
+                    && stat::nlink(&st) == 1
+                    && stat::size(&st) == node.size
+            },
+        )
+}
+
 /// Whether a chunk is all zeros (memcmp against a zero page).
 fn is_zero(data: &[u8]) -> bool {
     static ZEROS: [u8; 4096] = [0; 4096];
@@ -404,6 +445,8 @@ fn hard_link(root: &File, rel: &[u8], dir: &File, name: &[u8]) -> io::Result<()>
 }
 
 struct Frame {
+    /// Tells frames apart (a batch registers once with each).
+    id: u64,
     /// The directory, opened: its entries are made relative to it, and its
     /// metadata is set on it.
     dir: Arc<File>,
@@ -421,6 +464,15 @@ struct Walker {
     visited: u64,
     budget: u64,
     volume: String,
+    /// Small files created and waiting to be filled, in walk order.
+    batch: Batcher<SmallFile>,
+    /// The open batch's task, for the directories of its files to wait
+    /// on, and where to send it once spawned (dropped unsent if the walk
+    /// stops: the waiting directories stop too).
+    batch_task: Option<(oneshot::Sender<Task>, Task)>,
+    /// The last frame registered with the open batch.
+    batch_frame: Option<u64>,
+    frames: u64,
 }
 
 impl Walker {
@@ -455,13 +507,18 @@ impl Walker {
                 }
                 None => {
                     let frame = self.stack.pop().expect("non-empty");
-                    let task = self
+                    let handle = self
                         .sh
                         .tracker
                         .spawn_on(finalize(self.sh.clone(), frame), &self.sh.rt);
+                    let task = task_of(&self.sh, handle);
                     match self.stack.last_mut() {
                         Some(parent) => parent.pending.push(task),
-                        None => return Some(task),
+                        None => {
+                            // The last batch: the root waits for it too.
+                            self.flush();
+                            return Some(task);
+                        }
                     }
                 }
             }
@@ -559,7 +616,9 @@ impl Walker {
                 }
             },
         };
+        self.frames += 1;
         self.stack.push(Frame {
+            id: self.frames,
             dir: Arc::new(dir),
             rel,
             node,
@@ -569,20 +628,24 @@ impl Walker {
     }
 
     fn file(&mut self, dir: Arc<File>, rel: Vec<u8>, shown: String, node: Node) {
+        // A small file no hard link names is created by its batch, off this
+        // thread; one that may be a link's target must exist before the
+        // walk reaches the link, so it is created here.
+        if node.size <= SMALL_FILE && node.nlink <= 1 {
+            let size = node.size;
+            let f = SmallFile {
+                dir,
+                rel,
+                shown,
+                node,
+            };
+            return self.small_file(f, size);
+        }
         let sh = self.sh.clone();
         let target = match create_file(&dir, &node.name) {
             Ok(f) => Target::Created(f),
             Err(e) if is_errno(&e, Errno::EXIST) => {
-                // Only a file with this one name: one shared with another
-                // name (outside the tree, say) is not written to in place.
-                let reusable = !node.content.is_empty()
-                    && rustix::fs::statat(&*dir, node.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
-                        .is_ok_and(|st| {
-                            NodeType::of_mode(stat::mode(&st)) == NodeType::File
-                                && stat::nlink(&st) == 1
-                                && stat::size(&st) == node.size
-                        });
-                if reusable {
+                if reusable(&dir, &node) {
                     Target::Existing
                 } else {
                     match remove_at(&dir, &node.name).and_then(|()| create_file(&dir, &node.name)) {
@@ -598,15 +661,64 @@ impl Walker {
             .rt
             .block_on(sh.files.clone().acquire_owned())
             .expect("the file semaphore is never closed");
-        let task = sh.tracker.spawn_on(
+        let handle = sh.tracker.spawn_on(
             write_task(sh.clone(), dir, rel, shown, node, target, permit),
             &sh.rt,
         );
+        let task = task_of(&sh, handle);
         self.stack
             .last_mut()
             .expect("visiting inside a frame")
             .pending
             .push(task);
+    }
+
+    /// Adds a created small file to the open batch (sending the batch
+    /// first if it would not fit, and after if it is full); its directory
+    /// waits for the batch.
+    fn small_file(&mut self, f: SmallFile, size: u64) {
+        if !self.batch.fits(size) {
+            self.flush();
+        }
+        let (_, task) = self.batch_task.get_or_insert_with(|| {
+            let (tx, rx) = oneshot::channel::<Task>();
+            let task = async move {
+                match rx.await {
+                    Ok(task) => task.await,
+                    Err(_) => Err(Stopped),
+                }
+            }
+            .boxed()
+            .shared();
+            (tx, task)
+        });
+        let top = self.stack.last_mut().expect("visiting inside a frame");
+        if self.batch_frame != Some(top.id) {
+            top.pending.push(task.clone());
+            self.batch_frame = Some(top.id);
+        }
+        self.batch.push(f, size);
+        if self.batch.is_full() {
+            self.flush();
+        }
+    }
+
+    /// Spawns the open batch, if any, once a permit is free.
+    fn flush(&mut self) {
+        self.batch_frame = None;
+        let Some((tx, _)) = self.batch_task.take() else {
+            return;
+        };
+        let files = self.batch.take();
+        let sh = self.sh.clone();
+        let permit = sh
+            .rt
+            .block_on(sh.files.clone().acquire_owned())
+            .expect("the file semaphore is never closed");
+        let handle = sh
+            .tracker
+            .spawn_on(batch_task(sh.clone(), files, permit), &sh.rt);
+        let _ = tx.send(task_of(&sh, handle));
     }
 
     fn special(&mut self, dir: &File, shown: String, node: Node, t: rustix::fs::FileType) {
@@ -628,11 +740,7 @@ impl Walker {
 /// Waits for everything in a directory, then sets its metadata.
 async fn finalize(sh: Arc<Shared>, frame: Frame) -> Result<(), Stopped> {
     for t in frame.pending {
-        match t.await {
-            Ok(Ok(())) => {}
-            Ok(Err(Stopped)) => return Err(Stopped),
-            Err(e) => return Err(sh.fail(join_err(e))),
-        }
+        t.await?;
     }
     if sh.stop.is_cancelled() {
         return Err(Stopped);
@@ -643,10 +751,10 @@ async fn finalize(sh: Arc<Shared>, frame: Frame) -> Result<(), Stopped> {
     } else {
         display_path(&frame.rel)
     };
-    let sh2 = sh.clone();
-    tokio::task::spawn_blocking(move || sh2.apply_meta(&dir, &node, &shown))
-        .await
-        .map_err(|e| sh.fail(join_err(e)))
+    // A few calls on a descriptor held: quicker here than the hand-off to
+    // a blocking thread and back, which thousands of directories add up.
+    sh.apply_meta(&dir, &node, &shown);
+    Ok(())
 }
 
 /// The snapshot to restore from: `STOW_SNAPSHOT`, else the newest complete
@@ -783,6 +891,7 @@ pub async fn restore(
     let walker = Walker {
         sh: sh.clone(),
         stack: vec![Frame {
+            id: 0,
             dir: root_dir,
             rel: Vec::new(),
             node: root,
@@ -797,12 +906,16 @@ pub async fn restore(
         visited: 0,
         budget: entry_budget(&entry.stats),
         volume: opts.name.clone(),
+        batch: Batcher::new(BATCH_FILES, BATCH_BYTES),
+        batch_task: None,
+        batch_frame: None,
+        frames: 0,
     };
     let root_task = tokio::task::spawn_blocking(move || walker.run())
         .await
         .map_err(join_err)?;
     let done = match root_task {
-        Some(t) => t.await.map_err(join_err)?.is_ok(),
+        Some(t) => t.await.is_ok(),
         None => false,
     };
     sh.tracker.close();

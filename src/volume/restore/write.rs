@@ -94,46 +94,80 @@ pub(super) enum Msg {
     Done,
 }
 
-/// Writes chunks in order, seeking over zero chunks; on `Done`, sets the
-/// length (trailing holes) and the metadata. `Ok(false)` when the sender
-/// gave up before `Done`.
+/// Writes a file's chunks in order, each at its offset, into a file that
+/// is empty (created, or truncated): an all-zero chunk is not written, so
+/// it stays a hole, and the length is set only when the file ends in one.
+/// Positioned writes need no seeks.
+#[derive(Default)]
+pub(super) struct ChunkWriter {
+    /// Bytes of content so far.
+    pos: u64,
+    /// End of the last chunk written.
+    end: u64,
+}
+
+impl ChunkWriter {
+    pub(super) fn write(&mut self, sh: &Shared, file: &File, b: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let len = b.len() as u64;
+        if is_zero(b) {
+            inc(&sh.stats.bytes_sparse, len);
+        } else {
+            file.write_all_at(b, self.pos)?;
+            self.end = self.pos + len;
+        }
+        self.pos += len;
+        inc(&sh.stats.bytes_written, len);
+        Ok(())
+    }
+
+    /// Sets the length (a trailing hole), checks it against the tree, then
+    /// sets the metadata on the descriptor written: whatever is at the
+    /// name now is not touched.
+    pub(super) fn finish(
+        self,
+        sh: &Shared,
+        file: &File,
+        rel: &[u8],
+        shown: &str,
+        node: &Node,
+    ) -> io::Result<()> {
+        if self.pos > self.end {
+            file.set_len(self.pos)?;
+        }
+        if self.pos != node.size {
+            return Err(io::Error::other(format!(
+                "the chunks hold {} bytes but the tree says {}",
+                self.pos, node.size
+            )));
+        }
+        #[cfg(test)]
+        if let Some(h) = &sh.hooks.before_meta {
+            h(&sh.hook_path(rel));
+        }
+        #[cfg(not(test))]
+        let _ = rel;
+        sh.apply_meta(file, node, shown);
+        Ok(())
+    }
+}
+
+/// Writes chunks as they come; on `Done`, finishes the file. `Ok(false)`
+/// when the sender gave up before `Done`.
 pub(super) fn write_file(
     sh: &Shared,
-    mut file: File,
+    file: File,
     rel: &[u8],
     shown: &str,
     node: &Node,
     mut rx: mpsc::Receiver<Msg>,
 ) -> io::Result<bool> {
-    let mut pos = 0u64;
+    let mut w = ChunkWriter::default();
     while let Some(msg) = rx.blocking_recv() {
         match msg {
-            Msg::Data(b) => {
-                if is_zero(&b) {
-                    file.seek(SeekFrom::Current(b.len() as i64))?;
-                    inc(&sh.stats.bytes_sparse, b.len() as u64);
-                } else {
-                    file.write_all(&b)?;
-                }
-                pos += b.len() as u64;
-                inc(&sh.stats.bytes_written, b.len() as u64);
-            }
+            Msg::Data(b) => w.write(sh, &file, &b)?,
             Msg::Done => {
-                file.set_len(pos)?;
-                if pos != node.size {
-                    return Err(io::Error::other(format!(
-                        "the chunks hold {pos} bytes but the tree says {}",
-                        node.size
-                    )));
-                }
-                #[cfg(test)]
-                if let Some(h) = &sh.hooks.before_meta {
-                    h(&sh.hook_path(rel));
-                }
-                #[cfg(not(test))]
-                let _ = rel;
-                // On the descriptor written: whatever is at the name now.
-                sh.apply_meta(&file, node, shown);
+                w.finish(sh, &file, rel, shown, node)?;
                 return Ok(true);
             }
         }

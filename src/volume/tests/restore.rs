@@ -532,3 +532,105 @@ async fn restore_refuses_directories_nested_beyond_the_bound() {
     assert!(matches!(err, VolumeError::TreeBudget { .. }), "{err}");
     assert!(err.to_string().contains("deeper than 512"), "{err}");
 }
+
+/// Small files go in batches that cross directories and are bounded by
+/// count and by bytes: across many batches every file comes back with its
+/// own content (zero chunks as holes, a trailing one too), length, mode
+/// and time; a hard link to a batched file is its file; and a directory's
+/// time is set after its files are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_fills_small_files_in_batches_across_directories() {
+    use crate::volume::restore::{BATCH_BYTES, BATCH_FILES, SMALL_FILE};
+    let fx = Fixture::in_memory().await;
+    let w = fx.repo.writer(1);
+    let zeros = w
+        .add(BlobKind::Data, Bytes::from(vec![0u8; 4096]))
+        .await
+        .unwrap()
+        .0;
+    // Each directory's name and its files' names and bytes, in tree order.
+    type Files = Vec<(String, Vec<u8>)>;
+    let mut expected: Vec<(String, Files)> = Vec::new();
+    let mut dirs = Vec::new();
+    let per_dir = BATCH_FILES + BATCH_FILES / 2;
+    for d in 0..3u64 {
+        let mut nodes = Vec::new();
+        let mut files = Vec::new();
+        for i in 0..per_dir as u64 {
+            let name = format!("f{i:04}");
+            // Every tenth file is as large as a small file gets, so bytes
+            // end batches too; some end in a hole.
+            let len = if i % 10 == 0 {
+                SMALL_FILE as usize
+            } else {
+                1 + (i as usize * 37) % 5000
+            };
+            let data = random(len, d * 10_000 + i);
+            let id = w
+                .add(BlobKind::Data, Bytes::from(data.clone()))
+                .await
+                .unwrap()
+                .0;
+            let mut n = node(name.as_bytes(), NodeType::File);
+            n.mode = 0o640 + (i as u32 % 8);
+            n.mtime_ns = 1_000_000_000 * (i as i64 + 1);
+            n.content = vec![id];
+            if d == 0 && i == 1 {
+                n.nlink = 2; // The target of zz-link.
+            }
+            let mut content = data;
+            if i % 7 == 0 {
+                n.content.push(zeros);
+                content.extend_from_slice(&[0; 4096]);
+            }
+            n.size = content.len() as u64;
+            nodes.push(n);
+            files.push((name, content));
+        }
+        if d == 1 {
+            let mut h = node(b"zz-link", NodeType::Hardlink);
+            h.link = Some(b"d0/f0001".to_vec());
+            nodes.push(h);
+        }
+        let mut dir = node(format!("d{d}").as_bytes(), NodeType::Dir);
+        dir.mode = 0o750;
+        dir.mtime_ns = 1_000_000_000 * (7 + d as i64);
+        dir.subtree = Some(raw_tree(&w, nodes).await);
+        dirs.push(dir);
+        expected.push((format!("d{d}"), files));
+    }
+    assert!(3 * per_dir as u64 * SMALL_FILE / 10 > 2 * BATCH_BYTES);
+    let listing = raw_tree(&w, dirs).await;
+    save_volume(&w, &fx.repo, "vol", listing).await;
+
+    let dst = fx.path("dst");
+    let report = restore(
+        &fx.repo,
+        &restore_opts("vol", &dst),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    for (d, (dir, files)) in expected.iter().enumerate() {
+        for (i, (name, content)) in files.iter().enumerate() {
+            let p = dst.join(dir).join(name);
+            assert!(fs::read(&p).unwrap() == *content, "{} differs", p.display());
+            let md = fs::metadata(&p).unwrap();
+            assert_eq!(md.permissions().mode() & 0o7777, 0o640 + (i as u32 % 8));
+            assert_eq!(md.mtime(), i as i64 + 1, "{}", p.display());
+        }
+        let md = fs::metadata(dst.join(dir)).unwrap();
+        assert_eq!(md.permissions().mode() & 0o7777, 0o750);
+        assert_eq!(md.mtime(), 7 + d as i64, "{dir}");
+    }
+    let linked = fs::metadata(dst.join("d1/zz-link")).unwrap();
+    assert_eq!(
+        linked.ino(),
+        fs::metadata(dst.join("d0/f0001")).unwrap().ino()
+    );
+    assert_eq!(
+        fs::read(dst.join("d1/zz-link")).unwrap(),
+        expected[0].1[1].1
+    );
+}

@@ -31,25 +31,64 @@ kubestow() {
   env -i PATH="$PATH" STOW_PASSWORD="$PW" STOW_REPOSITORY="file://$WORK/repo-kubestow" \
     STOW_CHANNELS="$CHANNELS" STOW_INIT=true STOW_VOLUME_NAME=bench RUST_LOG=warn "$@" "$KUBESTOW"
 }
+# The same with the default STOW_CHANNELS (1), into a repository of its own.
+kubestow1() {
+  env -i PATH="$PATH" STOW_PASSWORD="$PW" STOW_REPOSITORY="file://$WORK/repo-kubestow1" \
+    STOW_INIT=true STOW_VOLUME_NAME=bench RUST_LOG=warn "$@" "$KUBESTOW"
+}
 restic_() { env RESTIC_PASSWORD="$PW" RESTIC_CACHE_DIR="$WORK/restic-cache" restic -r "$WORK/repo-restic" "$@"; }
 rustic_() { env RUSTIC_CACHE_DIR="$WORK/rustic-cache" "$RUSTIC" -r "$WORK/repo-rustic" --password "$PW" --no-progress "$@"; }
-export -f kubestow restic_ rustic_
+export -f kubestow kubestow1 restic_ rustic_
 export PW WORK KUBESTOW RUSTIC CHANNELS
 
-: >"$WORK/results"
-restic_ init --quiet >/dev/null
-rustic_ init >/dev/null 2>&1
-for round in backup rebackup; do
-  measure "kubestow.$round" bash -c 'kubestow STOW_MODE=volume-backup STOW_VOLUME_PATH="'"$DATA"'"'
-  measure "restic.$round" bash -c 'restic_ backup --quiet "'"$DATA"'"'
-  measure "rustic.$round" bash -c 'rustic_ backup "'"$DATA"'"'
+# One dataset: each tool backs it up, backs it up again unchanged and
+# restores it, into fresh repositories; the results go to $WORK/results.$2.
+bench_one() { # data label
+  local data=$1 label=$2
+  rm -rf "$WORK/repo-"* "$WORK/out-"* "$WORK/restic-cache" "$WORK/rustic-cache"
+  : >"$WORK/results"
+  restic_ init --quiet >/dev/null
+  rustic_ init >/dev/null 2>&1
+  for round in backup rebackup; do
+    measure "kubestow.$round" bash -c 'kubestow STOW_MODE=volume-backup STOW_VOLUME_PATH="'"$data"'"'
+    measure "kubestow1.$round" bash -c 'kubestow1 STOW_MODE=volume-backup STOW_VOLUME_PATH="'"$data"'"'
+    measure "restic.$round" bash -c 'restic_ backup --quiet "'"$data"'"'
+    measure "rustic.$round" bash -c 'rustic_ backup "'"$data"'"'
+  done
+  # Each restore goes once measured (and kubestow's once checked), so the
+  # disk holds one copy at a time.
+  measure kubestow.restore bash -c 'kubestow STOW_MODE=volume-restore STOW_VOLUME_PATH="$WORK/out-kubestow"'
+  echo "[bench] verifying kubestow's restore of $label" >&2
+  diff -r --no-dereference "$data" "$WORK/out-kubestow" >/dev/null || { echo "[bench] kubestow restore of $label differs from the source" >&2; exit 1; }
+  rm -rf "$WORK/out-kubestow"
+  measure kubestow1.restore bash -c 'kubestow1 STOW_MODE=volume-restore STOW_VOLUME_PATH="$WORK/out-kubestow1"'
+  rm -rf "$WORK/out-kubestow1"
+  measure restic.restore bash -c 'restic_ restore latest --target "$WORK/out-restic"'
+  rm -rf "$WORK/out-restic"
+  measure rustic.restore bash -c 'rustic_ restore latest "$WORK/out-rustic"'
+  rm -rf "$WORK/out-rustic"
+  for t in kubestow kubestow1 restic rustic; do echo "$t.repo 0 $(du -sb "$WORK/repo-$t" | cut -f1)" >>"$WORK/results"; done
+  cp "$WORK/results" "$WORK/results.$label"
+  rm -rf "$WORK/repo-"* "$WORK/out-"*
+}
+
+# The generated dataset, then real trees nobody here wrote (BENCH_REAL_TREES,
+# space-separated; by default this machine's crate sources and
+# /usr/share: many small Rust sources, and a mix of documentation, locales,
+# icons and data files with symlinks).
+REAL="${BENCH_REAL_TREES-$HOME/.cargo/registry/src /usr/share}"
+bench_one "$DATA" generated
+labels=(generated)
+for tree in $REAL; do
+  [ -d "$tree" ] || continue
+  label=$(basename "$tree")
+  bench_one "$tree" "$label"
+  labels+=("$label")
 done
-measure kubestow.restore bash -c 'kubestow STOW_MODE=volume-restore STOW_VOLUME_PATH="$WORK/out-kubestow"'
-measure restic.restore bash -c 'restic_ restore latest --target "$WORK/out-restic"'
-measure rustic.restore bash -c 'rustic_ restore latest "$WORK/out-rustic"'
 
-echo "[bench] verifying kubestow's restore" >&2
-diff -r "$DATA" "$WORK/out-kubestow" >/dev/null || { echo "[bench] kubestow restore differs from the source" >&2; exit 1; }
-for t in kubestow restic rustic; do echo "$t.repo 0 $(du -sb "$WORK/repo-$t" | cut -f1)" >>"$WORK/results"; done
-
-python3 bench/report.py "$WORK/results" "$DATA" "$CHANNELS" "$(restic version | head -n1)" "$("$RUSTIC" --version)"
+args=()
+for l in "${labels[@]}"; do
+  case $l in generated) d=$DATA ;; *) d=$(printf '%s\n' $REAL | awk -v l="$l" -F/ '$NF == l' | head -n1) ;; esac
+  args+=("$WORK/results.$l" "$d")
+done
+python3 bench/report.py "$CHANNELS" "$(restic version | head -n1)" "$("$RUSTIC" --version)" "${args[@]}"

@@ -472,18 +472,8 @@ pub fn termination_summary(ns: &str, job: &str) -> Value {
 
 /// Waits for a Job to finish; panics with its pods' logs if it failed.
 pub fn wait_job(ns: &str, job: &str) -> Value {
-    let done = wait_until(&format!("Job {ns}/{job}"), JOB_TIMEOUT, || {
-        let j = kubectl_json(&["-n", ns, "get", "job", job]);
-        let conds = j["status"]["conditions"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        conds
-            .iter()
-            .find(|c| c["status"] == "True" && (c["type"] == "Complete" || c["type"] == "Failed"))
-            .map(|c| (c["type"].as_str().unwrap().to_owned(), j.clone()))
-    });
-    if done.0 != "Complete" {
+    let done = wait_finished(ns, job);
+    if !done.0 {
         let mut logs = get().kubectl();
         logs.args(["-n", ns, "logs", &format!("job/{job}"), "--tail=60"]);
         let out = logs.output().unwrap();

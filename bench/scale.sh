@@ -41,25 +41,8 @@ for d in range(dirs):
 PY
   touch "$DATA.complete"
 fi
-echo "[scale] building kubestow (release)" >&2
-cargo build --release --quiet
-KUBESTOW="${CARGO_TARGET_DIR:-$PWD/target}/release/kubestow"
-
-measure() {
-  local name=$1; shift
-  echo "[scale] $name" >&2
-  if ! /usr/bin/time -f "%e %M" -o "$WORK/time.$name" "$@" >"$WORK/log.$name" 2>&1; then
-    echo "[scale] $name failed:" >&2; tail -20 "$WORK/log.$name" >&2; exit 1
-  fi
-  echo "$name $(tail -n1 "$WORK/time.$name")" >>"$WORK/results"
-}
-kubestow() {
-  env -i PATH="$PATH" STOW_PASSWORD="$PW" STOW_REPOSITORY="file://$WORK/repo-kubestow" \
-    STOW_CHANNELS="$CHANNELS" STOW_INIT=true STOW_VOLUME_NAME=scale RUST_LOG=warn "$@" "$KUBESTOW"
-}
-restic_() { env RESTIC_PASSWORD="$PW" RESTIC_CACHE_DIR="$WORK/restic-cache" restic -r "$WORK/repo-restic" "$@"; }
-export -f kubestow restic_
-export PW WORK KUBESTOW CHANNELS
+TAG=scale
+source bench/lib.sh
 
 # The restored tree has the source's files with the same sizes and bytes:
 # a sorted listing of path, size and content hash of each side.

@@ -1,0 +1,29 @@
+# Shared by bench/run.sh and bench/scale.sh (sourced): builds kubestow and
+# defines how each tool is run and measured. Needs WORK, PW, CHANNELS and
+# TAG set.
+
+echo "[$TAG] building kubestow (release)" >&2
+cargo build --release --quiet
+KUBESTOW="${CARGO_TARGET_DIR:-$PWD/target}/release/kubestow"
+
+# measure NAME command...: wall seconds and peak RSS (KiB) into $WORK/results.
+measure() {
+  local name=$1; shift
+  echo "[$TAG] $name" >&2
+  if ! /usr/bin/time -f "%e %M" -o "$WORK/time.$name" "$@" >"$WORK/log.$name" 2>&1; then
+    echo "[$TAG] $name failed:" >&2; tail -20 "$WORK/log.$name" >&2; exit 1
+  fi
+  echo "$name $(tail -n1 "$WORK/time.$name")" >>"$WORK/results"
+}
+kubestow() {
+  env -i PATH="$PATH" STOW_PASSWORD="$PW" STOW_REPOSITORY="file://$WORK/repo-kubestow" \
+    STOW_CHANNELS="$CHANNELS" STOW_INIT=true STOW_VOLUME_NAME=bench RUST_LOG=warn "$@" "$KUBESTOW"
+}
+# The same with the default STOW_CHANNELS (1), into a repository of its own.
+kubestow1() {
+  env -i PATH="$PATH" STOW_PASSWORD="$PW" STOW_REPOSITORY="file://$WORK/repo-kubestow1" \
+    STOW_INIT=true STOW_VOLUME_NAME=bench RUST_LOG=warn "$@" "$KUBESTOW"
+}
+restic_() { env RESTIC_PASSWORD="$PW" RESTIC_CACHE_DIR="$WORK/restic-cache" restic -r "$WORK/repo-restic" "$@"; }
+export -f kubestow kubestow1 restic_
+export PW WORK KUBESTOW CHANNELS

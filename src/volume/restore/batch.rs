@@ -140,20 +140,12 @@ fn open_all(sh: &Shared, files: Vec<SmallFile>) -> Vec<(SmallFile, File)> {
     out
 }
 
-/// As the walker does for a file it creates: create exclusively; if the
-/// name is taken, keep a verified copy, or rewrite or replace it.
+/// The file made as the walker makes one ([`make_target`]); one already
+/// there is checked at once: kept (`None`) or reopened to be rewritten.
 fn open_small(sh: &Shared, f: &SmallFile) -> io::Result<Option<File>> {
-    match create_file(&f.dir, &f.node.name) {
-        Ok(file) => Ok(Some(file)),
-        Err(e) if is_errno(&e, Errno::EXIST) => {
-            if reusable(&f.dir, &f.node) {
-                verify_or_reopen(sh, &f.dir, &f.shown, &f.node)
-            } else {
-                remove_at(&f.dir, &f.node.name)?;
-                create_file(&f.dir, &f.node.name).map(Some)
-            }
-        }
-        Err(e) => Err(e),
+    match make_target(&f.dir, &f.node)? {
+        Target::Created(file) => Ok(Some(file)),
+        Target::Existing => verify_or_reopen(sh, &f.dir, &f.shown, &f.node),
     }
 }
 

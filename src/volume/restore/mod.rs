@@ -384,6 +384,24 @@ fn create_file(dir: &File, name: &[u8]) -> io::Result<File> {
     .map(File::from)
 }
 
+/// The file `node` names in `dir`, to fill: created exclusively; if the
+/// name is taken, kept for checking when it may already be right
+/// ([`reusable`]), else removed and created again.
+fn make_target(dir: &File, node: &Node) -> io::Result<Target> {
+    match create_file(dir, &node.name) {
+        Ok(f) => Ok(Target::Created(f)),
+        Err(e) if is_errno(&e, Errno::EXIST) => {
+            if reusable(dir, node) {
+                Ok(Target::Existing)
+            } else {
+                remove_at(dir, &node.name)?;
+                create_file(dir, &node.name).map(Target::Created)
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether the file already at `node`'s name in `dir` may be kept if its
 /// content checks out: a regular file of the right size with this one
 /// name (one shared with another name, outside the tree say, is not
@@ -642,18 +660,8 @@ impl Walker {
             return self.small_file(f, size);
         }
         let sh = self.sh.clone();
-        let target = match create_file(&dir, &node.name) {
-            Ok(f) => Target::Created(f),
-            Err(e) if is_errno(&e, Errno::EXIST) => {
-                if reusable(&dir, &node) {
-                    Target::Existing
-                } else {
-                    match remove_at(&dir, &node.name).and_then(|()| create_file(&dir, &node.name)) {
-                        Ok(f) => Target::Created(f),
-                        Err(e) => return sh.item_failed(&shown, format!("file: {e}")),
-                    }
-                }
-            }
+        let target = match make_target(&dir, &node) {
+            Ok(t) => t,
             Err(e) => return sh.item_failed(&shown, format!("file: {e}")),
         };
         inc(&sh.stats.files, 1);

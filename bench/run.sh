@@ -56,18 +56,13 @@ bench_one() { # data label
 # /usr/share: many small Rust sources, and a mix of documentation, locales,
 # icons and data files with symlinks).
 REAL="${BENCH_REAL_TREES-$HOME/.cargo/registry/src /usr/share}"
+# report.py takes (results, dataset) pairs, the generated dataset first.
 bench_one "$DATA" generated
-labels=(generated)
+args=("$WORK/results.generated" "$DATA")
 for tree in $REAL; do
   [ -d "$tree" ] || continue
   label=$(basename "$tree")
   bench_one "$tree" "$label"
-  labels+=("$label")
-done
-
-args=()
-for l in "${labels[@]}"; do
-  case $l in generated) d=$DATA ;; *) d=$(printf '%s\n' $REAL | awk -v l="$l" -F/ '$NF == l' | head -n1) ;; esac
-  args+=("$WORK/results.$l" "$d")
+  args+=("$WORK/results.$label" "$tree")
 done
 python3 bench/report.py "$CHANNELS" "$(restic version | head -n1)" "$("$RUSTIC" --version)" "${args[@]}"

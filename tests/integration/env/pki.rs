@@ -32,53 +32,64 @@ impl Pki {
             path
         };
 
-        let ca_key = KeyPair::generate().expect("generating CA key");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "kubestow-test-ca");
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-        ];
-        let ca_cert = ca_params.self_signed(&ca_key).expect("self-signing CA");
-        let ca_pem = ca_cert.pem();
-        let ca_key_pem = ca_key.serialize_pem();
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let serving_key = KeyPair::generate().expect("generating serving key");
-        let mut serving_params = CertificateParams::new(vec![
-            "127.0.0.1".to_owned(),
-            "localhost".to_owned(),
-            "kubernetes".to_owned(),
-            "kubernetes.default".to_owned(),
-            "kubernetes.default.svc".to_owned(),
-            "kubernetes.default.svc.cluster.local".to_owned(),
-            "10.96.0.1".to_owned(),
-        ])
-        .expect("serving params");
-        serving_params
-            .distinguished_name
-            .push(DnType::CommonName, "kube-apiserver");
-        serving_params.use_authority_key_identifier_extension = true;
-        serving_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        serving_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let serving_cert = serving_params
-            .signed_by(&serving_key, &issuer)
-            .expect("signing serving certificate");
+        let (ca_pem, ca_key_pem, issuer) = ca("kubestow-test-ca");
+        let (serving_pem, serving_key_pem) = serving(
+            &issuer,
+            "kube-apiserver",
+            &[
+                "127.0.0.1",
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+                "10.96.0.1",
+            ],
+        );
 
         let sa_key = KeyPair::generate().expect("generating service-account key");
 
         Pki {
             ca_cert: write("ca.crt", &ca_pem),
             ca_key: write("ca.key", &ca_key_pem),
-            serving_cert: write("apiserver.crt", &serving_cert.pem()),
-            serving_key: write("apiserver.key", &serving_key.serialize_pem()),
+            serving_cert: write("apiserver.crt", &serving_pem),
+            serving_key: write("apiserver.key", &serving_key_pem),
             sa_key: write("sa.key", &sa_key.serialize_pem()),
             sa_pub: write("sa.pub", &sa_key.public_key_pem()),
             ca_pem,
         }
     }
+}
+
+/// A self-signed CA named `cn`: (certificate PEM, key PEM, the issuer that
+/// signs with it).
+pub(crate) fn ca(cn: &str) -> (String, String, Issuer<'static, KeyPair>) {
+    let key = KeyPair::generate().expect("generating CA key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+    ];
+    let pem = params.self_signed(&key).expect("self-signing CA").pem();
+    let key_pem = key.serialize_pem();
+    (pem, key_pem, Issuer::new(params, key))
+}
+
+/// A serving certificate named `cn` for `sans`, signed by `issuer`:
+/// (certificate PEM, key PEM).
+pub(crate) fn serving(issuer: &Issuer<'_, KeyPair>, cn: &str, sans: &[&str]) -> (String, String) {
+    let key = KeyPair::generate().expect("generating serving key");
+    let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .expect("serving params");
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params
+        .signed_by(&key, issuer)
+        .expect("signing serving certificate");
+    (cert.pem(), key.serialize_pem())
 }

@@ -7,11 +7,6 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
-
 use super::process::{Proc, find_in_path, free_ports, wait_for};
 
 pub struct TlsFront {
@@ -68,22 +63,10 @@ impl TlsFront {
     }
 }
 
-/// (CA PEM, server certificate PEM, server key PEM) for `ip`.
-pub fn certificates(ip: &str) -> (String, String, String) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "kubestow-test-s3-ca");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut server = CertificateParams::new(vec![ip.to_owned()]).unwrap();
-    server.distinguished_name.push(DnType::CommonName, ip);
-    server.use_authority_key_identifier_extension = true;
-    server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = server.signed_by(&key, &issuer).unwrap();
-    (ca_pem, cert.pem(), key.serialize_pem())
+/// (CA PEM, server certificate PEM, server key PEM) for `ip`, from a CA of
+/// its own.
+fn certificates(ip: &str) -> (String, String, String) {
+    let (ca_pem, _, issuer) = super::pki::ca("kubestow-test-s3-ca");
+    let (cert, key) = super::pki::serving(&issuer, ip, &[ip]);
+    (ca_pem, cert, key)
 }

@@ -163,12 +163,12 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The stored bytes of a pack and its id. `segments` are the sealed blobs in
-/// the order of `entries`.
+/// The stored bytes of a pack and its id. `body` is the sealed blobs back
+/// to back, in the order of `entries`; the header is appended to it.
 pub(crate) fn finish(
     key: &MasterKey,
     compression: Compression,
-    segments: Vec<Vec<u8>>,
+    mut out: Vec<u8>,
     entries: &[PackEntry],
 ) -> (PackId, Bytes) {
     let mut header = Vec::with_capacity(4 + entries.len() * ENTRY_LEN);
@@ -177,11 +177,7 @@ pub(crate) fn finish(
         encode_entry(e, &mut header);
     }
     let header = key.seal(kind::PACK_HEADER, compression, &header);
-    let body: usize = segments.iter().map(Vec::len).sum();
-    let mut out = Vec::with_capacity(body + header.len() + 4);
-    for s in segments {
-        out.extend_from_slice(&s);
-    }
+    out.reserve_exact(header.len() + 4);
     out.extend_from_slice(&header);
     out.extend_from_slice(&(header.len() as u32).to_le_bytes());
     let id = PackId(*blake3::hash(&out).as_bytes());
@@ -345,17 +341,8 @@ impl Repository {
         Ok(expand_entries(*pack, entries))
     }
 
-    pub(super) fn finish_pack(
-        &self,
-        segments: Vec<Vec<u8>>,
-        entries: &[PackEntry],
-    ) -> (PackId, Bytes) {
-        finish(
-            &self.inner.master,
-            self.inner.compression,
-            segments,
-            entries,
-        )
+    pub(super) fn finish_pack(&self, body: Vec<u8>, entries: &[PackEntry]) -> (PackId, Bytes) {
+        finish(&self.inner.master, self.inner.compression, body, entries)
     }
 }
 

@@ -29,6 +29,9 @@ use super::{RepoError, Repository, index};
 /// Blobs below this are hashed and sealed on the calling task: a trip to
 /// the blocking pool costs more than the work.
 const INLINE_LIMIT: usize = 64 << 10;
+/// An open pack's buffer is reserved at its target size, up to this; a
+/// larger target grows it as blobs come.
+const MAX_PACK_RESERVE: usize = 64 << 20;
 /// Packs listed per index object when nobody calls `flush`.
 pub(crate) const PACKS_PER_INDEX: usize = 16;
 /// A blob added this long ago is made durable (its pack cut short and
@@ -148,7 +151,9 @@ enum InFlight {
 
 #[derive(Default)]
 struct OpenPack {
-    segments: Vec<Vec<u8>>,
+    /// The sealed blobs, back to back: copied in as they come, so a
+    /// finished pack needs no second buffer of its size.
+    body: Vec<u8>,
     entries: Vec<PackEntry>,
     size: usize,
     memory: Option<OwnedSemaphorePermit>,
@@ -231,6 +236,26 @@ impl Writer {
     /// The blob is durable (readable after a reopen) only after the next
     /// [`flush`](Self::flush) or [`finish`](Self::finish) succeeds.
     pub async fn add(&self, kind: BlobKind, data: Bytes) -> Result<(BlobId, bool), RepoError> {
+        self.add_sealing(kind, data, false).await
+    }
+
+    /// [`add`](Self::add) for a caller on a blocking thread: the blob is
+    /// hashed and sealed right here, and the thread waits only when the
+    /// memory budget is used up or a duplicate is being sealed elsewhere.
+    /// A file read on a blocking thread then passes no thread boundary
+    /// per chunk; those hand-offs cost more than small files themselves.
+    ///
+    /// Panics when called from an async task (it blocks on the runtime).
+    pub fn add_blocking(&self, kind: BlobKind, data: Bytes) -> Result<(BlobId, bool), RepoError> {
+        tokio::runtime::Handle::current().block_on(self.add_sealing(kind, data, true))
+    }
+
+    async fn add_sealing(
+        &self,
+        kind: BlobKind,
+        data: Bytes,
+        here: bool,
+    ) -> Result<(BlobId, bool), RepoError> {
         let sh = &self.shared;
         if data.len() > MAX_BLOB_LEN {
             return Err(RepoError::BlobTooLarge {
@@ -248,7 +273,7 @@ impl Writer {
                 .acquire_many_owned(need as u32)
                 .await
                 .expect("the memory semaphore is never closed");
-            let prepared = if data.len() < INLINE_LIMIT {
+            let prepared = if here || data.len() < INLINE_LIMIT {
                 Shared::prepare(sh, kind, &data)
             } else {
                 let (sh2, data) = (sh.clone(), data.clone());
@@ -414,7 +439,13 @@ impl Shared {
             raw_length: raw_len as u32,
         });
         st.current.size += sealed.len();
-        st.current.segments.push(sealed);
+        if st.current.body.capacity() == 0 {
+            st.current
+                .body
+                .reserve_exact(self.pack_target.min(MAX_PACK_RESERVE));
+        }
+        st.current.body.extend_from_slice(&sealed);
+        drop(sealed);
         st.current.opened.get_or_insert_with(Instant::now);
         self.arm_timer(&mut st);
         match st.current.memory.as_mut() {
@@ -498,13 +529,13 @@ impl Shared {
 
     async fn upload(self: Arc<Self>, seq: u64, pack: OpenPack) {
         let OpenPack {
-            segments,
+            body,
             entries,
             memory,
             opened,
             ..
         } = pack;
-        let result = self.store_pack(segments, entries).await;
+        let result = self.store_pack(body, entries).await;
         // The pack's bytes are gone (stored or failed): free the budget.
         drop(memory);
         let (id, entries) = match result {
@@ -540,14 +571,14 @@ impl Shared {
 
     async fn store_pack(
         &self,
-        segments: Vec<Vec<u8>>,
+        body: Vec<u8>,
         entries: Vec<PackEntry>,
     ) -> Result<(PackId, Vec<PackEntry>), RepoError> {
         let repo = self.repo.clone();
         let (id, bytes, entries) = self
             .repo
             .blocking("finishing a pack", move || {
-                let (id, bytes) = repo.finish_pack(segments, &entries);
+                let (id, bytes) = repo.finish_pack(body, &entries);
                 (id, bytes, entries)
             })
             .await?;

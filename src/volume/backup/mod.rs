@@ -2,10 +2,14 @@
 //!
 //! One blocking thread walks the directory depth-first in name order. A
 //! regular file that the parent snapshot already has (same size, mtime,
-//! ctime and inode) reuses the parent's chunk list; any other file goes to
-//! an async task (at most `channels` at once) whose blocking reader cuts
-//! it with FastCDC and hands the chunks, in order, through a bounded
-//! channel to `Writer::add`. When a directory's last entry has been
+//! ctime and inode) reuses the parent's chunk list; any other file is read
+//! (at most `channels` or the number of cores at once, whichever is more).
+//! A file smaller than the largest chunk is read, cut with FastCDC, sealed
+//! and added on one blocking thread (`Writer::add_blocking`): per file,
+//! thread hand-offs would cost more than the work. A larger one goes to an
+//! async task whose blocking reader cuts it and hands the chunks through a
+//! bounded channel to `Writer::add`, up to one chunk per core sealed at
+//! once, added in order. When a directory's last entry has been
 //! visited, a finalize task waits for its files and subdirectories, adds
 //! its tree and hands the directory's node to its parent's listing.
 //!
@@ -53,12 +57,12 @@ use crate::repo::{
 };
 use crate::summary::Report;
 
-/// Chunks queued between a file's reader and its `Writer::add` loop.
 mod parent;
 mod read;
 use parent::*;
 use read::*;
 
+/// Chunks queued between a large file's reader and its `Writer::add` loop.
 const CHUNKS_QUEUED: usize = 2;
 /// Largest blob plaintext (docs/format.md §5); a directory whose listing
 /// is larger is stored as a chain of trees (§12).
@@ -77,7 +81,7 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     /// The run id (a Job's retry resumes the same run).
     pub run_id: String,
-    /// Files read at once, and upload streams.
+    /// Upload streams, and files read at once (never fewer than cores).
     pub channels: usize,
     /// Save a mover result for run `run_id` instead of a snapshot: the
     /// orchestrating backup links the tree in its own manifest.
@@ -139,6 +143,8 @@ struct Shared {
     tracker: TaskTracker,
     /// One permit per file being read.
     files: Arc<Semaphore>,
+    /// Chunks of one large file sealed at once.
+    seals_per_file: usize,
     /// Cancelled on SIGTERM (parent token) or on the first fatal error.
     stop: CancellationToken,
     failures: Failures,
@@ -528,9 +534,16 @@ impl Walker {
             .rt
             .block_on(sh.files.clone().acquire_owned())
             .expect("the file semaphore is never closed");
-        let task = sh
-            .tracker
-            .spawn_on(read_task(sh.clone(), dir, rel, shown, node, permit), &sh.rt);
+        let task = if node.size < sh.chunker.max as u64 {
+            let sh2 = sh.clone();
+            sh.tracker.spawn_blocking_on(
+                move || read_small(&sh2, &dir, rel, shown, node, permit),
+                &sh.rt,
+            )
+        } else {
+            sh.tracker
+                .spawn_on(read_task(sh.clone(), dir, rel, shown, node, permit), &sh.rt)
+        };
         self.push(Pending::Task(task));
     }
 
@@ -688,13 +701,17 @@ pub async fn backup(
     );
     let channels = opts.channels.max(1);
     let writer = repo.writer(channels);
+    // Reading and sealing are local work: they use every core even when
+    // the channels (upload streams) are fewer.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let sh = Arc::new(Shared {
         repo: repo.clone(),
         writer: writer.clone(),
         chunker,
         rt: Handle::current(),
         tracker: TaskTracker::new(),
-        files: Arc::new(Semaphore::new(channels)),
+        files: Arc::new(Semaphore::new(channels.max(cores))),
+        seals_per_file: cores,
         stop: cancel.child_token(),
         failures: Failures::new("stopping the volume backup", "cannot back up"),
         stats: Stats::default(),

@@ -32,7 +32,7 @@ pub(super) fn read_file(
     dir: &File,
     rel: &[u8],
     node: &Node,
-    tx: mpsc::Sender<Bytes>,
+    sink: &mut dyn FnMut(Bytes) -> Result<(), ReadError>,
 ) -> Result<ReadDone, ReadError> {
     use rustix::fs::{Mode, OFlags};
     #[cfg(test)]
@@ -76,7 +76,7 @@ pub(super) fn read_file(
             return Err(ReadError::Stopped);
         }
         bytes += data.len() as u64;
-        tx.blocking_send(data).map_err(|_| ReadError::Stopped)?;
+        sink(data)?;
         #[cfg(test)]
         if std::mem::take(&mut first)
             && let Some(h) = &sh.hooks.after_first_chunk
@@ -126,7 +126,41 @@ pub(super) fn finish(
     })
 }
 
-/// Reads one file: chunks from a blocking reader, added in order.
+/// Reads and stores a file smaller than the largest chunk, all on the
+/// calling blocking thread: read whole, cut, sealed and added in place.
+/// Most files of a real tree are small, and for them thread hand-offs
+/// (reader, sealer, task) cost more than the work.
+pub(super) fn read_small(
+    sh: &Shared,
+    dir: &File,
+    rel: Vec<u8>,
+    shown: String,
+    node: Node,
+    _permit: OwnedSemaphorePermit,
+) -> Result<Option<Node>, Stopped> {
+    let mut content = Vec::new();
+    let mut add_failed = None;
+    let outcome = read_file(sh, dir, &rel, &node, &mut |data| match sh
+        .writer
+        .add_blocking(BlobKind::Data, data)
+    {
+        Ok((id, _)) => {
+            content.push(id);
+            Ok(())
+        }
+        Err(e) => {
+            add_failed = Some(e);
+            Err(ReadError::Stopped)
+        }
+    });
+    if let Some(e) = add_failed {
+        return Err(sh.fail(e));
+    }
+    conclude(sh, rel, shown, node, content, outcome)
+}
+
+/// Reads a larger file: chunks from a blocking reader, sealed up to one
+/// per core at once and added in order.
 pub(super) async fn read_task(
     sh: Arc<Shared>,
     dir: Arc<File>,
@@ -135,22 +169,30 @@ pub(super) async fn read_task(
     node: Node,
     _permit: OwnedSemaphorePermit,
 ) -> Result<Option<Node>, Stopped> {
+    use futures::StreamExt;
     let (tx, mut rx) = mpsc::channel::<Bytes>(CHUNKS_QUEUED);
     let reader = {
         let sh = sh.clone();
         tokio::task::spawn_blocking(move || {
-            let r = read_file(&sh, &dir, &rel, &node, tx);
+            let r = read_file(&sh, &dir, &rel, &node, &mut |data| {
+                tx.blocking_send(data).map_err(|_| ReadError::Stopped)
+            });
             (rel, node, r)
         })
     };
     let mut content = Vec::new();
     let mut add_failed = None;
-    while let Some(data) = rx.recv().await {
-        match sh.writer.add(BlobKind::Data, data).await {
-            Ok((id, _)) => content.push(id),
-            Err(e) => {
-                add_failed = Some(e);
-                break;
+    {
+        let mut added = futures::stream::poll_fn(|cx| rx.poll_recv(cx))
+            .map(|data| sh.writer.add(BlobKind::Data, data))
+            .buffered(sh.seals_per_file);
+        while let Some(r) = added.next().await {
+            match r {
+                Ok((id, _)) => content.push(id),
+                Err(e) => {
+                    add_failed = Some(e);
+                    break;
+                }
             }
         }
     }
@@ -159,7 +201,19 @@ pub(super) async fn read_task(
     if let Some(e) = add_failed {
         return Err(sh.fail(e));
     }
-    let (rel, mut node, outcome) = outcome.map_err(|e| sh.fail(join_err(e)))?;
+    let (rel, node, outcome) = outcome.map_err(|e| sh.fail(join_err(e)))?;
+    conclude(&sh, rel, shown, node, content, outcome)
+}
+
+/// The listed node completed from what reading the file found.
+fn conclude(
+    sh: &Shared,
+    rel: Vec<u8>,
+    shown: String,
+    mut node: Node,
+    content: Vec<crate::repo::BlobId>,
+    outcome: Result<ReadDone, ReadError>,
+) -> Result<Option<Node>, Stopped> {
     match outcome {
         Ok(done) => {
             let fresh = Node::from_stat(Vec::new(), &done.start);

@@ -27,3 +27,11 @@ kubestow1() {
 restic_() { env RESTIC_PASSWORD="$PW" RESTIC_CACHE_DIR="$WORK/restic-cache" restic -r "$WORK/repo-restic" "$@"; }
 export -f kubestow kubestow1 restic_
 export PW WORK KUBESTOW CHANNELS
+
+# On ext4 without a journal (this machine's disk), creating files within
+# 30 s of deleting many makes the kernel skip each recently freed inode
+# (find_inode_bit -> recently_deleted): perf showed 80% of a restore that
+# followed an rm -rf of 20k files spent there, and the tool measured next
+# paid for the one before. So a measured phase that creates files starts
+# only after deletions have aged.
+settle() { sync; sleep "${BENCH_SETTLE:-35}"; }

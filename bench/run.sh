@@ -25,6 +25,7 @@ export RUSTIC
 bench_one() { # data label
   local data=$1 label=$2
   rm -rf "$WORK/repo-"* "$WORK/out-"* "$WORK/restic-cache" "$WORK/rustic-cache"
+  settle
   : >"$WORK/results"
   restic_ init --quiet >/dev/null
   rustic_ init >/dev/null 2>&1
@@ -34,18 +35,16 @@ bench_one() { # data label
     measure "restic.$round" bash -c 'restic_ backup --quiet "'"$data"'"'
     measure "rustic.$round" bash -c 'rustic_ backup "'"$data"'"'
   done
-  # Each restore goes once measured (and kubestow's once checked), so the
-  # disk holds one copy at a time.
+  # Each restore goes once measured, into a directory of its own; nothing
+  # is deleted until all four are done (see settle).
   measure kubestow.restore bash -c 'kubestow STOW_MODE=volume-restore STOW_VOLUME_PATH="$WORK/out-kubestow"'
-  echo "[bench] verifying kubestow's restore of $label" >&2
-  diff -r --no-dereference "$data" "$WORK/out-kubestow" >/dev/null || { echo "[bench] kubestow restore of $label differs from the source" >&2; exit 1; }
-  rm -rf "$WORK/out-kubestow"
   measure kubestow1.restore bash -c 'kubestow1 STOW_MODE=volume-restore STOW_VOLUME_PATH="$WORK/out-kubestow1"'
-  rm -rf "$WORK/out-kubestow1"
   measure restic.restore bash -c 'restic_ restore latest --target "$WORK/out-restic"'
-  rm -rf "$WORK/out-restic"
   measure rustic.restore bash -c 'rustic_ restore latest "$WORK/out-rustic"'
-  rm -rf "$WORK/out-rustic"
+  for t in kubestow kubestow1; do
+    echo "[bench] verifying $t's restore of $label" >&2
+    diff -r --no-dereference "$data" "$WORK/out-$t" >/dev/null || { echo "[bench] $t restore of $label differs from the source" >&2; exit 1; }
+  done
   for t in kubestow kubestow1 restic rustic; do echo "$t.repo 0 $(du -sb "$WORK/repo-$t" | cut -f1)" >>"$WORK/results"; done
   cp "$WORK/results" "$WORK/results.$label"
   rm -rf "$WORK/repo-"* "$WORK/out-"*

@@ -5,7 +5,8 @@
 # side in one run on the same disk, with each phase's wall time and peak RSS.
 # Not run by CI; about 20-30 minutes on 2 cores, and about 10 GB of disk
 # (each copy of the tree takes ~4 GB in 4 KiB blocks; restores are checked
-# and deleted one at a time). Prints a table and rewrites the scale section
+# and deleted one at a time). kubestow runs with the default STOW_CHANNELS
+# (1) unless BENCH_CHANNELS says otherwise. Prints a table and rewrites the scale section
 # of BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ DATA="$CACHE/bench-scale-$FILES"
 WORK=$(mktemp -d /var/tmp/kubestow-scale.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 PW="bench-password"
-CHANNELS="${BENCH_CHANNELS:-4}"
+CHANNELS="${BENCH_CHANNELS:-1}"
 
 free_kib=$(df -Pk /var/tmp | awk 'NR == 2 { print $4 }')
 need_kib=$((FILES * 10 + 4 * 1024 * 1024))
@@ -50,6 +51,7 @@ listing() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha1sum) | s
 want=$(listing "$DATA")
 
 : >"$WORK/results"
+settle
 restic_ init --quiet >/dev/null
 for round in backup rebackup; do
   measure "kubestow.$round" bash -c 'kubestow STOW_MODE=volume-backup STOW_VOLUME_PATH="'"$DATA"'"'
@@ -58,6 +60,7 @@ done
 measure kubestow.restore bash -c 'kubestow STOW_MODE=volume-restore STOW_VOLUME_PATH="$WORK/out"'
 [ "$(listing "$WORK/out")" = "$want" ] || { echo "[scale] kubestow's restore differs from the source" >&2; exit 1; }
 rm -rf "$WORK/out"
+settle
 measure restic.restore bash -c 'restic_ restore latest --target "$WORK/out"'
 rm -rf "$WORK/out"
 for t in kubestow restic; do echo "$t.repo 0 $(du -sb "$WORK/repo-$t" | cut -f1)" >>"$WORK/results"; done

@@ -53,9 +53,11 @@ bench: setup
     cargo run --release --quiet --example bench_resources
     cargo test --release --test integration rate:: -- --ignored --nocapture
 
-# Scale: one million small files (generated, 10,000 directories) backed up, re-backed up and restored by kubestow and restic side by side, with peak RSS; ~20-30 minutes and ~10 GB of disk; SCALE_FILES shrinks it. Rewrites its section of BENCHMARKS.md. Not part of `just bench` or CI.
-bench-scale:
+# Scale: one million small files (generated, 10,000 directories) backed up, re-backed up and restored by kubestow and restic side by side, with peak RSS (~20-30 minutes, ~10 GB of disk; SCALE_FILES shrinks it); then 100,000 objects (ConfigMaps and custom resources in 100 namespaces) backed up and restored by kubestow and kubectl on the test cluster (~15 minutes; KUBESTOW_BENCH_SCALE shrinks it). Rewrites their sections of BENCHMARKS.md. Not part of `just bench` or CI.
+bench-scale: setup
     bash bench/scale.sh
+    cargo build --release --quiet
+    KUBESTOW_BENCH_SCALE=${KUBESTOW_BENCH_SCALE:-100000} cargo run --release --quiet --example bench_resources
 
 # Fuzz the repository decoders (pack, index, manifest, tree, catalogue, envelope) and the configuration parser with cargo fuzz, FUZZ_SECONDS (default 60) each, or only the targets named; prints the executions per target and fails on a crash. Not part of `just test`.
 fuzz *targets:

@@ -10,6 +10,9 @@ KUBESTOW="${CARGO_TARGET_DIR:-$PWD/target}/release/kubestow"
 measure() {
   local name=$1; shift
   echo "[$TAG] $name" >&2
+  # The previous tool's dirty pages are written back before, not during,
+  # this one's run.
+  sync
   if ! /usr/bin/time -f "%e %M" -o "$WORK/time.$name" "$@" >"$WORK/log.$name" 2>&1; then
     echo "[$TAG] $name failed:" >&2; tail -20 "$WORK/log.$name" >&2; exit 1
   fi
@@ -35,3 +38,7 @@ export PW WORK KUBESTOW CHANNELS
 # paid for the one before. So a measured phase that creates files starts
 # only after deletions have aged.
 settle() { sync; sleep "${BENCH_SETTLE:-35}"; }
+
+# Reads every file of a tree once, so the first tool measured does not
+# pay for reading it from disk.
+warm() { find "$1" -type f -print0 | xargs -0 -r cat >/dev/null; }

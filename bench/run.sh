@@ -26,6 +26,7 @@ bench_one() { # data label
   local data=$1 label=$2
   rm -rf "$WORK/repo-"* "$WORK/out-"* "$WORK/restic-cache" "$WORK/rustic-cache"
   settle
+  warm "$data"
   : >"$WORK/results"
   restic_ init --quiet >/dev/null
   rustic_ init >/dev/null 2>&1

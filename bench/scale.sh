@@ -52,6 +52,7 @@ want=$(listing "$DATA")
 
 : >"$WORK/results"
 settle
+warm "$DATA"
 restic_ init --quiet >/dev/null
 for round in backup rebackup; do
   measure "kubestow.$round" bash -c 'kubestow STOW_MODE=volume-backup STOW_VOLUME_PATH="'"$DATA"'"'

@@ -24,8 +24,9 @@ use serde_json::{Value, json};
 
 // The integration tests' fixture (it allows its own dead code), reused so
 // the benchmark measures the same servers the tests run against.
-#[path = "../tests/integration/env/mod.rs"]
+#[path = "../../tests/integration/env/mod.rs"]
 mod env;
+mod scale;
 
 const DEFAULT_OBJECTS: usize = 5000;
 const DEFAULT_ROUNDS: usize = 3;
@@ -323,6 +324,14 @@ async fn main() {
         .and_then(|v| v["clientVersion"]["gitVersion"].as_str().map(str::to_owned))
         .unwrap_or_else(|| "(unknown version)".to_owned());
     println!("   kubectl {kubectl_version}");
+    if let Ok(v) = std::env::var("KUBESTOW_BENCH_SCALE") {
+        let objects = v
+            .parse()
+            .ok()
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or(scale::DEFAULT_OBJECTS);
+        return scale::run(objects, dir, &kubectl_version).await;
+    }
 
     let (client, ns) = env::namespace("bench-resources").await;
     let started = Instant::now();
@@ -559,14 +568,21 @@ async fn main() {
         println!("(non-default size: BENCHMARKS.md left as it is)");
         return;
     }
+    write_section(BEGIN, END, HEADING, &md);
+}
+
+/// Replaces the text between `begin` and `end` in BENCHMARKS.md with `md`,
+/// or appends it under `heading`.
+fn write_section(begin: &str, end: &str, heading: &str, md: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
-    let block = format!("{BEGIN}\n{md}{END}");
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if b < e => format!("{}{block}{}", &old[..b], &old[e + END.len()..]),
+    let block = format!("{begin}\n{md}{end}");
+    let new = match (old.find(begin), old.find(end)) {
+        (Some(b), Some(e)) if b < e => format!("{}{block}{}", &old[..b], &old[e + end.len()..]),
         _ => format!(
-            "{}\n\n{HEADING}\n\nCommand: `cargo run --release --example bench_resources` (run by `just bench` after \
-             `cargo build --release`; needs `just setup`), which rewrites this section.\n\n{block}\n",
+            "{}\n\n{heading}\n\nCommand: `cargo run --release --example bench_resources` (run by `just bench` after \
+             `cargo build --release`; needs `just setup`; `KUBESTOW_BENCH_SCALE=100000` for the scale part, run by \
+             `just bench-scale`), which rewrites this section.\n\n{block}\n",
             old.trim_end()
         ),
     };

@@ -51,6 +51,36 @@ async fn incremental_backup_reads_only_changed_files() {
     assert!(diffs.is_empty(), "{diffs:#?}");
 }
 
+/// An unchanged file takes its extended attributes from the parent
+/// snapshot without reading them; changing them changes the ctime, so the
+/// next backup reads them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_attributes_follow_an_incremental_backup() {
+    let fx = Fixture::new().await;
+    let src = fx.path("src");
+    fs::write(src.join("kept"), b"kept").unwrap();
+    fs::write(src.join("tagged"), b"tagged").unwrap();
+    if xattr::set(src.join("kept"), "user.k", b"one").is_err() {
+        eprintln!("user xattrs are not supported here; skipping");
+        return;
+    }
+    xattr::set(src.join("tagged"), "user.t", b"before").unwrap();
+    fx.backup(&src, "vol", "run-1").await;
+    xattr::set(src.join("tagged"), "user.t", b"after").unwrap();
+    xattr::set(src.join("tagged"), "user.new", b"added").unwrap();
+    let second = fx.backup(&src, "vol", "run-2").await;
+    // The untouched file is taken from the parent; the retagged one has a
+    // new ctime, so it is read again.
+    assert_eq!(bytes(&second, "reused"), 4, "{second:?}");
+    assert_eq!(bytes(&second, "read"), 6, "{second:?}");
+    let dst = fx.path("dst");
+    fx.restore("vol", &dst).await;
+    let get = |f: &str, k: &str| xattr::get(dst.join(f), k).unwrap();
+    assert_eq!(get("kept", "user.k").as_deref(), Some(&b"one"[..]));
+    assert_eq!(get("tagged", "user.t").as_deref(), Some(&b"after"[..]));
+    assert_eq!(get("tagged", "user.new").as_deref(), Some(&b"added"[..]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_file_fails_the_item_and_the_rest_goes_on() {
     let fx = Fixture::new().await;

@@ -459,25 +459,15 @@ async fn main() {
                 k => {
                     let channels = if k == 1 { 4 } else { 1 };
                     let target = env::unique_name(&format!("bench-restore-c{channels}"));
-                    let s = timed(
-                        &format!("kubestow restore (STOW_CHANNELS={channels})"),
+                    let (s, sum) = restore_run(
                         &kubestow,
-                        &[],
-                        &kubestow_vars(
-                            "restore",
-                            &repos[round % repos.len()],
-                            &[
-                                ("STOW_NAMESPACES", ns.clone()),
-                                ("STOW_INCLUDE_RESOURCES", "configmaps".to_owned()),
-                                ("STOW_NAMESPACE_MAP", format!("{ns}={target}")),
-                                ("STOW_CHANNELS", channels.to_string()),
-                            ],
-                        ),
-                        None,
+                        &repos[round % repos.len()],
+                        &ns,
+                        "configmaps",
+                        &format!("{ns}={target}"),
+                        channels,
                         dir,
                     );
-                    let sum = summary(&s);
-                    assert_eq!(count(&sum, "failed"), 0, "{sum}");
                     assert_eq!(count_configmaps(&client, &target).await, objects, "{sum}");
                     if channels == 4 {
                         restore4_s.push(s.secs);
@@ -569,6 +559,39 @@ async fn main() {
         return;
     }
     write_section(BEGIN, END, HEADING, &md);
+}
+
+/// A kubestow restore of `kinds` from `namespaces` (comma-separated)
+/// through `map`, with `channels`, timed; no item may fail.
+fn restore_run(
+    kubestow: &Path,
+    repo: &str,
+    namespaces: &str,
+    kinds: &str,
+    map: &str,
+    channels: usize,
+    dir: &Path,
+) -> (Sample, Value) {
+    let s = timed(
+        &format!("kubestow restore (STOW_CHANNELS={channels})"),
+        kubestow,
+        &[],
+        &kubestow_vars(
+            "restore",
+            repo,
+            &[
+                ("STOW_NAMESPACES", namespaces.to_owned()),
+                ("STOW_INCLUDE_RESOURCES", kinds.to_owned()),
+                ("STOW_NAMESPACE_MAP", map.to_owned()),
+                ("STOW_CHANNELS", channels.to_string()),
+            ],
+        ),
+        None,
+        dir,
+    );
+    let sum = summary(&s);
+    assert_eq!(count(&sum, "failed"), 0, "{sum}");
+    (s, sum)
 }
 
 /// Replaces the text between `begin` and `end` in BENCHMARKS.md with `md`,

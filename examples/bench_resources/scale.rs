@@ -22,7 +22,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
 use serde_json::{Value, json};
 
-use super::{count, env, kubestow_binary, kubestow_vars, mib, summary, timed};
+use super::{count, env, kubestow_binary, kubestow_vars, mib, restore_run, summary, timed};
 
 pub const DEFAULT_OBJECTS: usize = 100_000;
 const NAMESPACES: usize = 100;
@@ -290,25 +290,15 @@ pub async fn run(objects: usize, dir: &Path, kubectl_version: &str) {
             .zip(&target)
             .map(|(s, t)| format!("{s}={t}"))
             .collect();
-        let s = timed(
-            &format!("kubestow restore (STOW_CHANNELS={channels})"),
+        let (s, sum) = restore_run(
             &kubestow,
-            &[],
-            &kubestow_vars(
-                "restore",
-                &repo,
-                &[
-                    ("STOW_NAMESPACES", source.join(",")),
-                    ("STOW_INCLUDE_RESOURCES", kinds.clone()),
-                    ("STOW_NAMESPACE_MAP", map.join(",")),
-                    ("STOW_CHANNELS", channels.to_string()),
-                ],
-            ),
-            None,
+            &repo,
+            &source.join(","),
+            &kinds,
+            &map.join(","),
+            channels,
             dir,
         );
-        let sum = summary(&s);
-        assert_eq!(count(&sum, "failed"), 0, "{sum}");
         assert_eq!(count_objects(&client, &target).await, objects, "{sum}");
         restores.push((channels, s));
     }
@@ -328,25 +318,26 @@ pub async fn run(objects: usize, dir: &Path, kubectl_version: &str) {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let n = objects as f64;
-    md.push_str(&format!(
-        "| backup vs `kubectl get -A -l … -o json` | {:.1} | {:.1} | {:.2}x | {:.0} | {} | {} |\n",
-        backup.secs,
-        get.secs,
-        get.secs / backup.secs,
-        n / backup.secs,
-        mib(backup.rss_kib),
-        mib(get.rss_kib)
-    ));
-    for (channels, s) in &restores {
+    let row = |md: &mut String, op: &str, ours: &super::Sample, theirs: &super::Sample| {
         md.push_str(&format!(
-            "| restore, `STOW_CHANNELS={channels}`, vs `kubectl create -f` | {:.1} | {:.1} | {:.2}x | {:.0} | {} | {} |\n",
-            s.secs,
-            create.secs,
-            create.secs / s.secs,
-            n / s.secs,
-            mib(s.rss_kib),
-            mib(create.rss_kib)
+            "| {op} | {:.1} | {:.1} | {:.2}x | {:.0} | {} | {} |\n",
+            ours.secs,
+            theirs.secs,
+            theirs.secs / ours.secs,
+            n / ours.secs,
+            mib(ours.rss_kib),
+            mib(theirs.rss_kib)
         ));
+    };
+    row(
+        &mut md,
+        "backup vs `kubectl get -A -l … -o json`",
+        &backup,
+        &get,
+    );
+    for (channels, s) in &restores {
+        let op = format!("restore, `STOW_CHANNELS={channels}`, vs `kubectl create -f`");
+        row(&mut md, &op, s, &create);
     }
     md.push_str(&format!(
         "\nThe API server's limit, measured: an in-process client with {CLIENT_IN_FLIGHT} requests in flight \

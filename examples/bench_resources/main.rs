@@ -257,9 +257,14 @@ async fn count_configmaps(client: &kube::Client, ns: &str) -> usize {
 }
 
 /// The `kubectl create -f` input: the listed items without server-set
-/// fields and namespace, and without `kube-root-ca.crt` (the controller
-/// creates it in every namespace; kubestow's restore skips it too).
-fn create_input(listed: &Path, out: &Path) -> usize {
+/// fields and without `kube-root-ca.crt` (the controller creates it in
+/// every namespace; kubestow's restore skips it too). `namespace` gives an
+/// item's new namespace from its old one; `None` drops the field.
+pub(crate) fn create_input(
+    listed: &Path,
+    out: &Path,
+    namespace: impl Fn(&str) -> Option<String>,
+) -> usize {
     let list: Value =
         serde_json::from_slice(&std::fs::read(listed).expect("read kubectl output")).expect("json");
     let items: Vec<Value> = list["items"]
@@ -270,15 +275,21 @@ fn create_input(listed: &Path, out: &Path) -> usize {
         .map(|i| {
             let mut i = i.clone();
             if let Some(m) = i["metadata"].as_object_mut() {
+                let to = m
+                    .remove("namespace")
+                    .and_then(|ns| ns.as_str().and_then(&namespace));
                 for k in [
                     "uid",
                     "resourceVersion",
                     "creationTimestamp",
                     "managedFields",
-                    "namespace",
                     "selfLink",
+                    "generation",
                 ] {
                     m.remove(k);
+                }
+                if let Some(to) = to {
+                    m.insert("namespace".into(), Value::from(to));
                 }
             }
             i
@@ -423,7 +434,7 @@ async fn main() {
     // --------------------------------------------------------- restore
     println!("\nRestore ({rounds} rounds, interleaved; each into a fresh namespace)");
     let create_file = dir.join("create.json");
-    let n_items = create_input(&listed, &create_file);
+    let n_items = create_input(&listed, &create_file, |_| None);
     assert_eq!(n_items, objects, "items for kubectl create");
     let (mut create_s, mut restore4_s, mut restore1_s) = (vec![], vec![], vec![]);
     let (mut create_rss, mut restore4_rss, mut restore1_rss) = (0u64, 0u64, 0u64);

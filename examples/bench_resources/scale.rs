@@ -22,7 +22,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
 use serde_json::{Value, json};
 
-use super::{count, env, kubestow_binary, kubestow_vars, mib, restore_run, summary, timed};
+use super::{
+    count, create_input, env, kubestow_binary, kubestow_vars, mib, restore_run, summary, timed,
+};
 
 pub const DEFAULT_OBJECTS: usize = 100_000;
 const NAMESPACES: usize = 100;
@@ -164,41 +166,6 @@ async fn namespaces(hint: &str, count: usize) -> Vec<String> {
         .await
 }
 
-/// `kubectl create -f` input: the listed items without server-set fields,
-/// each moved to the namespace `map` gives its own.
-fn create_input(listed: &Path, out: &Path, map: &[(String, String)]) -> usize {
-    let list: Value =
-        serde_json::from_slice(&std::fs::read(listed).expect("read kubectl output")).expect("json");
-    let items: Vec<Value> = list["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .map(|i| {
-            let mut i = i.clone();
-            if let Some(m) = i["metadata"].as_object_mut() {
-                for k in [
-                    "uid",
-                    "resourceVersion",
-                    "creationTimestamp",
-                    "managedFields",
-                    "selfLink",
-                    "generation",
-                ] {
-                    m.remove(k);
-                }
-                let ns = m["namespace"].as_str().expect("namespace").to_owned();
-                let to = &map.iter().find(|(from, _)| *from == ns).expect("mapped").1;
-                m.insert("namespace".into(), Value::from(to.clone()));
-            }
-            i
-        })
-        .collect();
-    let n = items.len();
-    let doc = json!({"apiVersion": "v1", "kind": "List", "items": items});
-    std::fs::write(out, serde_json::to_vec(&doc).expect("serialise")).expect("write list");
-    n
-}
-
 pub async fn run(objects: usize, dir: &Path, kubectl_version: &str) {
     let kubestow = kubestow_binary();
     let kubeconfig = env::kubeconfig_path().display().to_string();
@@ -263,7 +230,11 @@ pub async fn run(objects: usize, dir: &Path, kubectl_version: &str) {
     let kubectl_ns = namespaces("scale-kubectl", NAMESPACES).await;
     let map: Vec<(String, String)> = source.iter().cloned().zip(kubectl_ns.clone()).collect();
     let create_file = dir.join("scale-create.json");
-    let items = create_input(&listed, &create_file, &map);
+    let items = create_input(&listed, &create_file, |ns| {
+        map.iter()
+            .find(|(from, _)| from == ns)
+            .map(|(_, to)| to.clone())
+    });
     assert_eq!(items, objects, "items for kubectl create");
     let create = timed(
         "kubectl create -f (List)",

@@ -6,8 +6,8 @@
 # Not run by CI; about 20-30 minutes on 2 cores, and about 10 GB of disk
 # (each copy of the tree takes ~4 GB in 4 KiB blocks; restores are checked
 # and deleted one at a time). kubestow runs with the default STOW_CHANNELS
-# (1) unless BENCH_CHANNELS says otherwise. Prints a table and rewrites the scale section
-# of BENCHMARKS.md.
+# (1) unless BENCH_CHANNELS says otherwise. Prints a table and rewrites the
+# scale section of BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${KUBESTOW_CACHE:-$HOME/.cache/kubestow}"

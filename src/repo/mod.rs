@@ -114,6 +114,8 @@ struct Inner {
     index_keys: RwLock<BTreeSet<String>>,
     /// Writer markers this process put (see [`Repository::announce_writer`]).
     markers: Mutex<Vec<String>>,
+    /// Cores this process may use.
+    cores: usize,
     /// Bounds CPU-heavy work (sealing, opening, hashing packs) to the
     /// cores we have, so the blocking pool does not grow a thread per blob.
     cpu: Arc<Semaphore>,
@@ -310,6 +312,7 @@ impl Repository {
                 index: RwLock::new(index),
                 index_keys: RwLock::new(BTreeSet::new()),
                 markers: Mutex::new(Vec::new()),
+                cores,
                 cpu: Arc::new(Semaphore::new(cores)),
                 packs_per_index: std::sync::atomic::AtomicUsize::new(writer::PACKS_PER_INDEX),
             }),
@@ -349,6 +352,11 @@ impl Repository {
             &other.inner.master.material()[32..],
         );
         a == b && self.chunker_params() == other.chunker_params()
+    }
+
+    /// Cores this process may use: the bound on its CPU-heavy work.
+    pub fn cores(&self) -> usize {
+        self.inner.cores
     }
 
     /// Runs CPU-heavy work (opening packs, parsing trees) on the blocking

@@ -155,7 +155,6 @@ struct OpenPack {
     /// finished pack needs no second buffer of its size.
     body: Vec<u8>,
     entries: Vec<PackEntry>,
-    size: usize,
     memory: Option<OwnedSemaphorePermit>,
     /// When its first blob was added.
     opened: Option<Instant>,
@@ -430,7 +429,7 @@ impl Shared {
             return Err(e);
         }
         let id = claim.id;
-        let offset = st.current.size;
+        let offset = st.current.body.len();
         st.current.entries.push(PackEntry {
             id,
             kind,
@@ -438,7 +437,6 @@ impl Shared {
             length: sealed.len() as u32,
             raw_length: raw_len as u32,
         });
-        st.current.size += sealed.len();
         if st.current.body.capacity() == 0 {
             st.current
                 .body
@@ -456,7 +454,7 @@ impl Shared {
             tx.send_replace(true);
         }
         claim.done = true;
-        if st.current.size >= self.pack_target {
+        if st.current.body.len() >= self.pack_target {
             self.start_upload(&mut st);
         }
         drop(st);

@@ -2,8 +2,9 @@
 //!
 //! One blocking thread walks the directory depth-first in name order. A
 //! regular file that the parent snapshot already has (same size, mtime,
-//! ctime and inode) reuses the parent's chunk list and extended attributes; any other file is read
-//! (at most `channels` or the number of cores at once, whichever is more).
+//! ctime and inode) reuses the parent's chunk list and extended
+//! attributes; any other file is read (at most `channels` or the number of
+//! cores at once, whichever is more).
 //! A file smaller than the largest chunk is read, cut with FastCDC, sealed
 //! and added on one blocking thread (`Writer::add_blocking`): per file,
 //! thread hand-offs would cost more than the work. A larger one goes to an
@@ -713,7 +714,7 @@ pub async fn backup(
     let writer = repo.writer(channels);
     // Reading and sealing are local work: they use every core even when
     // the channels (upload streams) are fewer.
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let cores = repo.cores();
     let sh = Arc::new(Shared {
         repo: repo.clone(),
         writer: writer.clone(),

@@ -175,8 +175,8 @@ async fn cancelled_backup_flushes_but_saves_no_snapshot() {
     let mut opts = fx.opts(&src, "vol", "run-1");
     opts.channels = 1;
     let c = cancel.clone();
-    // Files are read two at a time or more whatever the channels: the
-    // large one's first chunk stops the run.
+    // The large file's first chunk stops the run, whatever is read
+    // beside it.
     opts.hooks.after_first_chunk = Some(Arc::new(move |p: &Path| {
         if p.ends_with("a") {
             c.cancel()

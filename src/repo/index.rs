@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 
 use super::crypto::{MAX_META_LEN, kind};
 use super::id::{BlobId, BlobKind, PackId};
@@ -220,13 +220,30 @@ fn build(
 
 impl Repository {
     /// Loads every index object into the in-memory index. Lenient: skips
-    /// unreadable ones and returns their errors.
+    /// unreadable ones and returns their errors. Each object is folded in
+    /// as it is decoded, so its pack lists are never all held at once.
     pub(super) async fn load_index(&self, lenient: bool) -> Result<Vec<RepoError>, RepoError> {
-        let (files, errors) = self.read_index_objects(lenient).await?;
-        let (ix, keys) = build(&files, &HashSet::new());
+        let mut ix = Index::default();
+        let mut keys = BTreeSet::new();
+        let mut errors = Vec::new();
+        let mut objects = std::pin::pin!(self.index_objects().await?);
+        while let Some((key, result)) = objects.next().await {
+            match result {
+                Ok((_, packs)) => {
+                    for (id, entries) in &packs {
+                        ix.add_pack(*id, entries, true);
+                    }
+                    keys.insert(key);
+                }
+                // A backend failure is not damage: never skip over it.
+                Err(e @ RepoError::Backend(_)) => return Err(e),
+                Err(e) if lenient => errors.push(e),
+                Err(e) => return Err(e),
+            }
+        }
         tracing::debug!(
             location = %self.inner.location,
-            index_files = files.len(),
+            index_files = keys.len(),
             blobs = ix.len(),
             "loaded index"
         );
@@ -243,14 +260,17 @@ impl Repository {
             .unwrap_or_else(|e| e.into_inner()) = keys;
     }
 
-    /// Reads and decodes every index object: `(key, stored size, packs)`.
-    pub(super) async fn read_index_objects(
+    /// Every index object, read and decoded as a stream in key order (so
+    /// a blob stored in two packs is found in the same one every time),
+    /// [`META_PARALLEL`] at once: `(key, (stored size, packs))`.
+    async fn index_objects(
         &self,
-        lenient: bool,
-    ) -> Result<(Vec<(String, u64, PackList)>, Vec<RepoError>), RepoError> {
-        let objects = self.inner.backend.list(PREFIX).await?;
-        let mut files = futures::stream::iter(objects)
-            .map(|obj| async move {
+    ) -> Result<impl Stream<Item = (String, Result<(u64, PackList), RepoError>)> + '_, RepoError>
+    {
+        let mut objects = self.inner.backend.list(PREFIX).await?;
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(futures::stream::iter(objects)
+            .map(move |obj| async move {
                 let result = async {
                     let bytes = self.inner.backend.get(&obj.key).await?;
                     let size = bytes.len() as u64;
@@ -277,7 +297,16 @@ impl Repository {
                 .await;
                 (obj.key, result)
             })
-            .buffer_unordered(META_PARALLEL);
+            .buffered(META_PARALLEL))
+    }
+
+    /// Reads and decodes every index object: `(key, stored size, packs)`,
+    /// in key order.
+    pub(super) async fn read_index_objects(
+        &self,
+        lenient: bool,
+    ) -> Result<(Vec<(String, u64, PackList)>, Vec<RepoError>), RepoError> {
+        let mut files = std::pin::pin!(self.index_objects().await?);
         let (mut ok, mut errors) = (Vec::new(), Vec::new());
         while let Some((key, result)) = files.next().await {
             match result {
@@ -288,7 +317,6 @@ impl Repository {
                 Err(e) => return Err(e),
             }
         }
-        ok.sort_by(|a, b| a.0.cmp(&b.0));
         Ok((ok, errors))
     }
 

@@ -10,15 +10,17 @@
 //! without reading it.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::tree::Node;
-use crate::repo::{RepoError, Repository};
+use crate::repo::{CheckpointHeader, RepoError, Repository};
 
 /// Unsaved progress older than this is saved (the writer's period).
 pub const CHECKPOINT_EVERY: Duration = crate::repo::CHECKPOINT_EVERY;
@@ -46,10 +48,11 @@ struct Doc {
     files: Vec<Node>,
 }
 
-/// What earlier unfinished runs stored: path → (node, compare `dev`).
+/// What earlier unfinished runs stored: path → (node, compare `dev`,
+/// time of the checkpoint it came from).
 #[derive(Default)]
 pub(super) struct Resume {
-    files: HashMap<Vec<u8>, (Node, bool)>,
+    files: HashMap<Vec<u8>, (Node, bool, jiff::Timestamp)>,
 }
 
 impl Resume {
@@ -63,36 +66,37 @@ impl Resume {
         after: Option<jiff::Timestamp>,
         root_dev: u64,
     ) -> Result<Resume, RepoError> {
-        let mut docs = Vec::new();
-        for (key, r) in repo.checkpoints(plan, volume).await? {
-            let doc = r.and_then(|plain| {
-                serde_json::from_slice::<Doc>(&plain)
-                    .map_err(|e| RepoError::format(&key, format!("not a volume checkpoint: {e}")))
-            });
-            match doc {
-                Ok(d) if d.plan == plan && d.volume == volume => {
-                    if after.is_none_or(|t| d.time > t) {
-                        docs.push(d);
-                    }
-                }
-                Ok(_) => warn!(%key, "checkpoint filed under another plan or volume; ignored"),
-                Err(e) => {
-                    warn!(%key, error = %e, "unreadable checkpoint ignored; its files are read again")
-                }
-            }
-        }
-        // Newest last, so its entry for a path wins.
-        docs.sort_by_key(|d| d.time);
-        let mut files = HashMap::new();
+        // Folded one object at a time, each entry kept only if no newer
+        // checkpoint has the path: the objects of a finished run stay
+        // until prune and are superseded by its snapshot, so they are
+        // skipped by their header before their files are decoded.
+        let mut files: HashMap<Vec<u8>, (Node, bool, jiff::Timestamp)> = HashMap::new();
         let mut runs = Vec::new();
-        for d in docs {
+        let mut objects = std::pin::pin!(repo.checkpoints(plan, volume).await?);
+        while let Some((key, r)) = objects.next().await {
+            let d = match r.and_then(|plain| current(&key, &plain, plan, volume, after)) {
+                Ok(Some(d)) => d,
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(%key, error = %e, "unreadable checkpoint ignored; its files are read again");
+                    continue;
+                }
+            };
             if !runs.contains(&d.run_id) {
                 runs.push(d.run_id.clone());
             }
             let strict = d.root_dev == root_dev;
             for mut n in d.files {
                 let path = std::mem::take(&mut n.name);
-                files.insert(path, (n, strict));
+                match files.entry(path) {
+                    Entry::Occupied(mut o) if o.get().2 <= d.time => {
+                        o.insert((n, strict, d.time));
+                    }
+                    Entry::Occupied(_) => {}
+                    Entry::Vacant(v) => {
+                        v.insert((n, strict, d.time));
+                    }
+                }
             }
         }
         if !files.is_empty() {
@@ -103,8 +107,31 @@ impl Resume {
 
     /// The checkpointed node at `rel`, and whether to compare `dev`.
     pub fn get(&self, rel: &[u8]) -> Option<(&Node, bool)> {
-        self.files.get(rel).map(|(n, strict)| (n, *strict))
+        self.files.get(rel).map(|(n, strict, _)| (n, *strict))
     }
+}
+
+/// The checkpoint in `plain` (object `key`) if it belongs to `plan` and
+/// `volume` and is newer than `after`. Its header is read first, so a
+/// superseded one costs no decoding of its files.
+fn current(
+    key: &str,
+    plain: &[u8],
+    plan: &str,
+    volume: &str,
+    after: Option<jiff::Timestamp>,
+) -> Result<Option<Doc>, RepoError> {
+    let not =
+        |e: serde_json::Error| RepoError::format(key, format!("not a volume checkpoint: {e}"));
+    let head: CheckpointHeader = serde_json::from_slice(plain).map_err(not)?;
+    if head.plan != plan || head.volume != volume {
+        warn!(%key, "checkpoint filed under another plan or volume; ignored");
+        return Ok(None);
+    }
+    if after.is_some_and(|t| head.time <= t) {
+        return Ok(None);
+    }
+    serde_json::from_slice(plain).map(Some).map_err(not)
 }
 
 /// Files read completely in this run and not yet in a checkpoint.
@@ -191,5 +218,117 @@ impl Recorder {
             }
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::tree::NodeType;
+
+    fn file(name: &str, size: u64) -> Node {
+        Node {
+            name: name.into(),
+            kind: NodeType::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            inode: 1,
+            dev: 1,
+            nlink: 1,
+            rdev: 0,
+            target: None,
+            link: None,
+            xattrs: Default::default(),
+            content: vec![],
+            subtree: None,
+        }
+    }
+
+    async fn save(repo: &Repository, plan: &str, run: &str, time: &str, files: Vec<Node>) {
+        let doc = Doc {
+            version: 1,
+            run_id: run.into(),
+            plan: plan.into(),
+            volume: "ns/a".into(),
+            time: time.parse().unwrap(),
+            root_dev: 7,
+            files,
+        };
+        let json = serde_json::to_vec(&doc).unwrap();
+        // Filed under "daily" whatever the document says, as an attacker
+        // or a bug could.
+        repo.save_checkpoint("daily", "ns/a", &json).await.unwrap();
+    }
+
+    /// Checkpoints are folded one at a time in whatever order they are
+    /// listed: the newest entry for a path wins, and those no newer than
+    /// the parent snapshot, or of another plan, are left out.
+    #[tokio::test]
+    async fn the_newest_checkpoint_of_a_path_wins_in_any_order() {
+        let (_, repo) = crate::testutil::mem().await;
+        // Object keys are content hashes, so listing order is arbitrary;
+        // several runs make both orders likely among these pairs.
+        for i in 0..4u64 {
+            let (old, new) = (format!("old{i}"), format!("new{i}"));
+            save(
+                &repo,
+                "daily",
+                "r1",
+                "2026-03-01T02:00:00Z",
+                vec![file(&old, 1), file("same", 1)],
+            )
+            .await;
+            save(
+                &repo,
+                "daily",
+                "r2",
+                "2026-03-01T03:00:00Z",
+                vec![file(&new, 2), file("same", 2)],
+            )
+            .await;
+        }
+        save(
+            &repo,
+            "daily",
+            "r0",
+            "2026-03-01T01:00:00Z",
+            vec![file("before-parent", 9)],
+        )
+        .await;
+        save(
+            &repo,
+            "hourly",
+            "r3",
+            "2026-03-01T04:00:00Z",
+            vec![file("other-plan", 9)],
+        )
+        .await;
+
+        let after = Some("2026-03-01T01:30:00Z".parse().unwrap());
+        let r = Resume::load(&repo, "daily", "ns/a", after, 7)
+            .await
+            .unwrap();
+        assert_eq!(
+            r.get(b"same").map(|(n, strict)| (n.size, strict)),
+            Some((2, true))
+        );
+        assert_eq!(r.get(b"old3").unwrap().0.size, 1);
+        assert_eq!(r.get(b"new0").unwrap().0.size, 2);
+        assert!(r.get(b"before-parent").is_none());
+        assert!(r.get(b"other-plan").is_none());
+        assert_eq!(r.files.len(), 9);
+
+        // Without a parent the oldest counts too; another root device
+        // means `dev` is not compared.
+        let r = Resume::load(&repo, "daily", "ns/a", None, 8).await.unwrap();
+        assert_eq!(
+            r.get(b"before-parent").map(|(n, s)| (n.size, s)),
+            Some((9, false))
+        );
+        assert_eq!(r.get(b"same").unwrap().0.size, 2);
     }
 }

@@ -53,12 +53,14 @@ use super::{
     load_tree,
 };
 use crate::repo::{
-    BlobKind, MoverResult, Repository, SnapshotId, SnapshotManifest, VolumeEntry, Writer,
+    BlobId, BlobKind, MoverResult, Repository, SnapshotId, SnapshotManifest, VolumeEntry, Writer,
 };
 use crate::summary::Report;
 
+mod ahead;
 mod parent;
 mod read;
+use ahead::Ahead;
 use parent::*;
 use read::*;
 
@@ -143,6 +145,8 @@ struct Shared {
     tracker: TaskTracker,
     /// One permit per file being read.
     files: Arc<Semaphore>,
+    /// KiB of parent listings loaded ahead of the walk ([`ahead`]).
+    ahead: Arc<Semaphore>,
     /// Chunks of one large file sealed at once.
     seals_per_file: usize,
     /// Cancelled on SIGTERM (parent token) or on the first fatal error.
@@ -315,8 +319,10 @@ struct Frame {
     node: Node,
     entries: std::vec::IntoIter<Entry>,
     pending: Vec<Pending>,
-    /// The parent snapshot's listing of this directory.
-    parent: Option<Tree>,
+    /// The parent snapshot's listing of this directory, and its tree.
+    parent: Option<(BlobId, Tree)>,
+    /// The parent's listings of its subdirectories, loading.
+    ahead: Option<Ahead>,
 }
 
 struct Walker {
@@ -330,8 +336,8 @@ struct Walker {
 
 impl Walker {
     /// Walks until the root is visited or the run stops; returns the
-    /// root's finalize task.
-    fn run(mut self) -> Option<NodeTask> {
+    /// root's node, or its finalize task.
+    fn run(mut self) -> Option<Pending> {
         loop {
             if self.sh.stop.is_cancelled() {
                 return None;
@@ -351,15 +357,26 @@ impl Walker {
                     // The directory's descriptor closes here, not when its
                     // files are stored: only the open path holds one.
                     let Frame {
-                        rel, node, pending, ..
+                        rel,
+                        mut node,
+                        pending,
+                        parent,
+                        ..
                     } = self.stack.pop().expect("non-empty");
-                    let task = self
-                        .sh
-                        .tracker
-                        .spawn_on(finalize(self.sh.clone(), rel, node, pending), &self.sh.rt);
+                    let done =
+                        match parent {
+                            Some((was, listing)) if same_listing(&pending, &listing) => {
+                                node.subtree = Some(was);
+                                Pending::Ready(node)
+                            }
+                            _ => Pending::Task(self.sh.tracker.spawn_on(
+                                finalize(self.sh.clone(), rel, node, pending),
+                                &self.sh.rt,
+                            )),
+                        };
                     match self.stack.last_mut() {
-                        Some(parent) => parent.pending.push(Pending::Task(task)),
-                        None => return Some(task),
+                        Some(parent) => parent.pending.push(done),
+                        None => return Some(done),
                     }
                 }
             }
@@ -383,7 +400,7 @@ impl Walker {
         let prev = top
             .parent
             .as_ref()
-            .and_then(|t| t.find(&entry.name))
+            .and_then(|(_, t)| t.find(&entry.name))
             .cloned();
         let meta = match entry.meta {
             Ok(m) => m,
@@ -398,6 +415,17 @@ impl Walker {
         if node.kind == NodeType::File {
             // Its extended attributes only if it is read (see `file`).
             return self.file(dir, rel, shown, node, prev);
+        }
+        if node.kind == NodeType::Symlink
+            && let Some(p) =
+                prev.filter(|p| p.kind == NodeType::Symlink && same_inode(p, &node, sh.dev_strict))
+        {
+            // A symlink's target cannot change in place, and a change of
+            // its attributes changes the ctime: the parent's are current.
+            inc(&sh.stats.symlinks, 1);
+            node.target = p.target;
+            node.xattrs = p.xattrs;
+            return self.push(Pending::Ready(node));
         }
         node.xattrs = xattrs_at(&sh, &dir, &node.name, &shown);
         match node.kind {
@@ -483,13 +511,20 @@ impl Walker {
         let parent = prev
             .filter(|p| p.kind == NodeType::Dir)
             .and_then(|p| p.subtree)
-            .and_then(|id| match sh.rt.block_on(load_tree(&sh.repo, &id)) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    warn!(path = %shown, error = %e, "cannot read the parent snapshot's listing; reading this directory in full");
-                    None
+            .and_then(|id| {
+                let loaded = (self.stack.last_mut())
+                    .and_then(|f| f.ahead.as_mut())
+                    .and_then(|a| a.take(&sh, &node.name))
+                    .unwrap_or_else(|| sh.rt.block_on(load_tree(&sh.repo, &id)));
+                match loaded {
+                    Ok(t) => Some((id, t)),
+                    Err(e) => {
+                        warn!(path = %shown, error = %e, "cannot read the parent snapshot's listing; reading this directory in full");
+                        None
+                    }
                 }
             });
+        let ahead = parent.as_ref().map(|(_, t)| Ahead::new(&sh, t));
         self.stack.push(Frame {
             rel,
             dir: Arc::new(dir),
@@ -497,6 +532,7 @@ impl Walker {
             entries: entries.into_iter(),
             pending: Vec::new(),
             parent,
+            ahead,
         });
     }
 
@@ -561,14 +597,34 @@ impl Walker {
     /// this file's current content, so it need not be read.
     fn unchanged(&self, p: &Node, now: &Node, dev_strict: bool) -> bool {
         p.kind == NodeType::File
-            && p.size == now.size
-            && p.mtime_ns == now.mtime_ns
-            && p.ctime_ns == now.ctime_ns
-            && p.inode == now.inode
-            && (!dev_strict || p.dev == now.dev)
+            && same_inode(p, now, dev_strict)
             && p.content.is_empty() == (p.size == 0)
             && p.content.iter().all(|id| self.sh.repo.has_blob(id))
     }
+}
+
+/// Whether `p` (from the parent snapshot or a checkpoint) and `now` are
+/// the same inode, not changed since: size, mtime, ctime, inode and, when
+/// `dev_strict`, device. Any change of content, mode, owner, links or
+/// extended attributes changes the ctime.
+fn same_inode(p: &Node, now: &Node, dev_strict: bool) -> bool {
+    p.size == now.size
+        && p.mtime_ns == now.mtime_ns
+        && p.ctime_ns == now.ctime_ns
+        && p.inode == now.inode
+        && (!dev_strict || p.dev == now.dev)
+}
+
+/// Whether a directory's entries are exactly the nodes of the parent
+/// snapshot's listing (just read whole, so all its parts are stored): the
+/// same nodes encode to the same bytes, so the directory keeps that tree
+/// without a task to encode, hash and look it up again.
+fn same_listing(pending: &[Pending], listing: &Tree) -> bool {
+    pending.len() == listing.nodes.len()
+        && pending
+            .iter()
+            .zip(&listing.nodes)
+            .all(|(p, n)| matches!(p, Pending::Ready(now) if now == n))
 }
 
 /// Waits for a directory's entries, in order, then stores its tree.
@@ -719,6 +775,7 @@ pub async fn backup(
         rt: Handle::current(),
         tracker: TaskTracker::new(),
         files: Arc::new(Semaphore::new(channels)),
+        ahead: ahead::budget(),
         seals_per_file: cores,
         stop: cancel.child_token(),
         failures: Failures::new("stopping the volume backup", "cannot back up"),
@@ -753,7 +810,12 @@ pub async fn backup(
             node: root_node,
             entries: entries.into_iter(),
             pending: Vec::new(),
-            parent: parent.as_ref().and_then(|p| p.listing.clone()),
+            ahead: (parent.as_ref())
+                .and_then(|p| p.listing.as_ref())
+                .map(|t| Ahead::new(&sh, t)),
+            parent: parent
+                .as_ref()
+                .and_then(|p| Some((p.root.subtree?, p.listing.clone()?))),
         }],
         hardlinks: HashMap::new(),
         // The parent's size of this volume makes the estimate.
@@ -766,7 +828,8 @@ pub async fn backup(
         .await
         .map_err(join_err)?;
     let root = match root_task {
-        Some(t) => t.await.map_err(join_err)?.ok().flatten(),
+        Some(Pending::Ready(n)) => Some(n),
+        Some(Pending::Task(t)) => t.await.map_err(join_err)?.ok().flatten(),
         None => None,
     };
     sh.tracker.close();

@@ -51,6 +51,62 @@ async fn incremental_backup_reads_only_changed_files() {
     assert!(diffs.is_empty(), "{diffs:#?}");
 }
 
+/// The parent's listings are loaded ahead of the walk, in name order, and
+/// an unchanged directory keeps its parent's tree without encoding it
+/// again. Between the two backups, subdirectories (more than are loaded
+/// ahead at once) are removed, added, turned into files and back, and
+/// changed deep down: each unchanged file is still taken from its own
+/// directory's listing, and no unchanged listing is sealed and looked up
+/// again (`deduplicated` counts what was sealed and found stored already).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_of_the_parent_follow_a_changing_tree() {
+    let fx = Fixture::new().await;
+    let src = fx.path("src");
+    let file = |rel: &str, seed: u64| {
+        let p = src.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, random(1000, seed)).unwrap();
+    };
+    for d in 0..30u64 {
+        file(&format!("d{d:02}/f"), d);
+        file(&format!("d{d:02}/deep/g"), 100 + d);
+        std::os::unix::fs::symlink("f", src.join(format!("d{d:02}/link"))).unwrap();
+    }
+    file("top", 999);
+    let first = fx.backup(&src, "vol", "run-1").await;
+
+    let second = fx.backup(&src, "vol", "run-2").await;
+    assert_eq!(second.details["root"], first.details["root"]);
+    assert_eq!(bytes(&second, "read"), 0, "{second:?}");
+    // Only the one-node tree above the volume's root is sealed again.
+    let top: crate::repo::BlobId = second.details["root"].as_str().unwrap().parse().unwrap();
+    let top = fx.repo.read_blob(&top).await.unwrap().len() as u64;
+    assert_eq!(bytes(&second, "deduplicated"), top, "{second:?}");
+
+    fs::remove_dir_all(src.join("d03")).unwrap();
+    fs::remove_dir_all(src.join("d04")).unwrap();
+    fs::remove_dir_all(src.join("d10")).unwrap();
+    file("d10", 210); // a directory turned into a file
+    fs::remove_file(src.join("top")).unwrap();
+    file("top/inner", 211); // a file turned into a directory
+    file("d05a/new", 212); // a new directory between listed ones
+    file("d20/deep/g", 213); // changed two levels down
+    fs::remove_file(src.join("d25/link")).unwrap();
+    std::os::unix::fs::symlink("elsewhere", src.join("d25/link")).unwrap();
+    let third = fx.backup(&src, "vol", "run-3").await;
+    assert_eq!(bytes(&third, "read"), 4 * 1000, "{third:?}");
+    assert_eq!(bytes(&third, "reused"), (27 * 2 - 1) * 1000, "{third:?}");
+    assert_eq!(bytes(&third, "deduplicated"), 0, "{third:?}");
+    let dst = fx.path("dst");
+    fx.restore("vol", &dst).await;
+    let diffs = compare_trees(&src, &dst);
+    assert!(diffs.is_empty(), "{diffs:#?}");
+    assert_eq!(
+        fs::read_link(dst.join("d25/link")).unwrap(),
+        Path::new("elsewhere")
+    );
+}
+
 /// An unchanged file takes its extended attributes from the parent
 /// snapshot without reading them; changing them changes the ctime, so the
 /// next backup reads them again.

@@ -31,9 +31,10 @@ const PER_DIR: usize = 8;
 /// Listings loaded ahead and not yet taken, in KiB of stored plaintext.
 const BUDGET_KIB: usize = 8 << 10;
 
-/// A listing loading, and its share of the budget (returned when the
-/// listing is taken or dropped).
-type Load = JoinHandle<(Result<Tree, VolumeError>, OwnedSemaphorePermit)>;
+/// A listing loading, with its own subdirectories' loads started, and
+/// its share of the budget (returned when the listing is taken or
+/// dropped).
+type Load = JoinHandle<(Result<(Tree, Ahead), VolumeError>, OwnedSemaphorePermit)>;
 
 /// A directory's subdirectories that the parent snapshot lists, in name
 /// order, some of them loading.
@@ -68,7 +69,7 @@ impl Ahead {
         &mut self,
         sh: &Arc<Shared>,
         name: &[u8],
-    ) -> Option<Result<Tree, VolumeError>> {
+    ) -> Option<Result<(Tree, Ahead), VolumeError>> {
         while self
             .started
             .front()
@@ -120,10 +121,17 @@ impl Ahead {
                 return;
             };
             let (name, id) = self.waiting.next().expect("peeked");
-            let repo = sh.repo.clone();
-            let load = sh
-                .tracker
-                .spawn_on(async move { (load_tree(&repo, &id).await, permit) }, &sh.rt);
+            let sh2 = sh.clone();
+            let load = sh.tracker.spawn_on(
+                async move {
+                    let loaded = load_tree(&sh2.repo, &id).await.map(|tree| {
+                        let ahead = Ahead::new(&sh2, &tree);
+                        (tree, ahead)
+                    });
+                    (loaded, permit)
+                },
+                &sh.rt,
+            );
             self.started.push_back((name, load));
         }
     }

@@ -515,16 +515,23 @@ impl Walker {
                 let loaded = (self.stack.last_mut())
                     .and_then(|f| f.ahead.as_mut())
                     .and_then(|a| a.take(&sh, &node.name))
-                    .unwrap_or_else(|| sh.rt.block_on(load_tree(&sh.repo, &id)));
+                    .unwrap_or_else(|| {
+                        let tree = sh.rt.block_on(load_tree(&sh.repo, &id))?;
+                        let ahead = Ahead::new(&sh, &tree);
+                        Ok((tree, ahead))
+                    });
                 match loaded {
-                    Ok(t) => Some((id, t)),
+                    Ok((t, ahead)) => Some((id, t, ahead)),
                     Err(e) => {
                         warn!(path = %shown, error = %e, "cannot read the parent snapshot's listing; reading this directory in full");
                         None
                     }
                 }
             });
-        let ahead = parent.as_ref().map(|(_, t)| Ahead::new(&sh, t));
+        let (parent, ahead) = match parent {
+            Some((id, t, ahead)) => (Some((id, t)), Some(ahead)),
+            None => (None, None),
+        };
         self.stack.push(Frame {
             rel,
             dir: Arc::new(dir),

@@ -100,10 +100,22 @@ impl Repository {
         }
         let (repo, id2) = (self.clone(), *id);
         let verify = move || repo.open_blob(&key, &id2, &entry, sealed);
-        if entry.length < INLINE_OPEN {
-            verify()
+        self.opening(entry.length, "opening a blob", verify).await?
+    }
+
+    /// Runs `open`, which decrypts and verifies `len` sealed bytes, here
+    /// when they are few (below [`INLINE_OPEN`] a thread hand-off costs
+    /// more than the work), else on the blocking pool.
+    async fn opening<T: Send + 'static>(
+        &self,
+        len: u64,
+        what: &'static str,
+        open: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, RepoError> {
+        if len < INLINE_OPEN {
+            Ok(open())
         } else {
-            self.blocking("opening a blob", verify).await?
+            self.blocking(what, open).await
         }
     }
 
@@ -157,11 +169,7 @@ impl Repository {
                 .map(|(key, id, e, data, i)| (i, repo.open_blob(&key, &id, &e, data)))
                 .collect::<Vec<_>>()
         };
-        let opened = if total < INLINE_OPEN {
-            Ok(open_all())
-        } else {
-            self.blocking("opening blobs", open_all).await
-        };
+        let opened = self.opening(total, "opening blobs", open_all).await;
         match opened {
             Ok(opened) => {
                 for (i, r) in opened {

@@ -11,7 +11,13 @@
 //! bounded channel to `Writer::add`, up to one chunk per core sealed at
 //! once, added in order. When a directory's last entry has been
 //! visited, a finalize task waits for its files and subdirectories, adds
-//! its tree and hands the directory's node to its parent's listing.
+//! its tree and hands the directory's node to its parent's listing; a
+//! directory whose entries all equal the parent snapshot's listing keeps
+//! that listing's tree, without a task.
+//!
+//! The parent snapshot's listings are loaded ahead of the walk (see
+//! [`ahead`]): waiting for each one on the walking thread was over half
+//! of an unchanged re-backup.
 //!
 //! Every entry is reached by its name relative to its directory's
 //! descriptor, opened without following symlinks, and checked (device and

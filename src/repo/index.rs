@@ -225,22 +225,14 @@ impl Repository {
     pub(super) async fn load_index(&self, lenient: bool) -> Result<Vec<RepoError>, RepoError> {
         let mut ix = Index::default();
         let mut keys = BTreeSet::new();
-        let mut errors = Vec::new();
-        let mut objects = std::pin::pin!(self.index_objects().await?);
-        while let Some((key, result)) = objects.next().await {
-            match result {
-                Ok((_, packs)) => {
-                    for (id, entries) in &packs {
-                        ix.add_pack(*id, entries, true);
-                    }
-                    keys.insert(key);
+        let errors = self
+            .fold_index_objects(lenient, |key, _, packs| {
+                for (id, entries) in &packs {
+                    ix.add_pack(*id, entries, true);
                 }
-                // A backend failure is not damage: never skip over it.
-                Err(e @ RepoError::Backend(_)) => return Err(e),
-                Err(e) if lenient => errors.push(e),
-                Err(e) => return Err(e),
-            }
-        }
+                keys.insert(key);
+            })
+            .await?;
         tracing::debug!(
             location = %self.inner.location,
             index_files = keys.len(),
@@ -306,18 +298,33 @@ impl Repository {
         &self,
         lenient: bool,
     ) -> Result<(Vec<(String, u64, PackList)>, Vec<RepoError>), RepoError> {
-        let mut files = std::pin::pin!(self.index_objects().await?);
-        let (mut ok, mut errors) = (Vec::new(), Vec::new());
-        while let Some((key, result)) = files.next().await {
+        let mut ok = Vec::new();
+        let errors = self
+            .fold_index_objects(lenient, |key, size, packs| ok.push((key, size, packs)))
+            .await?;
+        Ok((ok, errors))
+    }
+
+    /// Hands each index object to `each` as it is decoded, in key order.
+    /// Fails on a backend error; on an unreadable object too unless
+    /// `lenient`, which returns those errors instead.
+    async fn fold_index_objects(
+        &self,
+        lenient: bool,
+        mut each: impl FnMut(String, u64, PackList),
+    ) -> Result<Vec<RepoError>, RepoError> {
+        let mut objects = std::pin::pin!(self.index_objects().await?);
+        let mut errors = Vec::new();
+        while let Some((key, result)) = objects.next().await {
             match result {
-                Ok((size, packs)) => ok.push((key, size, packs)),
+                Ok((size, packs)) => each(key, size, packs),
                 // A backend failure is not damage: never skip over it.
                 Err(e @ RepoError::Backend(_)) => return Err(e),
                 Err(e) if lenient => errors.push(e),
                 Err(e) => return Err(e),
             }
         }
-        Ok((ok, errors))
+        Ok(errors)
     }
 
     /// Every index object as stored now, decoded. Fails on the first one

@@ -89,12 +89,10 @@ impl Resume {
             for mut n in d.files {
                 let path = std::mem::take(&mut n.name);
                 match files.entry(path) {
-                    Entry::Occupied(mut o) if o.get().2 <= d.time => {
-                        o.insert((n, strict, d.time));
-                    }
-                    Entry::Occupied(_) => {}
-                    Entry::Vacant(v) => {
-                        v.insert((n, strict, d.time));
+                    // A newer checkpoint has it already.
+                    Entry::Occupied(o) if o.get().2 > d.time => {}
+                    e => {
+                        e.insert_entry((n, strict, d.time));
                     }
                 }
             }

@@ -527,17 +527,14 @@ impl Walker {
                         Ok((tree, ahead))
                     });
                 match loaded {
-                    Ok((t, ahead)) => Some((id, t, ahead)),
+                    Ok((t, ahead)) => Some(((id, t), ahead)),
                     Err(e) => {
                         warn!(path = %shown, error = %e, "cannot read the parent snapshot's listing; reading this directory in full");
                         None
                     }
                 }
             });
-        let (parent, ahead) = match parent {
-            Some((id, t, ahead)) => (Some((id, t)), Some(ahead)),
-            None => (None, None),
-        };
+        let (parent, ahead) = parent.unzip();
         self.stack.push(Frame {
             rel,
             dir: Arc::new(dir),

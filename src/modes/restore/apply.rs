@@ -36,9 +36,9 @@ impl Restorer<'_> {
                     if !exists && !planned.contains(&ns) {
                         let mut it = item(&ns_type, None, None, &ns, BlobId([0; 32]));
                         it.blob = None;
-                        it.obj = Some(
-                            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
-                        );
+                        it.obj = Some(Object::new(
+                            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                        ));
                         it.target = Some(ns_type.clone());
                         it.notes.push("not in the snapshot; created empty".into());
                         items.push(it);
@@ -119,7 +119,7 @@ impl Restorer<'_> {
                 let Some(claims) = unfilled.get(ns) else {
                     continue;
                 };
-                if let Some(claim) = super::hold::mounts_unfilled(obj, claims) {
+                if let Some(claim) = super::hold::mounts_unfilled(&obj.value(), claims) {
                     it.done(
                         Outcome::Failed,
                         format!(
@@ -185,9 +185,11 @@ impl Restorer<'_> {
             if !i.rt.is("", "persistentvolumeclaims") {
                 continue;
             }
-            let (Some(source_ns), Some(namespace), Some(body)) =
-                (i.source_ns.as_deref(), i.ns.clone(), i.obj.clone())
-            else {
+            let (Some(source_ns), Some(namespace), Some(body)) = (
+                i.source_ns.as_deref(),
+                i.ns.clone(),
+                i.obj.as_ref().map(Object::value),
+            ) else {
                 continue;
             };
             let volume = format!("{source_ns}/{}", i.name);
@@ -333,7 +335,7 @@ impl Restorer<'_> {
         };
         let ns = it.ns.as_deref();
         let mut notes = it.notes.clone();
-        let mut obj = obj.clone();
+        let mut obj = obj.value();
         let created = self.create(rt, ns, &mut obj, &mut notes).await;
         match created {
             Ok(()) => (Outcome::Created, notes.join("; ")),

@@ -4,7 +4,8 @@
 //!
 //! Restore reads only the repository and the target API server, so the
 //! target may be another cluster. The plan holds every selected object in
-//! memory (it is read from the repository before anything is created).
+//! memory, as compact JSON (it is read from the repository before anything
+//! is created).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -137,7 +138,8 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     // scope disagrees; then rewrites (claims need to know which volumes
     // come back).
     for it in items.iter_mut().filter(|i| i.open()) {
-        if let Some(why) = rewrite::skip_reason(&it.rt, it.obj.as_ref().expect("loaded"), &maps) {
+        let obj = it.obj.as_ref().expect("loaded").value();
+        if let Some(why) = rewrite::skip_reason(&it.rt, &obj, &maps) {
             it.done(Outcome::Skipped, why);
         }
     }
@@ -150,7 +152,7 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
         .collect();
     for it in items.iter_mut().filter(|i| i.open()) {
         let obj = it.obj.as_mut().expect("loaded");
-        let rewritten = rewrite::rewrite(&it.rt, obj, &maps);
+        let rewritten = obj.edit(|obj| rewrite::rewrite(&it.rt, obj, &maps));
         it.notes.extend(rewritten.notes);
         it.warnings = rewritten.warnings;
     }

@@ -291,7 +291,7 @@ const RBAC: &str = "rbac.authorization.k8s.io";
 fn stored(t: ResourceType, ns: Option<&str>, obj: Value) -> Item {
     let name = obj["metadata"]["name"].as_str().unwrap().to_string();
     let mut it = item(&t, ns, ns, &name, BlobId([2; 32]));
-    it.obj = Some(obj);
+    it.obj = Some(Object::new(&obj));
     it
 }
 

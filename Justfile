@@ -59,6 +59,10 @@ bench-scale: setup
     cargo build --release --quiet
     KUBESTOW_BENCH_SCALE=${KUBESTOW_BENCH_SCALE:-100000} cargo run --release --quiet --example bench_resources
 
+# Memory against data size: the `just bench` dataset (1 GiB) and the same mix at ten times the size, each backed up, re-backed up and restored by kubestow (default STOW_CHANNELS) and restic side by side, with peak RSS (~15-25 minutes, ~40 GB of disk). Rewrites its section of BENCHMARKS.md. Not part of `just bench` or CI.
+bench-size: setup
+    bash bench/size.sh
+
 # Fuzz the repository decoders (pack, index, manifest, tree, catalogue, envelope) and the configuration parser with cargo fuzz, FUZZ_SECONDS (default 60) each, or only the targets named; prints the executions per target and fails on a crash. Not part of `just test`.
 fuzz *targets:
     bash fuzz/run.sh {{targets}}

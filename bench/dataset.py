@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Generates the benchmark dataset: mixed files, at least 1 GiB.
+"""Generates the benchmark dataset: mixed files, at least 1 GiB (or SCALE
+times that, with every part and file count scaled; bench/size.sh uses 10).
 
 Deterministic (seeded), so every run and every tool sees the same bytes:
   text/       ~300 MiB of word-salad text in files of 4 KiB - 8 MiB (compresses well)
@@ -21,7 +22,7 @@ def write(path, data):
         f.write(data)
 
 
-def main(root):
+def main(root, scale=1):
     marker = root.rstrip("/") + ".complete"  # outside the tree, so no tool backs it up
     if os.path.exists(marker):
         return
@@ -31,7 +32,7 @@ def main(root):
 
     total = 0
     i = 0
-    while total < 300 * MIB:
+    while total < 300 * MIB * scale:
         size = min(int(rng.lognormvariate(12.5, 1.6)), 8 * MIB) + 4096
         out = bytearray()
         while len(out) < size:
@@ -43,8 +44,8 @@ def main(root):
     total = 0
     i = 0
     sizes = [64 * MIB, 32 * MIB, 16 * MIB] + [0] * 1000
-    while total < 400 * MIB:
-        size = sizes[i] or min(int(rng.lognormvariate(13, 2)), 16 * MIB) + 1024
+    while total < 400 * MIB * scale:
+        size = (sizes[i] if i < len(sizes) else 0) or min(int(rng.lognormvariate(13, 2)), 16 * MIB) + 1024
         write(f"{root}/random/d{i % 11}/r{i}.bin", os.urandom(size))
         total += size
         i += 1
@@ -54,7 +55,7 @@ def main(root):
     sources = sorted(
         os.path.join(d, f) for sub in ("random", "text") for d, _, fs in os.walk(f"{root}/{sub}") for f in fs
     )
-    while total < 200 * MIB:
+    while total < 200 * MIB * scale:
         src = rng.choice(sources)
         dst = f"{root}/dup/c{i}/{os.path.basename(src)}"
         os.makedirs(os.path.dirname(dst), exist_ok=True)
@@ -62,11 +63,11 @@ def main(root):
         total += os.path.getsize(dst)
         i += 1
 
-    for i in range(20000):
+    for i in range(20000 * scale):
         write(f"{root}/small/s{i % 100}/f{i}.dat", os.urandom(rng.randint(1024, 16384)))
 
     open(marker, "w").close()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1)

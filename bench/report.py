@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 
+import section
+
 channels, restic_v, rustic_v = sys.argv[1:4]
 pairs = list(zip(sys.argv[4::2], sys.argv[5::2]))
 tools = [("kubestow", f"kubestow (`STOW_CHANNELS={channels}`)"),
@@ -61,9 +63,4 @@ body = "\n\n".join(
     + [table(res, data, i == 0) for i, (res, data) in enumerate(pairs)])
 print(body)
 
-path = "BENCHMARKS.md"
-begin, end = "<!-- repo-bench:begin -->", "<!-- repo-bench:end -->"
-text = open(path).read() if os.path.exists(path) else ""
-if begin in text and end in text:
-    text = text[: text.index(begin) + len(begin)] + "\n" + body + "\n" + text[text.index(end):]
-    open(path, "w").write(text)
+section.replace("repo-bench", body)

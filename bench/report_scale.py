@@ -6,6 +6,8 @@ import datetime
 import os
 import sys
 
+import section
+
 results_path, files, channels, restic_v = sys.argv[1:5]
 r = {}
 for line in open(results_path):
@@ -29,9 +31,4 @@ body = "\n".join([
 ])
 print(body)
 
-path = "BENCHMARKS.md"
-begin, end = "<!-- scale-bench:begin -->", "<!-- scale-bench:end -->"
-text = open(path).read()
-if begin in text and end in text:
-    text = text[: text.index(begin) + len(begin)] + "\n" + body + "\n" + text[text.index(end):]
-    open(path, "w").write(text)
+section.replace("scale-bench", body)

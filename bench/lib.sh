@@ -42,3 +42,19 @@ settle() { sync; sleep "${BENCH_SETTLE:-35}"; }
 # Reads every file of a tree once, so the first tool measured does not
 # pay for reading it from disk.
 warm() { find "$1" -type f -print0 | xargs -0 -r cat >/dev/null; }
+
+# kubestow and restic side by side on one tree (bench/scale.sh,
+# bench/size.sh): a first backup and an unchanged re-backup each into
+# fresh repositories, then kubestow's restore into $WORK/out; the caller
+# checks and removes that, then measures restic's restore.
+backup_pair() { # data
+  : >"$WORK/results"
+  settle
+  warm "$1"
+  restic_ init --quiet >/dev/null
+  for round in backup rebackup; do
+    measure "kubestow.$round" bash -c 'kubestow STOW_MODE=volume-backup STOW_VOLUME_PATH="'"$1"'"'
+    measure "restic.$round" bash -c 'restic_ backup --quiet "'"$1"'"'
+  done
+  measure kubestow.restore bash -c 'kubestow STOW_MODE=volume-restore STOW_VOLUME_PATH="$WORK/out"'
+}

@@ -50,15 +50,7 @@ source bench/lib.sh
 listing() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha1sum) | sha1sum | cut -d' ' -f1; }
 want=$(listing "$DATA")
 
-: >"$WORK/results"
-settle
-warm "$DATA"
-restic_ init --quiet >/dev/null
-for round in backup rebackup; do
-  measure "kubestow.$round" bash -c 'kubestow STOW_MODE=volume-backup STOW_VOLUME_PATH="'"$DATA"'"'
-  measure "restic.$round" bash -c 'restic_ backup --quiet "'"$DATA"'"'
-done
-measure kubestow.restore bash -c 'kubestow STOW_MODE=volume-restore STOW_VOLUME_PATH="$WORK/out"'
+backup_pair "$DATA"
 [ "$(listing "$WORK/out")" = "$want" ] || { echo "[scale] kubestow's restore differs from the source" >&2; exit 1; }
 rm -rf "$WORK/out"
 settle

@@ -29,15 +29,7 @@ for scale in $SCALES; do
   echo "[size] dataset $data" >&2
   python3 bench/dataset.py "$data" "$scale"
   rm -rf "$WORK/repo-"* "$WORK/out" "$WORK/restic-cache"
-  : >"$WORK/results"
-  settle
-  warm "$data"
-  restic_ init --quiet >/dev/null
-  for round in backup rebackup; do
-    measure "kubestow.$round" bash -c 'kubestow STOW_MODE=volume-backup STOW_VOLUME_PATH="'"$data"'"'
-    measure "restic.$round" bash -c 'restic_ backup --quiet "'"$data"'"'
-  done
-  measure kubestow.restore bash -c 'kubestow STOW_MODE=volume-restore STOW_VOLUME_PATH="$WORK/out"'
+  backup_pair "$data"
   echo "[size] verifying kubestow's restore" >&2
   diff -r --no-dereference "$data" "$WORK/out" >/dev/null || { echo "[size] kubestow's restore differs from the source" >&2; exit 1; }
   rm -rf "$WORK/out"

@@ -43,7 +43,8 @@ def main(root, scale=1):
 
     total = 0
     i = 0
-    sizes = [64 * MIB, 32 * MIB, 16 * MIB] + [0] * 1000
+    # The first three files are large; the rest follow the distribution.
+    sizes = [64 * MIB, 32 * MIB, 16 * MIB]
     while total < 400 * MIB * scale:
         size = (sizes[i] if i < len(sizes) else 0) or min(int(rng.lognormvariate(13, 2)), 16 * MIB) + 1024
         write(f"{root}/random/d{i % 11}/r{i}.bin", os.urandom(size))

@@ -323,6 +323,8 @@ pub async fn run(config: &Config, ctx: &RunContext) -> Result<Report, Error> {
     let (server_version, cluster_id) = ident?;
     // Pruning safety (docs/format.md §14): announce before adding blobs.
     repo.announce_writer(&ctx.run_id).await?;
+    // What an interrupted run stored but did not index is not uploaded again.
+    repo.adopt_orphans().await?;
     info!(server = %kube.cluster.url, version = %server_version, cluster_id = ?cluster_id, repository = %repo.location(), "backing up resources");
 
     let discovered = discover(&kube, channels)

@@ -40,6 +40,8 @@ pub async fn backup_run(config: &Config, ctx: &RunContext) -> Result<Report, Err
         .await?;
     // Before any blob is added or reused, so a concurrent prune keeps our packs.
     repo.announce_writer(&ctx.run_id).await?;
+    // What an interrupted run stored but did not index is not uploaded again.
+    repo.adopt_orphans().await?;
     let opts = BackupOptions {
         path: volume_path(config)?,
         name: volume_name(config),

@@ -101,6 +101,7 @@ pub async fn copy(
 
     let channels = opts.channels.max(1);
     dest.announce_writer(&opts.run_id).await?;
+    dest.adopt_orphans().await?;
     let writer = dest.writer(channels);
     for run in &runs {
         let parts: Vec<_> = run

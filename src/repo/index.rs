@@ -393,21 +393,7 @@ impl Repository {
     ) -> Result<String, RepoError> {
         let mut list: PackList = Vec::with_capacity(packs.len());
         for (pack, entries) in packs {
-            let mut out = Vec::with_capacity(entries.len());
-            for (id, e) in entries {
-                let fits = |v: u64| {
-                    u32::try_from(v).map_err(|_| {
-                        RepoError::corrupt(&pack::pack_key(pack), Some(id), "offset beyond 4 GiB")
-                    })
-                };
-                out.push(pack::PackEntry {
-                    id: *id,
-                    kind: e.kind,
-                    offset: fits(e.offset)?,
-                    length: fits(e.length)?,
-                    raw_length: fits(e.raw_length)?,
-                });
-            }
+            let mut out = narrow(pack, entries)?;
             out.sort_by_key(|e| e.offset);
             list.push((*pack, out));
         }
@@ -429,6 +415,31 @@ impl Repository {
     pub(super) fn index_mut(&self) -> RwLockWriteGuard<'_, Index> {
         self.inner.index.write().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Entries in the wide form back in the stored one; a value over 4 GiB
+/// (never in a pack kubestow reads) is an error naming the pack and blob.
+pub(crate) fn narrow(
+    pack: &PackId,
+    entries: &[(BlobId, IndexEntry)],
+) -> Result<Vec<pack::PackEntry>, RepoError> {
+    entries
+        .iter()
+        .map(|(id, e)| {
+            let fits = |v: u64| {
+                u32::try_from(v).map_err(|_| {
+                    RepoError::corrupt(&pack::pack_key(pack), Some(id), "offset beyond 4 GiB")
+                })
+            };
+            Ok(pack::PackEntry {
+                id: *id,
+                kind: e.kind,
+                offset: fits(e.offset)?,
+                length: fits(e.length)?,
+                raw_length: fits(e.raw_length)?,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! their plaintext, compressed, encrypted, gathered into packs, and listed
 //! in index objects; snapshot manifests are written last.
 
+mod adopt;
 pub mod backend;
 mod blob;
 pub mod check;
@@ -42,6 +43,7 @@ use backend::Backend;
 use crypto::{MAX_BLOB_LEN, MAX_META_LEN, MasterKey, OpenError, kind};
 use index::Index;
 
+pub use adopt::Adopted;
 pub use checkpoint::{CheckpointHeader, PREFIX as CHECKPOINT_PREFIX};
 pub use error::RepoError;
 pub use filter::RunFilter;

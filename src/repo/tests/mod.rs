@@ -11,6 +11,7 @@ use proptest::prelude::*;
 use super::backend::{self, Backend, BackendError, FsBackend, MemBackend, ObjectInfo};
 use super::*;
 
+mod adopt;
 mod hostile;
 mod storage;
 mod writer;

@@ -417,6 +417,62 @@ async fn kill_and_resume(point: KillPoint) {
     }
 }
 
+/// A backup that indexes nothing before it is killed (`STOW_RESUME_BUFFER`
+/// of 1 GiB, killed well within the 60 s checkpoint): every pack it stored
+/// is an orphan. The rerun adopts them all and uploads none of it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_before_any_index_then_rerun_adopts_the_stored_packs() {
+    let (_s3, bucket) = env::bucket("kill-adopt").await;
+    let repo = format!("s3://{bucket}/");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_data(&src, 6, 60, 400);
+
+    let mut first = volume_cmd("volume-backup", &repo, &src);
+    first.env("STOW_RESUME_BUFFER", "1GiB");
+    let mut run = Running::spawn(first);
+    poll_bucket(&mut run, "4 packs", Duration::from_secs(50), async || {
+        objects(&bucket, "data/").await.len() >= 4
+    })
+    .await;
+    run.kill();
+    let killed = run.finish().await;
+    assert_eq!(killed.code, None, "killed by a signal: {}", killed.stdout);
+    let left = Left::of(&bucket).await;
+    assert!(left.packs.len() >= 4, "{:?}", left.packs);
+    assert_eq!(left.orphans.len(), left.packs.len(), "nothing was indexed");
+
+    let rerun = Running::spawn(volume_cmd("volume-backup", &repo, &src))
+        .finish()
+        .await;
+    assert_success(&rerun);
+    let again = left.uploaded_again(&bucket).await;
+    eprintln!(
+        "killed before any index: {} packs ({} bytes) left unindexed; the rerun uploaded {} bytes \
+         ({} new), {again} of them stored before; log: {}",
+        left.packs.len(),
+        left.stored(),
+        bytes(&rerun, "stored"),
+        bytes(&rerun, "new"),
+        rerun
+            .stderr
+            .lines()
+            .find(|l| l.contains("adopted packs"))
+            .unwrap_or("no adoption logged")
+    );
+    assert!(rerun.stderr.contains("adopted packs"), "{}", rerun.stderr);
+    assert_eq!(again, 0, "uploaded again {again} bytes");
+    let indexed: HashSet<PackId> = open(&bucket).await.packs().into_iter().collect();
+    assert!(left.packs.keys().all(|p| indexed.contains(p)));
+
+    let dst = dir.path().join("dst");
+    let restored = Running::spawn(volume_cmd("volume-restore", &repo, &dst))
+        .finish()
+        .await;
+    assert_success(&restored);
+    assert!(compare_trees(&src, &dst).is_empty());
+}
+
 /// Bytes of the regular files under `root` (0 while it does not exist).
 fn tree_bytes(root: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(root) else {

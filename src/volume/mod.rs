@@ -3,9 +3,10 @@
 //! writes one back.
 //!
 //! Both walk the directory depth-first on one blocking thread, in name
-//! order, and hand file contents to at most `STOW_CHANNELS` tasks at a
-//! time. Memory is bounded by the listings along the current path plus a
-//! few chunks per file in flight, whatever the number or size of files.
+//! order, and hand file contents to a bounded number of tasks at a time
+//! (`STOW_CHANNELS`; a backup reads at least one file per core). Memory is
+//! bounded by the listings along the current path plus a few chunks per
+//! file in flight, whatever the number or size of files.
 
 mod backup;
 mod beneath;

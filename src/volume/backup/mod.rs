@@ -3,7 +3,8 @@
 //! One blocking thread walks the directory depth-first in name order. A
 //! regular file that the parent snapshot already has (same size, mtime,
 //! ctime and inode) reuses the parent's chunk list and extended
-//! attributes; any other file is read (at most `channels` at once).
+//! attributes; any other file is read (at most `channels` or the number of
+//! cores at once, whichever is more).
 //! A file smaller than the largest chunk is read, cut with FastCDC, sealed
 //! and added on one blocking thread (`Writer::add_blocking`): per file,
 //! thread hand-offs would cost more than the work. A larger one goes to an
@@ -89,7 +90,7 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     /// The run id (a Job's retry resumes the same run).
     pub run_id: String,
-    /// Files read at once, and upload streams.
+    /// Upload streams, and files read at once (never fewer than cores).
     pub channels: usize,
     /// Save a mover result for run `run_id` instead of a snapshot: the
     /// orchestrating backup links the tree in its own manifest.
@@ -777,6 +778,8 @@ pub async fn backup(
     );
     let channels = opts.channels.max(1);
     let writer = repo.writer(channels);
+    // Reading and sealing are local work: they use every core even when
+    // the channels (upload streams) are fewer.
     let cores = repo.cores();
     let sh = Arc::new(Shared {
         repo: repo.clone(),
@@ -784,7 +787,7 @@ pub async fn backup(
         chunker,
         rt: Handle::current(),
         tracker: TaskTracker::new(),
-        files: Arc::new(Semaphore::new(channels)),
+        files: Arc::new(Semaphore::new(channels.max(cores))),
         ahead: ahead::budget(),
         seals_per_file: cores,
         stop: cancel.child_token(),

@@ -194,26 +194,76 @@ fn is_item_error(e: &RepoError) -> bool {
 const MAX_TREE_PARTS: usize = 4096;
 
 /// Reads and parses a directory listing: one tree blob, or the chain of
-/// parts a large listing was split into (`Tree::next`), joined. Names must
-/// keep ascending across parts, which also rules out a chain that loops.
+/// parts a large listing was split into (`Tree::next`), joined.
 async fn load_tree(repo: &Repository, id: &crate::repo::BlobId) -> Result<tree::Tree, VolumeError> {
-    let mut whole = tree::Tree::default();
-    let mut at = Some(*id);
-    let mut parts = 0;
-    while let Some(part_id) = at {
-        parts += 1;
+    let mut chain = Chain::new(*id);
+    while let Some(part) = chain.next()? {
+        let bytes = repo.read_blob(&part).await?;
+        chain.add(part, &bytes)?;
+    }
+    Ok(chain.whole)
+}
+
+/// [`load_tree`] on the calling thread, which may block: each part is read
+/// there when the backend reads local files, else on `rt`.
+fn load_tree_blocking(
+    rt: &tokio::runtime::Handle,
+    repo: &Repository,
+    id: &crate::repo::BlobId,
+) -> Result<tree::Tree, VolumeError> {
+    let mut chain = Chain::new(*id);
+    while let Some(part) = chain.next()? {
+        let bytes = match repo.read_blob_blocking(&part) {
+            Some(r) => r?,
+            None => rt.block_on(repo.read_blob(&part))?,
+        };
+        chain.add(part, &bytes)?;
+    }
+    Ok(chain.whole)
+}
+
+/// A listing's parts joined as they are read. Names must keep ascending
+/// across parts, which also rules out a chain that loops.
+struct Chain {
+    whole: tree::Tree,
+    at: Option<crate::repo::BlobId>,
+    parts: usize,
+}
+
+impl Chain {
+    fn new(id: crate::repo::BlobId) -> Chain {
+        Chain {
+            whole: tree::Tree::default(),
+            at: Some(id),
+            parts: 0,
+        }
+    }
+
+    /// The part to read next, if any.
+    fn next(&mut self) -> Result<Option<crate::repo::BlobId>, VolumeError> {
+        let Some(id) = self.at else {
+            return Ok(None);
+        };
+        self.parts += 1;
+        if self.parts > MAX_TREE_PARTS {
+            return Err(VolumeError::Tree {
+                id: id.to_hex(),
+                source: tree::TreeError::TooManyParts {
+                    max: MAX_TREE_PARTS,
+                },
+            });
+        }
+        Ok(Some(id))
+    }
+
+    /// Adds part `id`, read as `bytes`.
+    fn add(&mut self, id: crate::repo::BlobId, bytes: &[u8]) -> Result<(), VolumeError> {
         let bad = |source| VolumeError::Tree {
-            id: part_id.to_hex(),
+            id: id.to_hex(),
             source,
         };
-        if parts > MAX_TREE_PARTS {
-            return Err(bad(tree::TreeError::TooManyParts {
-                max: MAX_TREE_PARTS,
-            }));
-        }
-        let bytes = repo.read_blob(&part_id).await?;
-        let part = tree::Tree::decode(&bytes).map_err(bad)?;
-        if let (Some(last), Some(first)) = (whole.nodes.last(), part.nodes.first())
+        let part = tree::Tree::decode(bytes).map_err(bad)?;
+        if let (Some(last), Some(first)) = (self.whole.nodes.last(), part.nodes.first())
             && last.name >= first.name
         {
             return Err(bad(tree::TreeError::Unsorted {
@@ -224,10 +274,10 @@ async fn load_tree(repo: &Repository, id: &crate::repo::BlobId) -> Result<tree::
         if part.nodes.is_empty() && part.next.is_some() {
             return Err(bad(tree::TreeError::EmptyPart));
         }
-        at = part.next;
-        whole.nodes.extend(part.nodes);
+        self.at = part.next;
+        self.whole.nodes.extend(part.nodes);
+        Ok(())
     }
-    Ok(whole)
 }
 
 /// Raises the soft limit of open files to the hard one: a walk holds a

@@ -43,6 +43,19 @@ pub async fn check_all(b: &dyn Backend) {
         b.get_range("data/ab/one", 99_999, 2).await.is_err(),
         "range past the end"
     );
+    // A backend that reads on the calling thread reads the same.
+    if let Some(r) = b.get_range_blocking("data/ab/one", 1000, 5000) {
+        assert_eq!(r.unwrap(), data.slice(1000..6000), "blocking range read");
+        let past = b.get_range_blocking("data/ab/one", 99_999, 2).unwrap();
+        assert!(past.is_err(), "blocking range read past the end");
+        let missing = b.get_range_blocking("data/ab/none", 0, 1).unwrap();
+        assert!(
+            missing.as_ref().is_err_and(|e| e.is_not_found()),
+            "blocking range read of a missing key: {missing:?}"
+        );
+        let escape = b.get_range_blocking("../outside", 0, 1).unwrap();
+        assert!(escape.is_err(), "blocking range read outside the root");
+    }
 
     let mut keys: Vec<_> = b
         .list("data/")

@@ -112,6 +112,24 @@ fn walk(dir: &Path, root: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> std
     Ok(())
 }
 
+/// One positioned read: no size probe or seek first; the size is looked
+/// up only to explain a short read.
+fn read_range(path: &Path, offset: u64, len: u64) -> std::io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; len as usize];
+    match f.read_exact_at(&mut buf, offset) {
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+            let size = f.metadata()?.len();
+            Err(std::io::Error::new(
+                ErrorKind::UnexpectedEof,
+                format!("range {offset}+{len} beyond object size {size}"),
+            ))
+        }
+        r => r.map(|()| Bytes::from(buf)),
+    }
+}
+
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
@@ -165,24 +183,19 @@ impl Backend for FsBackend {
         if len > MAX_OBJECT_LEN {
             return Err(self.too_large("get range", key, len));
         }
-        self.blocking("get range", key, move |p| {
-            use std::os::unix::fs::FileExt;
-            let f = std::fs::File::open(p)?;
-            // One positioned read: no size probe or seek first; the size is
-            // looked up only to explain a short read.
-            let mut buf = vec![0u8; len as usize];
-            match f.read_exact_at(&mut buf, offset) {
-                Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
-                    let size = f.metadata()?.len();
-                    Err(std::io::Error::new(
-                        ErrorKind::UnexpectedEof,
-                        format!("range {offset}+{len} beyond object size {size}"),
-                    ))
-                }
-                r => r.map(|()| Bytes::from(buf)),
-            }
-        })
-        .await
+        self.blocking("get range", key, move |p| read_range(&p, offset, len))
+            .await
+    }
+
+    fn get_range_blocking(&self, key: &str, offset: u64, len: u64) -> Option<Result<Bytes>> {
+        const OP: &str = "get range";
+        if len > MAX_OBJECT_LEN {
+            return Some(Err(self.too_large(OP, key, len)));
+        }
+        if let Err(e) = check_key(&self.location(), OP, key) {
+            return Some(Err(e));
+        }
+        Some(read_range(&self.root.join(key), offset, len).map_err(|e| self.err(OP, key, e)))
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<()> {

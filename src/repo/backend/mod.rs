@@ -136,6 +136,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn get(&self, key: &str) -> Result<Bytes>;
     /// `len` bytes of the object starting at byte `offset`.
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes>;
+    /// The same range read on the calling thread, which must be one that
+    /// may block, by a backend whose reads are local files; `None` from
+    /// any other (use `get_range`). A walk that reads one small listing
+    /// per directory saves the thread hand-offs of the async read, which
+    /// cost more than the read itself.
+    fn get_range_blocking(&self, _key: &str, _offset: u64, _len: u64) -> Option<Result<Bytes>> {
+        None
+    }
     /// Writes the whole object atomically: readers see all of it or nothing.
     async fn put(&self, key: &str, data: Bytes) -> Result<()>;
     /// Removes the object; removing a missing object succeeds.

@@ -172,6 +172,14 @@ impl Backend for RetryBackend {
         self.retry("get range", key, || self.inner.get_range(key, offset, len))
             .await
     }
+    /// A failure that a retry could mend is left to `get_range`, which
+    /// retries.
+    fn get_range_blocking(&self, key: &str, offset: u64, len: u64) -> Option<Result<Bytes>> {
+        match self.inner.get_range_blocking(key, offset, len) {
+            Some(Err(e)) if e.is_retriable() => None,
+            r => r,
+        }
+    }
     async fn put(&self, key: &str, data: Bytes) -> Result<()> {
         self.retry("put", key, || self.inner.put(key, data.clone()))
             .await
@@ -199,6 +207,23 @@ mod tests {
         failures: Mutex<u32>,
     }
 
+    impl Flaky {
+        /// A transient failure while `failures` last.
+        fn fail(&self, op: &'static str, key: &str) -> Result<()> {
+            let mut f = self.failures.lock().unwrap();
+            if *f == 0 {
+                return Ok(());
+            }
+            *f -= 1;
+            Err(BackendError::Transient {
+                location: "flaky://".into(),
+                op,
+                key: key.into(),
+                message: "connection reset".into(),
+            })
+        }
+    }
+
     #[async_trait]
     impl Backend for Flaky {
         fn location(&self) -> String {
@@ -208,26 +233,17 @@ mod tests {
             self.inner.list(p).await
         }
         async fn get(&self, key: &str) -> Result<Bytes> {
-            let fail = {
-                let mut f = self.failures.lock().unwrap();
-                let fail = *f > 0;
-                if fail {
-                    *f -= 1;
-                }
-                fail
-            };
-            if fail {
-                return Err(BackendError::Transient {
-                    location: "flaky://".into(),
-                    op: "get",
-                    key: key.into(),
-                    message: "connection reset".into(),
-                });
-            }
+            self.fail("get", key)?;
             self.inner.get(key).await
         }
         async fn get_range(&self, k: &str, o: u64, l: u64) -> Result<Bytes> {
             self.inner.get_range(k, o, l).await
+        }
+        fn get_range_blocking(&self, k: &str, o: u64, l: u64) -> Option<Result<Bytes>> {
+            if let Err(e) = self.fail("get range", k) {
+                return Some(Err(e));
+            }
+            Some(futures::executor::block_on(self.inner.get_range(k, o, l)))
         }
         async fn put(&self, k: &str, d: Bytes) -> Result<()> {
             self.inner.put(k, d).await
@@ -250,6 +266,23 @@ mod tests {
         let r = RetryBackend::new(flaky.clone(), Duration::from_secs(60));
         assert_eq!(r.get("a/b").await.unwrap(), Bytes::from_static(b"x"));
         assert_eq!(*flaky.failures.lock().unwrap(), 0);
+    }
+
+    /// A read on the calling thread that fails transiently is left to the
+    /// async read, which retries; a lasting failure is returned as it is.
+    #[tokio::test]
+    async fn blocking_read_leaves_transient_failures_to_the_retries() {
+        let flaky = Arc::new(Flaky {
+            inner: Default::default(),
+            failures: Mutex::new(1),
+        });
+        flaky.put("a/b", Bytes::from_static(b"xy")).await.unwrap();
+        let r = RetryBackend::new(flaky.clone(), Duration::from_secs(60));
+        assert!(r.get_range_blocking("a/b", 1, 1).is_none());
+        let read = r.get_range_blocking("a/b", 1, 1).expect("read here");
+        assert_eq!(read.unwrap(), Bytes::from_static(b"y"));
+        let missing = r.get_range_blocking("a/c", 0, 1).expect("read here");
+        assert!(missing.unwrap_err().is_not_found());
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,7 +8,10 @@
 //! the parent's listing is sorted the same way, so the next ones are known:
 //! tasks load them while the walk is elsewhere. (Loading them in batches,
 //! neighbours in one read, was measured slower on a filesystem: the walk
-//! then waits for a whole batch.)
+//! then waits for a whole batch.) On a filesystem a task reads a small
+//! listing where it runs (`Repository::read_blob`), and one the walk
+//! must load itself is read on the walking thread: each thread hand-off
+//! saved was worth more than the read.
 //!
 //! Bounded: at most [`PER_DIR`] per directory, and [`BUDGET_KIB`] of
 //! listings (their stored plaintext) in all, loading or loaded and not yet

@@ -57,7 +57,7 @@ use super::checkpoint::{CHECKPOINT_EVERY, POLL, Recorder, Resume};
 use super::tree::{Node, NodeType, ROOT_NAME, Tree, display_path, join_rel, stat};
 use super::{
     Chunker, Failures, MAX_LISTED, Stopped, VolumeError, get, inc, is_item_error, join_err,
-    load_tree,
+    load_tree, load_tree_blocking,
 };
 use crate::repo::{
     BlobId, BlobKind, MoverResult, Repository, SnapshotId, SnapshotManifest, VolumeEntry, Writer,
@@ -523,7 +523,7 @@ impl Walker {
                     .and_then(|f| f.ahead.as_mut())
                     .and_then(|a| a.take(&sh, &node.name))
                     .unwrap_or_else(|| {
-                        let tree = sh.rt.block_on(load_tree(&sh.repo, &id))?;
+                        let tree = load_tree_blocking(&sh.rt, &sh.repo, &id)?;
                         let ahead = Ahead::new(&sh, &tree);
                         Ok((tree, ahead))
                     });

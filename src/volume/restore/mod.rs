@@ -60,7 +60,10 @@ use super::beneath::{is_errno, open_beneath, open_dir, proc_path, proc_works};
 use super::tree::{
     Node, NodeType, ROOT_NAME, display_path, is_safe_name, is_safe_rel, join_rel, stat,
 };
-use super::{Failures, Stopped, VolumeError, get, inc, is_item_error, join_err, load_tree};
+use super::{
+    Failures, Stopped, VolumeError, get, inc, is_item_error, join_err, load_tree,
+    load_tree_blocking,
+};
 use crate::repo::{BlobId, Repository, SnapshotId, SnapshotManifest, SnapshotRef, VolumeEntry};
 use crate::summary::Report;
 
@@ -621,7 +624,7 @@ impl Walker {
         inc(&sh.stats.dirs, 1);
         let nodes = match node.subtree {
             None => Vec::new(),
-            Some(id) => match sh.rt.block_on(load_tree(&sh.repo, &id)) {
+            Some(id) => match load_tree_blocking(&sh.rt, &sh.repo, &id) {
                 Ok(t) => t.nodes,
                 // Restored empty, and reported.
                 Err(e) if e.is_item_error() => {

@@ -21,6 +21,9 @@ impl From<io::Error> for ReadError {
 pub(super) struct ReadDone {
     /// `fstat` before the first byte was read.
     start: rustix::fs::Stat,
+    /// Extended attributes, read through the open file: no path lookup
+    /// through `/proc` per file, and off the walking thread.
+    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
     bytes: u64,
     /// Size or mtime differ between the start and the end of reading.
     changed: bool,
@@ -31,6 +34,7 @@ pub(super) fn read_file(
     sh: &Shared,
     dir: &File,
     rel: &[u8],
+    shown: &str,
     node: &Node,
     sink: &mut dyn FnMut(Bytes) -> Result<(), ReadError>,
 ) -> Result<ReadDone, ReadError> {
@@ -67,6 +71,7 @@ pub(super) fn read_file(
     if let Some(what) = replaced_by(&start, node) {
         return Err(ReadError::Replaced(what));
     }
+    let xattrs = xattrs_of(&file, shown);
     let c = sh.chunker;
     let mut bytes = 0u64;
     #[cfg(test)]
@@ -98,7 +103,7 @@ pub(super) fn read_file(
             for ch in fastcdc::v2020::FastCDC::new(&all, c.min, c.avg, c.max) {
                 send(all.slice(ch.offset..ch.offset + ch.length))?;
             }
-            return finish(&file, start, bytes);
+            return finish(&file, start, xattrs, bytes);
         }
         // It grew past one chunk meanwhile: stream the rest after it.
     }
@@ -107,12 +112,13 @@ pub(super) fn read_file(
         let chunk = chunk.map_err(io::Error::from)?;
         send(Bytes::from(chunk.data))?;
     }
-    finish(&file, start, bytes)
+    finish(&file, start, xattrs, bytes)
 }
 
 pub(super) fn finish(
     file: &File,
     start: rustix::fs::Stat,
+    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
     bytes: u64,
 ) -> Result<ReadDone, ReadError> {
     let end = rustix::fs::fstat(file).map_err(io::Error::from)?;
@@ -121,42 +127,54 @@ pub(super) fn finish(
         bytes != size || stat::size(&end) != size || stat::mtime_ns(&end) != stat::mtime_ns(&start);
     Ok(ReadDone {
         start,
+        xattrs,
         bytes,
         changed,
     })
 }
 
-/// Reads and stores a file smaller than the largest chunk, all on the
-/// calling blocking thread: read whole, cut, sealed and added in place.
-/// Most files of a real tree are small, and for them thread hand-offs
-/// (reader, sealer, task) cost more than the work.
+/// Reads and stores files smaller than the largest chunk, one after
+/// another on the calling blocking thread: each read whole, cut, sealed
+/// and added in place. Most files of a real tree are small, and for them
+/// thread hand-offs (reader, sealer, task; and one task per file, which
+/// was a tenth of a first backup of /usr/share in the scheduler) cost
+/// more than the work.
 pub(super) fn read_small(
     sh: &Shared,
     dir: &File,
-    rel: Vec<u8>,
-    shown: String,
-    node: Node,
+    files: Vec<Small>,
     _permit: OwnedSemaphorePermit,
-) -> Result<Option<Node>, Stopped> {
-    let mut content = Vec::new();
-    let mut add_failed = None;
-    let outcome = read_file(sh, dir, &rel, &node, &mut |data| match sh
-        .writer
-        .add_blocking(BlobKind::Data, data)
-    {
-        Ok((id, _)) => {
-            content.push(id);
-            Ok(())
+) -> Result<Vec<Node>, Stopped> {
+    let mut out = Vec::with_capacity(files.len());
+    for Small { rel, shown, node } in files {
+        let mut content = Vec::new();
+        let mut add_failed = None;
+        let outcome = read_file(sh, dir, &rel, &shown, &node, &mut |data| match sh
+            .writer
+            .add_blocking(BlobKind::Data, data)
+        {
+            Ok((id, _)) => {
+                content.push(id);
+                Ok(())
+            }
+            Err(e) => {
+                add_failed = Some(e);
+                Err(ReadError::Stopped)
+            }
+        });
+        if let Some(e) = add_failed {
+            return Err(sh.fail(e));
         }
-        Err(e) => {
-            add_failed = Some(e);
-            Err(ReadError::Stopped)
-        }
-    });
-    if let Some(e) = add_failed {
-        return Err(sh.fail(e));
+        out.extend(conclude(sh, rel, shown, node, content, outcome)?);
     }
-    conclude(sh, rel, shown, node, content, outcome)
+    Ok(out)
+}
+
+/// A small file to read: its path in the volume, as shown, and as listed.
+pub(super) struct Small {
+    pub(super) rel: Vec<u8>,
+    pub(super) shown: String,
+    pub(super) node: Node,
 }
 
 /// Reads a larger file: chunks from a blocking reader, sealed up to one
@@ -174,10 +192,10 @@ pub(super) async fn read_task(
     let reader = {
         let sh = sh.clone();
         tokio::task::spawn_blocking(move || {
-            let r = read_file(&sh, &dir, &rel, &node, &mut |data| {
+            let r = read_file(&sh, &dir, &rel, &shown, &node, &mut |data| {
                 tx.blocking_send(data).map_err(|_| ReadError::Stopped)
             });
-            (rel, node, r)
+            (rel, shown, node, r)
         })
     };
     let mut content = Vec::new();
@@ -201,7 +219,7 @@ pub(super) async fn read_task(
     if let Some(e) = add_failed {
         return Err(sh.fail(e));
     }
-    let (rel, node, outcome) = outcome.map_err(|e| sh.fail(join_err(e)))?;
+    let (rel, shown, node, outcome) = outcome.map_err(|e| sh.fail(join_err(e)))?;
     conclude(&sh, rel, shown, node, content, outcome)
 }
 
@@ -227,6 +245,7 @@ fn conclude(
             node.nlink = fresh.nlink;
             node.size = done.bytes;
             node.content = content;
+            node.xattrs = done.xattrs;
             inc(&sh.stats.bytes_read, done.bytes);
             if done.changed {
                 warn!(path = %shown, "file changed while it was read; stored as read");

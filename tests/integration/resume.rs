@@ -291,6 +291,10 @@ async fn kill_and_resume(point: KillPoint) {
 
     let mut first = volume_cmd("volume-backup", &repo, &src);
     first.env("STOW_RUN_ID", format!("kill-{point:?}-1"));
+    // Paced, so the kill lands while the run is still uploading: unpaced,
+    // 290 MB take about 6 s here and the run can end between the poll that
+    // saw its moment and the kill (it did once in CI).
+    first.env("STOW_RATE_LIMIT", "24MiB");
     let mut run = Running::spawn(first);
     let timeout = Duration::from_secs(180);
     match point {

@@ -59,7 +59,10 @@ body = "\n\n".join(
     [f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `just bench` on this machine "
      f"({os.cpu_count()} cores). Each tool backs up to a fresh repository on the same local disk: kubestow with "
      f"`STOW_CHANNELS={channels}` and again with the default (1), {restic_v}, {rustic_v}, all with their default "
-     "compression. Page cache is warm for all."]
+     "compression. Page cache is warm for all. "
+     + ("Each restore goes to a fresh ext4 filesystem of its own (a loop-mounted image on the same disk)."
+        if os.environ.get("RESTORE_FS") == "loop" else
+        "Each restore goes to a fresh directory on the same disk.")]
     + [table(res, data, i == 0) for i, (res, data) in enumerate(pairs)])
 print(body)
 

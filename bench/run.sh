@@ -8,7 +8,7 @@ CACHE="${KUBESTOW_CACHE:-$HOME/.cache/kubestow}"
 RUSTIC=$(bash bench/setup.sh | tail -n1)
 DATA="$CACHE/bench-data-v1"
 WORK=$(mktemp -d /var/tmp/kubestow-bench.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
+trap 'drop_targets 2>/dev/null || true; rm -rf "$WORK"' EXIT
 PW="bench-password"
 CHANNELS="${BENCH_CHANNELS:-4}"
 
@@ -24,7 +24,7 @@ export RUSTIC
 # restores it, into fresh repositories; the results go to $WORK/results.$2.
 bench_one() { # data label
   local data=$1 label=$2
-  rm -rf "$WORK/repo-"* "$WORK/out-"* "$WORK/restic-cache" "$WORK/rustic-cache"
+  rm -rf "$WORK/repo-"* "$WORK/restic-cache" "$WORK/rustic-cache"
   settle
   warm "$data"
   : >"$WORK/results"
@@ -36,19 +36,59 @@ bench_one() { # data label
     measure "restic.$round" bash -c 'restic_ backup --quiet "'"$data"'"'
     measure "rustic.$round" bash -c 'rustic_ backup "'"$data"'"'
   done
-  # Each restore goes once measured, into a directory of its own; nothing
-  # is deleted until all four are done (see settle).
-  measure kubestow.restore bash -c 'kubestow STOW_MODE=volume-restore STOW_VOLUME_PATH="$WORK/out-kubestow"'
-  measure kubestow1.restore bash -c 'kubestow1 STOW_MODE=volume-restore STOW_VOLUME_PATH="$WORK/out-kubestow1"'
-  measure restic.restore bash -c 'restic_ restore latest --target "$WORK/out-restic"'
-  measure rustic.restore bash -c 'rustic_ restore latest "$WORK/out-rustic"'
+  # Each restore goes once measured into a directory of its own, on a
+  # filesystem of its own where loop mounts work (see restore_targets);
+  # nothing is deleted until all four are done (see settle).
+  local size=$(( $(du -sb "$data" | cut -f1) * 2 + (1 << 30) ))
+  for t in kubestow kubestow1 restic rustic; do restore_target "$t" "$size"; done
+  measure kubestow.restore bash -c 'kubestow STOW_MODE=volume-restore STOW_VOLUME_PATH="$WORK/fs-kubestow/out"'
+  measure kubestow1.restore bash -c 'kubestow1 STOW_MODE=volume-restore STOW_VOLUME_PATH="$WORK/fs-kubestow1/out"'
+  measure restic.restore bash -c 'restic_ restore latest --target "$WORK/fs-restic/out"'
+  measure rustic.restore bash -c 'rustic_ restore latest "$WORK/fs-rustic/out"'
   for t in kubestow kubestow1; do
     echo "[bench] verifying $t's restore of $label" >&2
-    diff -r --no-dereference "$data" "$WORK/out-$t" >/dev/null || { echo "[bench] $t restore of $label differs from the source" >&2; exit 1; }
+    diff -r --no-dereference "$data" "$WORK/fs-$t/out" >/dev/null || { echo "[bench] $t restore of $label differs from the source" >&2; exit 1; }
   done
   for t in kubestow kubestow1 restic rustic; do echo "$t.repo 0 $(du -sb "$WORK/repo-$t" | cut -f1)" >>"$WORK/results"; done
   cp "$WORK/results" "$WORK/results.$label"
-  rm -rf "$WORK/repo-"* "$WORK/out-"*
+  drop_targets
+  rm -rf "$WORK/repo-"*
+}
+
+# Restore targets. A restore onto this disk after large deletions measures
+# the disk's inode allocator more than the tool (see settle in lib.sh: all
+# four restores of /usr/share took 22-29 s in one run, 9-27 s in another).
+# So, where loop mounts work (root), each restore gets a fresh ext4 of its
+# own, as a restore onto a new volume would; elsewhere a plain directory.
+# BENCH_RESTORE_FS=dir forces the plain directories.
+RESTORE_FS="${BENCH_RESTORE_FS:-loop}"
+if [ "$RESTORE_FS" = loop ]; then
+  probe="$WORK/probe"
+  if ! { truncate -s 64M "$probe.img" && mkfs.ext4 -q -F "$probe.img" && mkdir -p "$probe" \
+      && mount -o loop "$probe.img" "$probe" && umount "$probe"; } >/dev/null 2>&1; then
+    echo "[bench] loop mounts do not work here: restores go to plain directories" >&2
+    RESTORE_FS=dir
+  fi
+  rm -rf "$probe" "$probe.img"
+fi
+export RESTORE_FS
+restore_target() { # tool size
+  local dir="$WORK/fs-$1"
+  mkdir -p "$dir"
+  if [ "$RESTORE_FS" = loop ]; then
+    # Inode tables and journal are written now, not by a kernel thread
+    # during the measured restores.
+    truncate -s "$2" "$dir.img"
+    mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$dir.img"
+    mount -o loop "$dir.img" "$dir"
+  fi
+}
+drop_targets() {
+  for dir in "$WORK"/fs-*; do
+    [ -d "$dir" ] || continue
+    if mountpoint -q "$dir"; then umount "$dir"; fi
+    rm -rf "$dir" "$dir.img"
+  done
 }
 
 # The generated dataset, then real trees nobody here wrote (BENCH_REAL_TREES,

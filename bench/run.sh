@@ -37,7 +37,7 @@ bench_one() { # data label
     measure "rustic.$round" bash -c 'rustic_ backup "'"$data"'"'
   done
   # Each restore goes once measured into a directory of its own, on a
-  # filesystem of its own where loop mounts work (see restore_targets);
+  # filesystem of its own where loop mounts work (see restore_target);
   # nothing is deleted until all four are done (see settle).
   local size=$(( $(du -sb "$data" | cut -f1) * 2 + (1 << 30) ))
   for t in kubestow kubestow1 restic rustic; do restore_target "$t" "$size"; done
@@ -61,27 +61,15 @@ bench_one() { # data label
 # So, where loop mounts work (root), each restore gets a fresh ext4 of its
 # own, as a restore onto a new volume would; elsewhere a plain directory.
 # BENCH_RESTORE_FS=dir forces the plain directories.
-RESTORE_FS="${BENCH_RESTORE_FS:-loop}"
-if [ "$RESTORE_FS" = loop ]; then
-  probe="$WORK/probe"
-  if ! { truncate -s 64M "$probe.img" && mkfs.ext4 -q -F "$probe.img" && mkdir -p "$probe" \
-      && mount -o loop "$probe.img" "$probe" && umount "$probe"; } >/dev/null 2>&1; then
-    echo "[bench] loop mounts do not work here: restores go to plain directories" >&2
-    RESTORE_FS=dir
-  fi
-  rm -rf "$probe" "$probe.img"
-fi
-export RESTORE_FS
 restore_target() { # tool size
   local dir="$WORK/fs-$1"
-  mkdir -p "$dir"
-  if [ "$RESTORE_FS" = loop ]; then
-    # Inode tables and journal are written now, not by a kernel thread
-    # during the measured restores.
-    truncate -s "$2" "$dir.img"
-    mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$dir.img"
-    mount -o loop "$dir.img" "$dir"
-  fi
+  mkdir -p "$dir" || return
+  [ "$RESTORE_FS" = loop ] || return 0
+  # Inode tables and journal are written now, not by a kernel thread
+  # during the measured restores.
+  truncate -s "$2" "$dir.img" \
+    && mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$dir.img" \
+    && mount -o loop "$dir.img" "$dir"
 }
 drop_targets() {
   for dir in "$WORK"/fs-*; do
@@ -90,6 +78,14 @@ drop_targets() {
     rm -rf "$dir" "$dir.img"
   done
 }
+RESTORE_FS="${BENCH_RESTORE_FS:-loop}"
+# One small target made and dropped tells whether loop mounts work here.
+if [ "$RESTORE_FS" = loop ] && ! restore_target probe $((64 << 20)) >/dev/null 2>&1; then
+  echo "[bench] loop mounts do not work here: restores go to plain directories" >&2
+  RESTORE_FS=dir
+fi
+drop_targets
+export RESTORE_FS
 
 # The generated dataset, then real trees nobody here wrote (BENCH_REAL_TREES,
 # space-separated; by default this machine's crate sources and

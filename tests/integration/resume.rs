@@ -274,10 +274,12 @@ enum KillPoint {
     Commit,
 }
 
-/// Packs stored before the kill. A pack stored but not yet indexed when
-/// the kill lands (possible within the milliseconds its index object
-/// takes) is adopted by the rerun, so nothing stored is uploaded again.
-const PACKS_BEFORE_KILL: usize = 12;
+/// Packs stored before the kill, of about 17 in all: early enough that the
+/// paced run (see `kill_and_resume`) has well over ten seconds left. A pack
+/// stored but not yet indexed when the kill lands (possible within the
+/// milliseconds its index object takes) is adopted by the rerun, so
+/// nothing stored is uploaded again.
+const PACKS_BEFORE_KILL: usize = 4;
 
 /// Starts a backup, kills it at `point`, runs it again (a new run id, as
 /// by hand), and restores into a fresh directory.
@@ -291,10 +293,11 @@ async fn kill_and_resume(point: KillPoint) {
 
     let mut first = volume_cmd("volume-backup", &repo, &src);
     first.env("STOW_RUN_ID", format!("kill-{point:?}-1"));
-    // Paced, so the kill lands while the run is still uploading: unpaced,
-    // 290 MB take about 6 s here and the run can end between the poll that
-    // saw its moment and the kill (it did once in CI).
-    first.env("STOW_RATE_LIMIT", "24MiB");
+    // Paced (290 MB at 12 MiB/s: about 23 s), so the kill lands while the
+    // run is still uploading. Unpaced they take about 6 s here, and twice in
+    // CI the run ended between the poll that saw its moment and the kill
+    // (the second time at 24 MiB/s and 12 packs before the kill).
+    first.env("STOW_RATE_LIMIT", "12MiB");
     let mut run = Running::spawn(first);
     let timeout = Duration::from_secs(180);
     match point {

@@ -236,6 +236,27 @@ impl Cluster {
         }
     }
 
+    /// For a failure message about something the controller-manager should
+    /// have done: whether it still runs, its log lines that mention
+    /// `needle` (the last 30), and its last 20 lines.
+    pub fn controller_manager_report(&self, needle: &str) -> String {
+        let kcm = &self.controller_manager;
+        let state = match kcm.exited() {
+            Some(status) => format!("exited: {status}"),
+            None => "running".to_owned(),
+        };
+        let text = std::fs::read_to_string(&kcm.log).unwrap_or_default();
+        let hits: Vec<&str> = text.lines().filter(|l| l.contains(needle)).collect();
+        format!(
+            "{} is {state}; its lines on {needle} ({} in all, the last 30):\n{}\n--- its last 20 lines ({}) ---\n{}",
+            kcm.name,
+            hits.len(),
+            hits[hits.len().saturating_sub(30)..].join("\n"),
+            kcm.log.display(),
+            kcm.log_tail(20),
+        )
+    }
+
     /// Short name of this cluster (`main`, `second`).
     pub fn name(&self) -> &str {
         &self.name

@@ -40,7 +40,34 @@ struct Sample {
     secs: f64,
     /// Peak RSS in KiB, from `/usr/bin/time -f %M`.
     rss_kib: u64,
+    /// The process's own CPU seconds, user + system (`%U`, `%S`).
+    cpu_secs: f64,
+    /// CPU seconds each of the cluster's servers spent during the run, in
+    /// the order of `env::server_pids`.
+    servers: [f64; 3],
     stdout: String,
+}
+
+/// CPU seconds (user + system, all threads) that process `pid` has used:
+/// fields 14 and 15 of `/proc/<pid>/stat`, in the kernel's fixed 100 Hz
+/// clock ticks.
+fn cpu_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces; fields are counted after it.
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map_or(Vec::new(), |(_, rest)| rest.split(' ').collect());
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (tick(11) + tick(12)) as f64 / 100.0
+}
+
+fn servers_cpu() -> [f64; 3] {
+    env::server_pids().map(|(_, pid)| cpu_of(pid))
 }
 
 /// Runs `program args` under `/usr/bin/time`, stdout to `stdout_to` (or
@@ -56,7 +83,7 @@ fn timed(
     let rss_file = scratch.join("rss");
     let mut cmd = Command::new("/usr/bin/time");
     cmd.arg("-f")
-        .arg("%M")
+        .arg("%M %U %S")
         .arg("-o")
         .arg(&rss_file)
         .arg(program)
@@ -71,11 +98,14 @@ fn timed(
             cmd.stdout(Stdio::piped());
         }
     }
+    let servers_before = servers_cpu();
     let started = Instant::now();
     let out = cmd
         .output()
         .expect("run /usr/bin/time (apt-get install time)");
     let secs = started.elapsed().as_secs_f64();
+    let servers_after = servers_cpu();
+    let servers = std::array::from_fn(|i| servers_after[i] - servers_before[i]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         panic!(
@@ -85,10 +115,13 @@ fn timed(
             tail(&String::from_utf8_lossy(&out.stderr), 30)
         );
     }
-    let rss_kib = std::fs::read_to_string(&rss_file)
-        .ok()
-        .and_then(|s| s.lines().last().and_then(|l| l.trim().parse().ok()))
-        .unwrap_or(0);
+    // The last line is "%M %U %S" (earlier ones are the command's own
+    // complaints, if any).
+    let measured = std::fs::read_to_string(&rss_file).unwrap_or_default();
+    let fields: Vec<&str> = measured.lines().last().unwrap_or("").split(' ').collect();
+    let field = |i: usize| fields.get(i).and_then(|f| f.trim().parse::<f64>().ok());
+    let rss_kib = field(0).unwrap_or(0.0) as u64;
+    let cpu_secs = field(1).unwrap_or(0.0) + field(2).unwrap_or(0.0);
     println!(
         "   {what:<42} {secs:>7.2} s   peak RSS {:>5} MiB",
         rss_kib / 1024
@@ -96,6 +129,8 @@ fn timed(
     Sample {
         secs,
         rss_kib,
+        cpu_secs,
+        servers,
         stdout,
     }
 }

@@ -2,12 +2,16 @@
 //! custom resources of a CRD, spread over 100 namespaces.
 //!
 //! - The limit: a parallel in-process client creates the source objects
-//!   with many requests in flight; its rate is the fastest this API server
+//!   with many requests in flight, then fresh copies of a fifth of them at
+//!   8, 16 and 64 in flight; its best rate is the fastest this API server
 //!   takes these objects, whoever sends them.
 //! - Backup: kubestow against `kubectl get configmaps,widgets -A -l ... -o
 //!   json` of the same set (the raw list, written out).
-//! - Restore: kubestow with several `STOW_CHANNELS` against `kubectl create
+//! - Restore: kubestow with 4 and 8 `STOW_CHANNELS` against `kubectl create
 //!   -f` of a List of the same objects, each into fresh namespaces.
+//! - Where the time goes: the CPU seconds of the client and of each server
+//!   process (kube-apiserver, etcd, kube-controller-manager) while each of
+//!   the above ran.
 //!
 //! One round (it takes minutes); the result replaces the section between
 //! the `resources-scale` markers in BENCHMARKS.md, unless the size was
@@ -23,15 +27,23 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
 use serde_json::{Value, json};
 
 use super::{
-    count, create_input, env, kubestow_binary, kubestow_vars, mib, restore_run, summary, timed,
+    count, cpu_of, create_input, env, kubestow_binary, kubestow_vars, mib, restore_run,
+    servers_cpu, summary, timed,
 };
 
 pub const DEFAULT_OBJECTS: usize = 100_000;
 const NAMESPACES: usize = 100;
-/// Requests in flight for the parallel client that finds the limit.
+/// Requests in flight for the parallel client that creates the source.
 const CLIENT_IN_FLIGHT: usize = 64;
-/// Restores measured, by `STOW_CHANNELS`.
-const RESTORE_CHANNELS: [usize; 3] = [4, 16, 64];
+/// The limit is probed again at these requests in flight, each on its own
+/// fresh copy of the first `PROBE_NAMESPACES` namespaces' objects: on 2
+/// cores the client, the API server and etcd compete, so more in flight is
+/// not always faster.
+const PROBE_IN_FLIGHT: [usize; 3] = [8, 16, 64];
+const PROBE_NAMESPACES: usize = 20;
+/// Restores measured, by `STOW_CHANNELS` (16 and 64 were slower than 4 in
+/// the 2026-12-02 run: 668/s and 639/s against 769/s).
+const RESTORE_CHANNELS: [usize; 2] = [4, 8];
 const GROUP: &str = "scale.bench.kubestow.io";
 const LABEL: &str = "kubestow-bench";
 const BEGIN: &str = "<!-- resources-scale:begin -->";
@@ -182,6 +194,36 @@ pub async fn run(objects: usize, dir: &Path, kubectl_version: &str) {
     let limit = create_all(&client, &wanted, CLIENT_IN_FLIGHT).await;
     println!("   parallel client, {CLIENT_IN_FLIGHT} in flight: {objects} objects at {limit:.0}/s");
     assert_eq!(count_objects(&client, &source).await, objects);
+    let mut probes = Vec::new();
+    for in_flight in PROBE_IN_FLIGHT {
+        let target = namespaces(&format!("scale-p{in_flight}"), PROBE_NAMESPACES).await;
+        let subset: Vec<Value> = (0..PROBE_NAMESPACES * per_ns)
+            .map(|i| {
+                let mut o = object(&target[i / per_ns], i % per_ns);
+                // Not part of the set the backup and `kubectl get` select.
+                o["metadata"]["labels"][LABEL] = json!("probe");
+                o
+            })
+            .collect();
+        let before = (cpu_of(std::process::id()), servers_cpu());
+        let started = Instant::now();
+        let rate = create_all(&client, &subset, in_flight).await;
+        let secs = started.elapsed().as_secs_f64();
+        let (client_cpu, servers) = (cpu_of(std::process::id()), servers_cpu());
+        let servers: [f64; 3] = std::array::from_fn(|i| servers[i] - before.1[i]);
+        println!(
+            "   parallel client, {in_flight} in flight: {} objects at {rate:.0}/s",
+            subset.len()
+        );
+        probes.push((
+            in_flight,
+            subset.len(),
+            rate,
+            secs,
+            client_cpu - before.0,
+            servers,
+        ));
+    }
     drop(wanted);
 
     // ---------------------------------------------------------- backup
@@ -312,9 +354,72 @@ pub async fn run(objects: usize, dir: &Path, kubectl_version: &str) {
     }
     md.push_str(&format!(
         "\nThe API server's limit, measured: an in-process client with {CLIENT_IN_FLIGHT} requests in flight \
-         created the same objects at {limit:.0}/s (kubectl: {:.0}/s, one request at a time).\n",
-        n / create.secs
+         created the same objects at {limit:.0}/s (kubectl: {:.0}/s, one request at a time). \
+         The same client on fresh copies of the first {PROBE_NAMESPACES} namespaces' objects: {}.\n",
+        n / create.secs,
+        probes
+            .iter()
+            .map(|(f, k, rate, ..)| format!("{rate:.0}/s with {f} in flight ({k} objects)"))
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
+    // Where the time goes: CPU seconds of the client and of each server
+    // while it ran, against the 2 cores' wall time.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    md.push_str(
+        "\nCPU seconds (user + system) spent while each ran, by process; \"busy\" is their sum over the wall time of all cores:\n\n\
+         | operation | wall s | client | kube-apiserver | etcd | kube-controller-manager | busy |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    let cpu_row = |md: &mut String, op: &str, wall: f64, client: f64, servers: &[f64; 3]| {
+        let busy = (client + servers.iter().sum::<f64>()) / (wall * cores);
+        md.push_str(&format!(
+            "| {op} | {wall:.1} | {client:.1} | {:.1} | {:.1} | {:.1} | {:.0}% |\n",
+            servers[0],
+            servers[1],
+            servers[2],
+            100.0 * busy
+        ));
+    };
+    for (f, k, _, secs, client_cpu, servers) in &probes {
+        cpu_row(
+            &mut md,
+            &format!("in-process client, {f} in flight, {k} objects"),
+            *secs,
+            *client_cpu,
+            servers,
+        );
+    }
+    cpu_row(
+        &mut md,
+        "`kubectl create -f`",
+        create.secs,
+        create.cpu_secs,
+        &create.servers,
+    );
+    for (channels, s) in &restores {
+        cpu_row(
+            &mut md,
+            &format!("kubestow restore, `STOW_CHANNELS={channels}`"),
+            s.secs,
+            s.cpu_secs,
+            &s.servers,
+        );
+    }
+    cpu_row(
+        &mut md,
+        "`kubectl get -A -l … -o json`",
+        get.secs,
+        get.cpu_secs,
+        &get.servers,
+    );
+    cpu_row(
+        &mut md,
+        "kubestow backup",
+        backup.secs,
+        backup.cpu_secs,
+        &backup.servers,
+    );
     println!("\n{md}");
     if objects != DEFAULT_OBJECTS {
         println!("(non-default size: BENCHMARKS.md left as it is)");

@@ -221,6 +221,20 @@ pub fn second_cluster() -> &'static Cluster {
     })
 }
 
+/// The main cluster's server processes by name (kube-apiserver, etcd,
+/// kube-controller-manager), for benchmarks that account their CPU time.
+pub fn server_pids() -> [(&'static str, u32); 3] {
+    let env = get();
+    [
+        ("kube-apiserver", env.cluster.apiserver.pid()),
+        ("etcd", env.etcd.proc.pid()),
+        (
+            "kube-controller-manager",
+            env.cluster.controller_manager.pid(),
+        ),
+    ]
+}
+
 /// Admin kubeconfig of the main cluster, for `KUBECONFIG=` in subprocesses.
 pub fn kubeconfig_path() -> &'static Path {
     cluster().kubeconfig_path()

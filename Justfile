@@ -53,7 +53,7 @@ bench: setup
     cargo run --release --quiet --example bench_resources
     cargo test --release --test integration rate:: -- --ignored --nocapture
 
-# Scale: one million small files (generated, 10,000 directories) backed up, re-backed up and restored by kubestow and restic side by side, with peak RSS (~20-30 minutes, ~10 GB of disk; SCALE_FILES shrinks it); then 100,000 objects (ConfigMaps and custom resources in 100 namespaces) backed up and restored by kubestow and kubectl on the test cluster (~15 minutes; KUBESTOW_BENCH_SCALE shrinks it). Rewrites their sections of BENCHMARKS.md. Not part of `just bench` or CI.
+# Scale: one million small files (generated, 10,000 directories) backed up, re-backed up and restored by kubestow and restic side by side, with peak RSS (~10 minutes here once the files are generated, ~10 GB of disk; SCALE_FILES shrinks it); then 100,000 objects (ConfigMaps and custom resources in 100 namespaces) backed up and restored by kubestow and kubectl on the test cluster, with the API server's limit and each process's CPU time (~14 minutes; KUBESTOW_BENCH_SCALE shrinks it). Rewrites their sections of BENCHMARKS.md. Not part of `just bench` or CI.
 bench-scale: setup
     bash bench/scale.sh
     cargo build --release --quiet

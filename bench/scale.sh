@@ -3,7 +3,8 @@
 # (generated: 10,000 directories of 100 files of 0-2 KiB), backed up,
 # backed up again unchanged and restored by kubestow and by restic, side by
 # side in one run on the same disk, with each phase's wall time and peak RSS.
-# Not run by CI; about 20-30 minutes on 2 cores, and about 10 GB of disk
+# Not run by CI; about 10 minutes on 2 cores (2026-12-04, files already
+# generated; generating them adds a few minutes once), and about 10 GB of disk
 # (each copy of the tree takes ~4 GB in 4 KiB blocks; restores are checked
 # and deleted one at a time). kubestow runs with the default STOW_CHANNELS
 # (1) unless BENCH_CHANNELS says otherwise. Prints a table and rewrites the

@@ -437,6 +437,9 @@ async fn sigkill_before_any_index_then_rerun_adopts_the_stored_packs() {
 
     let mut first = volume_cmd("volume-backup", &repo, &src);
     first.env("STOW_RESUME_BUFFER", "1GiB");
+    // Paced as in `kill_and_resume`, so the kill after 4 packs lands long
+    // before the run could end (and index its packs).
+    first.env("STOW_RATE_LIMIT", "12MiB");
     let mut run = Running::spawn(first);
     poll_bucket(&mut run, "4 packs", Duration::from_secs(50), async || {
         objects(&bucket, "data/").await.len() >= 4

@@ -10,6 +10,14 @@ use serde::Serialize;
 /// line and its newline stay below that.
 pub const TERMINATION_LIMIT: usize = 4000;
 
+/// The longest line containerd stores whole (its default
+/// `max_container_log_line_size`, 16 KiB); longer ones are stored in parts.
+const RUNTIME_LINE_LIMIT: usize = 16 * 1024;
+
+/// How long a summary longer than [`RUNTIME_LINE_LIMIT`] waits, before and
+/// after, for the runtime to take the log lines around it.
+const RUNTIME_SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// How a run ended. Each status has exactly one exit code (docs/design.md §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -210,7 +218,25 @@ impl Summary {
     /// latter is not an error: outside Kubernetes it does not exist.
     pub fn emit(&self, termination_log: &Path) {
         let line = self.to_line();
-        println!("{line}");
+        // The container runtime reads stdout and stderr apart and stores a
+        // line longer than RUNTIME_LINE_LIMIT in parts; a log line (stderr)
+        // stored between two parts splits the summary in `kubectl logs`
+        // (seen in CI: "run finished" inside a 38 KB summary). So a long
+        // summary waits for the last log line to be taken, and the next
+        // one waits for the summary.
+        let long = line.len() > RUNTIME_LINE_LIMIT;
+        if long {
+            std::thread::sleep(RUNTIME_SETTLE);
+        }
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+        if long {
+            std::thread::sleep(RUNTIME_SETTLE);
+        }
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .write(true)
             .truncate(true)

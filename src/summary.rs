@@ -228,12 +228,8 @@ impl Summary {
         if long {
             std::thread::sleep(RUNTIME_SETTLE);
         }
-        {
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{line}");
-            let _ = out.flush();
-        }
+        // Stdout is line-buffered: the line is in the pipe before the wait.
+        println!("{line}");
         if long {
             std::thread::sleep(RUNTIME_SETTLE);
         }

@@ -70,6 +70,12 @@ fn servers_cpu() -> [f64; 3] {
     env::server_pids().map(|(_, pid)| cpu_of(pid))
 }
 
+/// CPU seconds each server spent since `before` (a [`servers_cpu`]).
+fn servers_cpu_since(before: [f64; 3]) -> [f64; 3] {
+    let now = servers_cpu();
+    std::array::from_fn(|i| now[i] - before[i])
+}
+
 /// Runs `program args` under `/usr/bin/time`, stdout to `stdout_to` (or
 /// captured), and fails loudly on a non-zero exit.
 fn timed(
@@ -104,8 +110,7 @@ fn timed(
         .output()
         .expect("run /usr/bin/time (apt-get install time)");
     let secs = started.elapsed().as_secs_f64();
-    let servers_after = servers_cpu();
-    let servers = std::array::from_fn(|i| servers_after[i] - servers_before[i]);
+    let servers = servers_cpu_since(servers_before);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         panic!(

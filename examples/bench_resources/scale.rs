@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 
 use super::{
     count, cpu_of, create_input, env, kubestow_binary, kubestow_vars, mib, restore_run,
-    servers_cpu, summary, timed,
+    servers_cpu, servers_cpu_since, summary, timed,
 };
 
 pub const DEFAULT_OBJECTS: usize = 100_000;
@@ -45,6 +45,23 @@ const PROBE_NAMESPACES: usize = 20;
 /// 64 took 627/s, 668/s and 639/s against 4's 649/s and 769/s (runs of
 /// 2026-12-04 and 12-02), and each restore of 100k objects takes minutes.
 const RESTORE_CHANNELS: [usize; 1] = [4];
+/// One run of the in-process client at `in_flight` requests.
+struct Probe {
+    in_flight: usize,
+    objects: usize,
+    secs: f64,
+    /// This process's CPU seconds (the client).
+    client_cpu: f64,
+    /// As in `Sample::servers`.
+    servers: [f64; 3],
+}
+
+impl Probe {
+    fn rate(&self) -> f64 {
+        self.objects as f64 / self.secs
+    }
+}
+
 const GROUP: &str = "scale.bench.kubestow.io";
 const LABEL: &str = "kubestow-bench";
 const BEGIN: &str = "<!-- resources-scale:begin -->";
@@ -206,24 +223,22 @@ pub async fn run(objects: usize, dir: &Path, kubectl_version: &str) {
                 o
             })
             .collect();
-        let before = (cpu_of(std::process::id()), servers_cpu());
+        let (client_before, servers_before) = (cpu_of(std::process::id()), servers_cpu());
         let started = Instant::now();
-        let rate = create_all(&client, &subset, in_flight).await;
-        let secs = started.elapsed().as_secs_f64();
-        let (client_cpu, servers) = (cpu_of(std::process::id()), servers_cpu());
-        let servers: [f64; 3] = std::array::from_fn(|i| servers[i] - before.1[i]);
-        println!(
-            "   parallel client, {in_flight} in flight: {} objects at {rate:.0}/s",
-            subset.len()
-        );
-        probes.push((
+        create_all(&client, &subset, in_flight).await;
+        let probe = Probe {
             in_flight,
-            subset.len(),
-            rate,
-            secs,
-            client_cpu - before.0,
-            servers,
-        ));
+            objects: subset.len(),
+            secs: started.elapsed().as_secs_f64(),
+            client_cpu: cpu_of(std::process::id()) - client_before,
+            servers: servers_cpu_since(servers_before),
+        };
+        println!(
+            "   parallel client, {in_flight} in flight: {} objects at {:.0}/s",
+            probe.objects,
+            probe.rate()
+        );
+        probes.push(probe);
     }
     drop(wanted);
 
@@ -360,7 +375,12 @@ pub async fn run(objects: usize, dir: &Path, kubectl_version: &str) {
         n / create.secs,
         probes
             .iter()
-            .map(|(f, k, rate, ..)| format!("{rate:.0}/s with {f} in flight ({k} objects)"))
+            .map(|p| format!(
+                "{:.0}/s with {} in flight ({} objects)",
+                p.rate(),
+                p.in_flight,
+                p.objects
+            ))
             .collect::<Vec<_>>()
             .join(", ")
     ));
@@ -382,13 +402,16 @@ pub async fn run(objects: usize, dir: &Path, kubectl_version: &str) {
             100.0 * busy
         ));
     };
-    for (f, k, _, secs, client_cpu, servers) in &probes {
+    for p in &probes {
         cpu_row(
             &mut md,
-            &format!("in-process client, {f} in flight, {k} objects"),
-            *secs,
-            *client_cpu,
-            servers,
+            &format!(
+                "in-process client, {} in flight, {} objects",
+                p.in_flight, p.objects
+            ),
+            p.secs,
+            p.client_cpu,
+            &p.servers,
         );
     }
     cpu_row(
